@@ -1,0 +1,349 @@
+"""Tensors and state_dicts to model messages and back, at a chosen precision.
+
+A message is a manifest (JSON: tensor names, shapes, dtypes, wire encodings,
+quantisation parameters, how the model was scaled) plus one byte buffer per tensor.
+:func:`to_datagrams` cuts it into MFD packets; the reassembler hands back the
+buffers and :func:`decode` turns them into tensors. Nothing here unpickles:
+received bytes are read with ``numpy.frombuffer`` under dtypes the manifest names
+from a fixed list, and the manifest is parsed as JSON and validated field by field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import packet
+from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, PacketError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+MANIFEST_FORMAT = 1
+# A manifest of 4 MiB describes ~50k tensors at ~80 bytes each, well past the largest
+# state_dicts we know (a ResNet-152 has ~1k tensors); the cap bounds what a lying peer
+# can make a receiver buffer before anything is checked.
+MAX_MANIFEST_BYTES = 4 << 20
+# One message may carry at most 1 GiB of tensor data: a 250M-parameter fp32 model.
+# The reassembler's per-origin budget is the tighter, configurable bound.
+MAX_MESSAGE_BYTES = 1 << 30
+MAX_NAME_LENGTH = 512
+_MANIFEST_PREFIX = struct.Struct(">I")  # manifest stream = uint32 length + JSON
+
+# torch dtype name -> (torch dtype, raw wire encoding when not a float sent at a precision)
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
+    "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+}
+_FLOAT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+_RAW_ENCODING = {"int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8raw",
+                 "uint8": "uint8", "bool": "bool"}
+# Bits of each float encoding, to never send a tensor at more precision than it has.
+_BITS = {"fp64": 64, "fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor of a message: what it is and how it travels."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # the tensor's own dtype, restored on decode
+    encoding: str  # how its elements travel: a key of ENCODING_CODE
+    scale: float = 1.0  # int8 only: x = (q - zero_point) * scale
+    zero_point: int = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return ENCODINGS[ENCODING_CODE[self.encoding]][2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a message carries. ``scaling`` says how the model was cut (family, width ratio,
+    which layers), so that a receiver of any width knows where each slice goes."""
+
+    tensors: tuple[TensorSpec, ...]
+    scaling: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family_id(self) -> int:
+        return layout_fingerprint((t.name, t.shape, t.dtype) for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def index(self, name: str) -> int:
+        for i, spec in enumerate(self.tensors):
+            if spec.name == name:
+                return i
+        raise KeyError(name)
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": MANIFEST_FORMAT,
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "encoding": t.encoding,
+                 **({"scale": t.scale, "zero_point": t.zero_point} if t.encoding == "int8" else {})}
+                for t in self.tensors
+            ],
+            "scaling": dict(self.scaling),
+            "meta": dict(self.meta),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> "Manifest":
+        """Parse and validate a received manifest. :raises PacketError: on anything malformed."""
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise PacketError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+        try:
+            doc = json.loads(bytes(raw).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise PacketError(f"manifest is not valid UTF-8 JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise PacketError("manifest must be a JSON object")
+        if doc.get("format") != MANIFEST_FORMAT:
+            raise PacketError(f"unsupported manifest format {doc.get('format')!r}")
+        tensors, scaling, meta = doc.get("tensors"), doc.get("scaling", {}), doc.get("meta", {})
+        if not isinstance(tensors, list) or len(tensors) > packet.MAX_TENSORS:
+            raise PacketError("manifest 'tensors' must be a list of at most 65,535 entries")
+        if not isinstance(scaling, dict) or not isinstance(meta, dict):
+            raise PacketError("manifest 'scaling' and 'meta' must be objects")
+        specs, names, total = [], set(), 0
+        for i, entry in enumerate(tensors):
+            spec = _parse_spec(i, entry)
+            if spec.name in names:
+                raise PacketError(f"manifest names tensor {spec.name!r} twice")
+            names.add(spec.name)
+            total += spec.nbytes
+            specs.append(spec)
+        if total > MAX_MESSAGE_BYTES:
+            raise PacketError(f"manifest declares {total} bytes of tensors, over the limit of {MAX_MESSAGE_BYTES}")
+        return cls(tuple(specs), scaling, meta)
+
+
+def _parse_spec(i: int, entry: Any) -> TensorSpec:
+    where = f"manifest tensor {i}"
+    if not isinstance(entry, dict):
+        raise PacketError(f"{where} is not an object")
+    name, shape, dtype, encoding = entry.get("name"), entry.get("shape"), entry.get("dtype"), entry.get("encoding")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise PacketError(f"{where}: name must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    if (not isinstance(shape, list) or len(shape) > 16
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= packet.MAX_ELEMENTS for d in shape)):
+        raise PacketError(f"{where} ({name}): shape must be a list of at most 16 non-negative integers")
+    if math.prod(shape) > packet.MAX_ELEMENTS:
+        raise PacketError(f"{where} ({name}): more than 2^32-1 elements")
+    if dtype not in _DTYPES:
+        raise PacketError(f"{where} ({name}): unknown dtype {dtype!r}")
+    if encoding not in ENCODING_CODE or encoding == "manifest" or not _encoding_fits(dtype, encoding):
+        raise PacketError(f"{where} ({name}): encoding {encoding!r} cannot carry dtype {dtype}")
+    scale, zero_point = 1.0, 0
+    if encoding == "int8":
+        scale, zero_point = entry.get("scale"), entry.get("zero_point")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < math.inf:
+            raise PacketError(f"{where} ({name}): int8 scale must be a positive finite number")
+        if not isinstance(zero_point, int) or not -128 <= zero_point <= 127:
+            raise PacketError(f"{where} ({name}): int8 zero_point must be an integer in -128..127")
+        # The wire carries the scale as binary32; so does the manifest after rounding.
+        scale = float(np.float32(scale))
+    return TensorSpec(name, tuple(shape), dtype, encoding, float(scale), int(zero_point))
+
+
+def _encoding_fits(dtype: str, encoding: str) -> bool:
+    if dtype in _FLOAT_DTYPES:
+        return encoding in _BITS
+    return encoding == _RAW_ENCODING[dtype]
+
+
+def layout_fingerprint(layout: Sequence[tuple[str, Sequence[int], str]] | Any) -> int:
+    """32-bit fingerprint of an architecture: tensor names, shapes and dtypes, in order."""
+    text = "\n".join(f"{name}:{','.join(map(str, shape))}:{dtype}" for name, shape, dtype in layout)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> int:
+    return layout_fingerprint((k, tuple(v.shape), _dtype_name(v)) for k, v in state.items())
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    name = str(t.dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise TypeError(f"dtype {t.dtype} cannot travel in an MFD message")
+    return name
+
+
+@dataclass(frozen=True)
+class EncodedModel:
+    """A message ready to fragment: its manifest and one flat byte buffer per tensor."""
+
+    manifest: Manifest
+    buffers: tuple[np.ndarray, ...]  # uint8, C-contiguous, one per manifest tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+
+def _wire_encoding(dtype: str, precision: str) -> str:
+    own = _FLOAT_DTYPES.get(dtype)
+    if own is None:  # integers and bools travel as they are
+        return _RAW_ENCODING[dtype]
+    # never send more precision than the tensor has: an fp16 tensor at "fp32" stays fp16
+    return own if _BITS[own] <= _BITS[precision] else precision
+
+
+def quantise_int8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """Per-tensor affine int8: returns (q, scale, zero_point); |x - (q - zp) * scale| <= scale / 2."""
+    x64 = x.detach().to(torch.float64).reshape(-1)
+    if x64.numel() == 0:
+        return torch.empty(x.shape, dtype=torch.int8), 1.0, 0
+    if not torch.isfinite(x64).all():
+        raise ValueError("int8 quantisation needs finite values")
+    lo, hi = float(x64.min()), float(x64.max())
+    if hi > lo:
+        scale = np.float32((hi - lo) / 255.0)
+        while float(scale) * 255.0 < hi - lo:  # binary32 rounding must not shrink the range
+            scale = np.nextafter(scale, np.float32(np.inf))
+        scale = float(scale)
+        zero_point = int(min(127, max(-128, round(-128 - lo / scale))))
+    else:  # a constant tensor: represent it by +-127 steps (or exactly, when zero)
+        scale = float(np.float32(abs(lo) / 127.0)) if lo else 1.0
+        if lo and scale * 127.0 < abs(lo):
+            scale = float(np.nextafter(np.float32(scale), np.float32(np.inf)))
+        zero_point = 0
+    q = torch.clamp(torch.round(x64 / scale) + zero_point, -128, 127).to(torch.int8)
+    return q.reshape(x.shape), scale, zero_point
+
+
+def encode(
+    state: Mapping[str, torch.Tensor],
+    precision: str = "fp32",
+    *,
+    scaling: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> EncodedModel:
+    """Encode a mapping of names to tensors at ``precision`` (floats only; fp32 is exact)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    specs, buffers = [], []
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor, got {type(tensor).__name__}")
+        dtype = _dtype_name(tensor)
+        t = tensor.detach().cpu().contiguous()
+        encoding = _wire_encoding(dtype, precision)
+        scale, zero_point = 1.0, 0
+        if encoding == "int8":
+            t, scale, zero_point = quantise_int8(t)
+            data = t.numpy()
+        elif encoding == "bf16":
+            data = t.to(torch.bfloat16).view(torch.int16).numpy()
+        elif encoding == "bool":
+            data = t.to(torch.uint8).numpy()
+        elif dtype in _FLOAT_DTYPES:
+            data = t.to(_float_dtype(encoding)).numpy()
+        else:
+            data = t.numpy()
+        specs.append(TensorSpec(name, tuple(tensor.shape), dtype, encoding, scale, zero_point))
+        buffers.append(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+    manifest = Manifest(tuple(specs), dict(scaling or {}), dict(meta or {}))
+    if manifest.nbytes > MAX_MESSAGE_BYTES:
+        raise ValueError(f"model of {manifest.nbytes} bytes exceeds one message ({MAX_MESSAGE_BYTES})")
+    return EncodedModel(manifest, tuple(buffers))
+
+
+def _float_dtype(encoding: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}[encoding]
+
+
+def decode_tensor(spec: TensorSpec, buffer: np.ndarray) -> torch.Tensor:
+    """Bytes of one tensor (as the manifest describes them) to a tensor of its own dtype."""
+    code = ENCODING_CODE[spec.encoding]
+    raw = np.frombuffer(buffer, dtype=ENCODINGS[code][1], count=spec.numel)
+    if not raw.flags.writeable:
+        raw = raw.copy()
+    if spec.encoding == "bf16":
+        t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
+    elif spec.encoding == "int8":
+        t = (torch.from_numpy(raw).to(torch.float32) - spec.zero_point) * spec.scale
+    elif spec.encoding == "bool":
+        t = torch.from_numpy(raw).to(torch.bool)
+    else:
+        t = torch.from_numpy(raw)
+    return t.to(_DTYPES[spec.dtype]).reshape(spec.shape)
+
+
+def decode(manifest: Manifest, buffers: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+    if len(buffers) != len(manifest.tensors):
+        raise PacketError(f"{len(buffers)} buffers for {len(manifest.tensors)} manifest tensors")
+    return {spec.name: decode_tensor(spec, buf) for spec, buf in zip(manifest.tensors, buffers)}
+
+
+def fragments(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> list[Fragment]:
+    """Cut a message into fragments that each fit one datagram of ``mtu`` bytes.
+
+    Manifest fragments come first (tensor index 0xFFFF, element_start = byte offset
+    into the length-prefixed manifest); then every tensor in element ranges.
+    """
+    manifest_stream = memoryview(_MANIFEST_PREFIX.pack(len(raw := encoded.manifest.to_bytes())) + raw)
+    step = packet.max_payload(mtu, quantised=False, authenticated=authenticated)
+    out = [Fragment(MANIFEST_TENSOR, ENCODING_CODE["manifest"], off, manifest_stream[off:off + step])
+           for off in range(0, len(manifest_stream), step)]
+    for index, (spec, buf) in enumerate(zip(encoded.manifest.tensors, encoded.buffers)):
+        code = ENCODING_CODE[spec.encoding]
+        quantised = spec.encoding == "int8"
+        per = packet.max_payload(mtu, quantised=quantised, authenticated=authenticated) // spec.itemsize
+        view = memoryview(buf)
+        item = spec.itemsize
+        for start in range(0, spec.numel, per):
+            n = min(per, spec.numel - start)
+            out.append(Fragment(index, code, start, view[start * item:(start + n) * item],
+                                spec.scale, spec.zero_point))
+    return out
+
+
+def to_datagrams(
+    state: Mapping[str, torch.Tensor] | EncodedModel,
+    *,
+    origin: int,
+    destination: int,
+    model_version: int,
+    message_id: int,
+    mtu: int = 1400,
+    precision: str = "fp32",
+    ttl: int = 16,
+    key: bytes | None = None,
+    scaling: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    manifest_copies: int = 1,
+) -> list[memoryview]:
+    """A model (state_dict or already encoded) as MFD datagrams, manifest first.
+
+    ``manifest_copies=2`` repeats the manifest datagrams at the end, so a message
+    whose first manifest datagram is lost can still be placed.
+    """
+    encoded = state if isinstance(state, EncodedModel) else encode(state, precision, scaling=scaling, meta=meta)
+    frags = fragments(encoded, mtu, authenticated=key is not None)
+    datagrams = packet.build(frags, family_id=encoded.manifest.family_id, model_version=model_version,
+                             origin=origin, destination=destination, message_id=message_id, ttl=ttl, key=key)
+    manifest_count = sum(1 for f in frags if f.tensor_index == MANIFEST_TENSOR)
+    for _ in range(max(0, manifest_copies - 1)):
+        datagrams.extend(datagrams[:manifest_count])
+    return datagrams
