@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # Wire bytes per element at each precision; int8's per-tensor scale is negligible here.
-BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "fp16": 2, "int8": 1}
+BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
 def scaled_width(units: int, ratio: float) -> int:

@@ -177,3 +177,9 @@ def test_fingerprint_tells_architectures_apart() -> None:
     assert MLPFamily(64).fingerprint() != SmallCNNFamily().fingerprint()
     assert 0 <= SmallCNNFamily().fingerprint() < 2**32
     assert math.isclose(param_count(SmallCNNFamily(), 1.0), sum(p.numel() for p in SmallCNNFamily().build().parameters()))
+
+
+def test_merge_overlapping_with_zero_base_weight_replaces_only_covered_elements() -> None:
+    base = {"w": torch.tensor([1.0, 2.0, 3.0])}
+    out = merge_overlapping(base, [({"w": torch.tensor([5.0, 9.0])}, 1.0), ({"w": torch.tensor([7.0])}, 3.0)], base_weight=0.0)
+    assert torch.equal(out["w"], torch.tensor([(5.0 + 21.0) / 4, 9.0, 3.0]))

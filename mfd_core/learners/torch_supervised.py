@@ -1,0 +1,284 @@
+"""A :class:`Learner` for any ``torch.nn.Module`` trained on in-memory (X, y) data.
+
+Built for many tiny models on a CPU: data lives in tensors and minibatches are index
+slices of them (a ``DataLoader`` costs more per step than these models' forward pass),
+and shuffling uses the learner's own ``torch.Generator`` so that a run is reproducible
+from its seed whatever else touches torch's global generator.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mfd_core.knowledge import distillation_loss
+from mfd_core.learners.base import Learner
+
+__all__ = ["TorchSupervisedLearner"]
+
+ArrayLike = Tensor | np.ndarray
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+
+
+def _as_tensors(data: tuple[ArrayLike, ArrayLike], task: str) -> tuple[Tensor, Tensor]:
+    x, y = (torch.as_tensor(a) for a in data)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} targets")
+    x = x.to(torch.float32)
+    if task == "classification":
+        y = y.to(torch.int64)
+    else:
+        y = y.to(torch.float32)
+        if y.dim() == 1:  # one regression target per sample: match a (n, 1) output
+            y = y.unsqueeze(1)
+    return x, y
+
+
+class TorchSupervisedLearner(Learner):
+    """Supervised learner for any module: classification or regression.
+
+    :param model: the local model (owned by the learner from here on).
+    :param train_data: ``(inputs, targets)`` of the node's train set.
+    :param val_data: ``(inputs, targets)`` of the node's validation set (the gate's).
+    :param task: ``"classification"`` (integer labels, cross-entropy, accuracy) or
+        ``"regression"`` (float targets, MSE, score ``-MSE``).
+    :param batch_size: minibatch size (the whole set when it is smaller).
+    :param lr: learning rate.
+    :param optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+    :param seed: seeds shuffling, sampling of local inputs and any randomness inside
+        the model (dropout): same seed, same model and data, same result.
+    :param family: architecture family name.
+    :param width: width ratio within the family.
+    :param label_weight: share of the label loss mixed into distillation (Hinton et
+        al. 2015 mix hard labels and soft targets); ``0`` distils the teacher alone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: tuple[ArrayLike, ArrayLike],
+        val_data: tuple[ArrayLike, ArrayLike],
+        *,
+        task: str = "classification",
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        seed: int = 0,
+        family: str = "custom",
+        width: float = 1.0,
+        label_weight: float = 0.0,
+    ) -> None:
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= label_weight <= 1:
+            raise ValueError(f"label_weight must be in [0, 1], got {label_weight}")
+        self.model = model
+        self.task = task
+        self.output_kind = task
+        self.family, self.width = family, float(width)
+        self.batch_size = batch_size
+        self.label_weight = label_weight
+        self.x_train, self.y_train = _as_tensors(train_data, task)
+        self.x_val, self.y_val = _as_tensors(val_data, task)
+        if len(self.x_train) == 0 or len(self.x_val) == 0:
+            raise ValueError("train and validation data must be non-empty")
+        self.num_samples = len(self.x_train)
+        self.work_done = 0
+        self._optimizer_name, self.lr = optimizer, lr
+        self.optimizer = self._make_optimizer()
+        self._shuffle = torch.Generator().manual_seed(seed)
+        self._sample = torch.Generator().manual_seed(seed + 1)
+        self._order = torch.empty(0, dtype=torch.int64)
+        self._pos = 0
+
+    # ------------------------------------------------------------------ internals
+
+    def _loss(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.task == "classification":
+            return nn.functional.cross_entropy(out, y)
+        return nn.functional.mse_loss(out, y)
+
+    def _metric(self, out: Tensor, y: Tensor) -> float:
+        if self.task == "classification":
+            return (out.argmax(dim=1) == y).to(torch.float32).mean().item()
+        return -nn.functional.mse_loss(out, y).item()
+
+    def _next_batch(self) -> Tensor:
+        """Indices of the next minibatch: epochs of fresh permutations, tail dropped."""
+        n = self.num_samples
+        size = min(self.batch_size, n)
+        if self._pos + size > len(self._order):
+            self._order = torch.randperm(n, generator=self._shuffle)
+            self._pos = 0
+        idx = self._order[self._pos : self._pos + size]
+        self._pos += size
+        return idx
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        # A method, not a stored closure: clone() deep-copies the learner, and a closure
+        # would keep pointing at the original model's parameters.
+        return _OPTIMIZERS[self._optimizer_name](self.model.parameters(), lr=self.lr)
+
+    def _steps(
+        self,
+        steps: int,
+        loss_fn: Callable[[Tensor], Tensor],
+        trainable: Collection[str] | None,
+        optimizer: torch.optim.Optimizer,
+    ) -> int:
+        """Run ``steps`` optimiser steps of ``loss_fn(batch indices)``; return samples."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        params = dict(self.model.named_parameters())
+        frozen: list[nn.Parameter] = []
+        if trainable is not None:
+            unknown = set(trainable) - set(params)
+            if unknown:
+                raise KeyError(f"unknown parameters: {sorted(unknown)}")
+            # requires_grad=False rather than zeroed gradients: the backward pass stops
+            # at the first trainable layer (the point of training few parameters), and
+            # Adam skips parameters without a gradient, so they stay bit-identical.
+            frozen = [p for k, p in params.items() if k not in trainable and p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(False)
+        work = 0
+        self.model.train()
+        try:
+            # The model's own randomness (dropout) draws from a generator seeded by ours.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=self._shuffle)))
+                for _ in range(steps):
+                    idx = self._next_batch()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(idx)
+                    if loss.requires_grad:
+                        loss.backward()
+                        optimizer.step()
+                    work += len(idx)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            self.model.eval()
+        self.work_done += work
+        return work
+
+    # ------------------------------------------------------------------ Learner
+
+    def train(self, steps: int, trainable: Collection[str] | None = None) -> int:
+        def loss_fn(idx: Tensor) -> Tensor:
+            return self._loss(self.model(self.x_train[idx]), self.y_train[idx])
+
+        return self._steps(steps, loss_fn, trainable, self.optimizer)
+
+    @torch.no_grad()
+    def score(self, state: Mapping[str, Tensor] | None = None) -> float:
+        self.model.eval()
+        if state is None:
+            return self._metric(self.model(self.x_val), self.y_val)
+        local = self.model.state_dict()
+        for key, value in state.items():
+            if key not in local:
+                raise KeyError(f"{key!r} is not a tensor of this model")
+            if value.shape != local[key].shape:
+                raise ValueError(f"{key}: candidate shape {tuple(value.shape)} != local {tuple(local[key].shape)}")
+        # functional_call runs the module with the candidate tensors swapped in for this
+        # call only: the learner's own parameters are never touched.
+        out = functional_call(self.model, dict(state), (self.x_val,), strict=False)
+        return self._metric(out, self.y_val)
+
+    @torch.no_grad()
+    def score_teacher(self, teacher: Callable[[Tensor], Tensor | tuple[Tensor, ...]]) -> float:
+        out = teacher(self.x_val)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"a supervised teacher must return a tensor, got {type(out).__name__}")
+        return self._metric(out, self.y_val)
+
+    def get_state(self) -> dict[str, Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
+        local = self.model.state_dict()  # tensors share storage with the model
+        for key, value in state.items():
+            if key not in local:
+                raise KeyError(f"{key!r} is not a tensor of this model")
+            dst = local[key]
+            if value.shape != dst.shape:
+                raise ValueError(
+                    f"{key}: shape {tuple(value.shape)} != local {tuple(dst.shape)}; "
+                    "fit other widths with mfd_core.scaling.absorb / merge_overlapping first"
+                )
+            mask = None if masks is None else masks.get(key)
+            if mask is None:
+                dst.copy_(value)
+            else:
+                if mask.shape != dst.shape:
+                    raise ValueError(f"{key}: mask shape {tuple(mask.shape)} != {tuple(dst.shape)}")
+                dst.copy_(torch.where(mask.to(torch.bool), value.to(dst.dtype), dst))
+        for key in (masks or {}):
+            if key not in state:
+                raise KeyError(f"mask for {key!r} without a tensor")
+
+    @torch.no_grad()
+    def outputs(self, inputs: Tensor) -> Tensor:
+        self.model.eval()
+        return self.model(torch.as_tensor(inputs, dtype=torch.float32))
+
+    def local_inputs(self, n: int) -> Tensor:
+        if n >= self.num_samples:
+            return self.x_train.clone()
+        return self.x_train[torch.randperm(self.num_samples, generator=self._sample)[:n]]
+
+    def distil_from(
+        self,
+        teacher: Callable[[Tensor], Tensor | tuple[Tensor, ...]],
+        steps: int,
+        kind: str,
+        *,
+        temperature: float = 2.0,
+    ) -> float:
+        # The teacher is fixed: its outputs on every local input are computed once.
+        with torch.no_grad():
+            target = teacher(self.x_train)
+        if isinstance(target, Tensor):
+            target = target.detach()
+        w = self.label_weight
+
+        def loss_fn(idx: Tensor) -> Tensor:
+            out = self.model(self.x_train[idx])
+            soft = distillation_loss(out, _take(target, idx), kind, temperature=temperature)
+            return soft if w == 0 else (1 - w) * soft + w * self._loss(out, self.y_train[idx])
+
+        # A fresh optimiser: the training optimiser's momentum points along the label
+        # loss and would keep training on labels for a dozen steps, which a trial
+        # distillation would then credit to the teacher.
+        self._steps(steps, loss_fn, None, self._make_optimizer())
+        with torch.no_grad():
+            return float(distillation_loss(self.model(self.x_train), target, kind, temperature=temperature))
+
+    @torch.no_grad()
+    def evaluate(self, inputs: ArrayLike, targets: ArrayLike) -> float:
+        x, y = _as_tensors((inputs, targets), self.task)
+        self.model.eval()
+        return self._metric(self.model(x), y)
+
+    def __repr__(self) -> str:
+        return (
+            f"TorchSupervisedLearner(family={self.family!r}, width={self.width}, task={self.task!r}, "
+            f"num_samples={self.num_samples})"
+        )
+
+
+def _take(outputs: Tensor | tuple[Tensor, ...], idx: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """Rows ``idx`` of an output tensor or of each tensor of an output tuple."""
+    if isinstance(outputs, tuple):
+        return tuple(o[idx] for o in outputs)
+    return outputs[idx]
