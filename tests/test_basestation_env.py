@@ -223,6 +223,41 @@ def test_outage_station_is_off_and_neighbours_cover():
     assert obs["bs_0"][OBS_OWN_FEATURES.index("off")] == 1.0
 
 
+def test_finite_demand_sets_prb_load_and_earth_power():
+    cfg = BaseStationConfig(**{**STATIC, "user_demand_mbps": 1.0})
+    env = CentralControllerEnv(cfg)
+    env.reset(seed=6)
+    net = env.network
+    env.step(_actions(net).reshape(-1))
+    served = net.active & (net.rate_bps > 0)
+    np.testing.assert_allclose(net.throughput_bps[served], 1e6, rtol=1e-9)
+    busy = net.n_users > 0
+    assert ((net.load[busy] > 0) & (net.load[busy] < 0.5)).all()
+    # EARTH: P0 + Delta_p * P_out * load, with load the share of resources in use
+    np.testing.assert_allclose(
+        net.power_w[busy], cfg.macro_p0_w + cfg.macro_delta_p * cfg.macro_max_power_w * net.load[busy])
+    # the resource share each user needs is demand / full-band rate
+    share = np.bincount(net.serving[served], weights=1e6 / net.rate_bps[served],
+                        minlength=net.n_stations)
+    np.testing.assert_allclose(net.load, share, rtol=1e-9)
+    obs = net.observations()
+    np.testing.assert_allclose(obs[:, OBS_OWN_FEATURES.index("prb_load")], net.load, rtol=1e-6)
+
+
+def test_pf_beats_round_robin_under_fading():
+    def mean_throughput(scheduler):
+        cfg = BaseStationConfig(**{**STATIC, "rayleigh_fading": True, "scheduler": scheduler})
+        env = CentralControllerEnv(cfg)
+        env.reset(seed=9)
+        out = []
+        for _ in range(40):
+            _, _, _, _, info = env.step(env.network.default_actions().reshape(-1))
+            out.append(info["throughput_bps"])
+        return np.mean(out[10:])
+
+    assert mean_throughput("pf") > 1.05 * mean_throughput("rr")
+
+
 # --- seeding -----------------------------------------------------------------------------
 
 def _trajectory(seed):
@@ -291,6 +326,8 @@ def test_config_round_trips_and_presets_load(tmp_path):
     path.write_text("[basestation]\nn_macro_cells = 37\nbad_key = 3\n")
     with pytest.raises(ConfigError, match="bad_key"):
         load_scenario(path)
+    with pytest.raises(ConfigError, match="^scenario:"):
+        load_scenario("nigth")
     with pytest.raises(dataclasses_frozen_error()):
         cfg.n_macro_cells = 7  # type: ignore[misc]
 

@@ -355,6 +355,9 @@ def load_scenario(name_or_path: str | Path, **overrides: Any) -> BaseStationConf
         path = scenario_path(name_or_path)
     else:
         path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError("scenario", f"{str(name_or_path)!r} is neither a preset "
+                              f"({', '.join(SCENARIO_NAMES)}) nor a TOML file")
     with open(path, "rb") as fh:
         data = tomllib.load(fh)
     if "basestation" in data and isinstance(data["basestation"], dict):
