@@ -96,6 +96,7 @@ def test_registered_id_makes_central_env_that_truncates():
         assert np.isfinite(r) and not term
         truncs.append(trunc)
     assert truncs == [False] * 4 + [True]
+    assert len(env.unwrapped.feature_names) == env.observation_space.shape[0]
 
 
 def test_x2_graph_is_the_hex_neighbourhood():
@@ -361,6 +362,21 @@ def test_heuristic_saves_energy_at_night_without_dropping_users():
     assert all(s["sleeping_stations"] == 0 for s in full)
     assert ee(tuned) > 1.1 * ee(full)
     assert all(s["unserved_users"] == 0 for s in tuned)
+
+
+def test_heuristic_offloads_the_busiest_cell_in_the_parallel_api():
+    env = BaseStationParallelEnv(scenario="hotspot")
+    obs, _ = env.reset(seed=0)
+    heur = LoadBalancingHeuristic(env)
+    act = heur(obs)
+    assert set(act) == set(env.agents)
+    assert all(env.action_space(a).contains(np.asarray(v)) for a, v in act.items())
+    net = env.network
+    cio = net.cio_values_db[np.array([act[a][1] for a in env.possible_agents])]
+    assert cio[np.argmax(net.n_users)] < 0 <= cio[np.argmin(net.n_users)]
+    assert isinstance(full_power_strongest_cell(env, obs), dict)
+    history = run_episode(env, heur, seed=0)
+    assert len(history) == env.config.episode_steps
 
 
 def test_render_rgb_array_frame():

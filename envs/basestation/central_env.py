@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from .config import BaseStationConfig
 from .network import CellularNetwork
-from .parallel_env import make_config
+from .parallel_env import make_config, station_feature_names
 
 __all__ = ["CentralControllerEnv"]
 
@@ -54,6 +54,13 @@ class CentralControllerEnv(gym.Env):
     @property
     def x2_graph(self) -> nx.Graph:
         return self.network.x2_graph
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Name of every observation element: ``bs_<i>.own.<feature>`` /
+        ``bs_<i>.nb<k>.<feature>``, station by station."""
+        per = station_feature_names(self.network)
+        return [f"bs_{i}.{n}" for i in range(self.n_stations) for n in per]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

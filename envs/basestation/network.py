@@ -108,7 +108,7 @@ class CellularNetwork:
         self.off[list(c.outage_stations)] = True
         self._any_off = bool(self.off.any())
         # (S, levels) tables: the step indexes them instead of recomputing dB <-> W.
-        self._p_out_table = self.max_power_w[:, None] * 10.0 ** (self.power_offsets_db[None, :] / 10.0)
+        self._p_out_table = self.max_power_w[:, None] * 10.0 ** (self.power_offsets_db / 10.0)
         self._tx_dbm_table = 10.0 * np.log10(self._p_out_table * 1e3)
         self._action_high = np.array([self.n_power_levels, self.n_cio, 2])
 
@@ -120,7 +120,6 @@ class CellularNetwork:
         # X2 neighbourhood incl. self, for each station's local energy efficiency.
         nb = self.layout.neighbours
         self._nb_index = np.where(nb >= 0, nb, S)  # padding points at an all-zero row
-        self._nb_present = (nb >= 0).astype(np.float32)
         hood = np.eye(S)
         rows = np.repeat(np.arange(S), nb.shape[1])
         valid = nb.reshape(-1) >= 0
@@ -132,11 +131,10 @@ class CellularNetwork:
         self._pf_alpha = 1.0 / c.pf_time_constant_steps
         self._interrupt = c.handover_interruption_s / c.step_duration_s
         self._leave_p = 0.0 if np.isinf(c.mean_session_steps) else 1.0 / c.mean_session_steps
-        self._log_floor = float(np.log(c.rate_floor_bps / 1e6))
         self._peak_mbps = self.bandwidth_hz * c.max_spectral_efficiency / 1e6
         self._rate_obs_scale = 1.0 / np.log1p(self._peak_mbps)
         cio_span = self.cio_values_db[-1] - self.cio_values_db[0]
-        self._cio_obs = (self.cio_values_db - self.cio_values_db[0]) / (cio_span if cio_span > 0 else 1.0)
+        self._cio_obs = (self.cio_values_db - self.cio_values_db[0]) / max(cio_span, 1e-9)
         self._level_obs = (np.arange(self.n_power_levels) / max(self.n_power_levels - 1, 1))
         self.obs_dim = len(OBS_OWN_FEATURES) + self.layout.max_degree * len(OBS_NEIGHBOUR_FEATURES)
         self.rng = np.random.default_rng()
@@ -299,11 +297,19 @@ class CellularNetwork:
         pl = radio.path_loss_db(coef, d2d, los)
         if c.shadowing:
             if moved is not None:
-                # Gudmundson AR(1): rho = exp(-dx / d_corr), 38.901 Sec. 7.5 step 12 style.
-                decorr = coef.decorr_nlos_m if los is None else np.where(los, coef.decorr_los_m, coef.decorr_nlos_m)
+                # Gudmundson AR(1) along the track: rho = exp(-dx / d_corr), with the
+                # 38.901 Table 7.5-6 decorrelation distances.
+                if los is None:
+                    decorr = coef.decorr_nlos_m
+                else:
+                    decorr = np.where(los, coef.decorr_los_m, coef.decorr_nlos_m)
                 rho = np.exp(-moved[:, None] / decorr)
-                self.shadow_x = rho * self.shadow_x + np.sqrt(1.0 - rho * rho) * self.rng.standard_normal((M, S))
-            std = coef.shadow_std_nlos if los is None else np.where(los, coef.shadow_std_los, coef.shadow_std_nlos)
+                fresh = self.rng.standard_normal((M, S))
+                self.shadow_x = rho * self.shadow_x + np.sqrt(1.0 - rho * rho) * fresh
+            if los is None:
+                std = coef.shadow_std_nlos
+            else:
+                std = np.where(los, coef.shadow_std_los, coef.shadow_std_nlos)
             pl = pl + std * self.shadow_x
         self.path_loss_db = pl
         rsrp = self.tx_power_dbm - pl
@@ -490,7 +496,7 @@ class CellularNetwork:
         n_div = np.maximum(n, 1)
         sinr_db = 10.0 * np.log10(np.maximum(self.sinr, 1e-30))
         # np.clip costs several times two ufuncs on arrays this small
-        sinr_n = np.minimum(np.maximum((sinr_db - _SINR_OBS_LOW_DB) * (1.0 / _SINR_OBS_SPAN_DB), 0.0), 0.999)
+        sinr_n = np.minimum(np.maximum((sinr_db - _SINR_OBS_LOW_DB) / _SINR_OBS_SPAN_DB, 0.0), 0.999)
         rate_n = np.minimum(np.log1p(self.throughput_bps * 1e-6) * self._rate_obs_scale, 0.999)
         # Group percentiles without a loop: values lie in [0, 1), so group + value sorts
         # by group first; each group's k-th smallest sits at its start offset + k.

@@ -13,7 +13,16 @@ from pettingzoo import ParallelEnv
 from .config import BaseStationConfig, load_scenario
 from .network import OBS_NEIGHBOUR_FEATURES, OBS_OWN_FEATURES, CellularNetwork
 
-__all__ = ["BaseStationParallelEnv", "make_config"]
+__all__ = ["BaseStationParallelEnv", "make_config", "station_feature_names"]
+
+
+def station_feature_names(network: CellularNetwork) -> list[str]:
+    """Names of one station's observation elements: ``own.<feature>``, then
+    ``nb<k>.<feature>`` for each X2 neighbour slot k."""
+    names = [f"own.{f}" for f in OBS_OWN_FEATURES]
+    for k in range(network.layout.max_degree):
+        names += [f"nb{k}.{f}" for f in OBS_NEIGHBOUR_FEATURES]
+    return names
 
 
 def make_config(
@@ -43,6 +52,7 @@ class BaseStationParallelEnv(ParallelEnv):
 
     Action (MultiDiscrete ``[n_power_levels, n_cio, 2]``): transmit power level
     (last = full power), index into ``config.cio_values_db``, sleep (1) or stay awake (0).
+    An agent missing from the actions dict gets full power, CIO 0 dB, awake.
 
     Reward: see `CellularNetwork.station_rewards`. Infos: the network KPIs (see
     `StepKPIs`) plus ``station_*`` figures of that station.
@@ -96,10 +106,7 @@ class BaseStationParallelEnv(ParallelEnv):
     @property
     def feature_names(self) -> list[str]:
         """Name of every observation element, in order."""
-        names = [f"own.{f}" for f in OBS_OWN_FEATURES]
-        for k in range(self.network.layout.max_degree):
-            names += [f"nb{k}.{f}" for f in OBS_NEIGHBOUR_FEATURES]
-        return names
+        return station_feature_names(self.network)
 
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is not None or not self._seeded:
@@ -114,9 +121,12 @@ class BaseStationParallelEnv(ParallelEnv):
     def step(self, actions: Mapping[str, Any]):
         if not self.agents:
             raise RuntimeError("step() called after the episode ended; call reset()")
-        a = self._default.copy()
+        a = self._default.copy()  # an agent left out keeps full power, CIO 0, awake
         for agent, act in actions.items():
-            a[self._index[agent]] = np.asarray(act, dtype=np.int64).reshape(3)
+            i = self._index.get(agent)
+            if i is None:
+                raise ValueError(f"unknown agent {agent!r}; agents are bs_0..bs_{len(a) - 1}")
+            a[i] = np.asarray(act, dtype=np.int64).reshape(3)
         self.network.step(a)
         truncated = self.network.t >= self.config.episode_steps
         rewards_arr, parts = self.network.station_rewards()

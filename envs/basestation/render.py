@@ -44,11 +44,17 @@ def sinr_map_db(net: CellularNetwork, n: int = _GRID) -> tuple[np.ndarray, tuple
 def render_rgb(net: CellularNetwork, size_px: int = 560) -> np.ndarray:
     """(H, W, 3) uint8 frame of the network's current state."""
     dpi = 80
-    fig = Figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.02, 0.80, 0.90))
-    cax = fig.add_axes((0.85, 0.1, 0.03, 0.75))
     sinr, extent = sinr_map_db(net)
+    # Size the frame to the map's aspect so the axes fill it: width fixed, the map
+    # taking 80% of it, plus a strip for the title.
+    aspect = (extent[3] - extent[2]) / (extent[1] - extent[0])
+    map_h = 0.80 * size_px * aspect
+    height_px = int(round(map_h + 40))
+    fig = Figure(figsize=(size_px / dpi, height_px / dpi), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    bottom = 8 / height_px
+    ax = fig.add_axes((0.02, bottom, 0.80, map_h / height_px))
+    cax = fig.add_axes((0.85, bottom + 0.1 * map_h / height_px, 0.03, 0.8 * map_h / height_px))
     im = ax.imshow(sinr, origin="lower", extent=extent, cmap="viridis", vmin=-10, vmax=30,
                    interpolation="bilinear")
     fig.colorbar(im, cax=cax, label="SINR (dB)")
