@@ -217,10 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "basestation_env steps/s vs mobile-env",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/basestation_env.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python benchmarks/basestation_env.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
         "steps": args.steps, "repeats": args.repeats,
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "numpy": numpy.__version__, "cpus": os.cpu_count()},
+                    "numpy": numpy.__version__, "cpus": os.cpu_count(),
+                    # other jobs share the cores: the ratio, measured interleaved, is
+                    # the figure to quote, not the absolute steps/s
+                    "load_average_1m": round(os.getloadavg()[0], 2)},
         "mobile_env_version": mobile_env_version(python) if have_mobile else None,
         "note": "ratio = our central env's steps/s over mobile-env's central env, same "
                 "station/user counts, measured interleaved in the same run",

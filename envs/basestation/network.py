@@ -359,11 +359,14 @@ class CellularNetwork:
         serving = self.serving
         served = serving >= 0
         g = np.where(served, serving, S)  # group S collects users without a station
-        n_users = np.bincount(g, minlength=S + 1)[:S]
+        counts = np.bincount(g, minlength=S + 1)
+        self._counts = counts
+        n_users = counts[:S]
         self.n_users = n_users
         self._g = g
         self._served = served
-        self._n_ext = np.append(n_users, 1)
+        self._n_ext = counts.copy()
+        self._n_ext[S] = 1  # users without a station divide by 1, not by their count
         # A station with users transmits for the share of resources it uses and
         # interferes for that share; an idle or sleeping one sends no data. Under full
         # buffer (TR 36.814 calibration traffic) every busy station uses all resources.
@@ -439,7 +442,7 @@ class CellularNetwork:
         n_act = int(act.sum())
         thr_act = thr[act]
         if n_act:
-            mean_rate = float(thr_act.mean())
+            mean_rate = float(thr_act.sum()) / n_act
             p5 = float(np.sort(thr_act)[int(_P5 * (n_act - 1))])
         else:
             mean_rate = p5 = 0.0
@@ -500,8 +503,8 @@ class CellularNetwork:
         rate_n = np.minimum(np.log1p(self.throughput_bps * 1e-6) * self._rate_obs_scale, 0.999)
         # Group percentiles without a loop: values lie in [0, 1), so group + value sorts
         # by group first; each group's k-th smallest sits at its start offset + k.
-        counts = np.bincount(g, minlength=S + 1)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[:S]
+        counts = self._counts
+        starts = (np.cumsum(counts) - counts)[:S]
         k = starts + np.floor(_P5 * np.maximum(n - 1, 0)).astype(np.int64)
         k = np.minimum(k, self.capacity - 1)
         has = n > 0
