@@ -142,6 +142,13 @@ class _Dir:
         self.busy_until = 0.0
 
 
+def broadcast_fingerprint(datagram: Datagram) -> bytes:
+    """What identifies a broadcast datagram however far it has travelled: the covered
+    header (origin, message, fragment, ...) and the CRC of the payload, i.e. everything
+    but TTL and hop count, which each forwarder rewrites."""
+    return bytes(datagram[:_TTL_OFFSET]) + bytes(datagram[_TTL_OFFSET + 2:_TTL_OFFSET + 6])
+
+
 def _link_key(u: int, v: int) -> tuple[int, int]:
     return (u, v) if u <= v else (v, u)
 
@@ -282,7 +289,7 @@ class SimNetwork:
             targets = (node.out[hop],)
         if dest == BROADCAST:
             self._expire_seen(now)
-            fingerprint = self._fingerprint(datagram)
+            fingerprint = broadcast_fingerprint(datagram)
             seen = self._seen.get(fingerprint)
             if seen is None:
                 self._seen[fingerprint] = {src}
@@ -584,7 +591,7 @@ class SimNetwork:
                sent_at: float) -> None:
         now = self.env._now
         self._expire_seen(now)
-        fingerprint = self._fingerprint(datagram)
+        fingerprint = broadcast_fingerprint(datagram)
         seen = self._seen.get(fingerprint)
         if seen is None:
             self._seen[fingerprint] = {node.id}
@@ -619,12 +626,6 @@ class SimNetwork:
         flipped = bytearray(datagram)
         flipped[bit >> 3] ^= 1 << (bit & 7)
         return bytes(flipped)
-
-    @staticmethod
-    def _fingerprint(datagram: Datagram) -> bytes:
-        # The covered header (origin, message, fragment, ...) and the CRC of the payload:
-        # everything but TTL and hop count, which each forwarder rewrites.
-        return bytes(datagram[:_TTL_OFFSET]) + bytes(datagram[_TTL_OFFSET + 2:_TTL_OFFSET + 6])
 
     def _expire_seen(self, now: float) -> None:
         expiry = self._seen_expiry
