@@ -59,11 +59,12 @@ class LoadBalancingHeuristic:
     - CIO: a station whose load is above its awake neighbours' mean lowers its CIO (its
       edge users move to neighbours), one below raises it; the offset is
       ``cio_gain_db`` per unit of load difference, snapped to the allowed values.
-    - Sleep: a station in the sleep-eligible set (small cells, and a maximal independent
-      set of the macro cells, so no two adjacent macro cells sleep together and every
-      sleeping macro is surrounded by awake ones) sleeps when its load is at most ``sleep_below`` and
-      every awake neighbour is at most ``neighbour_max_load`` loaded, and wakes up
-      when any awake neighbour exceeds ``wake_above``.
+    - Sleep: a station in the sleep-eligible set (small cells, and a maximal
+      independent set of the macro cells, so no two adjacent macro cells sleep together
+      and every sleeping macro is surrounded by awake ones) sleeps when its load is at
+      most ``sleep_below`` and every awake neighbour is at most ``neighbour_max_load``
+      loaded, and wakes up when any awake neighbour exceeds ``wake_above``. Loads are
+      the observed ``load`` feature (attached users / ``load_norm_users``).
     - Power: full.
 
     :param env: the env whose stations it drives (either API).
