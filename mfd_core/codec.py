@@ -14,15 +14,16 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import packet
-from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, PacketError
+from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, PacketError, Run
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp64")
 MANIFEST_FORMAT = 1
 # A manifest of 4 MiB describes ~50k tensors at ~80 bytes each, well past the largest
 # state_dicts we know (a ResNet-152 has ~1k tensors); the cap bounds what a lying peer
@@ -31,10 +32,15 @@ MAX_MANIFEST_BYTES = 4 << 20
 # One message may carry at most 1 GiB of tensor data: a 250M-parameter fp32 model.
 # The reassembler's per-origin budget is the tighter, configurable bound.
 MAX_MESSAGE_BYTES = 1 << 30
+# Tensor names longer than this are not parameter paths but payload smuggled into JSON.
 MAX_NAME_LENGTH = 512
+# Dimensions per tensor: more than any layer we know (conv3d weights have 5).
+MAX_DIMS = 16
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_BIG_ENDIAN_HOST = np.little_endian is False
 _MANIFEST_PREFIX = struct.Struct(">I")  # manifest stream = uint32 length + JSON
 
-# torch dtype name -> (torch dtype, raw wire encoding when not a float sent at a precision)
+# Manifest dtype names and the torch dtypes they restore.
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
@@ -80,11 +86,11 @@ class Manifest:
     scaling: Mapping[str, Any] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def family_id(self) -> int:
         return layout_fingerprint((t.name, t.shape, t.dtype) for t in self.tensors)
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
@@ -118,8 +124,9 @@ class Manifest:
             raise PacketError(f"manifest is not valid UTF-8 JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise PacketError("manifest must be a JSON object")
-        if doc.get("format") != MANIFEST_FORMAT:
-            raise PacketError(f"unsupported manifest format {doc.get('format')!r}")
+        fmt = doc.get("format")
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt != MANIFEST_FORMAT:
+            raise PacketError(f"unsupported manifest format {fmt!r} (this decoder reads {MANIFEST_FORMAT})")
         tensors, scaling, meta = doc.get("tensors"), doc.get("scaling", {}), doc.get("meta", {})
         if not isinstance(tensors, list) or len(tensors) > packet.MAX_TENSORS:
             raise PacketError("manifest 'tensors' must be a list of at most 65,535 entries")
@@ -145,25 +152,29 @@ def _parse_spec(i: int, entry: Any) -> TensorSpec:
     name, shape, dtype, encoding = entry.get("name"), entry.get("shape"), entry.get("dtype"), entry.get("encoding")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         raise PacketError(f"{where}: name must be a string of 1 to {MAX_NAME_LENGTH} characters")
-    if (not isinstance(shape, list) or len(shape) > 16
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= packet.MAX_ELEMENTS for d in shape)):
-        raise PacketError(f"{where} ({name}): shape must be a list of at most 16 non-negative integers")
+        raise PacketError(f"{where} ({name}): shape must be a list of at most {MAX_DIMS} non-negative integers")
     if math.prod(shape) > packet.MAX_ELEMENTS:
         raise PacketError(f"{where} ({name}): more than 2^32-1 elements")
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise PacketError(f"{where} ({name}): unknown dtype {dtype!r}")
-    if encoding not in ENCODING_CODE or encoding == "manifest" or not _encoding_fits(dtype, encoding):
+    if (not isinstance(encoding, str) or encoding not in ENCODING_CODE or encoding == "manifest"
+            or not _encoding_fits(dtype, encoding)):
         raise PacketError(f"{where} ({name}): encoding {encoding!r} cannot carry dtype {dtype}")
     scale, zero_point = 1.0, 0
     if encoding == "int8":
         scale, zero_point = entry.get("scale"), entry.get("zero_point")
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < math.inf:
-            raise PacketError(f"{where} ({name}): int8 scale must be a positive finite number")
-        if not isinstance(zero_point, int) or not -128 <= zero_point <= 127:
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            try:  # the wire carries the scale as binary32, so the manifest names a binary32 value
+                scale = float(np.float32(float(scale))) if abs(scale) <= _FLOAT32_MAX else math.inf
+            except OverflowError:
+                scale = math.inf
+        if not isinstance(scale, float) or not 0 < scale < math.inf:
+            raise PacketError(f"{where} ({name}): int8 scale must be a positive finite binary32 number")
+        if not isinstance(zero_point, int) or isinstance(zero_point, bool) or not -128 <= zero_point <= 127:
             raise PacketError(f"{where} ({name}): int8 zero_point must be an integer in -128..127")
-        # The wire carries the scale as binary32; so does the manifest after rounding.
-        scale = float(np.float32(scale))
-    return TensorSpec(name, tuple(shape), dtype, encoding, float(scale), int(zero_point))
+    return TensorSpec(name, tuple(shape), dtype, encoding, scale, zero_point)
 
 
 def _encoding_fits(dtype: str, encoding: str) -> bool:
@@ -210,24 +221,32 @@ def _wire_encoding(dtype: str, precision: str) -> str:
 
 
 def quantise_int8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """Per-tensor affine int8: returns (q, scale, zero_point); |x - (q - zp) * scale| <= scale / 2."""
+    """Per-tensor affine int8: returns (q, scale, zero_point) with
+    ``|x - (q - zero_point) * scale| <= scale / 2`` for every element.
+
+    The range is widened to include 0, as PyTorch's and ONNX's asymmetric schemes do:
+    0 stays exact and the zero point always fits int8. ``scale`` is a binary32 value
+    (the wire carries binary32), rounded up so that 255 steps span the whole range.
+    :raises ValueError: for non-finite values, or a range no binary32 scale can span.
+    """
     x64 = x.detach().to(torch.float64).reshape(-1)
     if x64.numel() == 0:
         return torch.empty(x.shape, dtype=torch.int8), 1.0, 0
     if not torch.isfinite(x64).all():
         raise ValueError("int8 quantisation needs finite values")
-    lo, hi = float(x64.min()), float(x64.max())
-    if hi > lo:
-        scale = np.float32((hi - lo) / 255.0)
-        while float(scale) * 255.0 < hi - lo:  # binary32 rounding must not shrink the range
-            scale = np.nextafter(scale, np.float32(np.inf))
-        scale = float(scale)
-        zero_point = int(min(127, max(-128, round(-128 - lo / scale))))
-    else:  # a constant tensor: represent it by +-127 steps (or exactly, when zero)
-        scale = float(np.float32(abs(lo) / 127.0)) if lo else 1.0
-        if lo and scale * 127.0 < abs(lo):
-            scale = float(np.nextafter(np.float32(scale), np.float32(np.inf)))
-        zero_point = 0
+    lo, hi = min(float(x64.min()), 0.0), max(float(x64.max()), 0.0)
+    if hi == lo:  # all zeros
+        return torch.zeros(x.shape, dtype=torch.int8), 1.0, 0
+    span = hi - lo
+    if not span / 255.0 <= _FLOAT32_MAX:
+        raise ValueError(f"a range of {span} is too wide for an int8 scale in binary32")
+    scale32 = np.float32(span / 255.0)
+    while float(scale32) * 255.0 < span:  # binary32 rounding must not shrink the range
+        scale32 = np.nextafter(scale32, np.float32(np.inf))
+    scale = float(scale32)
+    if not 0 < scale < math.inf:
+        raise ValueError(f"a range of {span} is too wide for an int8 scale in binary32")
+    zero_point = int(min(127, max(-128, round(-128 - lo / scale))))
     q = torch.clamp(torch.round(x64 / scale) + zero_point, -128, 127).to(torch.int8)
     return q.reshape(x.shape), scale, zero_point
 
@@ -238,17 +257,39 @@ def encode(
     *,
     scaling: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
+    tensor_precision: Mapping[str, str] | None = None,
 ) -> EncodedModel:
-    """Encode a mapping of names to tensors at ``precision`` (floats only; fp32 is exact)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    """Encode a mapping of names to tensors.
+
+    :param precision: how floating tensors travel: ``fp32`` (exact for float32 and
+        narrower), ``fp16``, ``bf16``, ``int8`` (per-tensor affine, see
+        :func:`quantise_int8`) or ``fp64`` (exact for every dtype). A tensor never
+        travels at more precision than it has; integer and bool tensors travel as they are.
+    :param tensor_precision: per-name exceptions to ``precision`` (e.g. keep biases at
+        fp32 while weights go as int8).
+    :param scaling: how the model was cut from its family (see :mod:`mfd_core.scaling`).
+    :param meta: anything else the receiver should know; JSON-serialisable.
+    """
+    overrides = dict(tensor_precision or {})
+    for name, value in (("precision", precision), *overrides.items()):
+        if value not in PRECISIONS:
+            raise ValueError(f"precision for {name} must be one of {PRECISIONS}, got {value!r}")
+    unknown = set(overrides) - set(state)
+    if unknown:
+        raise ValueError(f"tensor_precision names tensors the state does not have: {sorted(unknown)}")
+    if len(state) > packet.MAX_TENSORS:
+        raise ValueError(f"a message carries at most {packet.MAX_TENSORS} tensors, got {len(state)}")
     specs, buffers = [], []
     for name, tensor in state.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+            raise ValueError(f"tensor names must be strings of 1 to {MAX_NAME_LENGTH} characters, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(tensor).__name__}")
+        if tensor.dim() > MAX_DIMS or tensor.numel() > packet.MAX_ELEMENTS:
+            raise ValueError(f"{name}: at most {MAX_DIMS} dimensions and 2^32-1 elements travel")
         dtype = _dtype_name(tensor)
         t = tensor.detach().cpu().contiguous()
-        encoding = _wire_encoding(dtype, precision)
+        encoding = _wire_encoding(dtype, overrides.get(name, precision))
         scale, zero_point = 1.0, 0
         if encoding == "int8":
             t, scale, zero_point = quantise_int8(t)
@@ -262,7 +303,9 @@ def encode(
         else:
             data = t.numpy()
         specs.append(TensorSpec(name, tuple(tensor.shape), dtype, encoding, scale, zero_point))
-        buffers.append(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        data = np.ascontiguousarray(data).reshape(-1)
+        data = data.astype(data.dtype.newbyteorder("<"), copy=False)  # the wire is little-endian
+        buffers.append(data.view(np.uint8))
     manifest = Manifest(tuple(specs), dict(scaling or {}), dict(meta or {}))
     if manifest.nbytes > MAX_MESSAGE_BYTES:
         raise ValueError(f"model of {manifest.nbytes} bytes exceeds one message ({MAX_MESSAGE_BYTES})")
@@ -273,49 +316,86 @@ def _float_dtype(encoding: str) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}[encoding]
 
 
-def decode_tensor(spec: TensorSpec, buffer: np.ndarray) -> torch.Tensor:
-    """Bytes of one tensor (as the manifest describes them) to a tensor of its own dtype."""
+def decode_tensor(spec: TensorSpec, buffer: np.ndarray | bytes | memoryview) -> torch.Tensor:
+    """Bytes of one tensor (as the manifest describes them) to a tensor of its own dtype.
+
+    The tensor shares memory with ``buffer`` where it can (a writable buffer, a dtype that
+    needs no conversion); a read-only buffer is copied.
+    :raises PacketError: when the buffer does not hold exactly the tensor's bytes, or a
+        bool tensor holds a byte other than 0 and 1.
+    """
     code = ENCODING_CODE[spec.encoding]
-    raw = np.frombuffer(buffer, dtype=ENCODINGS[code][1], count=spec.numel)
-    if not raw.flags.writeable:
+    raw = np.frombuffer(buffer, dtype=np.uint8)
+    if raw.size != spec.nbytes:
+        raise PacketError(f"{spec.name}: {raw.size} bytes for a tensor of {spec.nbytes}")
+    raw = raw.view(np.dtype(ENCODINGS[code][1]).newbyteorder("="))
+    if _BIG_ENDIAN_HOST:
+        raw = raw.byteswap()
+    elif not raw.flags.writeable:
         raw = raw.copy()
     if spec.encoding == "bf16":
         t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
     elif spec.encoding == "int8":
         t = (torch.from_numpy(raw).to(torch.float32) - spec.zero_point) * spec.scale
     elif spec.encoding == "bool":
+        if raw.size and raw.max() > 1:
+            raise PacketError(f"{spec.name}: a bool tensor holds a byte other than 0 and 1")
         t = torch.from_numpy(raw).to(torch.bool)
     else:
         t = torch.from_numpy(raw)
     return t.to(_DTYPES[spec.dtype]).reshape(spec.shape)
 
 
-def decode(manifest: Manifest, buffers: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+def decode(manifest: Manifest, buffers: Sequence[np.ndarray | bytes | memoryview]) -> dict[str, torch.Tensor]:
+    """A message's tensor buffers (one per manifest tensor, in order) to a state_dict.
+
+    :raises PacketError: when the buffers do not match the manifest.
+    """
     if len(buffers) != len(manifest.tensors):
         raise PacketError(f"{len(buffers)} buffers for {len(manifest.tensors)} manifest tensors")
     return {spec.name: decode_tensor(spec, buf) for spec, buf in zip(manifest.tensors, buffers)}
 
 
-def fragments(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> list[Fragment]:
-    """Cut a message into fragments that each fit one datagram of ``mtu`` bytes.
+def manifest_stream(manifest: Manifest) -> bytes:
+    """The bytes manifest fragments carry: uint32 big-endian length, then the JSON."""
+    raw = manifest.to_bytes()
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+    return _MANIFEST_PREFIX.pack(len(raw)) + raw
+
+
+def runs(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> list[Run]:
+    """The message as runs of fragments that each fit one datagram of ``mtu`` bytes.
 
     Manifest fragments come first (tensor index 0xFFFF, element_start = byte offset
-    into the length-prefixed manifest); then every tensor in element ranges.
+    into the manifest stream); then every tensor, in manifest order, cut into as many
+    whole elements as fit each datagram. Empty tensors take no fragment.
     """
-    manifest_stream = memoryview(_MANIFEST_PREFIX.pack(len(raw := encoded.manifest.to_bytes())) + raw)
-    step = packet.max_payload(mtu, quantised=False, authenticated=authenticated)
-    out = [Fragment(MANIFEST_TENSOR, ENCODING_CODE["manifest"], off, manifest_stream[off:off + step])
-           for off in range(0, len(manifest_stream), step)]
+    out = [Run(MANIFEST_TENSOR, ENCODING_CODE["manifest"], 0, manifest_stream(encoded.manifest),
+               packet.max_payload(mtu, quantised=False, authenticated=authenticated))]
     for index, (spec, buf) in enumerate(zip(encoded.manifest.tensors, encoded.buffers)):
-        code = ENCODING_CODE[spec.encoding]
+        if spec.numel == 0:
+            continue
         quantised = spec.encoding == "int8"
-        per = packet.max_payload(mtu, quantised=quantised, authenticated=authenticated) // spec.itemsize
-        view = memoryview(buf)
-        item = spec.itemsize
-        for start in range(0, spec.numel, per):
-            n = min(per, spec.numel - start)
-            out.append(Fragment(index, code, start, view[start * item:(start + n) * item],
-                                spec.scale, spec.zero_point))
+        chunk = packet.max_payload(mtu, quantised=quantised, authenticated=authenticated)
+        chunk -= chunk % spec.itemsize
+        out.append(Run(index, ENCODING_CODE[spec.encoding], 0, buf, chunk, spec.scale, spec.zero_point))
+    return out
+
+
+def fragments(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> list[Fragment]:
+    """Cut a message into one :class:`Fragment` per datagram of at most ``mtu`` bytes.
+
+    The same cut as :func:`runs` (which :func:`to_datagrams` uses, because it builds
+    faster), one object per datagram.
+    """
+    out = []
+    for run in runs(encoded, mtu, authenticated=authenticated):
+        view = memoryview(run.payload).cast("B")
+        itemsize = ENCODINGS[run.encoding][2]
+        for offset in range(0, len(view), run.chunk):
+            out.append(Fragment(run.tensor_index, run.encoding, run.element_start + offset // itemsize,
+                                view[offset:offset + run.chunk], run.scale, run.zero_point))
     return out
 
 
@@ -333,17 +413,23 @@ def to_datagrams(
     scaling: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     manifest_copies: int = 1,
+    tensor_precision: Mapping[str, str] | None = None,
 ) -> list[memoryview]:
     """A model (state_dict or already encoded) as MFD datagrams, manifest first.
 
     ``manifest_copies=2`` repeats the manifest datagrams at the end, so a message
-    whose first manifest datagram is lost can still be placed.
+    whose first manifest datagram is lost can still be placed. The datagrams are
+    read-only views of one buffer.
     """
-    encoded = state if isinstance(state, EncodedModel) else encode(state, precision, scaling=scaling, meta=meta)
-    frags = fragments(encoded, mtu, authenticated=key is not None)
-    datagrams = packet.build(frags, family_id=encoded.manifest.family_id, model_version=model_version,
+    if not isinstance(manifest_copies, int) or manifest_copies < 1:
+        raise ValueError(f"manifest_copies must be a positive integer, got {manifest_copies!r}")
+    packet.check_key(key)
+    encoded = state if isinstance(state, EncodedModel) else encode(
+        state, precision, scaling=scaling, meta=meta, tensor_precision=tensor_precision)
+    plan = runs(encoded, mtu, authenticated=key is not None)
+    datagrams = packet.build(plan, family_id=encoded.manifest.family_id, model_version=model_version,
                              origin=origin, destination=destination, message_id=message_id, ttl=ttl, key=key)
-    manifest_count = sum(1 for f in frags if f.tensor_index == MANIFEST_TENSOR)
-    for _ in range(max(0, manifest_copies - 1)):
+    manifest_count = plan[0].count
+    for _ in range(manifest_copies - 1):
         datagrams.extend(datagrams[:manifest_count])
     return datagrams

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
+import numpy as np
 from crc32c import crc32c
 
 MAGIC = 0x4D  # "M"
 VERSION = 1
 
 # Flags: the low nibble of byte 1 (the high nibble is the protocol version).
-FLAG_MANIFEST = 0x1  # the payload is a slice of the message's JSON manifest
+FLAG_MANIFEST = 0x1  # the payload is a slice of the message's manifest stream
 FLAG_QUANT = 0x2  # an 8-byte quantisation extension follows the fixed header
 FLAG_AUTH = 0x4  # a 16-byte HMAC-SHA256 tag follows the payload
 FLAG_RESERVED = 0x8  # must be zero in version 1
@@ -47,6 +49,7 @@ HEADER_SIZE = _HEADER.size  # 42
 _COVERED_PREFIX = 36  # bytes 0..35 are covered by the checksum; 36,37 = TTL, hops
 _TTL_OFFSET = 36
 _CHECKSUM_OFFSET = 38
+_DESTINATION_OFFSET = 20
 _QUANT = struct.Struct(">fi")  # scale (IEEE754 binary32), zero point (int32)
 QUANT_SIZE = _QUANT.size  # 8
 # HMAC-SHA256 truncated to 128 bits, as IPsec does (RFC 4868): forging needs 2^128 tries.
@@ -57,6 +60,8 @@ TAG_SIZE = 16
 # keeps payload_len in 16 bits).
 MIN_MTU = 256
 MAX_MTU = 65_535
+MAX_PAYLOAD = MAX_MTU - HEADER_SIZE  # the most payload bytes any datagram can carry
+MAX_DATAGRAM = MAX_MTU  # build never makes a longer one, so parse refuses longer input
 MAX_FRAGMENTS = 0xFF_FFFF  # 24-bit fragment index/count
 MAX_ELEMENTS = 0xFFFF_FFFF  # 32-bit element_start: one tensor holds at most 2^32-1 elements
 
@@ -72,30 +77,59 @@ ENCODINGS: dict[int, tuple[str, str, int]] = {
     6: ("int32", "<i4", 4),
     7: ("int16", "<i2", 2),
     8: ("uint8", "<u1", 1),
-    9: ("bool", "<u1", 1),
-    10: ("manifest", "<u1", 1),  # length-prefixed UTF-8 JSON bytes
+    9: ("bool", "<u1", 1),  # one byte per element, 0 or 1
+    10: ("manifest", "<u1", 1),  # bytes of the manifest stream (uint32 length + JSON)
     11: ("int8raw", "<i1", 1),  # an int8 tensor sent as it is (no quantisation)
 }
 ENCODING_CODE = {name: code for code, (name, _, _) in ENCODINGS.items()}
 ENCODING_INT8 = ENCODING_CODE["int8"]
 ENCODING_MANIFEST = ENCODING_CODE["manifest"]
+# Item size by code, as a tuple so the per-packet paths index instead of hashing.
+_ITEMSIZE = tuple(ENCODINGS[code][2] if code in ENCODINGS else 0 for code in range(256))
 
 
 class PacketError(ValueError):
-    """A datagram that is not a valid MFD packet; the message says what was wrong."""
+    """A datagram that is not a valid MFD packet; the message says what was wrong.
+
+    ``reason`` names the :attr:`Reassembler.stats <mfd_core.reassembly.Reassembler.stats>`
+    counter the refusal is counted under.
+    """
+
+    reason = "malformed"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class ChecksumError(PacketError):
     """The CRC32C does not match: the datagram was corrupted on the way."""
 
+    reason = "corrupted"
+
 
 class AuthError(PacketError):
-    """The packet is unsigned, forged or replayed for a receiver that holds a fleet key."""
+    """The packet is unsigned, forged or replayed for a receiver that holds a fleet key.
+
+    ``reason`` is ``"unsigned"``, ``"forged"`` or ``"replayed"``.
+    """
+
+    reason = "forged"
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """One parsed datagram. ``payload`` is a read-only view into the received bytes."""
+class LimitError(PacketError):
+    """The packet is well formed but would take this receiver past one of its limits."""
+
+    reason = "over_limit"
+
+
+class Packet(NamedTuple):
+    """One parsed datagram. ``payload`` is a read-only view into the received bytes.
+
+    A named tuple rather than a dataclass: a receiver makes one per datagram, and a
+    tuple is built ten times faster.
+    """
 
     flags: int
     encoding: int
@@ -124,7 +158,10 @@ class Packet:
 
     @property
     def element_count(self) -> int:
-        return len(self.payload) // ENCODINGS[self.encoding][2]
+        return len(self.payload) // _ITEMSIZE[self.encoding]
+
+
+_new_packet = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +176,33 @@ class Fragment:
     zero_point: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Consecutive fragments of one tensor (or of the manifest stream), described once.
+
+    The bytes ``payload`` are cut into fragments of ``chunk`` bytes (the last one takes
+    the rest); fragment ``k`` starts at element ``element_start + k * chunk // itemsize``.
+    :func:`build` writes a run's headers with numpy in one go instead of one object and
+    one ``pack`` per datagram: that is what lets a sender keep up at MTU 1,400.
+    """
+
+    tensor_index: int
+    encoding: int
+    element_start: int
+    payload: memoryview | bytes | np.ndarray
+    chunk: int
+    scale: float = 1.0
+    zero_point: int = 0
+
+    @property
+    def count(self) -> int:
+        return -(-_nbytes(self.payload) // self.chunk)
+
+
+def _nbytes(payload) -> int:
+    return payload.nbytes if isinstance(payload, (memoryview, np.ndarray)) else len(payload)
+
+
 def _crc(buf: memoryview, end: int) -> int:
     """CRC32C over the datagram except TTL, hop count and the checksum field itself."""
     return crc32c(buf[end:], crc32c(buf[:_COVERED_PREFIX]))
@@ -150,6 +214,12 @@ def _tag(key: bytes, buf: memoryview, payload_end: int) -> bytes:
     return mac.digest()[:TAG_SIZE]
 
 
+def check_key(key: bytes | None) -> None:
+    """A fleet key is None (no authentication) or a non-empty byte string."""
+    if key is not None and (not isinstance(key, (bytes, bytearray)) or not key):
+        raise ValueError("the fleet key must be None or a non-empty byte string")
+
+
 def max_payload(mtu: int, *, quantised: bool, authenticated: bool) -> int:
     """Payload bytes that fit one datagram of ``mtu`` bytes."""
     check_mtu(mtu)
@@ -157,18 +227,44 @@ def max_payload(mtu: int, *, quantised: bool, authenticated: bool) -> int:
 
 
 def check_mtu(mtu: int) -> None:
-    if not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not MIN_MTU <= mtu <= MAX_MTU:
         raise ValueError(f"mtu must be an integer from {MIN_MTU} to {MAX_MTU} bytes, got {mtu!r}")
 
 
 def check_node_id(name: str, value: int, *, special_ok: bool = False) -> None:
     limit = BROADCAST if special_ok else MAX_NODE_ID
-    if not isinstance(value, int) or not 0 <= value <= limit:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
         raise ValueError(f"{name} must be a node id from 0 to {limit}, got {value!r}")
 
 
+def _check_fragment(item: Fragment | Run) -> tuple[int, int]:
+    """Validate what a sender asks :func:`build` to send; returns (payload bytes, chunk)."""
+    enc = ENCODINGS.get(item.encoding)
+    if enc is None:
+        raise ValueError(f"unknown payload encoding {item.encoding!r}")
+    itemsize = enc[2]
+    nbytes = _nbytes(item.payload)
+    chunk = item.chunk if isinstance(item, Run) else nbytes
+    if nbytes == 0 or chunk <= 0:
+        raise ValueError("every fragment carries at least one byte of payload")
+    if nbytes % itemsize or chunk % itemsize:
+        raise ValueError(f"payload is not a whole number of {enc[0]} elements")
+    manifest = item.tensor_index == MANIFEST_TENSOR
+    if manifest != (item.encoding == ENCODING_MANIFEST) or not 0 <= item.tensor_index <= MANIFEST_TENSOR:
+        raise ValueError("tensor index 0xFFFF and the manifest encoding go together; tensors are 0..0xFFFE")
+    if not 0 <= item.element_start or item.element_start + nbytes // itemsize > MAX_ELEMENTS:
+        raise ValueError("element range must lie within 0 .. 2^32-1")
+    if item.encoding == ENCODING_INT8:
+        scale = float(np.float32(item.scale))
+        if not (0 < scale < math.inf) or scale != item.scale:
+            raise ValueError(f"int8 scale must be a positive finite binary32 value, got {item.scale!r}")
+        if not -128 <= item.zero_point <= 127:
+            raise ValueError(f"int8 zero point must lie in -128..127, got {item.zero_point!r}")
+    return nbytes, chunk
+
+
 def build(
-    fragments: Sequence[Fragment],
+    fragments: Sequence[Fragment | Run],
     *,
     family_id: int,
     model_version: int,
@@ -180,52 +276,125 @@ def build(
 ) -> list[memoryview]:
     """Serialise one message's fragments into datagrams (read-only views of one buffer).
 
-    Fragment ``i`` becomes datagram ``i``: the caller orders them (manifest first).
+    Fragments are numbered in the order given (a :class:`Run` counts as its fragments):
+    the caller orders them, manifest first.
+    :raises ValueError: for anything a receiver would refuse (sizes, ranges, ids).
     """
-    count = len(fragments)
-    if not 1 <= count <= MAX_FRAGMENTS:
-        raise ValueError(f"a message has 1 to {MAX_FRAGMENTS} fragments, got {count}")
+    check_key(key)
     check_node_id("origin", origin)
     check_node_id("destination", destination, special_ok=True)
     for name, value, bits in (("family_id", family_id, 32), ("model_version", model_version, 32),
                               ("message_id", message_id, 16), ("ttl", ttl, 8)):
-        if not isinstance(value, int) or not 0 <= value < (1 << bits):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
             raise ValueError(f"{name} must fit {bits} bits unsigned, got {value!r}")
     tag_size = TAG_SIZE if key else 0
-    sizes = []
-    total = 0
-    for frag in fragments:
-        size = HEADER_SIZE + (QUANT_SIZE if frag.encoding == ENCODING_INT8 else 0) + len(frag.payload) + tag_size
-        if size > MAX_MTU:
-            raise ValueError(f"fragment of {size} bytes exceeds the largest datagram ({MAX_MTU})")
-        sizes.append(size)
-        total += size
-    out = bytearray(total)
-    view = memoryview(out)
+    # Plan: (item, nbytes, chunk, header_len, full fragments, last fragment's payload bytes)
+    plan = []
+    count = total = 0
+    for item in fragments:
+        nbytes, chunk = _check_fragment(item)
+        header_len = HEADER_SIZE + (QUANT_SIZE if item.encoding == ENCODING_INT8 else 0)
+        if header_len + chunk + tag_size > MAX_MTU:
+            raise ValueError(f"fragment of {header_len + chunk + tag_size} bytes exceeds the "
+                             f"largest datagram ({MAX_MTU})")
+        full, rest = divmod(nbytes, chunk)
+        plan.append((item, nbytes, chunk, header_len, full, rest))
+        count += full + (1 if rest else 0)
+        total += nbytes + (full + (1 if rest else 0)) * (header_len + tag_size)
+    if not 1 <= count <= MAX_FRAGMENTS:
+        raise ValueError(f"a message has 1 to {MAX_FRAGMENTS} fragments, got {count}")
+
+    # Every byte of ``out`` is written below (header, extension, payload, tag, checksum),
+    # so it need not be zeroed first.
+    out = np.empty(total, dtype=np.uint8)
+    flat = memoryview(out)
+    readonly = flat.toreadonly()
     datagrams: list[memoryview] = []
-    pack_header = _HEADER.pack_into
-    pos = 0
+    mac = hmac.new(key, digestmod=hashlib.sha256) if key else None
     auth_flag = FLAG_AUTH if key else 0
-    fcount_hi, fcount_lo = count >> 8, count & 0xFF
-    for index, (frag, size) in enumerate(zip(fragments, sizes)):
-        quantised = frag.encoding == ENCODING_INT8
-        flags = auth_flag | (FLAG_QUANT if quantised else 0) | (FLAG_MANIFEST if frag.tensor_index == MANIFEST_TENSOR else 0)
-        header_len = HEADER_SIZE + (QUANT_SIZE if quantised else 0)
-        plen = len(frag.payload)
-        pack_header(view, pos, MAGIC, (VERSION << 4) | flags, header_len, frag.encoding, message_id,
-                    frag.tensor_index, family_id, model_version, origin, destination,
-                    index >> 8, index & 0xFF, fcount_hi, fcount_lo, frag.element_start, plen, ttl, 0, 0)
-        body = pos + header_len
-        if quantised:
-            _QUANT.pack_into(view, pos + HEADER_SIZE, frag.scale, frag.zero_point)
-        view[body:body + plen] = frag.payload
-        dgram = view[pos:pos + size]
-        if key:
-            dgram[body - pos + plen:] = _tag(key, dgram, header_len + plen)
-        struct.pack_into(">I", dgram, _CHECKSUM_OFFSET, _crc(dgram, HEADER_SIZE))
-        datagrams.append(dgram.toreadonly())
-        pos += size
+    pos = index = 0
+    for item, nbytes, chunk, header_len, full, rest in plan:
+        itemsize = ENCODINGS[item.encoding][2]
+        flags = auth_flag | (FLAG_QUANT if header_len > HEADER_SIZE else 0) | (
+            FLAG_MANIFEST if item.encoding == ENCODING_MANIFEST else 0)
+        source = np.frombuffer(item.payload, dtype=np.uint8) if not isinstance(item.payload, np.ndarray) \
+            else item.payload.reshape(-1).view(np.uint8)
+        for n, size_payload, first_byte in ((full, chunk, 0), (1 if rest else 0, rest, full * chunk)):
+            if n == 0:
+                continue
+            size = header_len + size_payload + tag_size
+            template = bytearray(header_len)
+            _HEADER.pack_into(template, 0, MAGIC, (VERSION << 4) | flags, header_len, item.encoding,
+                              message_id, item.tensor_index, family_id, model_version, origin,
+                              destination, 0, 0, count >> 8, count & 0xFF, 0, size_payload, ttl, 0, 0)
+            if header_len > HEADER_SIZE:
+                _QUANT.pack_into(template, HEADER_SIZE, item.scale, item.zero_point)
+            block = out[pos:pos + n * size].reshape(n, size)
+            block[:, :header_len] = np.frombuffer(template, dtype=np.uint8)
+            indices = np.arange(index, index + n, dtype=">u4")
+            block[:, 24:27] = indices.view(np.uint8).reshape(n, 4)[:, 1:]
+            starts = (item.element_start + first_byte // itemsize
+                      + np.arange(n, dtype=np.int64) * (size_payload // itemsize)).astype(">u4")
+            block[:, 30:34] = starts.view(np.uint8).reshape(n, 4)
+            block[:, header_len:header_len + size_payload] = (
+                source[first_byte:first_byte + n * size_payload].reshape(n, size_payload))
+            offsets = range(pos, pos + n * size, size)
+            if mac is not None:
+                payload_end = header_len + size_payload
+                for row, p in enumerate(offsets):
+                    m = mac.copy()
+                    m.update(flat[p:p + _COVERED_PREFIX])
+                    m.update(flat[p + HEADER_SIZE:p + payload_end])
+                    block[row, payload_end:] = np.frombuffer(m.digest()[:TAG_SIZE], dtype=np.uint8)
+            crcs = [crc32c(flat[p + HEADER_SIZE:p + size], crc32c(flat[p:p + _COVERED_PREFIX]))
+                    for p in offsets]
+            block[:, _CHECKSUM_OFFSET:HEADER_SIZE] = (
+                np.array(crcs, dtype=">u4").view(np.uint8).reshape(n, 4))
+            datagrams.extend([readonly[p:p + size] for p in offsets])
+            pos += n * size
+            index += n
     return datagrams
+
+
+def _as_bytes_view(datagram) -> memoryview:
+    """Any byte string (bytes, bytearray, memoryview, array, ndarray) as a flat byte view."""
+    try:
+        buf = memoryview(datagram)
+        if buf.nbytes > MAX_DATAGRAM:
+            raise PacketError(f"{buf.nbytes} bytes: longer than any datagram ({MAX_DATAGRAM})")
+        if not buf.c_contiguous:
+            buf = memoryview(buf.tobytes())
+        if buf.ndim != 1 or buf.format != "B":
+            buf = buf.cast("B")
+    except (TypeError, ValueError, BufferError) as exc:
+        if isinstance(exc, PacketError):
+            raise
+        raise PacketError(f"not a byte string: {type(datagram).__name__}") from None
+    return buf
+
+
+# The fast path of :func:`parse` reads magic, version/flags, header length and encoding
+# as one 32-bit word and looks it up among the valid combinations, instead of testing
+# them one by one: a receiver at MTU 1,400 parses ~100k datagrams per 100 MB of model.
+_FAST_HEADER = struct.Struct(">IHHIIIIHBHBIHBBI")
+assert _FAST_HEADER.size == HEADER_SIZE
+
+
+def _fast_kinds() -> dict[int, tuple[int, int, int, bool, bool]]:
+    """lead word -> (itemsize, header length, tag size, manifest, quantised), valid ones only."""
+    kinds = {}
+    for encoding, (_, _, itemsize) in ENCODINGS.items():
+        for flags in range(8):  # bit 3 is reserved
+            manifest, quantised, auth = bool(flags & FLAG_MANIFEST), bool(flags & FLAG_QUANT), bool(flags & FLAG_AUTH)
+            if manifest != (encoding == ENCODING_MANIFEST) or quantised != (encoding == ENCODING_INT8):
+                continue
+            header_len = HEADER_SIZE + (QUANT_SIZE if quantised else 0)
+            lead = (MAGIC << 24) | (((VERSION << 4) | flags) << 16) | (header_len << 8) | encoding
+            kinds[lead] = (itemsize, header_len, TAG_SIZE if auth else 0, manifest, quantised)
+    return kinds
+
+
+_FAST_KINDS = _fast_kinds()
 
 
 def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) -> Packet:
@@ -235,10 +404,42 @@ def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) ->
         :class:`AuthError` (replay needs state: the reassembler checks it).
     :raises PacketError: for anything that is not a well-formed, intact MFD packet.
     """
-    try:
-        buf = memoryview(datagram).cast("B")
-    except TypeError as exc:
-        raise PacketError(f"not a byte string: {type(datagram).__name__}") from None
+    # Fast path for the common, valid, unauthenticated packet. Anything it does not
+    # accept outright goes to _parse_checked, which applies the same rules one by one
+    # (in the order docs/packet-format.md gives) and says which one failed.
+    kind_of = type(datagram)
+    if key is None and (kind_of is bytes or kind_of is bytearray or kind_of is memoryview):
+        try:
+            buf = memoryview(datagram)
+        except ValueError:  # a released view
+            buf = None
+        if buf is not None and buf.format == "B" and buf.ndim == 1 and buf.c_contiguous and len(buf) >= HEADER_SIZE:
+            (lead, message_id, tensor_index, family_id, model_version, origin, destination, fidx_hi, fidx_lo,
+             fcnt_hi, fcnt_lo, element_start, payload_len, ttl, hops, checksum) = _FAST_HEADER.unpack_from(buf)
+            kind = _FAST_KINDS.get(lead)
+            if kind is not None:
+                itemsize, header_len, tag_size, manifest, quantised = kind
+                fragment_index = (fidx_hi << 8) | fidx_lo
+                fragment_count = (fcnt_hi << 8) | fcnt_lo
+                payload_end = header_len + payload_len
+                if (len(buf) == payload_end + tag_size <= MAX_DATAGRAM and fragment_index < fragment_count and payload_len
+                        and not payload_len % itemsize and (tensor_index == MANIFEST_TENSOR) == manifest
+                        and origin <= MAX_NODE_ID and element_start + payload_len // itemsize <= MAX_ELEMENTS
+                        and not quantised):
+                    if crc32c(buf[HEADER_SIZE:], crc32c(buf[:_COVERED_PREFIX])) != checksum:
+                        raise ChecksumError("checksum mismatch: the datagram was corrupted")
+                    payload = buf[header_len:payload_end]
+                    if not payload.readonly:
+                        payload = payload.toreadonly()
+                    return _new_packet(Packet, ((lead >> 16) & 0xF, lead & 0xFF, message_id, tensor_index,
+                                                family_id, model_version, origin, destination, fragment_index,
+                                                fragment_count, element_start, ttl, hops, payload, 1.0, 0))
+    return _parse_checked(datagram, key)
+
+
+def _parse_checked(datagram: bytes | bytearray | memoryview, key: bytes | None = None) -> Packet:
+    """:func:`parse`, every rule checked one by one in the specification's order."""
+    buf = _as_bytes_view(datagram)
     size = len(buf)
     if size < HEADER_SIZE:
         raise PacketError(f"truncated: {size} bytes, the fixed header alone is {HEADER_SIZE}")
@@ -252,21 +453,22 @@ def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) ->
     flags = ver_flags & 0xF
     if flags & FLAG_RESERVED:
         raise PacketError("reserved flag bit 3 is set")
-    quantised = bool(flags & FLAG_QUANT)
-    expected_header = HEADER_SIZE + (QUANT_SIZE if quantised else 0)
+    quantised = flags & FLAG_QUANT
+    expected_header = HEADER_SIZE + QUANT_SIZE if quantised else HEADER_SIZE
     if header_len != expected_header:
         raise PacketError(f"header length {header_len} does not match its flags (expected {expected_header})")
+    payload_end = header_len + payload_len
     tag_size = TAG_SIZE if flags & FLAG_AUTH else 0
-    if size != header_len + payload_len + tag_size:
+    if size != payload_end + tag_size:
         raise PacketError(
             f"length mismatch: datagram is {size} bytes, header says "
             f"{header_len} + payload {payload_len}{' + tag 16' if tag_size else ''}")
-    if _crc(buf, HEADER_SIZE) != checksum:
+    if crc32c(buf[HEADER_SIZE:], crc32c(buf[:_COVERED_PREFIX])) != checksum:
         raise ChecksumError("checksum mismatch: the datagram was corrupted")
-    enc = ENCODINGS.get(encoding)
-    if enc is None:
+    itemsize = _ITEMSIZE[encoding]
+    if not itemsize:
         raise PacketError(f"unknown payload encoding {encoding}")
-    if quantised != (encoding == ENCODING_INT8):
+    if bool(quantised) != (encoding == ENCODING_INT8):
         raise PacketError("quantisation extension present without int8 encoding, or int8 without it")
     is_manifest = bool(flags & FLAG_MANIFEST)
     if is_manifest != (tensor_index == MANIFEST_TENSOR) or is_manifest != (encoding == ENCODING_MANIFEST):
@@ -277,9 +479,11 @@ def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) ->
         raise PacketError("fragment count is zero")
     if fragment_index >= fragment_count:
         raise PacketError(f"fragment index {fragment_index} is beyond the count {fragment_count}")
-    itemsize = enc[2]
+    if payload_len == 0:
+        raise PacketError("empty payload: every fragment carries at least one byte")
     if payload_len % itemsize:
-        raise PacketError(f"payload of {payload_len} bytes is not a whole number of {enc[0]} elements")
+        raise PacketError(f"payload of {payload_len} bytes is not a whole number of "
+                          f"{ENCODINGS[encoding][0]} elements")
     if element_start + payload_len // itemsize > MAX_ELEMENTS:
         raise PacketError("element range runs past 2^32-1")
     if origin > MAX_NODE_ID:
@@ -287,39 +491,51 @@ def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) ->
     scale, zero_point = 1.0, 0
     if quantised:
         scale, zero_point = _QUANT.unpack_from(buf, HEADER_SIZE)
-        if not (scale > 0 and scale < float("inf")):
+        if not 0 < scale < math.inf:
             raise PacketError(f"int8 scale must be finite and positive, got {scale!r}")
         if not -128 <= zero_point <= 127:
             raise PacketError(f"int8 zero point {zero_point} is outside -128..127")
-    payload_end = header_len + payload_len
     if key is not None:
+        if not key:
+            raise ValueError("the fleet key must be a non-empty byte string")
         if not tag_size:
-            raise AuthError("unsigned packet refused: this receiver requires the fleet key")
+            raise AuthError("unsigned packet refused: this receiver requires the fleet key",
+                            reason="unsigned")
         if not hmac.compare_digest(_tag(key, buf, payload_end), buf[payload_end:]):
-            raise AuthError("forged packet refused: authentication tag does not match")
-    return Packet(flags, encoding, message_id, tensor_index, family_id, model_version, origin,
-                  destination, fragment_index, fragment_count, element_start, ttl, hops,
-                  buf[header_len:payload_end].toreadonly(), scale, zero_point)
+            raise AuthError("forged packet refused: authentication tag does not match", reason="forged")
+    payload = buf[header_len:payload_end]
+    if not payload.readonly:
+        payload = payload.toreadonly()
+    return _new_packet(Packet, (flags, encoding, message_id, tensor_index, family_id, model_version,
+                                origin, destination, fragment_index, fragment_count, element_start,
+                                ttl, hops, payload, scale, zero_point))
 
 
 def peek_route(datagram: bytes | memoryview) -> tuple[int, int, int]:
-    """(destination, ttl, hops) without a full parse: what a forwarder needs per hop."""
-    if len(datagram) < HEADER_SIZE or datagram[0] != MAGIC:
-        raise PacketError("not an MFD packet")
-    destination = int.from_bytes(datagram[20:24], "big")
-    return destination, datagram[_TTL_OFFSET], datagram[_TTL_OFFSET + 1]
+    """(destination, ttl, hops) without a full parse: what a forwarder needs per hop.
+
+    Only magic and version are checked; the receiver's :func:`parse` checks the rest.
+    """
+    buf = _as_bytes_view(datagram)
+    if len(buf) < HEADER_SIZE or buf[0] != MAGIC or buf[1] >> 4 != VERSION:
+        raise PacketError("not an MFD version-1 packet")
+    destination = int.from_bytes(buf[_DESTINATION_OFFSET:_DESTINATION_OFFSET + 4], "big")
+    return destination, buf[_TTL_OFFSET], buf[_TTL_OFFSET + 1]
 
 
 def forwarded(datagram: bytes | memoryview) -> bytes:
-    """A copy of the datagram one hop further on: TTL - 1, hop count + 1.
+    """A copy of the datagram one hop further on: TTL - 1, hop count + 1 (saturating at 255).
 
     Checksum and tag skip these two bytes, so nothing is recomputed.
-    :raises PacketError: when the TTL is already spent.
+    :raises PacketError: when the TTL is already spent, or the packet was addressed to
+        the sender's neighbours only (those are never forwarded).
     """
-    _, ttl, hops = peek_route(datagram)
+    destination, ttl, hops = peek_route(datagram)
     if ttl == 0:
         raise PacketError("TTL expired")
-    out = bytearray(datagram)
+    if destination == NEIGHBOURS:
+        raise PacketError("a packet for the sender's neighbours is never forwarded")
+    out = bytearray(_as_bytes_view(datagram))
     out[_TTL_OFFSET] = ttl - 1
     out[_TTL_OFFSET + 1] = min(hops + 1, 0xFF)
     return bytes(out)

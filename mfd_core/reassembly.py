@@ -5,20 +5,22 @@ Sans-IO: the owner of the clock passes ``now`` (simulated or wall seconds) to
 all arrive is delivered complete; one still open after ``timeout`` is delivered
 *partial*, with a boolean mask per tensor of the elements that arrived, so the
 receiver keeps its own values everywhere else. Memory is bounded: every limit is a
-named constant, and the oldest open message is evicted first when one is reached.
+named constant, bytes are charged before they are allocated, and the oldest open
+message is evicted first when a limit is reached.
 """
 from __future__ import annotations
 
-import math
-from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from array import array
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 import torch
 
 from .codec import _MANIFEST_PREFIX, MAX_MANIFEST_BYTES, Manifest, decode, decode_tensor
-from .packet import ENCODING_CODE, AuthError, ChecksumError, Packet, PacketError, parse
+from .packet import (ENCODING_CODE, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, MAX_PAYLOAD, AuthError,
+                     LimitError, Packet, PacketError, check_key, parse)
 
 # Linux waits 30 s for the fragments of an IP datagram (net.ipv4.ipfrag_time); a model
 # message is larger but our links are simulated or local, so the same default serves.
@@ -37,16 +39,36 @@ MAX_BYTES_TOTAL = 1 << 30
 MAX_EARLY_FRAGMENTS = 4096
 # Recently finished messages, remembered so a late duplicate is not taken for a new one.
 RECENT_MEMORY = 1024
+# Bookkeeping charged per fragment a message declares, before anything else is taken:
+# one bit of the received-bitmap plus the (tensor, start, count) int64 triple each
+# arrival records, rounded up. A first packet that declares 2^24 fragments is thereby
+# charged ~420 MB and refused under the default per-origin budget instead of pinning it.
+BOOKKEEPING_BYTES_PER_FRAGMENT = 25
+# Tensors of a message share one buffer, each at an offset aligned for any dtype (and
+# a cache line).
+_ALIGN = 64
 
 
 @dataclass(frozen=True)
 class Limits:
+    """The reassembler's bounds; the defaults are the module constants above."""
+
     timeout_s: float = DEFAULT_TIMEOUT_S
     open_per_origin: int = MAX_OPEN_PER_ORIGIN
     bytes_per_origin: int = MAX_BYTES_PER_ORIGIN
     open_total: int = MAX_OPEN_TOTAL
     bytes_total: int = MAX_BYTES_TOTAL
     early_fragments: int = MAX_EARLY_FRAGMENTS
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s!r}")
+        for name in ("open_per_origin", "bytes_per_origin", "open_total", "bytes_total"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.early_fragments, int) or self.early_fragments < 0:
+            raise ValueError(f"early_fragments must be a non-negative integer, got {self.early_fragments!r}")
 
 
 @dataclass
@@ -74,101 +96,137 @@ class ReceivedModel:
         return self.fragments_received / self.fragment_count
 
 
-@dataclass
 class _Open:
-    first: Packet  # the first fragment seen: the fields every other fragment must agree with
-    started: float
-    seen: set[int] = field(default_factory=set)
-    manifest_chunks: dict[int, bytes] = field(default_factory=dict)
-    manifest_length: int | None = None
-    manifest: Manifest | None = None
-    buffers: list[np.ndarray] | None = None
-    ranges: list[list[tuple[int, int]]] | None = None  # per tensor: (start, count) received
-    early: list[Packet] = field(default_factory=list)
-    nbytes: int = 0
-    max_hops: int = 0
+    """One message being reassembled."""
+
+    __slots__ = ("first", "ident", "started", "seen", "received", "max_hops", "nbytes",
+                 "manifest_chunks", "manifest_length", "manifest_have", "manifest_bytes",
+                 "manifest", "buffers", "tensors", "ranges", "early", "early_bytes")
+
+    def __init__(self, first: Packet, started: float) -> None:
+        self.first = first  # the fields every other fragment must agree with
+        self.ident = (first.fragment_count, first.family_id, first.model_version)
+        self.started = started
+        self.seen = bytearray((first.fragment_count + 7) >> 3)  # bitmap of fragment indices
+        self.received = 0
+        self.max_hops = 0
+        self.nbytes = 0  # charged to the origin's and the total budget
+        self.manifest_chunks: dict[int, bytes] = {}
+        self.manifest_length: int | None = None
+        self.manifest_have = 0
+        self.manifest_bytes = 0
+        self.manifest: Manifest | None = None
+        self.buffers: list[np.ndarray] | None = None
+        # per tensor: (encoding code, itemsize, numel, scale, zero point, writable view)
+        self.tensors: list[tuple] | None = None
+        self.ranges = array("q")  # (tensor, start, count) per placed fragment, flattened
+        self.early: list[Packet] = []
+        self.early_bytes = 0
 
 
 class Reassembler:
     """Turns a stream of datagrams from many origins into :class:`ReceivedModel` objects.
 
+    A message is named by (origin, message id); its fragments may arrive in any order,
+    interleaved with other messages, duplicated or not at all.
+
     :param key: fleet key; when set, unsigned, forged and replayed packets are refused.
+        A replay is a packet that would start a message with an older model version than
+        one this reassembler already accepted from the same origin.
     :param known_layouts: manifests this node already knows, by family id: a message
-        whose own manifest is lost can still be placed by them.
+        whose own manifest is lost can still be placed by them (unless it carries int8
+        tensors, whose quantisation parameters change with every message).
+
+    ``stats`` counts what happened: ``fragments`` placed, ``duplicates``, ``late``
+    (fragments of a message already delivered or dropped), ``complete``, ``partial``,
+    ``evicted``, ``superseded``, ``lost_manifest``, and every refusal by its
+    :attr:`PacketError.reason`: ``malformed``, ``corrupted``, ``unsigned``, ``forged``,
+    ``replayed``, ``contradictions``, ``over_limit``.
     """
 
     def __init__(self, *, key: bytes | None = None, limits: Limits = Limits(),
                  known_layouts: Mapping[int, Manifest] | None = None) -> None:
+        check_key(key)
         self.key = key
         self.limits = limits
         self.known_layouts = dict(known_layouts or {})
         self.stats: Counter[str] = Counter()
         self._open: OrderedDict[tuple[int, int], _Open] = OrderedDict()  # oldest first
         self._recent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        # Newest model version accepted per origin; only authenticated origins enter it,
+        # so it grows with the fleet, not with what an attacker sends.
         self._newest_version: dict[int, int] = {}
         self._bytes_by_origin: Counter[int] = Counter()
+        self._bytes_total = 0
 
     # -- public API -------------------------------------------------------------------
 
     def receive(self, datagram: bytes | memoryview, now: float) -> ReceivedModel | None:
         """Take one datagram; returns the message it completes, if any.
 
-        :raises PacketError: for a malformed, corrupted, unauthenticated or contradictory
-            packet (counted in :attr:`stats`); the reassembler's state stays consistent.
+        :raises PacketError: for a malformed, corrupted, unauthenticated, replayed,
+            contradictory or over-limit packet, counted in :attr:`stats` under its
+            ``reason``; the reassembler's state stays consistent.
         """
         try:
             pkt = parse(datagram, self.key)
+            # Fast path: the next tensor fragment of an open message whose manifest is
+            # known. The checks are _place_tensor_chunk's; anything else (manifest
+            # slices, early fragments, new messages, duplicates, contradictions, a
+            # missing tag) takes the general path, which says what was wrong.
+            (flags, encoding, message_id, tensor_index, family_id, model_version, origin, _, index,
+             fragment_count, start, _, hops, payload, scale, zero_point) = pkt
+            msg = self._open.get((origin, message_id))
+            if (msg is not None and msg.tensors is not None and not flags & FLAG_MANIFEST
+                    and msg.ident == (fragment_count, family_id, model_version)
+                    and (self.key is None or flags & FLAG_AUTH) and tensor_index < len(msg.tensors)):
+                seen = msg.seen
+                byte, bit = index >> 3, 1 << (index & 7)
+                code, item, numel, tensor_scale, tensor_zero_point, view = msg.tensors[tensor_index]
+                count = len(payload) // item
+                if (not seen[byte] & bit and encoding == code and start + count <= numel
+                        and (code != ENCODING_INT8 or (scale == tensor_scale and zero_point == tensor_zero_point))):
+                    view[start * item:(start + count) * item] = payload
+                    msg.ranges.extend((tensor_index, start, count))
+                    seen[byte] |= bit
+                    msg.received += 1
+                    if hops > msg.max_hops:
+                        msg.max_hops = hops
+                    self.stats["fragments"] += 1
+                    if msg.received == fragment_count:
+                        return self._finish((origin, message_id), msg, complete=True)
+                    return None
+            return self._receive(pkt, now)
         except PacketError as exc:
-            self.stats[_reason(exc)] += 1
+            self.stats[exc.reason] += 1
             raise
-        return self.receive_packet(pkt, now)
 
     def receive_packet(self, pkt: Packet, now: float) -> ReceivedModel | None:
-        if self.key is not None:
-            newest = self._newest_version.get(pkt.origin, -1)
-            if pkt.model_version < newest:
-                self.stats["replayed"] += 1
-                raise AuthError(f"replayed packet refused: model version {pkt.model_version} from "
-                                f"origin {pkt.origin} is older than {newest}")
-            self._newest_version[pkt.origin] = pkt.model_version
-        key = (pkt.origin, pkt.message_id)
-        if (pkt.origin, pkt.message_id, pkt.model_version) in self._recent:
-            self.stats["duplicates"] += 1
-            return None
-        msg = self._open.get(key)
-        if msg is None:
-            msg = self._start(pkt, now)
-        else:
-            self._check_same_message(msg, pkt)
-        if pkt.fragment_index in msg.seen:
-            self.stats["duplicates"] += 1
-            return None
+        """Like :meth:`receive`, for a packet already parsed with this reassembler's key."""
         try:
-            self._place(msg, pkt)
-        except PacketError:
-            self.stats["contradictions"] += 1
-            self._drop(key)
+            return self._receive(pkt, now)
+        except PacketError as exc:
+            self.stats[exc.reason] += 1
             raise
-        msg.seen.add(pkt.fragment_index)
-        msg.max_hops = max(msg.max_hops, pkt.hops)
-        self.stats["fragments"] += 1
-        if len(msg.seen) == msg.first.fragment_count:
-            return self._finish(key, msg, complete=True)
-        return None
 
     def expire(self, now: float) -> list[ReceivedModel]:
-        """Deliver, as partial, every message open for longer than the timeout."""
+        """Deliver, as partial, every message open for ``timeout_s`` or longer.
+
+        A message whose manifest never arrived (and whose family this node does not
+        know) cannot be placed and is dropped, counted as ``lost_manifest``.
+        """
         out = []
         for key, msg in list(self._open.items()):
             if now - msg.started < self.limits.timeout_s:
                 continue
             if msg.manifest is None and not self._adopt_known_layout(msg):
                 self.stats["lost_manifest"] += 1
-                self._drop(key)
+                self._drop(key, remember=True)
                 continue
-            delivered = self._finish(key, msg, complete=False)
-            if delivered is not None:
-                out.append(delivered)
+            try:
+                out.append(self._finish(key, msg, complete=False))
+            except PacketError as exc:
+                self.stats[exc.reason] += 1
         return out
 
     @property
@@ -177,130 +235,220 @@ class Reassembler:
 
     @property
     def buffered_bytes(self) -> int:
-        return sum(self._bytes_by_origin.values())
+        """Bytes charged to open messages: buffers, early fragments, bookkeeping."""
+        return self._bytes_total
 
     # -- internals ----------------------------------------------------------------------
 
-    def _start(self, pkt: Packet, now: float) -> _Open:
+    def _receive(self, pkt: Packet, now: float) -> ReceivedModel | None:
+        if self.key is not None and not pkt.flags & FLAG_AUTH:
+            raise AuthError("unsigned packet refused: this receiver requires the fleet key",
+                            reason="unsigned")
+        key = (pkt.origin, pkt.message_id)
+        msg = self._open.get(key)
+        if msg is None or msg.ident != (pkt.fragment_count, pkt.family_id, pkt.model_version):
+            if msg is not None:
+                if pkt.model_version <= msg.ident[2]:
+                    raise PacketError(
+                        f"fragment contradicts message {pkt.message_id} from origin {pkt.origin}: "
+                        f"count/family/version {(pkt.fragment_count, pkt.family_id, pkt.model_version)} "
+                        f"vs {msg.ident}", reason="contradictions")
+                # the sender reused the message id for a newer model: the old one is moot
+                self.stats["superseded"] += 1
+                self._drop(key, remember=True)
+            if (pkt.origin, pkt.message_id, pkt.model_version) in self._recent:
+                self.stats["late"] += 1
+                return None
+            if self.key is not None:
+                newest = self._newest_version.get(pkt.origin, -1)
+                if pkt.model_version < newest:
+                    raise AuthError(f"replayed packet refused: model version {pkt.model_version} from "
+                                    f"origin {pkt.origin} is older than {newest}", reason="replayed")
+            msg = self._start(key, pkt, now)
+            if self.key is not None:
+                self._newest_version[pkt.origin] = pkt.model_version
+        index = pkt.fragment_index
+        byte, bit = index >> 3, 1 << (index & 7)
+        if msg.seen[byte] & bit:
+            self.stats["duplicates"] += 1
+            return None
+        try:
+            if pkt.flags & FLAG_MANIFEST:
+                self._place_manifest_chunk(msg, pkt)
+            elif msg.tensors is None:
+                self._hold_early(msg, pkt)
+            else:
+                self._place_tensor_chunk(msg, pkt)
+        except PacketError:
+            self._drop(key, remember=True)
+            raise
+        msg.seen[byte] |= bit
+        msg.received += 1
+        if pkt.hops > msg.max_hops:
+            msg.max_hops = pkt.hops
+        self.stats["fragments"] += 1
+        if msg.received == msg.ident[0]:
+            return self._finish(key, msg, complete=True)
+        return None
+
+    def _start(self, key: tuple[int, int], pkt: Packet, now: float) -> _Open:
         limits = self.limits
+        bookkeeping = pkt.fragment_count * BOOKKEEPING_BYTES_PER_FRAGMENT
+        if bookkeeping > min(limits.bytes_per_origin, limits.bytes_total):
+            raise LimitError(f"a message of {pkt.fragment_count} fragments needs more bookkeeping "
+                             f"than one origin may use ({limits.bytes_per_origin} bytes)")
         same_origin = [k for k in self._open if k[0] == pkt.origin]
         while len(same_origin) >= limits.open_per_origin:
             self._evict(same_origin.pop(0))
         while len(self._open) >= limits.open_total:
             self._evict(next(iter(self._open)))
-        msg = _Open(first=pkt, started=now)
-        self._open[(pkt.origin, pkt.message_id)] = msg
+        msg = _Open(pkt, now)
+        self._open[key] = msg
+        try:
+            self._charge(msg, bookkeeping)
+        except PacketError:
+            self._drop(key)
+            raise
         return msg
 
-    def _check_same_message(self, msg: _Open, pkt: Packet) -> None:
-        first = msg.first
-        if (pkt.fragment_count, pkt.family_id, pkt.model_version) != (
-                first.fragment_count, first.family_id, first.model_version):
-            self.stats["contradictions"] += 1
-            raise PacketError(
-                f"fragment contradicts message {pkt.message_id} from origin {pkt.origin}: count/family/version "
-                f"{(pkt.fragment_count, pkt.family_id, pkt.model_version)} vs "
-                f"{(first.fragment_count, first.family_id, first.model_version)}")
-
-    def _place(self, msg: _Open, pkt: Packet) -> None:
-        if pkt.is_manifest:
-            self._place_manifest_chunk(msg, pkt)
-        elif msg.manifest is None:
-            if len(msg.early) >= self.limits.early_fragments:
-                raise PacketError("too many fragments before the manifest")
-            self._charge(msg, len(pkt.payload))
-            # copy: the view may point into a buffer the driver reuses
-            msg.early.append(_with_payload(pkt, bytes(pkt.payload)))
-        else:
-            self._place_tensor_chunk(msg, pkt)
+    def _hold_early(self, msg: _Open, pkt: Packet) -> None:
+        if len(msg.early) >= self.limits.early_fragments:
+            raise LimitError(f"more than {self.limits.early_fragments} fragments arrived before the manifest")
+        size = len(pkt.payload)
+        self._charge(msg, size)
+        msg.early_bytes += size
+        # copy: the view may point into a buffer the driver reuses
+        msg.early.append(pkt._replace(payload=memoryview(bytes(pkt.payload))))
 
     def _place_manifest_chunk(self, msg: _Open, pkt: Packet) -> None:
         if msg.manifest is not None:
             return  # a repeat of a manifest slice we already parsed
         offset, data = pkt.element_start, bytes(pkt.payload)
+        stream_limit = MAX_MANIFEST_BYTES + _MANIFEST_PREFIX.size
+        if offset + len(data) > stream_limit:
+            raise PacketError(f"manifest fragment at offset {offset} runs past any manifest "
+                              f"({stream_limit} bytes)", reason="contradictions")
+        if offset in msg.manifest_chunks:
+            raise PacketError(f"two fragments carry the manifest slice at offset {offset}",
+                              reason="contradictions")
         if offset == 0:
             if len(data) < _MANIFEST_PREFIX.size:
                 raise PacketError("first manifest fragment is shorter than its length prefix")
             (length,) = _MANIFEST_PREFIX.unpack_from(data)
             if length > MAX_MANIFEST_BYTES:
-                raise PacketError(f"manifest length {length} exceeds the limit of {MAX_MANIFEST_BYTES}")
+                raise LimitError(f"manifest length {length} exceeds the limit of {MAX_MANIFEST_BYTES}")
             msg.manifest_length = length
-        if offset > MAX_MANIFEST_BYTES + _MANIFEST_PREFIX.size:
-            raise PacketError(f"manifest fragment at offset {offset} lies beyond any manifest")
         self._charge(msg, len(data))
+        msg.manifest_bytes += len(data)
         msg.manifest_chunks[offset] = data
+        msg.manifest_have += len(data)
         if msg.manifest_length is None:
             return
         total = msg.manifest_length + _MANIFEST_PREFIX.size
-        have = sum(len(c) for c in msg.manifest_chunks.values())
-        if have < total:
+        if msg.manifest_have < total:
             return
         stream = bytearray(total)
         covered = 0
         for off, chunk in sorted(msg.manifest_chunks.items()):
             if off != covered or off + len(chunk) > total:
-                raise PacketError("manifest fragments overlap, leave a gap or run past the declared length")
+                raise PacketError("manifest fragments overlap, leave a gap or run past the declared length",
+                                  reason="contradictions")
             stream[off:off + len(chunk)] = chunk
             covered += len(chunk)
         manifest = Manifest.from_bytes(memoryview(stream)[_MANIFEST_PREFIX.size:])
-        if manifest.family_id != msg.first.family_id:
-            raise PacketError("manifest layout does not match the family id in the headers")
-        self._open_buffers(msg, manifest)
-        msg.manifest_chunks.clear()
+        self._open_buffers(msg, manifest, total)
+        msg.manifest_chunks = {}
+        self._uncharge(msg, msg.manifest_bytes)
+        msg.manifest_bytes = 0
 
-    def _open_buffers(self, msg: _Open, manifest: Manifest) -> None:
-        self._charge(msg, manifest.nbytes)
+    def _open_buffers(self, msg: _Open, manifest: Manifest, stream_len: int | None) -> None:
+        first = msg.first
+        if manifest.family_id != first.family_id:
+            raise PacketError(f"manifest layout (family {manifest.family_id:#010x}) does not match the "
+                              f"family id in the headers ({first.family_id:#010x})", reason="contradictions")
+        nbytes = manifest.nbytes
+        count = first.fragment_count
+        # Every fragment carries at least one byte and at most MAX_PAYLOAD: a count that
+        # cannot hold the declared tensors, or more fragments than bytes, is a lie.
+        if nbytes + (stream_len or 0) > count * MAX_PAYLOAD:
+            raise PacketError(f"manifest declares {nbytes} bytes of tensors, more than {count} fragments "
+                              f"can carry", reason="contradictions")
+        if stream_len is not None and count > stream_len + nbytes:
+            raise PacketError(f"{count} fragments for {stream_len + nbytes} bytes: some would be empty",
+                              reason="contradictions")
+        self._charge(msg, nbytes)  # refuses (LimitError) before anything is allocated
         msg.manifest = manifest
-        msg.buffers = [np.zeros(spec.nbytes, dtype=np.uint8) for spec in manifest.tensors]
-        msg.ranges = [[] for _ in manifest.tensors]
+        # One allocation for the whole message, each tensor at a 64-byte aligned offset.
+        # Not zeroed: a complete message overwrites every byte, and a partial delivery
+        # zeroes what did not arrive (see _finish).
+        offsets, end = [], 0
+        for spec in manifest.tensors:
+            offsets.append(end)
+            end += -(-spec.nbytes // _ALIGN) * _ALIGN
+        block = np.empty(end, dtype=np.uint8)
+        msg.buffers = [block[off:off + spec.nbytes] for off, spec in zip(offsets, manifest.tensors)]
+        msg.tensors = [(ENCODING_CODE[spec.encoding], spec.itemsize, spec.numel, spec.scale,
+                        spec.zero_point, memoryview(buf)) for spec, buf in zip(manifest.tensors, msg.buffers)]
         early, msg.early = msg.early, []
         for pkt in early:
             self._place_tensor_chunk(msg, pkt)
+        self._uncharge(msg, msg.early_bytes)
+        msg.early_bytes = 0
 
     def _place_tensor_chunk(self, msg: _Open, pkt: Packet) -> None:
-        manifest = msg.manifest
-        if pkt.tensor_index >= len(manifest.tensors):
-            raise PacketError(f"tensor index {pkt.tensor_index} is beyond the manifest's {len(manifest.tensors)} tensors")
-        spec = manifest.tensors[pkt.tensor_index]
-        if ENCODING_CODE[spec.encoding] != pkt.encoding:
-            raise PacketError(f"fragment encoding {pkt.encoding} contradicts the manifest ({spec.encoding}) for {spec.name}")
-        if spec.encoding == "int8" and (abs(pkt.scale - spec.scale) > 1e-12 * max(1.0, spec.scale)
-                                        or pkt.zero_point != spec.zero_point):
-            raise PacketError(f"fragment quantisation parameters contradict the manifest for {spec.name}")
-        count = pkt.element_count
-        if pkt.element_start + count > spec.numel:
-            raise PacketError(f"elements {pkt.element_start}..{pkt.element_start + count} run past "
-                              f"{spec.name}'s {spec.numel}")
-        item = spec.itemsize
-        msg.buffers[pkt.tensor_index][pkt.element_start * item:(pkt.element_start + count) * item] = pkt.payload
-        msg.ranges[pkt.tensor_index].append((pkt.element_start, count))
+        tensors = msg.tensors
+        index = pkt.tensor_index
+        if index >= len(tensors):
+            raise PacketError(f"tensor index {index} is beyond the manifest's {len(tensors)} tensors",
+                              reason="contradictions")
+        code, item, numel, scale, zero_point, view = tensors[index]
+        if pkt.encoding != code:
+            raise PacketError(f"fragment encoding {pkt.encoding} contradicts the manifest ({code}) for "
+                              f"{msg.manifest.tensors[index].name}", reason="contradictions")
+        if code == ENCODING_INT8 and (pkt.scale != scale or pkt.zero_point != zero_point):
+            raise PacketError(f"fragment quantisation parameters contradict the manifest for "
+                              f"{msg.manifest.tensors[index].name}", reason="contradictions")
+        start = pkt.element_start
+        payload = pkt.payload
+        count = len(payload) // item
+        if start + count > numel:
+            raise PacketError(f"elements {start}..{start + count} run past {msg.manifest.tensors[index].name}'s "
+                              f"{numel}", reason="contradictions")
+        view[start * item:(start + count) * item] = payload
+        msg.ranges.extend((index, start, count))
 
     def _adopt_known_layout(self, msg: _Open) -> bool:
         layout = self.known_layouts.get(msg.first.family_id)
         if layout is None:
             return False
         try:
-            self._open_buffers(msg, layout)
-        except PacketError:
+            self._open_buffers(msg, layout, None)
+        except PacketError as exc:
+            self.stats[exc.reason] += 1
             return False
         return True
 
-    def _finish(self, key: tuple[int, int], msg: _Open, *, complete: bool) -> ReceivedModel | None:
-        self._drop(key)
-        self._remember(msg)
+    def _finish(self, key: tuple[int, int], msg: _Open, *, complete: bool) -> ReceivedModel:
+        self._drop(key, remember=True)
         manifest = msg.manifest
+        if manifest is None:
+            raise PacketError(f"all {msg.ident[0]} fragments arrived but they do not make up a manifest",
+                              reason="contradictions")
         if complete:
-            for spec, ranges in zip(manifest.tensors, msg.ranges):
-                if not _covers_exactly(ranges, spec.numel):
-                    self.stats["contradictions"] += 1
-                    raise PacketError(f"all fragments arrived but they do not cover {spec.name} exactly once")
+            bad = _first_uncovered(msg.ranges, [spec.numel for spec in manifest.tensors])
+            if bad is not None:
+                raise PacketError(f"all fragments arrived but they do not cover {manifest.tensors[bad].name} "
+                                  f"exactly once", reason="contradictions")
+            state = decode(manifest, msg.buffers)
             self.stats["complete"] += 1
-            return self._delivery(msg, decode(manifest, msg.buffers), None)
+            return self._delivery(msg, state, None)
+        masks_np = [np.zeros(spec.numel, dtype=bool) for spec in manifest.tensors]
+        ranges = msg.ranges
+        for i in range(0, len(ranges), 3):
+            masks_np[ranges[i]][ranges[i + 1]:ranges[i + 1] + ranges[i + 2]] = True
         state, masks = {}, {}
-        for spec, buf, ranges in zip(manifest.tensors, msg.buffers, msg.ranges):
-            mask = np.zeros(spec.numel, dtype=bool)
-            for start, count in ranges:
-                mask[start:start + count] = True
+        for spec, buf, mask in zip(manifest.tensors, msg.buffers, masks_np):
+            buf.reshape(spec.numel, spec.itemsize)[~mask] = 0  # what did not arrive reads as 0 bytes
             state[spec.name] = decode_tensor(spec, buf)
             masks[spec.name] = torch.from_numpy(mask).reshape(spec.shape)
         self.stats["partial"] += 1
@@ -309,78 +457,93 @@ class Reassembler:
     def _delivery(self, msg: _Open, state, masks) -> ReceivedModel:
         first = msg.first
         return ReceivedModel(first.origin, first.message_id, first.model_version, first.family_id,
-                             first.destination, msg.manifest, state, masks, len(msg.seen),
+                             first.destination, msg.manifest, state, masks, msg.received,
                              first.fragment_count, msg.max_hops)
 
     def _charge(self, msg: _Open, nbytes: int) -> None:
+        limits = self.limits
         origin = msg.first.origin
-        if self._bytes_by_origin[origin] + nbytes > self.limits.bytes_per_origin:
-            self._make_room(origin, nbytes, keep=msg)
-        if self._bytes_by_origin[origin] + nbytes > self.limits.bytes_per_origin:
-            raise PacketError(f"message from origin {origin} needs more than the "
-                              f"{self.limits.bytes_per_origin} bytes allowed per origin")
-        while self.buffered_bytes + nbytes > self.limits.bytes_total:
+        if msg.nbytes + nbytes > limits.bytes_per_origin or msg.nbytes + nbytes > limits.bytes_total:
+            raise LimitError(f"message {msg.first.message_id} from origin {origin} needs more than the "
+                             f"{min(limits.bytes_per_origin, limits.bytes_total)} bytes allowed")
+        if self._bytes_by_origin[origin] + nbytes > limits.bytes_per_origin:
+            for k, m in list(self._open.items()):  # oldest first
+                if k[0] == origin and m is not msg:
+                    self._evict(k)
+                    if self._bytes_by_origin[origin] + nbytes <= limits.bytes_per_origin:
+                        break
+        while self._bytes_total + nbytes > limits.bytes_total:
             victim = next((k for k, m in self._open.items() if m is not msg), None)
             if victim is None:
-                raise PacketError("message larger than the reassembler's total memory limit")
+                raise LimitError(f"the reassembler's {limits.bytes_total} bytes are spent")
             self._evict(victim)
         msg.nbytes += nbytes
         self._bytes_by_origin[origin] += nbytes
+        self._bytes_total += nbytes
 
-    def _make_room(self, origin: int, nbytes: int, keep: _Open) -> None:
-        for k, m in list(self._open.items()):
-            if self._bytes_by_origin[origin] + nbytes <= self.limits.bytes_per_origin:
-                return
-            if k[0] == origin and m is not keep:
-                self._evict(k)
+    def _uncharge(self, msg: _Open, nbytes: int) -> None:
+        origin = msg.first.origin
+        msg.nbytes -= nbytes
+        self._bytes_by_origin[origin] -= nbytes
+        self._bytes_total -= nbytes
 
     def _evict(self, key: tuple[int, int]) -> None:
         self.stats["evicted"] += 1
-        self._drop(key)
+        self._drop(key, remember=True)
 
-    def _drop(self, key: tuple[int, int]) -> None:
+    def _drop(self, key: tuple[int, int], *, remember: bool = False) -> None:
         msg = self._open.pop(key, None)
-        if msg is not None:
-            self._bytes_by_origin[key[0]] -= msg.nbytes
-            if self._bytes_by_origin[key[0]] <= 0:
-                del self._bytes_by_origin[key[0]]
-
-    def _remember(self, msg: _Open) -> None:
-        first = msg.first
-        self._recent[(first.origin, first.message_id, first.model_version)] = None
-        while len(self._recent) > RECENT_MEMORY:
-            self._recent.popitem(last=False)
-
-
-def _covers_exactly(ranges: list[tuple[int, int]], numel: int) -> bool:
-    position = 0
-    for start, count in sorted(ranges):
-        if start != position:
-            return False
-        position += count
-    return position == numel
+        if msg is None:
+            return
+        origin = key[0]
+        self._bytes_by_origin[origin] -= msg.nbytes
+        if self._bytes_by_origin[origin] <= 0:
+            del self._bytes_by_origin[origin]
+        self._bytes_total -= msg.nbytes
+        msg.nbytes = 0
+        if remember:
+            first = msg.first
+            self._recent[(first.origin, first.message_id, first.model_version)] = None
+            while len(self._recent) > RECENT_MEMORY:
+                self._recent.popitem(last=False)
 
 
-def _with_payload(pkt: Packet, payload: bytes) -> Packet:
-    return Packet(pkt.flags, pkt.encoding, pkt.message_id, pkt.tensor_index, pkt.family_id,
-                  pkt.model_version, pkt.origin, pkt.destination, pkt.fragment_index, pkt.fragment_count,
-                  pkt.element_start, pkt.ttl, pkt.hops, memoryview(payload), pkt.scale, pkt.zero_point)
+def _first_uncovered(ranges: array, numels: list[int]) -> int | None:
+    """Index of the first tensor whose element ranges do not cover it exactly once.
 
-
-def _reason(exc: PacketError) -> str:
-    """The stats counter a refused datagram is counted under."""
-    if isinstance(exc, ChecksumError):
-        return "corrupted"
-    if isinstance(exc, AuthError):
-        return "unsigned" if "unsigned" in str(exc) else "forged"
-    return "malformed"
+    ``ranges`` holds (tensor, start, count) triples, flattened, in arrival order.
+    """
+    if len(ranges) <= 3 * 256:  # few fragments: plain Python beats numpy's call overhead
+        triples = sorted(zip(ranges[0::3], ranges[1::3], ranges[2::3]))
+        covered = [0] * len(numels)
+        for tensor, start, count in triples:
+            if start != covered[tensor]:
+                return tensor  # a gap or an overlap
+            covered[tensor] = start + count
+        for tensor, (have, numel) in enumerate(zip(covered, numels)):
+            if have != numel:
+                return tensor
+        return None
+    table = np.frombuffer(ranges, dtype=np.int64).reshape(-1, 3)
+    bad = np.zeros(len(numels), dtype=bool)
+    covered = np.zeros(len(numels), dtype=np.int64)
+    table = table[np.lexsort((table[:, 1], table[:, 0]))]
+    tensor, start, count = table[:, 0], table[:, 1], table[:, 2]
+    expected = np.zeros(len(table), dtype=np.int64)
+    expected[1:] = np.where(tensor[1:] == tensor[:-1], start[:-1] + count[:-1], 0)
+    np.logical_or.at(bad, tensor, start != expected)  # a gap or an overlap
+    np.add.at(covered, tensor, count)
+    bad |= covered != np.asarray(numels, dtype=np.int64)
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if len(hits) else None
 
 
 def merge_partial(local: Mapping[str, torch.Tensor], received: ReceivedModel) -> dict[str, torch.Tensor]:
     """The receiver's state with every element that arrived replaced by the received one.
 
-    Tensors the message did not carry, and elements whose fragments were lost, keep the
-    local values. (Blending rather than replacing is :mod:`mfd_core.knowledge`'s job.)
+    Tensors the message did not carry (or carried in another shape), and elements whose
+    fragments were lost, keep the local values. (Blending rather than replacing is
+    :mod:`mfd_core.knowledge`'s job.)
     """
     out = {}
     for name, value in local.items():
