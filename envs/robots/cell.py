@@ -56,7 +56,6 @@ MAX_DISPLACEMENT = 0.05  # metres per step at |action| = 1, panda-gym's
 DISTANCE_THRESHOLD = 0.05  # metres, panda-gym's
 BLOCK_SIZE = 0.04  # edge of the cube, panda-gym's
 START_EE = (0.0, 0.0, 0.2)  # tool position at reset, task frame (panda-gym's neutral pose)
-TOOL_DOWN = (1.0, 0.0, 0.0, 0.0)  # quaternion (x, y, z, w): tool z axis pointing down
 OBS_LIMIT = 10.0
 
 _TABLE_HALF = (0.35, 0.4, 0.2)
@@ -129,6 +128,7 @@ class ArmCellEnv(gym.Env):
         )
         self.action_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 
+        self._ik_orientation = (list(self.arm.tool_down),) if self.arm.hold_tool_down else ()
         self._ws_low = np.array(WORKSPACE_LOW)
         self._ws_high = np.array(WORKSPACE_HIGH)
         self._goal = np.zeros(3, dtype=np.float32)
@@ -156,7 +156,7 @@ class ArmCellEnv(gym.Env):
             client.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
             self._robot = client.loadURDF(
                 os.path.join(pybullet_data.getDataPath(), arm.urdf),
-                basePosition=[arm.base_x, 0.0, -cfg.table_height],
+                basePosition=[arm.base_x, 0.0, arm.base_z - cfg.table_height],
                 useFixedBase=True,
             )
         self._build_scenery(client)
@@ -208,11 +208,12 @@ class ArmCellEnv(gym.Env):
 
         floor_look = client.createVisualShape(pybullet.GEOM_BOX, halfExtents=[1.5, 1.5, 0.005], rgbaColor=[0.45, 0.5, 0.55, 1])
         client.createMultiBody(0, -1, floor_look, [0, 0, _FLOOR_Z - 0.005])
-        pedestal_half = max((-cfg.table_height - _FLOOR_Z) / 2, 0.01)
+        mount_z = arm.base_z - cfg.table_height
+        pedestal_half = max((mount_z - _FLOOR_Z) / 2, 0.01)
         pedestal_look = client.createVisualShape(
             pybullet.GEOM_BOX, halfExtents=[0.09, 0.09, pedestal_half], rgbaColor=[0.3, 0.3, 0.3, 1]
         )
-        client.createMultiBody(0, -1, pedestal_look, [arm.base_x, 0, -cfg.table_height - pedestal_half])
+        client.createMultiBody(0, -1, pedestal_look, [arm.base_x, 0, mount_z - pedestal_half])
 
         if self.task == "push":
             half = [BLOCK_SIZE / 2] * 3
@@ -233,7 +234,7 @@ class ArmCellEnv(gym.Env):
         for j, value in zip(self._movable, self.arm.seed_pose):
             self._reset_joint(j, value)
         for _ in range(200):
-            q = self._constrain(self._ik(START_EE, TOOL_DOWN))
+            q = self._constrain(self._ik(START_EE, self.arm.tool_down))
             for j, value in zip(self._movable, q):
                 self._reset_joint(j, value)
             error = math.dist(self._ee_state()[4], START_EE)
@@ -287,7 +288,7 @@ class ArmCellEnv(gym.Env):
         if self.config.action_noise > 0:
             a = np.clip(a + self.np_random.normal(0.0, self.config.action_noise, 3), -1.0, 1.0)
         target = np.clip(self._ee_pos + MAX_DISPLACEMENT * a, self._ws_low, self._ws_high)
-        q = self._ik(target.tolist(), TOOL_DOWN)
+        q = self._ik(target.tolist(), *self._ik_orientation)
         self._drive(targetPositions=self._constrain(q) if self._locked else q)
         for _ in range(N_SUBSTEPS):
             self._step_simulation()
