@@ -423,11 +423,11 @@ class SimNetwork:
         else:
             if attrs or links:
                 raise ValueError(f"node {node} already exists: attrs and links are for new nodes")
-            if state.up and pos is None:
-                return
-            state.up = True
             if pos is not None:
                 self.move(node, pos)
+            if state.up:  # already here: nothing joins
+                return
+            state.up = True
         self._changed()
         self._tell(NetworkChange("join", self.env.now, node, pos=self.graph.nodes[node].get("pos")))
         for peer in new_links:
@@ -515,6 +515,8 @@ class SimNetwork:
                 "drops": link.drops, "corrupted": link.corrupted, "up": link.up}
 
     # ------------------------------------------------------------ the hot path
+    # ``env._now`` and ``event._value`` are SimPy's plain attributes behind the ``now``
+    # and ``value`` properties; reading them directly saves a call on every hop.
 
     def _transmit(self, out: _Dir, datagram: Datagram, size: int, dest: int, tally: _Tally,
                   sent_at: float) -> None:
