@@ -100,7 +100,7 @@ class _Open:
     """One message being reassembled."""
 
     __slots__ = ("first", "ident", "started", "seen", "received", "max_hops", "nbytes",
-                 "manifest_chunks", "manifest_length", "manifest_have", "manifest_bytes",
+                 "manifest_chunks", "manifest_length", "manifest_have", "manifest_stream",
                  "manifest", "buffers", "tensors", "ranges", "early", "early_bytes")
 
     def __init__(self, first: Packet, started: float) -> None:
@@ -114,7 +114,7 @@ class _Open:
         self.manifest_chunks: dict[int, bytes] = {}
         self.manifest_length: int | None = None
         self.manifest_have = 0
-        self.manifest_bytes = 0
+        self.manifest_stream: bytes | None = None
         self.manifest: Manifest | None = None
         self.buffers: list[np.ndarray] | None = None
         # per tensor: (encoding code, itemsize, numel, scale, zero point, writable view)
@@ -321,9 +321,13 @@ class Reassembler:
         msg.early.append(pkt._replace(payload=memoryview(bytes(pkt.payload))))
 
     def _place_manifest_chunk(self, msg: _Open, pkt: Packet) -> None:
-        if msg.manifest is not None:
-            return  # a repeat of a manifest slice we already parsed
         offset, data = pkt.element_start, bytes(pkt.payload)
+        if msg.manifest is not None:  # a repeat of a slice: it must agree with what we parsed
+            stream = msg.manifest_stream
+            if stream is None or offset + len(data) > len(stream) or stream[offset:offset + len(data)] != data:
+                raise PacketError(f"manifest fragment at offset {offset} contradicts the manifest",
+                                  reason="contradictions")
+            return
         stream_limit = MAX_MANIFEST_BYTES + _MANIFEST_PREFIX.size
         if offset + len(data) > stream_limit:
             raise PacketError(f"manifest fragment at offset {offset} runs past any manifest "
@@ -339,7 +343,6 @@ class Reassembler:
                 raise LimitError(f"manifest length {length} exceeds the limit of {MAX_MANIFEST_BYTES}")
             msg.manifest_length = length
         self._charge(msg, len(data))
-        msg.manifest_bytes += len(data)
         msg.manifest_chunks[offset] = data
         msg.manifest_have += len(data)
         if msg.manifest_length is None:
@@ -357,9 +360,9 @@ class Reassembler:
             covered += len(chunk)
         manifest = Manifest.from_bytes(memoryview(stream)[_MANIFEST_PREFIX.size:])
         self._open_buffers(msg, manifest, total)
+        # the slices' bytes stay charged, as the assembled stream later slices are checked against
         msg.manifest_chunks = {}
-        self._uncharge(msg, msg.manifest_bytes)
-        msg.manifest_bytes = 0
+        msg.manifest_stream = bytes(stream)
 
     def _open_buffers(self, msg: _Open, manifest: Manifest, stream_len: int | None) -> None:
         first = msg.first

@@ -1,0 +1,509 @@
+"""Datagrams back into models: loss, reordering, duplicates, lies, limits and keys."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from crc32c import crc32c
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mfd_core import codec, packet, reassembly
+from mfd_core.packet import AuthError, Fragment, LimitError, PacketError
+from mfd_core.reassembly import Limits, Reassembler, merge_partial
+
+KEY = b"fleet-key"
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FP32, INT8, UINT8, BOOL, MANIFEST = 0, 3, 8, 9, 10
+
+
+def model(seed: int = 0, width: int = 40) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"layer.weight": torch.randn(width, 30, generator=g), "layer.bias": torch.randn(width, generator=g),
+            "steps": torch.tensor(seed), "flags": torch.rand(7, generator=g) > 0.5}
+
+
+def send(state, *, origin=1, message_id=1, version=1, mtu=256, key=None, **kw) -> list[bytes]:
+    return [bytes(d) for d in codec.to_datagrams(state, origin=origin, destination=2, model_version=version,
+                                                 message_id=message_id, mtu=mtu, key=key, **kw)]
+
+
+def feed(receiver: Reassembler, datagrams, now: float = 0.0) -> list[reassembly.ReceivedModel]:
+    return [m for d in datagrams if (m := receiver.receive(d, now)) is not None]
+
+
+def assert_same(state: dict, other: dict) -> None:
+    assert list(state) == list(other)
+    for name in state:
+        assert torch.equal(state[name], other[name]), name
+
+
+def check_accounting(receiver: Reassembler) -> None:
+    assert receiver.buffered_bytes == sum(m.nbytes for m in receiver._open.values()) >= 0
+    assert receiver.buffered_bytes == sum(receiver._bytes_by_origin.values())
+
+
+def is_manifest(d: bytes) -> bool:
+    return bool(d[1] & packet.FLAG_MANIFEST)
+
+
+# -- the normal cases -------------------------------------------------------------------
+
+
+def test_in_order_delivery_is_complete_and_exact():
+    state = model()
+    receiver = Reassembler()
+    datagrams = send(state)
+    out = feed(receiver, datagrams)
+    assert len(out) == 1
+    got = out[0]
+    assert got.complete and got.masks is None and got.received_fraction == 1.0
+    assert (got.origin, got.message_id, got.model_version, got.destination) == (1, 1, 1, 2)
+    assert got.family_id == codec.state_fingerprint(state) and got.fragment_count == len(datagrams)
+    assert_same(state, got.state)
+    assert receiver.stats["complete"] == 1 and receiver.stats["fragments"] == len(datagrams)
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+
+
+@PROPERTY
+@given(st.integers(0, 2**32), st.sampled_from([256, 300, 1400]), st.sampled_from([None, KEY]),
+       st.sampled_from(["fp32", "int8"]))
+def test_reorder_and_duplicates_give_the_exact_model(seed, mtu, key, precision):
+    rng = random.Random(seed)
+    state = model(seed % 7)
+    datagrams = send(state, mtu=mtu, key=key, precision=precision)
+    stream = datagrams + rng.sample(datagrams, k=rng.randint(0, len(datagrams)))
+    rng.shuffle(stream)
+    receiver = Reassembler(key=key)
+    out = feed(receiver, stream)
+    assert len(out) == 1 and out[0].complete
+    reference = feed(Reassembler(key=key), datagrams)[0]
+    assert_same(reference.state, out[0].state)  # the same model whatever the order
+    if precision == "fp32":
+        assert_same(state, out[0].state)
+    assert receiver.stats["duplicates"] + receiver.stats["late"] == len(stream) - len(datagrams)
+    check_accounting(receiver)
+
+
+def test_interleaved_messages_from_many_origins():
+    rng = random.Random(3)
+    states, stream = {}, []
+    for origin in range(1, 41):
+        for version in (1, 2):
+            states[(origin, version)] = model(origin * 10 + version, width=5 + origin % 4)
+            stream += send(states[(origin, version)], origin=origin, message_id=version, version=version,
+                           mtu=rng.choice([256, 512]))
+    rng.shuffle(stream)
+    receiver = Reassembler()
+    out = feed(receiver, stream)
+    assert len(out) == len(states)
+    for got in out:
+        assert_same(states[(got.origin, got.model_version)], got.state)
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+
+
+def test_forwarded_datagrams_reassemble_and_report_hops():
+    datagrams = send(model(), key=KEY)
+    travelled = [packet.forwarded(packet.forwarded(d)) if i % 2 else packet.forwarded(d)
+                 for i, d in enumerate(datagrams)]
+    [got] = feed(Reassembler(key=KEY), travelled)
+    assert got.complete and got.hops == 2
+
+
+# -- loss: partial delivery and merging ---------------------------------------------------
+
+
+def expected_masks(state, kept) -> dict[str, np.ndarray]:
+    names = list(state)
+    masks = {name: np.zeros(t.numel(), dtype=bool) for name, t in state.items()}
+    for d in kept:
+        p = packet.parse(d)
+        if not p.is_manifest:
+            masks[names[p.tensor_index]][p.element_start:p.element_start + p.element_count] = True
+    return masks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_thirty_percent_loss_arrives_partial_and_merges_only_what_arrived(seed):
+    rng = random.Random(seed)
+    state = model(seed, width=60)
+    datagrams = send(state, mtu=300)
+    tensor_datagrams = [d for d in datagrams if not is_manifest(d)]
+    lost = set(map(bytes, rng.sample(tensor_datagrams, k=round(0.3 * len(datagrams)))))
+    kept = [d for d in datagrams if d not in lost]
+    rng.shuffle(kept)
+    receiver = Reassembler(limits=Limits(timeout_s=5.0))
+    assert feed(receiver, kept, now=100.0) == []
+    assert receiver.expire(104.9) == [] and receiver.open_messages == 1
+    [got] = receiver.expire(105.0)
+    assert not got.complete and receiver.stats["partial"] == 1 and receiver.open_messages == 0
+    assert got.fragments_received == len(kept) and got.received_fraction == pytest.approx(len(kept) / len(datagrams))
+    want = expected_masks(state, kept)
+    local = {name: torch.full_like(t, 7) if t.dtype != torch.bool else torch.ones_like(t) for name, t in state.items()}
+    merged = merge_partial(local, got)
+    for name, original in state.items():
+        mask = got.masks[name]
+        assert mask.dtype == torch.bool and mask.shape == original.shape
+        assert np.array_equal(mask.flatten().numpy(), want[name])
+        assert torch.equal(got.state[name][mask], original[mask])
+        assert torch.equal(merged[name][mask], original[mask])  # what arrived replaces...
+        assert torch.equal(merged[name][~mask], local[name][~mask])  # ...and nothing else changes
+        assert merged[name] is not local[name]
+    assert sum(int(m.sum()) for m in got.masks.values()) < sum(t.numel() for t in state.values())
+    assert feed(receiver, list(lost)) == [] and receiver.stats["late"] == len(lost)  # too late now
+
+
+def test_merge_partial_with_complete_and_mismatched_models():
+    state = model()
+    [got] = feed(Reassembler(), send(state))
+    local = {"layer.weight": torch.zeros(40, 30, dtype=torch.float64), "layer.bias": torch.zeros(3),
+             "other": torch.ones(2)}
+    merged = merge_partial(local, got)
+    assert merged["layer.weight"].dtype == torch.float64
+    assert torch.equal(merged["layer.weight"], state["layer.weight"].double())
+    assert torch.equal(merged["layer.bias"], local["layer.bias"]) and torch.equal(merged["other"], local["other"])
+
+
+def test_lost_manifest_is_dropped_unless_the_layout_is_known():
+    state = model()
+    datagrams = [d for d in send(state) if not is_manifest(d)]
+    receiver = Reassembler()
+    assert feed(receiver, datagrams) == [] and receiver.expire(1e9) == []
+    assert receiver.stats["lost_manifest"] == 1 and receiver.buffered_bytes == 0
+    layout = codec.encode(model(seed=99)).manifest  # same family, other values
+    knowing = Reassembler(known_layouts={layout.family_id: layout})
+    assert feed(knowing, datagrams[:-1]) == []
+    [got] = knowing.expire(1e9)
+    assert not got.complete
+    for name, original in state.items():
+        assert torch.equal(got.state[name][got.masks[name]], original[got.masks[name]])
+    assert not got.masks["flags"].all() or not got.masks["layer.weight"].all()
+
+
+# -- lies: manifests and fragments that contradict each other ------------------------------
+
+
+def stream_fragments(raw: bytes, *, chunk: int = 200, prefix_length: int | None = None) -> list[Fragment]:
+    stream = struct.pack(">I", len(raw) if prefix_length is None else prefix_length) + raw
+    return [Fragment(0xFFFF, MANIFEST, off, stream[off:off + chunk]) for off in range(0, len(stream), chunk)]
+
+
+def manifest_raw(tensors: list[dict]) -> bytes:
+    return json.dumps({"format": 1, "tensors": tensors, "scaling": {}, "meta": {}}).encode()
+
+
+def family(tensors: list[dict]) -> int:
+    return codec.layout_fingerprint((t["name"], t["shape"], t["dtype"]) for t in tensors)
+
+
+def craft(tensors, tensor_frags, *, fam=None, manifest_frags=None, origin=1, message_id=1, version=1,
+          key=None) -> list[bytes]:
+    """A message whose manifest and fragments we choose freely (each datagram well formed)."""
+    frags = (manifest_frags if manifest_frags is not None else stream_fragments(manifest_raw(tensors))) + tensor_frags
+    return [bytes(d) for d in packet.build(frags, family_id=family(tensors) if fam is None else fam,
+                                           model_version=version, origin=origin, destination=2,
+                                           message_id=message_id, key=key)]
+
+
+W = {"name": "w", "shape": [2, 3], "dtype": "float32", "encoding": "fp32"}
+Q = {"name": "q", "shape": [4], "dtype": "float32", "encoding": "int8", "scale": 0.5, "zero_point": 3}
+
+
+def f32(start, *values):
+    return Fragment(0, FP32, start, np.array(values, "<f4").tobytes())
+
+
+def refused(receiver, datagrams, match, reason="contradictions"):
+    """Feed until one is refused; check the error, its reason and that it was counted."""
+    before = receiver.stats[reason]
+    with pytest.raises(PacketError, match=match) as err:
+        feed(receiver, datagrams)
+    assert err.value.reason == reason and receiver.stats[reason] == before + 1
+    check_accounting(receiver)
+    return err.value
+
+
+def test_crafting_helper_makes_a_valid_message():
+    [got] = feed(Reassembler(), craft([W, Q], [f32(0, 1, 2, 3), f32(3, 4, 5, 6),
+                                               Fragment(1, INT8, 0, b"\x03\x05\x01\x04", 0.5, 3)]))
+    assert got.state["w"].tolist() == [[1, 2, 3], [4, 5, 6]] and got.state["q"].tolist() == [0, 1, -1, 0.5]
+
+
+@pytest.mark.parametrize("tensors, frags, match", [
+    ([W], [f32(0, 1, 2, 3), f32(4, 4, 5, 6)], "run past"),  # element range beyond numel
+    ([W], [f32(0, 1, 2, 3, 4, 5, 6), Fragment(1, FP32, 0, bytes(4))], "beyond the manifest"),
+    ([W], [Fragment(0, 6, 0, bytes(24))], "encoding"),  # int32 bytes for an fp32 tensor
+    ([W, Q], [f32(0, 1, 2, 3, 4, 5, 6), Fragment(1, INT8, 0, b"\0" * 4, 0.25, 3)], "quantisation"),
+    ([W, Q], [f32(0, 1, 2, 3, 4, 5, 6), Fragment(1, INT8, 0, b"\0" * 4, 0.5, 2)], "quantisation"),
+    ([W], [f32(0, 1, 2, 3), f32(2, 4, 5, 6)], "exactly once"),  # overlap
+    ([W], [f32(0, 1, 2), f32(3, 4, 5, 6)], "exactly once"),  # gap
+    ([W], [f32(0, 1, 2, 3), f32(0, 1, 2, 3)], "exactly once"),  # the same range twice, no second half
+    ([{**W, "shape": [2, 4]}], [f32(0, 1, 2, 3), f32(3, 4, 5, 6)], "exactly once"),  # shape says more
+])
+def test_fragments_that_contradict_the_manifest(tensors, frags, match):
+    receiver = Reassembler()
+    datagrams = craft(tensors, frags)
+    refused(receiver, datagrams, match)
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+    assert feed(receiver, datagrams) == [] and receiver.stats["late"] == len(datagrams)  # dropped for good
+
+
+def test_fragments_before_the_manifest_are_checked_when_it_arrives():
+    datagrams = craft([W], [f32(0, 1, 2, 3), f32(4, 4, 5, 6)])
+    receiver = Reassembler()
+    assert feed(receiver, datagrams[1:]) == []  # held: no manifest yet
+    refused(receiver, datagrams[:1], "run past")
+
+
+def test_manifest_that_contradicts_the_header_family():
+    refused(Reassembler(), craft([W], [f32(0, 1, 2, 3, 4, 5, 6)], fam=family([W]) ^ 1), "family")
+
+
+@pytest.mark.parametrize("manifest_frags, match, reason", [
+    # the length prefix claims more than the slices hold: all fragments arrive, no manifest
+    (stream_fragments(manifest_raw([W]), prefix_length=len(manifest_raw([W])) + 50), "make up a manifest",
+     "contradictions"),
+    # overlapping slices
+    ([Fragment(0xFFFF, MANIFEST, 0, struct.pack(">I", 90) + manifest_raw([W])[:60]),
+      Fragment(0xFFFF, MANIFEST, 40, manifest_raw([W])[36:])], "overlap", "contradictions"),
+    # two slices at the same offset
+    ([Fragment(0xFFFF, MANIFEST, 0, struct.pack(">I", len(manifest_raw([W]))) + manifest_raw([W])),
+      Fragment(0xFFFF, MANIFEST, 0, b"xx")], "same|offset", "contradictions"),
+    # a slice far beyond any manifest
+    ([Fragment(0xFFFF, MANIFEST, 5 << 20, b"x")] + stream_fragments(manifest_raw([W])), "runs past",
+     "contradictions"),
+    # a slice after the manifest is complete that does not agree with it
+    (stream_fragments(manifest_raw([W])) + [Fragment(0xFFFF, MANIFEST, 4, b"x")], "contradicts",
+     "contradictions"),
+    # first slice shorter than its length prefix
+    ([Fragment(0xFFFF, MANIFEST, 0, b"\0\0")], "length prefix", "malformed"),
+    # a declared manifest length over the limit
+    ([Fragment(0xFFFF, MANIFEST, 0, struct.pack(">I", codec.MAX_MANIFEST_BYTES + 1))], "exceeds", "over_limit"),
+    # not JSON at all
+    (stream_fragments(b"\xff" * 30), "JSON", "malformed"),
+])
+def test_lying_manifest_streams(manifest_frags, match, reason):
+    receiver = Reassembler()
+    refused(receiver, craft([W], [f32(0, 1, 2, 3, 4, 5, 6)], manifest_frags=manifest_frags), match, reason)
+    assert receiver.buffered_bytes == 0
+
+
+def test_fragment_count_must_fit_the_manifest():
+    # a manifest with 24 bytes of tensors cannot need 5,000 fragments...
+    many = craft([W], [f32(0, 1, 2, 3, 4, 5, 6)] + [Fragment(0, UINT8, 0, b"x")] * 0)
+    lie = bytearray(many[0])
+    lie[27:30] = (5000).to_bytes(3, "big")
+    lie = reseal(lie)
+    refused(Reassembler(), [lie], "empty")
+    # ...and 3 fragments cannot carry 1 GB
+    big = [{"name": "g", "shape": [250_000_000], "dtype": "float32", "encoding": "fp32"}]
+    refused(Reassembler(), craft(big, [f32(0, 1.0)]), "can carry")
+
+
+def test_lying_manifest_declaring_a_gigantic_tensor_allocates_nothing():
+    huge = [{"name": "g", "shape": [200_000_000], "dtype": "float32", "encoding": "fp32"}]  # 800 MB
+    datagrams = craft(huge, [f32(0, 1.0)])
+    lie = [reseal(bytes(d[:27]) + (20_000).to_bytes(3, "big") + bytes(d[30:])) for d in datagrams]
+    tracemalloc.start()
+    try:
+        receiver = Reassembler()
+        refused(receiver, lie, "allowed", "over_limit")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # refused before anything near 800 MB was allocated
+    assert receiver.buffered_bytes == 0 and receiver.open_messages == 0
+    beyond = [{"name": "g", "shape": [2**31], "dtype": "float32", "encoding": "fp32"}]  # 8 GiB
+    refused(Reassembler(), craft(beyond, [f32(0, 1.0)]), "over the limit", "malformed")
+
+
+def test_first_datagram_claiming_2_to_the_24_fragments_is_refused():
+    d = bytearray(send(model())[0])
+    d[24:30] = (0).to_bytes(3, "big") + packet.MAX_FRAGMENTS.to_bytes(3, "big")
+    receiver = Reassembler()
+    refused(receiver, [reseal(d)], "bookkeeping", "over_limit")
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+
+
+def test_bool_bytes_other_than_0_and_1_are_refused():
+    b = {"name": "m", "shape": [3], "dtype": "bool", "encoding": "bool"}
+    refused(Reassembler(), craft([b], [Fragment(0, BOOL, 0, b"\x01\x02\x00")]), "bool", "malformed")
+
+
+def test_contradicting_header_does_not_kill_the_open_message():
+    state = model()
+    datagrams = send(state, version=5)
+    receiver = Reassembler()
+    feed(receiver, datagrams[:3])
+    for field, value in ((slice(27, 30), (999).to_bytes(3, "big")), (slice(8, 12), b"\0\0\0\1"),
+                         (slice(12, 16), (4).to_bytes(4, "big"))):
+        liar = bytearray(datagrams[3])
+        liar[field] = value
+        refused(receiver, [reseal(liar)], "contradicts")
+    [got] = feed(receiver, datagrams[3:])
+    assert_same(state, got.state)
+
+
+def test_reused_message_id_with_a_newer_version_supersedes():
+    old, new = model(1), model(2)
+    receiver = Reassembler()
+    feed(receiver, send(old, version=1)[:4])
+    [got] = feed(receiver, send(new, version=2))
+    assert got.model_version == 2 and receiver.stats["superseded"] == 1
+    assert_same(new, got.state)
+    assert feed(receiver, send(old, version=1)[4:]) == [] and receiver.stats["late"] > 0
+    check_accounting(receiver)
+
+
+# -- limits: bounded memory, oldest evicted first -----------------------------------------
+
+
+def test_open_messages_per_origin_evict_the_oldest():
+    receiver = Reassembler(limits=Limits(open_per_origin=2))
+    streams = [send(model(i), message_id=i, version=i) for i in (1, 2, 3)]
+    for s in streams:
+        feed(receiver, s[:2])
+    assert receiver.open_messages == 2 and receiver.stats["evicted"] == 1
+    assert feed(receiver, streams[0][2:]) == []  # the oldest is gone: its rest is late
+    assert len(feed(receiver, streams[1][2:] + streams[2][2:])) == 2
+    assert receiver.buffered_bytes == 0
+
+
+def test_open_messages_in_all_evict_the_oldest():
+    receiver = Reassembler(limits=Limits(open_total=3))
+    streams = {origin: send(model(origin), origin=origin) for origin in range(1, 6)}
+    for s in streams.values():
+        feed(receiver, s[:1])
+    assert receiver.open_messages == 3 and receiver.stats["evicted"] == 2
+    assert sorted(k[0] for k in receiver._open) == [3, 4, 5]
+
+
+def test_bytes_per_origin_and_in_all():
+    state = model(width=400)  # ~50 KB
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    receiver = Reassembler(limits=Limits(bytes_per_origin=int(size * 1.5)))
+    first, second = send(state, message_id=1, mtu=1400), send(state, message_id=2, mtu=1400)
+    feed(receiver, first[:2])
+    feed(receiver, second[:2])  # no room for both: the older is evicted
+    assert receiver.open_messages == 1 and receiver.stats["evicted"] == 1
+    assert len(feed(receiver, second[2:])) == 1
+    total = Reassembler(limits=Limits(bytes_total=int(size * 2.5)))
+    for origin in (1, 2, 3):
+        feed(total, send(state, origin=origin, mtu=1400)[:2])
+    assert total.open_messages == 2 and sorted(k[0] for k in total._open) == [2, 3]
+    check_accounting(total)
+    small = Reassembler(limits=Limits(bytes_per_origin=size // 2))
+    refused(small, send(state, mtu=1400), "allowed", "over_limit")
+    assert small.buffered_bytes == 0
+
+
+def test_fragments_before_the_manifest_are_bounded():
+    datagrams = send(model(width=100), mtu=256)
+    receiver = Reassembler(limits=Limits(early_fragments=5))
+    tensor_part = [d for d in datagrams if not is_manifest(d)]
+    feed(receiver, tensor_part[:5])
+    assert receiver.buffered_bytes > 0
+    refused(receiver, tensor_part[5:6], "before the manifest", "over_limit")
+    assert receiver.buffered_bytes == 0 and receiver.open_messages == 0
+
+
+def test_limits_are_validated():
+    for bad in (dict(timeout_s=0), dict(open_total=0), dict(bytes_per_origin=-1), dict(early_fragments=-1)):
+        with pytest.raises(ValueError):
+            Limits(**bad)
+    with pytest.raises(ValueError):
+        Reassembler(key=b"")
+
+
+# -- authentication -----------------------------------------------------------------------
+
+
+def reseal(datagram, key=None) -> bytes:
+    b = bytearray(datagram)
+    if key is not None and b[1] & packet.FLAG_AUTH:
+        end = b[2] + int.from_bytes(b[34:36], "big")
+        b[end:end + 16] = hmac.new(key, bytes(b[:36]) + bytes(b[42:end]), hashlib.sha256).digest()[:16]
+    struct.pack_into(">I", b, 38, crc32c(bytes(b[42:]), crc32c(bytes(b[:36]))))
+    return bytes(b)
+
+
+def test_unsigned_forged_and_replayed_are_refused_and_counted():
+    receiver = Reassembler(key=KEY)
+    refused(receiver, send(model())[:1], "unsigned", "unsigned")
+    forged = bytearray(send(model(), key=KEY)[-1])
+    forged[50] ^= 0x40
+    refused(receiver, [reseal(forged)], "forged", "forged")
+    refused(receiver, send(model(), key=b"not the fleet key")[:1], "forged", "forged")
+    [got] = feed(receiver, send(model(2), key=KEY, version=2, message_id=10))
+    assert got.model_version == 2
+    err = refused(receiver, send(model(1), key=KEY, version=1, message_id=11)[:1], "replayed", "replayed")
+    assert isinstance(err, AuthError)
+    assert feed(receiver, send(model(2), key=KEY, version=2, message_id=10)) == []  # a replay of the last: late
+    assert (receiver.stats["unsigned"], receiver.stats["forged"], receiver.stats["replayed"]) == (1, 2, 1)
+    assert feed(receiver, send(model(3), key=KEY, version=3, message_id=12))[0].model_version == 3
+
+
+def test_reordering_across_versions_is_not_a_replay():
+    receiver = Reassembler(key=KEY)
+    older, newer = send(model(1), key=KEY, version=1, message_id=1), send(model(2), key=KEY, version=2, message_id=2)
+    feed(receiver, older[:3])
+    assert len(feed(receiver, newer)) == 1
+    [got] = feed(receiver, older[3:])  # started before the newer one: still welcome
+    assert got.model_version == 1 and receiver.stats["replayed"] == 0
+
+
+def test_receive_packet_checks_the_tag_flag_too():
+    receiver = Reassembler(key=KEY)
+    with pytest.raises(AuthError, match="unsigned"):
+        receiver.receive_packet(packet.parse(send(model())[0]), 0.0)
+    assert receiver.stats["unsigned"] == 1
+
+
+# -- the reassembler never misbehaves -----------------------------------------------------
+
+
+@PROPERTY
+@given(st.integers(0, 2**32), st.sampled_from([None, KEY]))
+def test_any_stream_gives_models_or_packet_errors(seed, key):
+    rng = random.Random(seed)
+    pool = []
+    for origin in (1, 2):
+        for version in (1, 2):
+            pool += send(model(origin + version, width=6), origin=origin, version=version, message_id=version,
+                         key=key if rng.random() < 0.9 else None, precision=rng.choice(["fp32", "int8"]))
+    pool += craft([W, Q], [f32(0, 1, 2, 3), f32(2, 4, 5, 6), Fragment(1, INT8, 1, b"\x03\x05\x01\x04", 0.5, 3)],
+                  origin=3, key=key)
+    limits = Limits(open_per_origin=rng.randint(1, 3), open_total=rng.randint(1, 4),
+                    bytes_per_origin=rng.choice([2_000, 50_000]), early_fragments=rng.randint(0, 4))
+    receiver = Reassembler(key=key, limits=limits)
+    for step in range(rng.randint(20, 120)):
+        d = bytearray(rng.choice(pool))
+        roll = rng.random()
+        if roll < 0.2:
+            d[rng.randrange(len(d))] ^= 1 << rng.randrange(8)
+            if rng.random() < 0.7:
+                d = bytearray(reseal(d, key if rng.random() < 0.5 else None))
+        elif roll < 0.25:
+            d = d[:rng.randrange(len(d))]
+        elif roll < 0.3:
+            d[24:30] = rng.randrange(1 << 24).to_bytes(3, "big") + rng.randrange(1 << 24).to_bytes(3, "big")
+            d = bytearray(reseal(d, key))
+        try:
+            got = receiver.receive(bytes(d), step * 0.5)
+            assert got is None or isinstance(got, reassembly.ReceivedModel)
+        except PacketError as exc:
+            assert receiver.stats[exc.reason] > 0
+        check_accounting(receiver)
+        assert receiver.open_messages <= limits.open_total
+        if rng.random() < 0.05:
+            receiver.expire(step * 0.5)
+    for got in receiver.expire(1e12):
+        assert isinstance(got, reassembly.ReceivedModel) and got.masks is not None
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
