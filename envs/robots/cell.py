@@ -2,30 +2,36 @@
 
 The policy sees and commands the table, not the arm: an action is an end-effector
 displacement in [-1, 1]^3 times 5 cm, turned into joint targets by PyBullet's IK inside the
-env with the tool held pointing down; observations and goals are positions and velocities
+env (tool pointing down: held on the Panda and xArm6; the KUKA's tilts where its elbow
+limit demands, see arms.py); observations and goals are positions and velocities
 in the task frame (origin at the centre of the table top).  So one policy means the same on
 a Panda, a KUKA iiwa or an xArm6, which is what lets different robots share what they learn.
 
-Physics (the choices that make the env fast; figures in benchmarks/robot_envs.py):
+Physics (the choices that make the env fast; figures from benchmarks/robot_envs.py on a
+busy 2-core machine: 3.5x panda-gym's steps/s on reach, 3.7x on push, same 0.04 s period):
 
 - Control period 0.04 s as panda-gym, but 4 substeps of 0.01 s instead of 20 of 0.002 s.
   Joint position gains are raised so that a joint closes the same share of its error per
   control period as panda-gym's (1 - 0.9**20 with kp 0.1 over 20 substeps, hence
-  kp = 1 - 0.9**5 over 4): the arm's response to an action matches panda-gym's.  A scripted
-  push moved the block to within 1-2 cm of where 0.001 s x 40 substeps moved it, and a block
-  at rest stays at rest (tests check both).  Fewer solver iterations than Bullet's 50
-  bought little once contacts are in play, so they stay at the default.
+  kp = 1 - 0.9**5 over 4): the arm's response to an action matches panda-gym's.  While
+  choosing, a scripted push moved the block to within 1-2 cm of where 40 substeps of
+  0.001 s moved it (0.02 s x 2 was further off, so 0.01 s keeps a margin); the tests check
+  that a block at rest stays put and that a push moves it.  Bullet's 50 solver iterations
+  stay: 20 would buy ~15 % more speed, but the joint motors are solved by the same
+  iterations.
 - Robot-table collisions are filtered out (commanded targets are clipped above the table
   instead), so reach steps a world with no contacts at all and push only checks the block.
 - reset() restores a saved world snapshot (restoreState, ~4 us: clears contact caches so a
   seed replays exactly) and puts joints, motor targets and the block back by
-  resetJointState / resetBasePositionAndOrientation; URDFs are loaded once per env.  The neutral joint
-  configuration (tool at START_EE, pointing down) is solved by IK once at construction.
+  resetJointState / resetBasePositionAndOrientation; URDFs are loaded once per env.  The
+  neutral joint configuration (tool at START_EE, pointing down) is solved by IK once at
+  construction.
 - Each env owns its PyBullet client (``BulletClient`` in DIRECT mode).  One world shared by
   several cells would step every cell whenever any env steps, so it only pays inside a
-  vectorised env that steps all cells together; the benchmark's world comparison found one
-  shared world no faster per arm-step than separate clients (Bullet's cost is per body and
-  contact, not per world), and separate clients keep seeding, resets and rendering per cell.
+  vectorised env that steps all cells together, and even there it gains little: with 4
+  Panda cells one world made 1.01, 1.01 and 1.08 times the arm-steps/s of a client per
+  cell in three runs (Bullet's cost is per body and contact, not per world).  Separate clients keep seeding,
+  resets and rendering per cell, and cells can step in separate processes.
 """
 
 from __future__ import annotations
@@ -150,7 +156,7 @@ class ArmCellEnv(gym.Env):
             self._client = client = BulletClient(connection_mode=mode)
             if mode == pybullet.GUI:
                 client.configureDebugVisualizer(pybullet.COV_ENABLE_GUI, 0)
-                client.resetDebugVisualizerCamera(1.2, 45, -30, [0, 0, 0])
+                client.resetDebugVisualizerCamera(1.4, 45, -30, [-0.15, 0, 0.15])
             client.setTimeStep(TIMESTEP)
             client.setGravity(0, 0, -9.81)
             client.setPhysicsEngineParameter(deterministicOverlappingPairs=1)
@@ -201,12 +207,16 @@ class ArmCellEnv(gym.Env):
         """Table (collides with the block only), visual-only floor, pedestal and goal marker."""
         cfg, arm = self.config, self.arm
         table_shape = client.createCollisionShape(pybullet.GEOM_BOX, halfExtents=_TABLE_HALF)
-        table_look = client.createVisualShape(pybullet.GEOM_BOX, halfExtents=_TABLE_HALF, rgbaColor=[0.85, 0.85, 0.85, 1])
+        table_look = client.createVisualShape(
+            pybullet.GEOM_BOX, halfExtents=_TABLE_HALF, rgbaColor=[0.85, 0.85, 0.85, 1]
+        )
         self._table = client.createMultiBody(0, table_shape, table_look, [0, 0, -_TABLE_HALF[2]])
         client.changeDynamics(self._table, -1, lateralFriction=1.0)
         client.setCollisionFilterGroupMask(self._table, -1, _TABLE, _BLOCK)
 
-        floor_look = client.createVisualShape(pybullet.GEOM_BOX, halfExtents=[1.5, 1.5, 0.005], rgbaColor=[0.45, 0.5, 0.55, 1])
+        floor_look = client.createVisualShape(
+            pybullet.GEOM_BOX, halfExtents=[1.5, 1.5, 0.005], rgbaColor=[0.45, 0.5, 0.55, 1]
+        )
         client.createMultiBody(0, -1, floor_look, [0, 0, _FLOOR_Z - 0.005])
         mount_z = arm.base_z - cfg.table_height
         pedestal_half = max((mount_z - _FLOOR_Z) / 2, 0.01)
@@ -339,7 +349,7 @@ class ArmCellEnv(gym.Env):
         live already, and this only paces the loop to real time."""
         if self.render_mode == "rgb_array":
             width, height = self.render_width, self.render_height
-            view = pybullet.computeViewMatrixFromYawPitchRoll([0, 0, 0], 1.2, 45, -30, 0, 2)
+            view = pybullet.computeViewMatrixFromYawPitchRoll([-0.15, 0, 0.15], 1.4, 45, -30, 0, 2)
             proj = pybullet.computeProjectionMatrixFOV(60, width / height, 0.05, 5.0)
             with silenced_output():
                 _, _, rgba, _, _ = self._client.getCameraImage(
