@@ -55,11 +55,13 @@ def dirichlet_split(
 ) -> list[np.ndarray]:
     """Split sample indices over nodes with non-IID class shares (Hsu et al. 2019).
 
-    Each node ``k`` draws its class distribution ``q_k ~ Dir(alpha * p)``, ``p`` being
-    the class frequencies of ``labels``; ``alpha`` is the *total* concentration: as
-    ``alpha -> 0`` a node holds one class, as ``alpha -> inf`` every node matches ``p``
-    (Hsu et al. use 0.05 ... 100). Nodes hold equal numbers of samples (the first
-    ``len(labels) % num_nodes`` nodes one more), as in the paper.
+    Each node ``k`` draws its class distribution ``q_k ~ Dir(alpha * C * p)``, ``p``
+    being the class frequencies of ``labels`` and ``C`` the number of classes: with
+    balanced classes that is ``alpha`` per class, the convention of the FL literature
+    and of Flower's ``DirichletPartitioner`` ("Dirichlet(0.3)" leaves a node a few
+    dominant classes). As ``alpha -> 0`` a node holds one class, as ``alpha -> inf``
+    every node matches ``p``. Nodes hold equal numbers of samples (the first
+    ``len(labels) % num_nodes`` nodes one more), as in Hsu et al.
 
     Finite data: samples are dealt round-robin, one per node per round, each from the
     node's ``q_k`` renormalised over the classes not yet used up, so running out of a
@@ -92,7 +94,7 @@ def dirichlet_split(
     prior = left / n
     # Dir(alpha * p) with tiny entries underflows to all-zero rows in float64; a floor
     # keeps every row a distribution without changing its character.
-    q = rng.dirichlet(np.maximum(alpha * prior, 1e-3), size=num_nodes)
+    q = rng.dirichlet(np.maximum(alpha * len(classes) * prior, 1e-3), size=num_nodes)
     sizes = np.full(num_nodes, n // num_nodes)
     sizes[: n % num_nodes] += 1
     taken = np.zeros(len(classes), dtype=np.int64)

@@ -68,7 +68,7 @@ def test_lower_alpha_gives_more_skewed_class_shares() -> None:
             tv.append(0.5 * np.abs(shares - np.bincount(labels) / len(labels)).sum(1).mean())
         return float(np.mean(tv))
 
-    low, mid, high = skew(0.1), skew(5.0), skew(1000.0)
+    low, mid, high = skew(0.05), skew(0.5), skew(1000.0)
     assert low > mid + 0.15 and mid > high + 0.1, (low, mid, high)
     assert high < 0.1
 

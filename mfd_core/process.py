@@ -1,0 +1,396 @@
+"""The self-organising MFD node: no server, no global rounds.
+
+Every node decides alone:
+
+- **when** to share: when its own validation score rose by ``share_margin`` since it
+  last shared, or when it has been silent for ``max_silence`` (so a saturated node
+  still passes on what it knows), within a byte budget;
+- **with whom**: the ``fanout`` neighbours that gain most, judged from what they
+  report about themselves (score, samples, compute, memory) and the link to them
+  (bandwidth, loss, latency);
+- **what to accept**: every incoming model passes the gate (scored on the node's own
+  validation data, refused if it would make the node worse), then is merged weighted
+  by samples and score; a partial model merges only what arrived.
+
+Two serverless patterns (DESIGN.md, property 4): :class:`MFDPolicy` — *owned models*
+exchanged between peers — and :class:`TravellingPolicy` — models that visit data
+holders hop by hop, are trained on each and are forwarded to the neighbour whose data
+they have seen least. A node that joins pulls its neighbours' models to bootstrap; a
+node that leaves takes nothing the others need with it.
+
+:class:`Node` is the I/O every policy shares (send a model or a report, reassemble,
+dispatch); policies are interchangeable objects behind :class:`SharingPolicy`, like
+Flower's strategies, so that a scenario swaps one name.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import torch
+
+from . import codec, knowledge
+from .packet import NEIGHBOURS, PacketError
+from .reassembly import Limits, Reassembler, ReceivedModel
+
+if TYPE_CHECKING:  # the world is built by mfd_core.experiment
+    from .experiment import World
+
+# A datagram over a simulated edge link arrives within milliseconds; a message still
+# open after 2 s has lost fragments for good and is delivered as partial.
+SIM_REASSEMBLY_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Report:
+    """What a neighbour says about itself in its periodic hello (no data, only a profile)."""
+
+    score: float
+    samples: int
+    compute: float
+    memory: float
+    family: str
+    width: float
+    version: int
+    received: float  # simulated time the report arrived
+    label_profile: tuple[float, ...] = ()  # class shares of its data (travelling models route on it)
+
+
+@dataclass
+class NodeCounters:
+    shares: int = 0
+    accepted: int = 0
+    refused: int = 0
+    partial_merged: int = 0
+    distilled: int = 0
+    bootstraps: int = 0
+
+
+class Node:
+    """One learner attached to the network: its model I/O, reports and counters."""
+
+    def __init__(self, node_id: int, learner, world: "World") -> None:
+        self.id = node_id
+        self.learner = learner
+        self.world = world
+        self.reassembler = Reassembler(limits=Limits(timeout_s=SIM_REASSEMBLY_TIMEOUT_S), key=world.key)
+        self.version = 0
+        self._message_id = 0
+        self.reports: dict[int, Report] = {}
+        self.counters = NodeCounters()
+        self.last_share_score = -math.inf
+        self.last_share_time = -math.inf
+        self.bytes_sent = 0
+        self.label_profile: tuple[float, ...] = ()
+        # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each peer
+        self.neighbour_models: dict[int, tuple[dict, dict | None, float, float]] = {}
+        world.net.attach(node_id, self._on_datagram)
+
+    # -- sending --------------------------------------------------------------------
+
+    def _next_message_id(self) -> int:
+        self._message_id = (self._message_id + 1) & 0xFFFF
+        return self._message_id
+
+    def send_model(self, destination: int, *, state: Mapping[str, torch.Tensor] | None = None,
+                   kind: str = "model", meta: Mapping[str, Any] | None = None,
+                   precision: str | None = None, next_hop: int | None = None,
+                   scaling: Mapping[str, Any] | None = None) -> int:
+        """Send a model (the own one by default) as MFD packets; returns the bytes sent."""
+        policy = self.world.settings
+        state = self.learner.get_state() if state is None else state
+        full_meta = {"kind": kind, "score": self.learner_score(), "samples": self.learner.num_samples,
+                     "family": self.learner.family, "width": self.learner.width, **(meta or {})}
+        datagrams = codec.to_datagrams(
+            state, origin=self.id, destination=destination, model_version=self.version,
+            message_id=self._next_message_id(), mtu=policy.mtu, precision=precision or policy.precision,
+            key=self.world.key, meta=full_meta,
+            scaling=scaling or {"family": self.learner.family, "ratio": self.learner.width})
+        return self._send(datagrams, next_hop=next_hop, kind="model")
+
+    def send_control(self, destination: int, meta: Mapping[str, Any], next_hop: int | None = None) -> int:
+        """A manifest-only message (hello, pull): no tensors, the same packets and checks."""
+        datagrams = codec.to_datagrams({}, origin=self.id, destination=destination, model_version=self.version,
+                                       message_id=self._next_message_id(), mtu=self.world.settings.mtu,
+                                       key=self.world.key, meta=dict(meta))
+        return self._send(datagrams, next_hop=next_hop, kind="control")
+
+    def _send(self, datagrams, *, next_hop: int | None, kind: str) -> int:
+        sent = 0
+        for dgram in datagrams:
+            self.world.net.send(self.id, dgram, next_hop=next_hop, kind=kind)
+            sent += len(dgram)
+        self.bytes_sent += sent
+        return sent
+
+    def hello(self) -> None:
+        self.send_control(NEIGHBOURS, {
+            "kind": "hello", "score": self.learner_score(), "samples": self.learner.num_samples,
+            "compute": self.world.compute_of(self.id), "memory": self.world.memory_of(self.id),
+            "family": self.learner.family, "width": self.learner.width, "version": self.version,
+            "labels": list(self.label_profile)})
+
+    # -- receiving ------------------------------------------------------------------
+
+    def _on_datagram(self, datagram, from_node: int) -> None:
+        if not self.world.net.is_up(self.id):
+            return
+        opened = self.reassembler.open_messages
+        now = self.world.env.now
+        try:
+            message = self.reassembler.receive(datagram, now)
+        except PacketError:
+            return  # counted in the reassembler's stats; nothing else to do
+        if self.reassembler.open_messages > opened:
+            # first fragment of a new message: look again once its timeout has passed
+            self.world.env.timeout(SIM_REASSEMBLY_TIMEOUT_S + 1e-6).callbacks.append(lambda _e: self._expire())
+        if message is not None:
+            self._dispatch(message, from_node)
+
+    def _expire(self) -> None:
+        if not self.world.net.is_up(self.id):
+            return
+        for message in self.reassembler.expire(self.world.env.now):
+            self._dispatch(message, None)
+
+    def _dispatch(self, message: ReceivedModel, from_node: int | None) -> None:
+        meta = message.manifest.meta
+        kind = meta.get("kind")
+        if kind == "hello":
+            self.reports[message.origin] = Report(
+                score=float(meta.get("score", 0.0)), samples=int(meta.get("samples", 0)),
+                compute=float(meta.get("compute", 0.0)), memory=float(meta.get("memory", 0.0)),
+                family=str(meta.get("family", "")), width=float(meta.get("width", 1.0)),
+                version=int(meta.get("version", 0)), received=self.world.env.now,
+                label_profile=tuple(float(v) for v in meta.get("labels", ())))
+            return
+        self.world.policy.on_message(self, message, from_node)
+
+    # -- the node's learner -----------------------------------------------------------
+
+    def served_state(self) -> dict[str, torch.Tensor] | None:
+        """The blend of the own model with the fresh cached neighbour models (None: serve the own).
+
+        Entries older than ``serve_max_age`` are stale and left out; weights are the
+        samples x score each model came with, the own model's likewise.
+        """
+        now = self.world.env.now
+        max_age = self.world.settings.serve_max_age
+        fresh = [(state, masks, weight) for state, masks, weight, t in self.neighbour_models.values()
+                 if now - t <= max_age]
+        if not fresh:
+            return None
+        own = self.learner.get_state()
+        return knowledge.merge_same_family(
+            own, [(state, weight) for state, _, weight in fresh], [masks for _, masks, _ in fresh],
+            local_weight=self.learner.num_samples * max(self.learner_score(), 1e-3))
+
+    def learner_score(self) -> float:
+        return self.world.cached_score(self)
+
+    def accept(self, message: ReceivedModel) -> knowledge.GateDecision:
+        """Gate, then merge (same family) or distil (another architecture) an incoming model.
+
+        A merged model is also kept, as the latest from its origin, in the node's
+        neighbour cache: the node serves the blend of its own model and these
+        (:meth:`served_state`), which is what local training has not yet pulled apart.
+        """
+        policy = self.world.settings
+        weight = float(message.manifest.meta.get("samples", 1)) * max(float(message.manifest.meta.get("score", 0.5)), 1e-3)
+        outcome = self.world.absorb(self, message, weight=weight, tolerance=policy.gate_tolerance)
+        decision = outcome.decision
+        if outcome.action == "merged":
+            self.neighbour_models[message.origin] = (message.state, message.masks, weight, self.world.env.now)
+        if decision.accepted:
+            self.counters.accepted += 1
+            if not message.complete:
+                self.counters.partial_merged += 1
+            self.world.invalidate_score(self)
+        else:
+            self.counters.refused += 1
+        self.world.log("gate", node=self.id, origin=message.origin, accepted=decision.accepted,
+                       reason=decision.reason, partial=not message.complete)
+        return decision
+
+
+class SharingPolicy(ABC):
+    """How nodes share: isolated, FedAvg, gossip, MFD... one interface, swapped by name."""
+
+    name: str = "policy"
+
+    def start(self, world: "World") -> None:
+        """Start the SimPy processes of every node (called once, before the run)."""
+        self.world = world
+        for node in world.nodes.values():
+            world.env.process(self.node_loop(node))
+
+    def node_loop(self, node: Node):
+        """Default life of a node: train in chunks, and after each chunk, :meth:`after_training`."""
+        world = self.world
+        steps = world.local_steps
+        while True:
+            if not world.net.is_up(node.id):
+                yield world.env.timeout(world.idle_poll)
+                continue
+            yield from world.train(node, steps)
+            self.after_training(node)
+
+    def after_training(self, node: Node) -> None:
+        pass
+
+    def on_message(self, node: Node, message: ReceivedModel, from_node: int | None) -> None:
+        pass
+
+    def on_join(self, node: Node) -> None:
+        """A node came (back): by default it just carries on with what it has."""
+
+
+class MFDPolicy(SharingPolicy):
+    """Owned models: each node keeps its own and exchanges with chosen neighbours."""
+
+    name = "mfd"
+
+    def start(self, world: "World") -> None:
+        super().start(world)
+        for node in world.nodes.values():
+            world.env.process(self._hello_loop(node))
+
+    def _hello_loop(self, node: Node):
+        world = self.world
+        interval = world.settings.hello_interval
+        # stagger the first hellos so a fleet does not speak all at once
+        yield world.env.timeout(float(world.rng.uniform(0, min(interval, 0.5))))
+        while True:
+            if world.net.is_up(node.id):
+                node.hello()
+            yield world.env.timeout(interval)
+
+    def after_training(self, node: Node) -> None:
+        policy = self.world.settings
+        now = self.world.env.now
+        score = node.learner_score()
+        improved = score >= node.last_share_score + policy.share_margin
+        silent = now - node.last_share_time >= policy.max_silence
+        if not (improved or silent):
+            return
+        if policy.byte_budget and node.bytes_sent > policy.byte_budget * max(now, 1e-9):
+            return
+        targets = self.choose_targets(node, policy.fanout)
+        if not targets:
+            return
+        for target in targets:
+            node.send_model(target)
+        node.counters.shares += 1
+        node.last_share_score, node.last_share_time = score, now
+
+    def choose_targets(self, node: Node, fanout: int) -> list[int]:
+        """Neighbours that gain most per byte: a weaker reported score, a good link.
+
+        Neighbours not yet heard from count as needing help (score 0) so a fleet starts
+        mixing before the first reports arrive.
+        """
+        world = self.world
+        neighbours = world.net.neighbours(node.id)
+        if not neighbours:
+            return []
+        own = node.learner_score()
+        scored = []
+        for nbr in neighbours:
+            report = node.reports.get(nbr)
+            their = report.score if report is not None else 0.0
+            link = world.net.link(node.id, nbr)
+            quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
+            need = 1.0 + max(0.0, own - their)
+            # a little noise so equal neighbours take turns
+            scored.append((need * quality * float(world.rng.uniform(0.5, 1.0)), nbr))
+        scored.sort(reverse=True)
+        return [nbr for _, nbr in scored[:fanout]]
+
+    def on_message(self, node: Node, message: ReceivedModel, from_node: int | None) -> None:
+        kind = message.manifest.meta.get("kind")
+        if kind == "pull":
+            node.send_model(message.origin)
+        elif kind == "model":
+            node.accept(message)
+
+    def on_join(self, node: Node) -> None:
+        """Bootstrap: ask the neighbours for their models; the gate picks what helps."""
+        node.counters.bootstraps += 1
+        node.last_share_score = -math.inf
+        node.send_control(NEIGHBOURS, {"kind": "pull"})
+        node.hello()
+
+
+class TravellingPolicy(MFDPolicy):
+    """Travelling models: a model visits data holders hop by hop, trained on each.
+
+    Each traveller carries in its manifest the class shares of the data it has been
+    trained on; the holder forwards it to the neighbour whose reported data profile
+    adds most of what the traveller has seen least, over a usable link. Every holder
+    also gates the visiting model against its own and keeps what helps.
+    """
+
+    name = "mfd-travel"
+
+    def start(self, world: "World") -> None:
+        super().start(world)
+        order = list(world.nodes)
+        world.rng.shuffle(order)
+        for i, node_id in enumerate(order[: world.settings.travellers]):
+            node = world.nodes[node_id]
+            world.env.process(self._launch(node, traveller=i))
+
+    def _launch(self, node: Node, traveller: int):
+        yield self.world.env.timeout(self.world.settings.hello_interval + 0.01 * traveller)
+        self._forward(node, node.learner.get_state(), {"traveller": traveller, "seen": [], "visits": 0})
+
+    def after_training(self, node: Node) -> None:
+        pass  # owned models are not pushed; the travellers carry knowledge
+
+    def on_message(self, node: Node, message: ReceivedModel, from_node: int | None) -> None:
+        kind = message.manifest.meta.get("kind")
+        if kind == "pull":
+            node.send_model(message.origin)
+        elif kind == "model":
+            node.accept(message)
+        elif kind == "travel":
+            self.world.env.process(self._visit(node, message))
+
+    def _visit(self, node: Node, message: ReceivedModel):
+        world = self.world
+        meta = dict(message.manifest.meta)
+        node.accept(message)  # the holder keeps what helps it
+        visitor = world.visiting_learner(node, message)
+        if visitor is None:
+            return
+        yield from world.train(node, world.local_steps, learner=visitor)
+        seen = np.asarray(meta.get("seen") or [0.0] * len(node.label_profile), dtype=float)
+        if len(seen) == len(node.label_profile):
+            seen = seen + np.asarray(node.label_profile) * node.learner.num_samples
+        meta.update(seen=[float(v) for v in seen], visits=int(meta.get("visits", 0)) + 1)
+        if world.net.is_up(node.id):
+            self._forward(node, visitor.get_state(), meta)
+
+    def _forward(self, node: Node, state, meta: dict) -> None:
+        world = self.world
+        neighbours = world.net.neighbours(node.id)
+        if not neighbours:
+            return
+        seen = np.asarray(meta.get("seen") or [], dtype=float)
+        best, best_gain = None, -math.inf
+        for nbr in neighbours:
+            report = node.reports.get(nbr)
+            profile = np.asarray(report.label_profile if report else (), dtype=float)
+            if len(profile) and len(profile) == len(seen) and seen.sum() > 0:
+                # the classes this traveller has seen least, weighted by what nbr holds
+                gain = float(profile @ (1.0 / (1.0 + seen / seen.sum() * len(seen))))
+            else:
+                gain = 1.0
+            link = world.net.link(node.id, nbr)
+            gain *= (1.0 - link["loss"]) * float(world.rng.uniform(0.8, 1.0))
+            if gain > best_gain:
+                best, best_gain = nbr, gain
+        node.send_model(best, state=state, kind="travel", meta=meta)
