@@ -38,6 +38,11 @@ MAX_NAME_LENGTH = 512
 MAX_DIMS = 16
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _BIG_ENDIAN_HOST = np.little_endian is False
+# Each encoding's elements as a numpy dtype in this host's byte order (the wire's is little).
+_NATIVE = {name: np.dtype(wire).newbyteorder("=") for name, wire, _ in ENCODINGS.values()}
+# The encoding that carries a dtype as it is, so decoding is a view, not a conversion.
+_OWN_ENCODING = {"float32": "fp32", "float16": "fp16", "float64": "fp64", "int64": "int64",
+                 "int32": "int32", "int16": "int16", "int8": "int8raw", "uint8": "uint8"}
 _MANIFEST_PREFIX = struct.Struct(">I")  # manifest stream = uint32 length + JSON
 
 # Manifest dtype names and the torch dtypes they restore.
@@ -63,18 +68,17 @@ class TensorSpec:
     encoding: str  # how its elements travel: a key of ENCODING_CODE
     scale: float = 1.0  # int8 only: x = (q - zero_point) * scale
     zero_point: int = 0
+    # Derived once: a receiver asks for these per tensor and per message.
+    numel: int = field(init=False, repr=False, compare=False)  # elements
+    itemsize: int = field(init=False, repr=False, compare=False)  # bytes per element on the wire
+    nbytes: int = field(init=False, repr=False, compare=False)  # bytes on the wire
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def itemsize(self) -> int:
-        return ENCODINGS[ENCODING_CODE[self.encoding]][2]
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.itemsize
+    def __post_init__(self) -> None:
+        numel = math.prod(self.shape)
+        itemsize = ENCODINGS[ENCODING_CODE[self.encoding]][2]
+        object.__setattr__(self, "numel", numel)
+        object.__setattr__(self, "itemsize", itemsize)
+        object.__setattr__(self, "nbytes", numel * itemsize)
 
 
 @dataclass(frozen=True)
@@ -324,15 +328,16 @@ def decode_tensor(spec: TensorSpec, buffer: np.ndarray | bytes | memoryview) -> 
     :raises PacketError: when the buffer does not hold exactly the tensor's bytes, or a
         bool tensor holds a byte other than 0 and 1.
     """
-    code = ENCODING_CODE[spec.encoding]
     raw = np.frombuffer(buffer, dtype=np.uint8)
     if raw.size != spec.nbytes:
         raise PacketError(f"{spec.name}: {raw.size} bytes for a tensor of {spec.nbytes}")
-    raw = raw.view(np.dtype(ENCODINGS[code][1]).newbyteorder("="))
+    raw = raw.view(_NATIVE[spec.encoding])
     if _BIG_ENDIAN_HOST:
         raw = raw.byteswap()
     elif not raw.flags.writeable:
         raw = raw.copy()
+    if spec.encoding == _OWN_ENCODING.get(spec.dtype):  # fp32 as float32 and the like: no conversion
+        return torch.from_numpy(raw).reshape(spec.shape)
     if spec.encoding == "bf16":
         t = torch.from_numpy(raw.view(np.int16)).view(torch.bfloat16)
     elif spec.encoding == "int8":
