@@ -23,7 +23,7 @@ from .metrics import RunResult
 from .network.sim import SimNetwork
 from .network.topology import build_topology
 from .process import MFDPolicy, Node, SharingPolicy, TravellingPolicy
-from .scaling import MLPFamily, ModelFamily, SmallCNNFamily
+from .scaling import MLPFamily, ModelFamily, SmallCNNFamily, activated_parameters
 from .scenario import Fault, Scenario
 from .scenario import Policy as PolicySettings
 
@@ -90,6 +90,7 @@ class World:
         self.families: dict[str, ModelFamily] = dict(families or {})
         self._scores: dict[int, tuple[int, float]] = {}
         self._debt: dict[int, int] = {}
+        self._trainable: dict[int, list[str]] = {}
         self.nodes: dict[int, Node] = {}
         for node_id, learner in learners.items():
             node = Node(node_id, learner, self)
@@ -106,10 +107,19 @@ class World:
     def memory_of(self, node_id: int) -> float:
         return float(self.graph.nodes[node_id].get("memory", 0.0))
 
+    def trainable(self, node: Node) -> list[str] | None:
+        """The parameters a low-compute node trains (graph attribute ``activated`` < 1), or None: all."""
+        fraction = float(self.graph.nodes[node.id].get("activated", 1.0))
+        if fraction >= 1.0:
+            return None
+        if node.id not in self._trainable:
+            self._trainable[node.id] = activated_parameters(node.learner.get_state(), fraction)
+        return self._trainable[node.id]
+
     def train(self, node: Node, steps: int, learner=None) -> Iterator:
         """Train ``steps`` minibatches and spend the simulated time that work costs."""
         learner = learner or node.learner
-        work = learner.train(steps) + self._debt.pop(node.id, 0)
+        work = learner.train(steps, trainable=self.trainable(node)) + self._debt.pop(node.id, 0)
         yield self.net.compute(node.id, work)
         if learner is node.learner:
             node.version += 1
@@ -292,6 +302,13 @@ def build_world(scenario: Scenario, seed: int, *, key: bytes | None = None,
         train, val, _ = train_val_test_split(idx, val_fraction=s.data.val_fraction, test_fraction=0.0,
                                              seed=seed * 1000 + k)
         attrs = graph.nodes[node_id]
+        # capacity tiers and architectures are dealt round-robin over the node ids
+        if s.learner.widths:
+            attrs["width"] = s.learner.widths[node_id % len(s.learner.widths)]
+        if s.learner.kinds:
+            attrs["family"] = s.learner.kinds[node_id % len(s.learner.kinds)]
+        if s.learner.activated:
+            attrs["activated"] = s.learner.activated[node_id % len(s.learner.activated)]
         kind = attrs.get("family") or s.learner.kind
         width = float(attrs.get("width", s.learner.width))
         # One initialisation for the fleet (the family's seed): averaging models that

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import torch
 
-from . import codec, knowledge
+from . import codec, knowledge, scaling
 from .packet import NEIGHBOURS, PacketError
 from .reassembly import Limits, Reassembler, ReceivedModel
 
@@ -282,7 +282,8 @@ class MFDPolicy(SharingPolicy):
         if not targets:
             return
         for target in targets:
-            node.send_model(target)
+            state, precision, fitted = self.fit_to_receiver(node, target)
+            node.send_model(target, state=state, precision=precision, scaling=fitted)
         node.counters.shares += 1
         node.last_share_score, node.last_share_time = score, now
 
@@ -309,10 +310,44 @@ class MFDPolicy(SharingPolicy):
         scored.sort(reverse=True)
         return [nbr for _, nbr in scored[:fanout]]
 
+    def fit_to_receiver(self, node: Node, target: int) -> tuple[dict, str, dict]:
+        """The largest model the receiver can use, at the precision its link deserves.
+
+        Width: a receiver of the same family that reported a narrower width gets the
+        sub-model of its width (HeteroFL: the first ceil(r*C) units of each hidden
+        layer), cut down further while its reported memory cannot train it. Precision:
+        the scenario's, or with ``auto`` chosen from the link's rate and loss. A node
+        that trains only some layers (``activated`` < 1) sends only those.
+        """
+        world, settings = self.world, self.world.settings
+        report = node.reports.get(target)
+        link = world.net.link(node.id, target)
+        family = world.families.get(node.learner.family)
+        ratio = node.learner.width
+        if report is not None and report.family == node.learner.family:
+            ratio = min(ratio, report.width)
+        if family is not None and report is not None and report.memory > 0:
+            # Adam training holds weights, gradients and two moments: 16 bytes a parameter
+            while ratio > 0.125 and scaling.param_count(family, ratio) * 16 > report.memory:
+                ratio /= 2
+        state = node.learner.get_state()
+        if ratio < node.learner.width and family is not None:
+            state = scaling.extract(state, family.shapes(ratio))
+        trained = world.trainable(node)
+        if trained is not None:
+            state = {name: value for name, value in state.items() if name in trained}
+        precision = settings.precision
+        if precision == "auto":
+            precision = scaling.choose_precision(scaling.ReceiverProfile(
+                memory_bytes=int(report.memory) if report and report.memory else 1 << 30,
+                compute_flops=1.0, link_bandwidth=link["bandwidth"], link_loss=min(link["loss"], 0.999)))
+        return state, precision, {"family": node.learner.family, "ratio": ratio}
+
     def on_message(self, node: Node, message: ReceivedModel, from_node: int | None) -> None:
         kind = message.manifest.meta.get("kind")
         if kind == "pull":
-            node.send_model(message.origin)
+            state, precision, fitted = self.fit_to_receiver(node, message.origin)
+            node.send_model(message.origin, state=state, precision=precision, scaling=fitted)
         elif kind == "model":
             node.accept(message)
 

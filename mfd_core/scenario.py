@@ -55,6 +55,9 @@ class Learner(_Strict):
     kind: Literal["mlp", "cnn"] = "mlp"
     hidden: tuple[int, ...] = Field((64, 64), min_length=1)
     width: float = Field(1.0, gt=0, le=1)
+    widths: tuple[float, ...] = Field((), description="capacity tiers: width ratios dealt round-robin over nodes")
+    kinds: tuple[Literal["mlp", "cnn"], ...] = Field((), description="architectures dealt round-robin over nodes")
+    activated: tuple[float, ...] = Field((), description="share of parameters each node trains, round-robin")
     lr: float = Field(0.005, gt=0, le=10)
     batch_size: int = Field(32, ge=1)
     local_steps: int = Field(10, ge=1, description="minibatch steps between sharing decisions")
@@ -62,7 +65,8 @@ class Learner(_Strict):
 
 class Policy(_Strict):
     name: Literal["isolated", "fedavg", "gossip", "mfd", "mfd-travel"] = "mfd"
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "fp32", description="MFD's wire precision; auto: per link from its rate and loss (baselines send fp32)")
     mtu: int = Field(1400, ge=256, le=65535)
     # MFD
     share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
@@ -108,6 +112,10 @@ class Scenario(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> "Scenario":
         n = self.topology.nodes
+        for name in ("widths", "activated"):
+            for v in getattr(self.learner, name):
+                if not 0 < v <= 1:
+                    raise ValueError(f"learner.{name}: {v} is not in (0, 1]")
         for i, fault in enumerate(self.faults):
             for node in fault.nodes:
                 if not 0 <= node < n:
