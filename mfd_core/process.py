@@ -84,6 +84,7 @@ class Node:
         self.last_share_score = -math.inf
         self.last_share_time = -math.inf
         self.bytes_sent = 0
+        self._expiry_pending = False
         self.label_profile: tuple[float, ...] = ()
         # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each peer
         self.neighbour_models: dict[int, tuple[dict, dict | None, float, float]] = {}
@@ -145,16 +146,24 @@ class Node:
         except PacketError:
             return  # counted in the reassembler's stats; nothing else to do
         if self.reassembler.open_messages > opened:
-            # first fragment of a new message: look again once its timeout has passed
-            self.world.env.timeout(SIM_REASSEMBLY_TIMEOUT_S + 1e-6).callbacks.append(lambda _e: self._expire())
+            self._schedule_expiry()
         if message is not None:
             self._dispatch(message, from_node)
 
-    def _expire(self) -> None:
+    def _schedule_expiry(self) -> None:
+        """One pending look at the open messages per node, however many are open."""
+        if not self._expiry_pending:
+            self._expiry_pending = True
+            self.world.env.timeout(SIM_REASSEMBLY_TIMEOUT_S + 1e-6).callbacks.append(self._expire)
+
+    def _expire(self, _event=None) -> None:
+        self._expiry_pending = False
         if not self.world.net.is_up(self.id):
             return
         for message in self.reassembler.expire(self.world.env.now):
             self._dispatch(message, None)
+        if self.reassembler.open_messages:
+            self._schedule_expiry()  # still streaming: the timeout counts quiet time
 
     def _dispatch(self, message: ReceivedModel, from_node: int | None) -> None:
         meta = message.manifest.meta

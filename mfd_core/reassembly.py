@@ -99,7 +99,7 @@ class ReceivedModel:
 class _Open:
     """One message being reassembled."""
 
-    __slots__ = ("first", "ident", "started", "seen", "received", "max_hops", "nbytes",
+    __slots__ = ("first", "ident", "started", "last", "seen", "received", "max_hops", "nbytes",
                  "manifest_chunks", "manifest_length", "manifest_have", "manifest_stream",
                  "manifest", "buffers", "tensors", "ranges", "early", "early_bytes")
 
@@ -107,6 +107,7 @@ class _Open:
         self.first = first  # the fields every other fragment must agree with
         self.ident = (first.fragment_count, first.family_id, first.model_version)
         self.started = started
+        self.last = started  # when its latest fragment arrived
         self.seen = bytearray((first.fragment_count + 7) >> 3)  # bitmap of fragment indices
         self.received = 0
         self.max_hops = 0
@@ -190,6 +191,7 @@ class Reassembler:
                     msg.ranges.extend((tensor_index, start, count))
                     seen[byte] |= bit
                     msg.received += 1
+                    msg.last = now
                     if hops > msg.max_hops:
                         msg.max_hops = hops
                     self.stats["fragments"] += 1
@@ -210,14 +212,18 @@ class Reassembler:
             raise
 
     def expire(self, now: float) -> list[ReceivedModel]:
-        """Deliver, as partial, every message open for ``timeout_s`` or longer.
+        """Deliver, as partial, every message that has had no new fragment for ``timeout_s``.
+
+        Quiet time rather than age (Linux's ipfrag_time counts from the first fragment):
+        a large model on a slow link may stream for longer than the timeout, and what
+        matters is that its fragments have stopped coming.
 
         A message whose manifest never arrived (and whose family this node does not
         know) cannot be placed and is dropped, counted as ``lost_manifest``.
         """
         out = []
         for key, msg in list(self._open.items()):
-            if now - msg.started < self.limits.timeout_s:
+            if now - msg.last < self.limits.timeout_s:
                 continue
             if msg.manifest is None and not self._adopt_known_layout(msg):
                 self.stats["lost_manifest"] += 1
@@ -284,6 +290,7 @@ class Reassembler:
             raise
         msg.seen[byte] |= bit
         msg.received += 1
+        msg.last = now
         if pkt.hops > msg.max_hops:
             msg.max_hops = pkt.hops
         self.stats["fragments"] += 1

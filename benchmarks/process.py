@@ -1,0 +1,301 @@
+"""The MFD process against isolated learning, FedAvg and gossip on the shipped digits scenario.
+
+Prints and records (``benchmarks/results/process.json``, curves as PNG beside it):
+
+1. accuracy and bytes, 4 policies x 3 seeds: MFD's final mean test accuracy against
+   FedAvg's, and the bytes MFD needs to reach FedAvg's final accuracy minus 2 points;
+2. the FedAvg server (and, for MFD, the same node) failing at 30% of the run;
+3. 20% packet loss on every link: what MFD loses;
+4. 30% of the nodes leaving and rejoining mid-run: how long a rejoining node takes to
+   reach the fleet's median accuracy;
+5. the simulator's own speed: 10 nodes with a 100k-parameter MLP through the
+   equivalent of 5 FedAvg rounds (FedAvg and MFD side by side), and 1,000 nodes with a
+   tiny model through one simulated hour of gossip (wall time and peak memory).
+
+    python benchmarks/process.py            # everything (~10 min on 2 cores)
+    python benchmarks/process.py --quick    # 1 seed, shorter runs
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, write_results  # noqa: E402
+from mfd_core.experiment import build_world  # noqa: E402
+from mfd_core.metrics import RunResult  # noqa: E402
+from mfd_core.scenario import load  # noqa: E402
+
+SCENARIO = Path(__file__).resolve().parents[1] / "apps" / "scenarios" / "digits.toml"
+
+
+def run(scenario, policy: str, seed: int, **changes) -> RunResult:
+    world = build_world(scenario.with_policy(policy, **changes), seed)
+    return world.run()
+
+
+def median(values):
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else math.nan
+
+
+def accuracy_and_bytes(scenario, seeds, log) -> dict:
+    runs = {p: [run(scenario, p, s) for s in seeds] for p in ("isolated", "fedavg", "gossip", "mfd")}
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        fed, mfd = runs["fedavg"][i], runs["mfd"][i]
+        target = fed.final_mean_score - 0.02
+        per_seed.append({
+            "seed": seed,
+            **{f"{p}_final_acc": round(runs[p][i].final_mean_score, 4) for p in runs},
+            **{f"{p}_MB": round(runs[p][i].bytes[-1] / 1e6, 3) for p in runs},
+            "target_acc": round(target, 4),
+            "mfd_MB_to_target": round(mfd.bytes_to(target) / 1e6, 3),
+            "fedavg_MB_to_target": round(fed.bytes_to(target) / 1e6, 3),
+            "mfd_time_to_target_s": mfd.time_to(target),
+            "fedavg_time_to_target_s": fed.time_to(target),
+            "mfd_vs_fedavg_final_points": round(100 * (mfd.final_mean_score - fed.final_mean_score), 2),
+            "mfd_MB_to_target_over_fedavg_total_MB": round(mfd.bytes_to(target) / fed.bytes[-1], 3),
+            "mfd_MB_to_target_over_fedavg_MB_to_target": round(mfd.bytes_to(target) / fed.bytes_to(target), 3),
+            "mfd_data_bytes": mfd.data_bytes[-1],
+        })
+        log(f"  seed {seed}: " + ", ".join(f"{p} {runs[p][i].final_mean_score:.3f}/{runs[p][i].bytes[-1] / 1e6:.1f}MB"
+                                          for p in runs))
+    summary = {key: median([row[key] for row in per_seed]) for key in per_seed[0] if key != "seed"}
+    summary["targets"] = {
+        "mfd_within_2_points_of_fedavg": summary["mfd_vs_fedavg_final_points"] >= -2.0,
+        "mfd_bytes_to_target_at_most_half_fedavg_total": summary["mfd_MB_to_target_over_fedavg_total_MB"] <= 0.5,
+        "mfd_bytes_to_target_at_most_half_fedavg_bytes_to_target":
+            summary["mfd_MB_to_target_over_fedavg_MB_to_target"] <= 0.5,
+    }
+    return {"per_seed": per_seed, "median": summary, "_runs": runs}
+
+
+def server_failure(scenario, seeds, log) -> dict:
+    faulty = scenario.replace(faults=[{"kind": "server_down", "at": 0.3}])
+    out = []
+    curves = {}
+    for seed in seeds:
+        fed = run(faulty, "fedavg", seed)
+        server = fed.extra["server"]
+        # MFD has no server; the node FedAvg used as one fails at the same time
+        mfd_faulty = scenario.replace(faults=[{"kind": "node_leave", "at": 0.3, "nodes": [server]}])
+        mfd = run(mfd_faulty, "mfd", seed)
+        t_fail = 0.3 * scenario.duration
+        i_fail = next(i for i, t in enumerate(fed.times) if t >= t_fail)
+        out.append({
+            "seed": seed, "server": server,
+            "fedavg_acc_at_failure": round(float(fed.mean_scores()[i_fail]), 4),
+            "fedavg_final_acc": round(fed.final_mean_score, 4),
+            "fedavg_gain_after_failure_points": round(100 * (fed.final_mean_score - fed.mean_scores()[i_fail]), 2),
+            "mfd_acc_at_failure": round(float(mfd.mean_scores()[i_fail]), 4),
+            "mfd_final_acc": round(mfd.final_mean_score, 4),
+            "mfd_gain_after_failure_points": round(100 * (mfd.final_mean_score - mfd.mean_scores()[i_fail]), 2),
+        })
+        curves[seed] = (fed, mfd)
+        log(f"  seed {seed}: FedAvg {out[-1]['fedavg_acc_at_failure']:.3f} -> {fed.final_mean_score:.3f}, "
+            f"MFD {out[-1]['mfd_acc_at_failure']:.3f} -> {mfd.final_mean_score:.3f}")
+    return {"per_seed": out, "_curves": curves}
+
+
+def packet_loss(scenario, seeds, baseline_runs, log) -> dict:
+    lossy = scenario.replace(topology={"loss": 0.2})
+    out = []
+    for seed, clean in zip(seeds, baseline_runs):
+        r = run(lossy, "mfd", seed)
+        out.append({"seed": seed, "clean_final_acc": round(clean.final_mean_score, 4),
+                    "loss20_final_acc": round(r.final_mean_score, 4),
+                    "points_lost": round(100 * (clean.final_mean_score - r.final_mean_score), 2),
+                    "partial_models_merged": r.extra.get("partial_merged", 0)})
+        log(f"  seed {seed}: clean {clean.final_mean_score:.3f}, 20% loss {r.final_mean_score:.3f}")
+    return {"per_seed": out, "median_points_lost": median([o["points_lost"] for o in out])}
+
+
+def churn(scenario, seeds, log) -> dict:
+    leave, back = 0.4, 0.6
+    churned = scenario.replace(faults=[{"kind": "node_leave", "at": leave, "fraction": 0.3, "rejoin_at": back}])
+    out = []
+    for seed in seeds:
+        r = run(churned, "mfd", seed)
+        fault = r.extra["faults"][0]
+        t_back = fault["rejoin_at"]
+        arr = np.asarray(r.scores, dtype=float)
+        times = np.asarray(r.times)
+        delays = []
+        for node in fault["nodes"]:
+            k = r.node_ids.index(node)
+            others = [j for j, n in enumerate(r.node_ids) if n not in fault["nodes"]]
+            reached = math.inf
+            for i in np.flatnonzero(times >= t_back):
+                if arr[i, k] >= np.median(arr[i, others]):
+                    reached = times[i] - t_back
+                    break
+            delays.append(reached)
+        worst = max(delays)
+        out.append({"seed": seed, "nodes": fault["nodes"], "rejoin_at_s": t_back,
+                    "median_delay_s": median(delays), "worst_delay_s": worst,
+                    "worst_delay_fraction_of_run": worst / scenario.duration,
+                    "bootstraps": r.extra.get("bootstraps", 0)})
+        log(f"  seed {seed}: {len(delays)} rejoining nodes reach the fleet median in "
+            f"median {median(delays):.1f} s, worst {worst:.1f} s ({worst / scenario.duration:.0%} of the run)")
+    return {"per_seed": out, "target_fraction": 0.10}
+
+
+def simulator_speed(log) -> dict:
+    from mfd_core.scenario import from_dict
+
+    base = {"name": "speed-10", "duration": 1.0, "eval_interval": 1.0,
+            "topology": {"kind": "random_geometric", "nodes": 10, "radius": 0.5, "compute": 20000.0,
+                         "bandwidth": 1.25e8, "latency": 0.001},
+            "learner": {"hidden": [256, 256], "local_steps": 10, "batch_size": 32}}
+    scenario = from_dict(base)
+    # 64*256 + 256 + 256*256 + 256 + 256*10 + 10 = 85,002 ... use 3 layers to pass 100k
+    scenario = scenario.replace(learner={"hidden": [256, 256, 128]})
+    world = build_world(scenario.with_policy("fedavg"), 0)
+    params = sum(v.numel() for v in world.nodes[0].learner.get_state().values())
+    out = {"params": params}
+    for policy in ("fedavg", "mfd"):
+        t0 = time.perf_counter()
+        world = build_world(scenario.with_policy(policy, round_timeout=10.0), 0)
+        if policy == "fedavg":
+            # run exactly 5 rounds: stop the clock when the server logs its fifth
+            world.duration = 1e6
+            done = world.env.event()
+            original = world.log
+
+            def log_and_stop(kind, _orig=original, **fields):
+                _orig(kind, **fields)
+                if kind == "fedavg_round" and fields.get("round") == 5 and not done.triggered:
+                    done.succeed()
+            world.log = log_and_stop
+            world.policy.start(world)
+            world.net.run(until=done)
+            sim_time = world.env.now
+        else:
+            world.duration = out["fedavg_sim_seconds"]
+            world.run()
+            sim_time = world.env.now
+        wall = time.perf_counter() - t0
+        out[f"{policy}_wall_s"] = round(wall, 3)
+        out[f"{policy}_sim_seconds"] = round(sim_time, 3)
+        log(f"  10 nodes, {params:,}-parameter MLP, {policy}: {wall:.2f} s wall for {sim_time:.2f} simulated s "
+            f"({'5 rounds' if policy == 'fedavg' else 'the same simulated time'})")
+    out["target_wall_s"] = 3.0
+
+    # 1,000 nodes, tiny model, one simulated hour of gossip
+    big = from_dict({"name": "speed-1000", "duration": 3600.0, "eval_interval": 3600.0,
+                     "topology": {"kind": "small_world", "nodes": 1000, "k": 6, "compute": 200.0},
+                     "learner": {"hidden": [8], "local_steps": 1, "batch_size": 8},
+                     "policy": {"name": "gossip", "gossip_interval": 10.0}})
+    t0 = time.perf_counter()
+    world = build_world(big, 0)
+    built = time.perf_counter() - t0
+    # every node trains one step of 8 samples at 200 samples/s: 0.04 s, i.e. ~90,000
+    # training chunks per node-hour would dominate; nodes gossip every 10 s and train
+    # once per gossip (local_steps=1 per 10 s of compute budget is set below)
+    for node in world.graph.nodes:
+        world.graph.nodes[node]["compute"] = 0.8  # 8 samples take 10 s: one step per gossip interval
+    r = world.run()
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.update({"nodes_1000_gossip_hour_wall_s": round(wall, 2), "nodes_1000_build_s": round(built, 2),
+                "nodes_1000_peak_rss_MB": round(peak_mb, 1), "nodes_1000_packets": r.packets[-1],
+                "nodes_1000_final_acc": round(r.final_mean_score, 4)})
+    log(f"  1,000 nodes, one simulated hour of gossip: {wall:.1f} s wall, peak RSS {peak_mb:.0f} MB, "
+        f"{r.packets[-1]:,} packets")
+    return out
+
+
+def plot(results, out_dir: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for policy, runs in results["accuracy"]["_runs"].items():
+        for j, r in enumerate(runs):
+            ax.plot(np.asarray(r.bytes) / 1e6, r.mean_scores(), alpha=0.9 if j == 0 else 0.4,
+                    label=policy if j == 0 else None)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("MB on all links")
+    ax.set_ylabel("mean test accuracy")
+    ax.set_title("Digits, 20 nodes: accuracy per byte (3 seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "process_accuracy_vs_bytes.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path.name)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for seed, (fed, mfd) in results["server_failure"]["_curves"].items():
+        ax.plot(fed.times, fed.mean_scores(), color="#1f77b4", alpha=0.8, label="FedAvg" if seed == 0 else None)
+        ax.plot(mfd.times, mfd.mean_scores(), color="#2ca02c", alpha=0.8, label="MFD" if seed == 0 else None)
+    fail = 0.3 * max(fed.times)
+    ax.axvline(fail, color="red", linestyle=":", label="server / node fails")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("mean test accuracy")
+    ax.set_title("Server failure at 30% of the run")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "process_server_failure.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path.name)
+    return files
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one seed and 20 simulated seconds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="+", choices=["accuracy", "failure", "loss", "churn", "speed"],
+                        help="run only these parts")
+    args = parser.parse_args(argv)
+    scenario = load(SCENARIO)
+    seeds = args.seeds
+    if args.quick:
+        seeds, scenario = seeds[:1], scenario.replace(duration=20.0)
+    parts = set(args.only or ["accuracy", "failure", "loss", "churn", "speed"])
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    results: dict = {}
+    started = time.perf_counter()
+    if parts & {"accuracy", "loss"}:
+        log("1. accuracy and bytes (isolated, FedAvg, gossip, MFD)")
+        results["accuracy"] = accuracy_and_bytes(scenario, seeds, log)
+        log(f"   median: {results['accuracy']['median']}")
+    if "failure" in parts:
+        log("2. server failure at 30% of the run")
+        results["server_failure"] = server_failure(scenario, seeds, log)
+    if "loss" in parts:
+        log("3. 20% packet loss on every link (MFD)")
+        results["packet_loss"] = packet_loss(scenario, seeds, results["accuracy"]["_runs"]["mfd"], log)
+    if "churn" in parts:
+        log("4. 30% of nodes leave at 40% and rejoin at 60% of the run (MFD)")
+        results["churn"] = churn(scenario, seeds, log)
+    if "speed" in parts:
+        log("5. simulator speed")
+        results["speed"] = simulator_speed(log)
+    files = []
+    if "accuracy" in results and "server_failure" in results:
+        files = plot(results, RESULTS)
+    clean = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
+    path = write_results("process", clean, scenario=scenario.name, seeds=seeds, plots=files,
+                         wall_seconds=round(time.perf_counter() - started, 1))
+    log(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
