@@ -128,6 +128,8 @@ def cmd_packets(args: argparse.Namespace) -> int:
 
     from mfd_core import codec, reassembly
 
+    if not 0.0 <= args.loss <= 1.0:
+        raise SystemExit(f"mfd packets: --loss must be between 0 and 1, got {args.loss}")
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
@@ -161,7 +163,24 @@ def cmd_packets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: the robot fleet's demo where it is installed, else the packet demo."""
+    try:
+        from apps.robots.cli import demo_main
+    except ImportError:
+        return cmd_packets(args)
+    return demo_main(args)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: the Net4LM robot fleet demo (see `mfd robots demo`)",
+                       description="Run the main demo on the embedded defaults; no servers to start.")
+    p.add_argument("--loss", type=float, default=0.2, help=argparse.SUPPRESS)
+    p.add_argument("--mtu", type=int, default=1400, help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("run", help="run a scenario (a TOML file or a shipped name) and save its results",
                        description="Run a scenario under its sharing policy with a progress bar; write metrics "
                                    "and events as JSON lines and a summary per seed.")
