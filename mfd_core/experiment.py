@@ -86,6 +86,10 @@ class World:
         self.rng = np.random.default_rng(seed)
         self.net = SimNetwork(graph, seed=seed)
         self.env = self.net.env
+        for fault in self.faults:  # a node whose first appearance is a node_join is not there before it
+            for n in fault.nodes if fault.kind == "node_join" else ():
+                if not any(f.kind == "node_leave" and n in f.nodes and f.at < fault.at for f in self.faults):
+                    self.net.leave(n)
         self.policy = policy or policy_by_name(settings.name)
         self.families: dict[str, ModelFamily] = dict(families or {})
         self._scores: dict[int, tuple[int, float]] = {}
@@ -250,7 +254,8 @@ class World:
         return self.result
 
     def _scores_now(self) -> list[float]:
-        return [self._score_served(self.nodes[n]) for n in self.result.node_ids]
+        # a node that is away serves nothing: NaN, a gap in its curve, left out of means
+        return [self._score_served(self.nodes[n]) if self.net.is_up(n) else math.nan for n in self.result.node_ids]
 
     def _score_served(self, node: Node) -> float:
         """Score the model the node serves: its own, or its neighbourhood blend (MFD)."""
