@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -182,3 +182,38 @@ def load(path: str | Path) -> Scenario:
         return from_dict(doc)
     except ScenarioError as err:
         raise ScenarioError(f"{path}: {err}") from None
+
+
+def reference_markdown() -> str:
+    """The scenario file reference (``docs/scenarios.md``), generated from the schema so it cannot drift."""
+    lines = ["# Scenario files", "",
+             "A scenario is a TOML file: the topology, the data split, the learner, the sharing policy,",
+             "the faults and the duration. `mfd run FILE` validates it before anything runs; an unknown",
+             "key, a wrong type or an impossible value stops with a message naming the field.",
+             "Shipped scenarios are in `apps/scenarios/` (`mfd run --list`).", "",
+             "This page is generated: `python -m mfd_core.scenario > docs/scenarios.md`.", ""]
+    sections = [("(top level)", Scenario), ("[topology]", Topology), ("[data]", Data), ("[learner]", Learner),
+                ("[policy]", Policy), ("[[faults]]", Fault)]
+    for title, model in sections:
+        lines += [f"## {title}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, f in model.model_fields.items():
+            if isinstance(f.default, BaseModel):
+                continue
+            if get_origin(f.annotation) is Literal:
+                kind = " | ".join(repr(a) for a in get_args(f.annotation))
+            elif isinstance(f.annotation, type):
+                kind = f.annotation.__name__
+            else:
+                kind = str(f.annotation).replace("typing.", "").replace("mfd_core.scenario.", "")
+            default = "required" if f.is_required() else repr(f.default)
+            symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "at least", "max_length": "at most"}
+            bounds = ", ".join(f"{sym} {getattr(m, attr)}" for m in f.metadata for attr, sym in symbols.items()
+                               if getattr(m, attr, None) is not None)
+            meaning = (f.description or "") + (f" ({bounds})" if bounds else "")
+            lines.append(f"| `{name}` | `{kind}` | `{default}` | {meaning} |".replace("|  |", "| |"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())
