@@ -205,11 +205,13 @@ def reference_markdown() -> str:
                 kind = f.annotation.__name__
             else:
                 kind = str(f.annotation).replace("typing.", "").replace("mfd_core.scenario.", "")
+                kind = kind.replace("__main__.", "")
             default = "required" if f.is_required() else repr(f.default)
             symbols = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "at least", "max_length": "at most"}
             bounds = ", ".join(f"{sym} {getattr(m, attr)}" for m in f.metadata for attr, sym in symbols.items()
                                if getattr(m, attr, None) is not None)
             meaning = (f.description or "") + (f" ({bounds})" if bounds else "")
+            kind = kind.replace("|", "\\|")  # a pipe inside a table cell must be escaped
             lines.append(f"| `{name}` | `{kind}` | `{default}` | {meaning} |".replace("|  |", "| |"))
         lines.append("")
     return "\n".join(lines)
