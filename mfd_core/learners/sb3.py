@@ -1,0 +1,606 @@
+"""A :class:`Learner` around a stable-baselines3 algorithm: a node that learns by acting.
+
+The node's "data" is its own experience: the transitions in its replay buffer (or the
+last rollout, for on-policy algorithms) and the episodes of its own evaluation env. None
+of it leaves the node; what travels is the policy's network state. The adapter knows
+nothing of any particular env: it needs a ``Box`` or ``Dict``-of-``Box`` observation
+space (goal-conditioned envs with HER included) and a ``Box`` (or ``Discrete`` for PPO)
+action space.
+
+Conventions the rest of the core relies on:
+
+- **State** (:meth:`SB3Learner.get_state`): tensors of the policy's ``state_dict`` whose
+  first name part is in ``share`` (default ``("actor", "critic")`` for off-policy
+  algorithms, everything for on-policy ones). Target networks never travel: they are
+  derived, and a receiver shifts its own targets by the same step as the network it
+  installs (so merging keeps TD targets consistent, and undoing a merge undoes it).
+- **Inputs** (:meth:`outputs`, :meth:`local_inputs`, :meth:`distil_from`): one flat
+  float tensor per observation, the ``Dict`` keys concatenated in the space's key order
+  (what SB3's ``CombinedExtractor`` feeds the networks), see :func:`flatten_obs`.
+- **Outputs**: deterministic actions in the policy's squashed ``[-1, 1]`` space for TD3
+  / DDPG (kind ``"deterministic"``), ``(mean, log_std)`` of the pre-squash Gaussian for
+  SAC and for PPO on ``Box`` actions (kind ``"gaussian"``), logits for PPO on
+  ``Discrete`` actions (``"categorical"``).
+- **Work** (:meth:`train`): environment steps. Off-policy SB3 algorithms take one
+  gradient step per env step by default, so one distillation step counts as one unit.
+- **Score**: success rate (``info["is_success"]`` at the end of an episode) or mean
+  return over a fixed, seeded set of deterministic episodes on the node's own eval env:
+  the same goals every time, so two policies are compared on the same episodes (the
+  RL counterpart of a validation set, and what the gate needs to be paired, not noisy).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mfd_core.knowledge import distillation_loss
+from mfd_core.learners.base import Learner
+from mfd_core.scaling import ModelFamily
+
+__all__ = ["SB3Learner", "SB3PolicyFamily", "flatten_obs", "obs_layout", "unflatten_obs"]
+
+Layout = list[tuple[str | None, tuple[int, ...]]]
+
+# A deterministic action of +-1 is a Gaussian mean of +-infinity before tanh: clip the
+# action to 1 - 1e-3 first (atanh(0.999) = 3.8, past where tanh is flat anyway).
+_ATANH_CLIP = 1.0 - 1e-3
+# A deterministic teacher read as a Gaussian gets this std (pre-squash units): narrow
+# enough to say "do this", wide enough that the student's own std is not forced to 0.
+_DETERMINISTIC_LOG_STD = math.log(0.1)
+
+
+# --------------------------------------------------------------------------- observations
+
+
+def obs_layout(space: spaces.Space) -> Layout:
+    """``[(key, shape), ...]`` of a ``Box`` (one entry, key ``None``) or ``Dict`` of ``Box``.
+
+    ``Dict`` keys come in the space's own order, the order SB3's ``CombinedExtractor``
+    concatenates them in.
+    """
+    if isinstance(space, spaces.Dict):
+        layout: Layout = []
+        for key, sub in space.spaces.items():
+            if not isinstance(sub, spaces.Box):
+                raise TypeError(f"observation key {key!r}: only Box sub-spaces are supported, got {type(sub).__name__}")
+            layout.append((key, tuple(sub.shape)))
+        return layout
+    if isinstance(space, spaces.Box):
+        return [(None, tuple(space.shape))]
+    raise TypeError(f"only Box or Dict-of-Box observation spaces are supported, got {type(space).__name__}")
+
+
+def flatten_obs(obs: Mapping[str, Any] | np.ndarray, layout: Layout) -> np.ndarray:
+    """Observations (one or a batch) as ``(batch, features)`` float32 rows."""
+    parts = []
+    for key, shape in layout:
+        value = np.asarray(obs if key is None else obs[key], dtype=np.float32)
+        size = int(np.prod(shape)) if shape else 1
+        parts.append(value.reshape(-1, size))
+    return np.concatenate(parts, axis=1)
+
+
+def unflatten_obs(x: Tensor, layout: Layout) -> Tensor | dict[str, Tensor]:
+    """Flat rows back into the observation structure the policy takes."""
+    out: dict[str, Tensor] = {}
+    start = 0
+    for key, shape in layout:
+        size = int(np.prod(shape)) if shape else 1
+        part = x[:, start : start + size].reshape(-1, *shape)
+        start += size
+        if key is None:
+            return part
+        out[key] = part
+    if start != x.shape[1]:
+        raise ValueError(f"inputs have {x.shape[1]} features, the observation space {start}")
+    return out
+
+
+# --------------------------------------------------------------------------- policy views
+
+
+def _kind_of(policy: nn.Module, action_space: spaces.Space) -> str:
+    if isinstance(action_space, spaces.Discrete):
+        return "categorical"
+    if hasattr(policy, "actor") and hasattr(policy.actor, "get_action_dist_params"):
+        return "gaussian"  # SAC
+    if hasattr(policy, "actor"):
+        return "deterministic"  # TD3, DDPG
+    return "gaussian"  # PPO / A2C on Box actions
+
+
+def _policy_outputs(policy: nn.Module, obs: Any, kind: str) -> Tensor | tuple[Tensor, Tensor]:
+    """The policy's distillation outputs on structured observations (with gradients)."""
+    if hasattr(policy, "actor"):
+        if kind == "deterministic":
+            return policy.actor(obs)
+        mean, log_std, _ = policy.actor.get_action_dist_params(obs)
+        return mean, log_std
+    dist = policy.get_distribution(obs).distribution
+    if kind == "categorical":
+        return dist.logits
+    return dist.mean, torch.log(dist.stddev)
+
+
+class _PolicyForward(nn.Module):
+    """Runs :func:`_policy_outputs` as ``forward`` so that ``functional_call`` can swap
+    candidate tensors in for one call (names are the policy's, under ``policy.``)."""
+
+    def __init__(self, policy: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.policy, self.kind = policy, kind
+
+    def forward(self, obs: Any) -> Tensor | tuple[Tensor, Tensor]:
+        return _policy_outputs(self.policy, obs, self.kind)
+
+
+# --------------------------------------------------------------------------- learner
+
+
+class SB3Learner(Learner):
+    """A node's SB3 agent: its policy, its own env, replay buffer and eval episodes.
+
+    :param model: an SB3 algorithm instance (TD3, SAC, DDPG with or without
+        ``HerReplayBuffer``; PPO) already holding the node's own training env, or a
+        zero-argument factory returning one.
+    :param eval_env: the node's own evaluation env (a ``gymnasium.Env``, not vectorised),
+        or a factory; scoring resets it with fixed seeds.
+    :param eval_episodes: episodes per :meth:`score`.
+    :param eval_seed: seed of the first scoring episode (episode ``i`` uses
+        ``eval_seed + i``); keep it apart from the training env's seeds.
+    :param metric: ``"success"`` (share of episodes whose last ``info`` has a true
+        ``is_success``) or ``"return"`` (mean undiscounted return).
+    :param share: first name parts of the policy ``state_dict`` that travel; default
+        ``("actor", "critic")`` when the policy has an actor and a critic (off-policy),
+        else everything. Why the critic travels with the actor: the actor is what a
+        robot acts with, but a receiver that keeps training needs a critic that agrees
+        with it; a good actor next to an untrained critic is pulled off course by the
+        critic's random gradients in the first updates (and a joining node's bootstrap
+        is lost). Send ``("actor",)`` to halve the bytes when receivers only act.
+    :param family: architecture family name (models of one family merge); default
+        ``"<algorithm>-mlp"``, e.g. ``"td3-mlp"``.
+    :param width: width ratio within the family (hidden widths relative to the
+        family's widest member; models nest by prefix as in :mod:`mfd_core.scaling`).
+    :param distil_batch: minibatch size for distillation.
+    :param distil_lr: learning rate of the distillation optimiser.
+    :param seed: seeds the sampling of local inputs.
+    :param env_factory: makes a fresh training env; only needed to train a clone.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        eval_env: gym.Env | Callable[[], gym.Env],
+        *,
+        eval_episodes: int = 10,
+        eval_seed: int = 1_000_000,
+        metric: str = "success",
+        share: Sequence[str] | None = None,
+        family: str | None = None,
+        width: float = 1.0,
+        distil_batch: int = 256,
+        distil_lr: float = 1e-3,
+        seed: int = 0,
+        env_factory: Callable[[], gym.Env] | None = None,
+    ) -> None:
+        if callable(model) and not hasattr(model, "policy"):
+            model = model()
+        if not hasattr(model, "policy") or not hasattr(model, "learn"):
+            raise TypeError(f"model must be an SB3 algorithm (or a factory of one), got {type(model).__name__}")
+        if metric not in ("success", "return"):
+            raise ValueError(f"metric must be 'success' or 'return', got {metric!r}")
+        if eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {eval_episodes}")
+        if not 0 < width <= 1:
+            raise ValueError(f"width must be in (0, 1], got {width}")
+        self.model = model
+        self.eval_env = eval_env() if callable(eval_env) and not isinstance(eval_env, gym.Env) else eval_env
+        self.eval_episodes, self.eval_seed, self.metric = int(eval_episodes), int(eval_seed), metric
+        self.layout = obs_layout(model.observation_space)
+        self.input_dim = sum(int(np.prod(s)) if s else 1 for _, s in self.layout)
+        self.output_kind = _kind_of(model.policy, model.action_space)
+        self.family = family or f"{type(model).__name__.lower()}-mlp"
+        self.width = float(width)
+        self.distil_batch, self.distil_lr = int(distil_batch), float(distil_lr)
+        self.env_factory = env_factory
+        self.work_done = 0
+        self._rng = np.random.default_rng(seed)
+        self._owns_buffer = True
+        names = {k.split(".", 1)[0] for k in model.policy.state_dict()}
+        if share is None:
+            share = ("actor", "critic") if {"actor", "critic"} <= names else sorted(n for n in names if not n.endswith("_target"))
+        unknown = set(share) - names
+        if unknown:
+            raise ValueError(f"share: {sorted(unknown)} not in the policy (it has {sorted(names)})")
+        if any(s.endswith("_target") for s in share):
+            raise ValueError("share: target networks are derived, not shared")
+        self.share = tuple(share)
+        self._forward = _PolicyForward(model.policy, self.output_kind)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def policy(self) -> nn.Module:
+        return self.model.policy
+
+    @property
+    def env_steps(self) -> int:
+        """Environment steps this node has taken while training."""
+        return int(self.model.num_timesteps)
+
+    @property
+    def num_samples(self) -> int:  # type: ignore[override]
+        """Transitions of own experience (the merge weight); at least 1 so a fresh node
+        still has a defined weight."""
+        return max(1, self.env_steps)
+
+    # ------------------------------------------------------------------ internals
+
+    def _shared_names(self) -> list[str]:
+        return [k for k in self.policy.state_dict() if k.split(".", 1)[0] in self.share]
+
+    def _obs_tensor(self, x: Tensor | np.ndarray) -> Tensor | dict[str, Tensor]:
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.policy.device)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        return unflatten_obs(x, self.layout)
+
+    def _to_env_action(self, out: Tensor | tuple[Tensor, ...], kind: str | None = None) -> np.ndarray:
+        """The env action a policy output stands for (deterministic: the mode)."""
+        kind = kind or self.output_kind
+        space = self.model.action_space
+        if kind == "categorical" or isinstance(space, spaces.Discrete):
+            return out.argmax(dim=-1).cpu().numpy()
+        if isinstance(out, tuple):
+            mean = out[0]
+            action = torch.tanh(mean) if self.policy.squash_output else mean
+        else:
+            action = out
+        action = action.detach().cpu().numpy()
+        if self.policy.squash_output:
+            return self.policy.unscale_action(action)
+        return np.clip(action, space.low, space.high)
+
+    def _episodes(self, act: Callable[[Tensor | dict[str, Tensor]], np.ndarray]) -> float:
+        """Run the fixed scoring episodes with ``act`` on the eval env; return the metric."""
+        env = self.eval_env
+        total = 0.0
+        for i in range(self.eval_episodes):
+            obs, info = env.reset(seed=self.eval_seed + i)
+            ret, done = 0.0, False
+            while not done:
+                flat = torch.from_numpy(flatten_obs(obs, self.layout))
+                action = act(flat)[0]
+                obs, reward, terminated, truncated, info = env.step(action)
+                ret += float(reward)
+                done = terminated or truncated
+            total += float(bool(info.get("is_success", False))) if self.metric == "success" else ret
+        return total / self.eval_episodes
+
+    def _check_state(self, state: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
+        for key, value in state.items():
+            if key not in local or key.split(".", 1)[0] not in self.share:
+                raise KeyError(f"{key!r} is not a shared tensor of this policy")
+            if value.shape != local[key].shape:
+                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(local[key].shape)}")
+
+    def _sync_targets(self, before: Mapping[str, Tensor]) -> None:
+        """Shift each shared network's target by the step its network just took."""
+        policy = self.policy
+        for prefix in self.share:
+            target = getattr(policy, f"{prefix}_target", None)
+            if target is None:
+                continue
+            online = getattr(policy, prefix).state_dict()
+            with torch.no_grad():
+                for name, t in target.state_dict().items():
+                    key = f"{prefix}.{name}"
+                    if key in before and t.is_floating_point():
+                        t.add_(online[name] - before[key])
+
+    def _replay_observations(self) -> np.ndarray:
+        """Flat observations of the node's own experience (replay buffer or last rollout)."""
+        buffer = getattr(self.model, "replay_buffer", None)
+        if buffer is not None:
+            size = buffer.buffer_size if buffer.full else buffer.pos
+            obs = buffer.observations
+        else:
+            buffer = getattr(self.model, "rollout_buffer", None)
+            if buffer is None:
+                return np.zeros((0, self.input_dim), dtype=np.float32)
+            size = buffer.buffer_size if buffer.full else buffer.pos
+            obs = buffer.observations
+        if size == 0:
+            return np.zeros((0, self.input_dim), dtype=np.float32)
+        # (size, n_envs, *shape) per key: rows of all envs
+        if isinstance(obs, dict):
+            obs = {k: v[:size].reshape(-1, *v.shape[2:]) for k, v in obs.items()}
+        else:
+            obs = obs[:size].reshape(-1, *obs.shape[2:])
+        return flatten_obs(obs, self.layout)
+
+    def _reset_observations(self, n: int) -> np.ndarray:
+        """Start states of the node's own eval env, for a node with no experience yet:
+        they cover the goals it will be asked to reach (seeds apart from the scoring ones)."""
+        rows = []
+        for i in range(n):
+            obs, _ = self.eval_env.reset(seed=self.eval_seed + 100_000 + i)
+            rows.append(flatten_obs(obs, self.layout))
+        return np.concatenate(rows) if rows else np.zeros((0, self.input_dim), dtype=np.float32)
+
+    # ------------------------------------------------------------------ Learner
+
+    def train(self, steps: int, trainable: Collection[str] | None = None) -> int:
+        """Act ``steps`` env steps and learn from them (``model.learn``, continuing).
+
+        :return: env steps taken.
+        """
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        if steps == 0:
+            return 0
+        if not self._owns_buffer:
+            self._detach_from_parent()
+        params = dict(self.policy.named_parameters())
+        frozen: dict[str, Tensor] = {}
+        hooks = []
+        if trainable is not None:
+            unknown = set(trainable) - set(params)
+            if unknown:
+                raise KeyError(f"unknown parameters: {sorted(unknown)}")
+            # Not requires_grad=False: SB3's losses must keep a graph (a fully frozen
+            # critic would leave its loss without one). Gradients of the frozen tensors
+            # are zeroed as they arrive and their values restored after the chunk, so
+            # they end bit-identical (Adam's momentum may move them inside the chunk).
+            frozen = {k: p.detach().clone() for k, p in params.items() if k not in trainable}
+            hooks = [params[k].register_hook(torch.zeros_like) for k in frozen]
+        before = self.model.num_timesteps
+        try:
+            self.model.learn(total_timesteps=steps, reset_num_timesteps=False, progress_bar=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            with torch.no_grad():
+                for k, value in frozen.items():
+                    params[k].copy_(value)
+        work = int(self.model.num_timesteps - before)
+        self.work_done += work
+        return work
+
+    @torch.no_grad()
+    def score(self, state: Mapping[str, Tensor] | None = None) -> float:
+        self.policy.set_training_mode(False)
+        kind = self.output_kind
+        if state is None:
+            return self._episodes(lambda x: self._to_env_action(self._forward(self._obs_tensor(x)), kind))
+        self._check_state(state, self.policy.state_dict())
+        # functional_call swaps the candidate in for each call only: the learner's own
+        # tensors are never written, so scoring a candidate cannot change the node.
+        swapped = {f"policy.{k}": v for k, v in state.items()}
+        return self._episodes(
+            lambda x: self._to_env_action(functional_call(self._forward, swapped, (self._obs_tensor(x),), strict=False), kind)
+        )
+
+    @torch.no_grad()
+    def score_teacher(self, teacher: Callable[[Tensor], Tensor | tuple[Tensor, ...]]) -> float:
+        self.policy.set_training_mode(False)
+        return self._episodes(lambda x: self._to_env_action(teacher(x)))
+
+    def get_state(self) -> dict[str, Tensor]:
+        state = self.policy.state_dict()
+        return {k: state[k].detach().clone() for k in self._shared_names()}
+
+    @torch.no_grad()
+    def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
+        local = self.policy.state_dict()  # tensors share storage with the policy
+        self._check_state(state, local)
+        for key in masks or {}:
+            if key not in state:
+                raise KeyError(f"mask for {key!r} without a tensor")
+        before = {k: local[k].clone() for k in state}
+        for key, value in state.items():
+            dst = local[key]
+            mask = None if masks is None else masks.get(key)
+            if mask is None:
+                dst.copy_(value)
+            else:
+                if mask.shape != dst.shape:
+                    raise ValueError(f"{key}: mask shape {tuple(mask.shape)} != {tuple(dst.shape)}")
+                dst.copy_(torch.where(mask.to(torch.bool), value.to(dst.dtype), dst))
+        self._sync_targets(before)
+
+    @torch.no_grad()
+    def outputs(self, inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        self.policy.set_training_mode(False)
+        return self._forward(self._obs_tensor(inputs))
+
+    def local_inputs(self, n: int) -> Tensor:
+        """Up to ``n`` observations of the node's own experience (start states of its own
+        env when it has none yet); they never leave the node."""
+        rows = self._replay_observations()
+        if len(rows) == 0:
+            rows = self._reset_observations(min(n, 256))
+        if len(rows) > n:
+            rows = rows[self._rng.choice(len(rows), size=n, replace=False)]
+        return torch.from_numpy(np.ascontiguousarray(rows))
+
+    def distil_from(
+        self,
+        teacher: Callable[[Tensor], Tensor | tuple[Tensor, ...]],
+        steps: int,
+        kind: str,
+        *,
+        temperature: float = 2.0,
+    ) -> float:
+        """Train the policy to act like ``teacher`` on the node's own observations.
+
+        A teacher whose outputs are of another kind (a deterministic TD3 teacher for a
+        Gaussian SAC student, or the reverse) is read in the student's kind: a
+        deterministic action as a narrow Gaussian around its pre-squash value, a
+        Gaussian as its mode.
+        """
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        inputs = self.local_inputs(max(self.distil_batch * 8, 2048))
+        with torch.no_grad():
+            target = _as_kind(teacher(inputs), self.output_kind, self.policy.squash_output)
+        kind = self.output_kind
+        params = [p for name, p in self.policy.named_parameters() if name.split(".", 1)[0] in self.share
+                  and (name.split(".", 1)[0] != "critic")]
+        before = {k: v.clone() for k, v in self.policy.state_dict().items() if k.split(".", 1)[0] in self.share}
+        optimizer = torch.optim.Adam(params, lr=self.distil_lr)
+        gen = torch.Generator().manual_seed(int(self._rng.integers(2**62)))
+        n = len(inputs)
+        self.policy.set_training_mode(True)
+        try:
+            for _ in range(steps):
+                idx = torch.randint(n, (min(self.distil_batch, n),), generator=gen)
+                out = _policy_outputs(self.policy, self._obs_tensor(inputs[idx]), kind)
+                loss = distillation_loss(out, _take(target, idx), kind, temperature=temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        finally:
+            self.policy.set_training_mode(False)
+        self._sync_targets(before)
+        self.work_done += steps
+        with torch.no_grad():
+            out = _policy_outputs(self.policy, self._obs_tensor(inputs), kind)
+            return float(distillation_loss(out, target, kind, temperature=temperature))
+
+    @torch.no_grad()
+    def evaluate(self, inputs: Tensor, targets: Tensor) -> float:
+        """Imitation score on given data: ``-MSE`` of the policy's deterministic env
+        actions against ``targets`` (env actions) on flat ``inputs``. For success rate
+        on episodes use :meth:`score` or :meth:`evaluate_episodes`."""
+        actions = self._to_env_action(self.outputs(inputs))
+        return -float(np.mean((actions - np.asarray(targets, dtype=np.float32)) ** 2))
+
+    @torch.no_grad()
+    def evaluate_episodes(self, env: gym.Env, episodes: int, seed: int, *, metric: str | None = None) -> float:
+        """The metric over ``episodes`` deterministic episodes on another env (e.g. a
+        held-out set of seeds for measurements), without touching the scoring env."""
+        saved = (self.eval_env, self.eval_episodes, self.eval_seed, self.metric)
+        self.eval_env, self.eval_episodes, self.eval_seed = env, int(episodes), int(seed)
+        self.metric = metric or self.metric
+        try:
+            return self.score()
+        finally:
+            self.eval_env, self.eval_episodes, self.eval_seed, self.metric = saved
+
+    def act(self, obs: Mapping[str, Any] | np.ndarray) -> np.ndarray:
+        """The deterministic env action for one observation (for replay and rendering)."""
+        with torch.no_grad():
+            self.policy.set_training_mode(False)
+            flat = torch.from_numpy(flatten_obs(obs, self.layout))
+            return self._to_env_action(self._forward(self._obs_tensor(flat)))[0]
+
+    def clone(self) -> SB3Learner:
+        """A copy with its own policy and optimisers that shares the replay buffer and
+        envs with this learner, read-only: enough to score and distil (the gate's
+        trial). Training the clone first copies the buffer and needs ``env_factory``."""
+        model = copy.copy(self.model)
+        model.policy = copy.deepcopy(self.model.policy)
+        if hasattr(model, "_create_aliases"):
+            model._create_aliases()
+        new = copy.copy(self)
+        new.model = model
+        new._forward = _PolicyForward(model.policy, self.output_kind)
+        new._rng = np.random.default_rng(self._rng.integers(2**62))
+        new._owns_buffer = False
+        return new
+
+    def _detach_from_parent(self) -> None:
+        if self.env_factory is None:
+            raise RuntimeError("this clone shares its parent's env; pass env_factory to SB3Learner to train clones")
+        from stable_baselines3.common.env_util import make_vec_env
+
+        if getattr(self.model, "replay_buffer", None) is not None:
+            self.model.replay_buffer = copy.deepcopy(self.model.replay_buffer)
+        env = make_vec_env(self.env_factory, n_envs=1)
+        self.model.env = env
+        self.model._last_obs = None
+        if getattr(self.model.replay_buffer, "env", None) is not None:
+            self.model.replay_buffer.env = env
+        self._owns_buffer = True
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | Path) -> Path:
+        """The node's own policy as an SB3 zip (no replay buffer); ``<algo>.load`` reads it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.model.save(path)
+        return path if path.suffix == ".zip" else path.with_suffix(".zip")
+
+    def __repr__(self) -> str:
+        return (f"SB3Learner({type(self.model).__name__}, family={self.family!r}, width={self.width}, "
+                f"kind={self.output_kind!r}, env_steps={self.env_steps})")
+
+
+def _as_kind(out: Tensor | tuple[Tensor, ...], kind: str, squash: bool) -> Tensor | tuple[Tensor, ...]:
+    """Teacher outputs in the student's kind (see :meth:`SB3Learner.distil_from`)."""
+    if kind == "gaussian" and isinstance(out, Tensor):
+        mean = torch.atanh(out.clamp(-_ATANH_CLIP, _ATANH_CLIP)) if squash else out
+        return mean, torch.full_like(mean, _DETERMINISTIC_LOG_STD)
+    if kind == "deterministic" and isinstance(out, tuple):
+        return torch.tanh(out[0]) if squash else out[0]
+    return out
+
+
+def _take(outputs: Tensor | tuple[Tensor, ...], idx: Tensor) -> Tensor | tuple[Tensor, ...]:
+    if isinstance(outputs, tuple):
+        return tuple(o[idx] for o in outputs)
+    return outputs[idx]
+
+
+# --------------------------------------------------------------------------- family
+
+
+class _Teacher(nn.Module):
+    """The shared part of a policy as a module whose ``state_dict`` names match
+    :meth:`SB3Learner.get_state` and whose ``forward`` maps flat observations to the
+    policy's outputs: what :func:`mfd_core.knowledge.absorb_knowledge` builds to let a
+    policy of another family teach."""
+
+    def __init__(self, policy: nn.Module, share: Sequence[str], layout: Layout, kind: str) -> None:
+        super().__init__()
+        for prefix in share:
+            self.add_module(prefix, getattr(policy, prefix))
+        self._policy = [policy]  # a list: not registered, so its other tensors stay out of state_dict
+        self.layout, self.kind = layout, kind
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        return _policy_outputs(self._policy[0], unflatten_obs(x, self.layout), self.kind)
+
+
+class SB3PolicyFamily(ModelFamily):
+    """A family of SB3 policies of one algorithm, nested by width, for teaching.
+
+    :param name: family name, as the learners of this family carry it.
+    :param make_policy: ``ratio -> SB3 policy`` (e.g. ``lambda r: TD3(..., policy_kwargs=
+        {"net_arch": [round(64 * r)] * 2}).policy``); only its shapes and forward matter.
+    :param share: the shared name parts, as the learners' ``share``.
+    """
+
+    def __init__(self, name: str, make_policy: Callable[[float], nn.Module], share: Sequence[str] = ("actor", "critic")) -> None:
+        self.name = name
+        self.make_policy = make_policy
+        self.share = tuple(share)
+        probe = make_policy(1.0)
+        self.layout = obs_layout(probe.observation_space)
+        self.input_shape = (sum(int(np.prod(s)) if s else 1 for _, s in self.layout),)
+        self.kind = _kind_of(probe, probe.action_space)
+
+    def _make(self, ratio: float) -> nn.Module:
+        return _Teacher(self.make_policy(ratio), self.share, self.layout, self.kind)
