@@ -177,6 +177,9 @@ class World:
     # -- faults -------------------------------------------------------------------------
 
     def _schedule_faults(self) -> None:
+        # Faults draw from their own generator: policies draw from self.rng as they start,
+        # and a comparison must lose the same nodes under every policy.
+        fault_rng = np.random.default_rng([self.seed, 1])
         for fault in self.faults:
             at = fault.at * self.duration
             nodes = list(fault.nodes)
@@ -184,9 +187,11 @@ class World:
                 nodes = [getattr(self.policy, "server", None)]
                 nodes = [n for n in nodes if n is not None]
             if fault.kind == "node_leave" and not nodes and fault.fraction:
-                candidates = [n for n in self.nodes if n != getattr(self.policy, "server", None)]
-                count = max(1, round(fault.fraction * len(candidates)))
-                nodes = sorted(int(n) for n in self.rng.choice(candidates, size=count, replace=False))
+                # the same count and order under every policy; FedAvg's server (whose loss is
+                # server_down) is passed over for the next in line
+                server = getattr(self.policy, "server", None)
+                order = [int(n) for n in fault_rng.permutation(sorted(self.nodes)) if n != server]
+                nodes = sorted(order[:max(1, round(fault.fraction * len(self.nodes)))])
             if fault.kind in ("server_down", "node_leave"):
                 for n in nodes:
                     self.net.schedule_leave(n, at)
