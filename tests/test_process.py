@@ -1,0 +1,304 @@
+"""The MFD process on tiny worlds: gate, partial merges, when/whom to share, joins,
+travelling models, FedAvg's single point of failure, reproducibility.
+
+Every world here is a handful of nodes, a 16-unit MLP and a few simulated seconds, so
+that the whole file runs in seconds on a busy CPU.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from mfd_core import codec
+from mfd_core.datasets import load_digits, train_val_test_split
+from mfd_core.experiment import World, build_world
+from mfd_core.learners import TorchSupervisedLearner
+from mfd_core.packet import FLAG_MANIFEST, parse
+from mfd_core.reassembly import Reassembler
+from mfd_core.scaling import MLPFamily
+from mfd_core.scenario import Policy, Scenario, from_dict
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str = "mfd", **sections) -> Scenario:
+    """A 5-node ring, 16-unit MLP, 6 simulated seconds; ``sections`` update its tables."""
+    doc = {
+        "name": "tiny", "seeds": [0], "duration": 6.0, "eval_interval": 0.5,
+        "topology": {"kind": "ring", "nodes": 5, "compute": 2000.0, "bandwidth": 1.0e6, "latency": 0.005},
+        "data": {"split": "dirichlet", "alpha": 0.5},
+        "learner": {"hidden": [16], "local_steps": 5, "lr": 0.01},
+        "policy": {"name": name, "max_silence": 1.0, "hello_interval": 1.0, "precision": "fp32"},
+    }
+    for key, value in sections.items():
+        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
+    return from_dict(doc)
+
+
+def received(world: World, origin: int, dest: int, state, *, drop: float = 0.0, seed: int = 0, **meta):
+    """``state`` cut into packets, ``drop`` of the tensor datagrams lost, the rest fed to a
+    fresh Reassembler with the world's key; the message it delivers (partial after expiry)."""
+    datagrams = codec.to_datagrams(
+        state, origin=origin, destination=dest, model_version=1, message_id=next(_ids), mtu=world.settings.mtu,
+        precision="fp32", key=world.key, meta={"kind": "model", **meta},
+        scaling={"family": "mlp", "ratio": 1.0})
+    rng = np.random.default_rng(seed)
+    # the manifest travels too: a receiver needs it to place anything it does not know
+    kept = [d for d in datagrams if parse(d, world.key).flags & FLAG_MANIFEST or rng.random() >= drop]
+    assert drop == 0 or len(kept) < len(datagrams)
+    reassembler = Reassembler(key=world.key)
+    message = None
+    for d in kept:
+        message = reassembler.receive(d, now=0.0) or message
+    if message is None:
+        (message,) = reassembler.expire(now=1e9)
+    return message
+
+
+def same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def test_gate_refuses_random_weights_and_accepts_a_better_model() -> None:
+    world = build_world(tiny(data={"split": "iid"}, policy={"gate_tolerance": 0.02}), seed=0)
+    trained, teacher, fresh = world.nodes[0], world.nodes[1], world.nodes[2]
+    trained.learner.train(300)
+    teacher.learner.train(300)
+    before = trained.learner.get_state()
+    # random weights that claim to be excellent: the gate must judge on local data, not on claims
+    gen = torch.Generator().manual_seed(7)
+    noise = {k: torch.randn(v.shape, generator=gen) for k, v in before.items()}
+    poisoned = received(world, 3, 0, noise, score=1.0, samples=100 * trained.learner.num_samples)
+    assert poisoned.complete
+    decision = trained.accept(poisoned)
+    assert not decision.accepted and decision.candidate_score < decision.local_score - 0.02
+    assert same_state(trained.learner.get_state(), before)
+    assert trained.counters.refused == 1 and trained.counters.accepted == 0
+    assert 3 not in trained.neighbour_models  # a refused model is not served either
+
+    score_before = fresh.learner.score()
+    good = received(world, 1, 2, teacher.learner.get_state(), score=teacher.learner.score(),
+                    samples=teacher.learner.num_samples)
+    decision = fresh.accept(good)
+    assert decision.accepted
+    assert fresh.learner.score() > score_before + 0.3
+    assert fresh.counters.accepted == 1 and 1 in fresh.neighbour_models
+    gates = [e for e in world.result.events if e["event"] == "gate"]
+    assert [(e["node"], e["origin"], e["accepted"]) for e in gates] == [(0, 3, False), (2, 1, True)]
+
+
+def test_gate_on_the_network_path_refuses_random_weights() -> None:
+    """The same refusal when the model is sent as packets over the simulated ring."""
+    world = build_world(tiny(data={"split": "iid"}, policy={"gate_tolerance": 0.02}), seed=0)
+    receiver = world.nodes[0]
+    receiver.learner.train(300)
+    before = receiver.learner.get_state()
+    gen = torch.Generator().manual_seed(3)
+    noise = {k: torch.randn(v.shape, generator=gen) for k, v in before.items()}
+    world.nodes[1].send_model(0, state=noise, meta={"score": 1.0, "samples": 10_000})
+    world.net.run(until=1.0)
+    assert receiver.counters.refused == 1 and receiver.counters.accepted == 0
+    assert same_state(receiver.learner.get_state(), before)
+
+
+# --------------------------------------------------------------------------- partial models
+
+
+def test_partial_model_merges_only_what_arrived() -> None:
+    world = build_world(tiny(data={"split": "iid"}, policy={"gate_tolerance": 1.0}), seed=0)
+    node, sender = world.nodes[0], world.nodes[1]
+    sender.learner.train(100)
+    before = node.learner.get_state()
+    message = received(world, 1, 0, sender.learner.get_state(), drop=0.3, seed=1,
+                       score=0.9, samples=sender.learner.num_samples)
+    assert not message.complete
+    arrived = sum(int(m.sum()) for m in message.masks.values())
+    total = sum(m.numel() for m in message.masks.values())
+    assert 0.4 < arrived / total < 0.95
+    assert node.accept(message).accepted
+    after = node.learner.get_state()
+    changed = 0
+    for name, mask in message.masks.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), f"{name}: lost elements changed"
+        changed += int((after[name][mask] != before[name][mask]).sum())
+    assert changed > 0.5 * arrived  # what arrived was merged
+    assert node.counters.partial_merged == 1
+
+
+def test_lossy_links_deliver_partial_models_that_are_merged() -> None:
+    world = build_world(tiny(topology={"loss": 0.3}, policy={"gate_tolerance": 1.0}), seed=0)
+    result = world.run()
+    assert result.extra["partial_merged"] > 0
+    assert all(math.isfinite(s) for row in result.scores for s in row)
+
+
+# --------------------------------------------------------------------------- when and with whom
+
+
+def _record_sends(world: World):
+    sends = defaultdict(list)  # node -> [(time, target, kind, score at the time)]
+    for node in world.nodes.values():
+        original = node.send_model
+
+        def send(destination, *args, _node=node, _original=original, **kwargs):
+            sends[_node.id].append((world.env.now, destination, kwargs.get("kind", "model"),
+                                    _node.learner_score(), dict(kwargs.get("meta") or {})))
+            return _original(destination, *args, **kwargs)
+
+        node.send_model = send
+    return sends
+
+
+def _shares(records):
+    """Group one node's model sends into shares: the sends of one decision share a time."""
+    groups = defaultdict(list)
+    for t, target, kind, score, _ in records:
+        if kind == "model":
+            groups[t].append((target, score))
+    return sorted(groups.items())
+
+
+@pytest.mark.parametrize("margin, silence", [(0.02, 1.0), (1.0, 1.5), (0.0, 100.0)])
+def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, silence) -> None:
+    scenario = tiny(topology={"kind": "small_world", "nodes": 6, "k": 4},
+                    policy={"share_margin": margin, "max_silence": silence, "fanout": 2})
+    world = build_world(scenario, seed=0)
+    sends = _record_sends(world)
+    result = world.run()
+    total = 0
+    for node_id, records in sends.items():
+        shares = _shares(records)
+        total += len(shares)
+        assert world.nodes[node_id].counters.shares == len(shares)
+        neighbours = set(world.graph.neighbors(node_id))
+        last_t, last_score = -math.inf, -math.inf
+        for t, targets in shares:
+            ids = [target for target, _ in targets]
+            assert 1 <= len(ids) <= 2 and len(set(ids)) == len(ids) and set(ids) <= neighbours
+            score = targets[0][1]
+            assert score >= last_score + margin or t - last_t >= silence - 1e-9, (node_id, t, score, last_score)
+            last_t, last_score = t, score
+    assert total > 0
+    if margin >= 1.0:  # accuracy cannot rise by 1.0: shares only come from silence
+        for records in sends.values():
+            times = [t for t, _ in _shares(records)]
+            assert all(b - a >= silence - 1e-9 for a, b in zip(times, times[1:]))
+    # what goes on the air is models and control messages; never raw data
+    kinds = world.net.stats()["kinds"]
+    assert set(kinds) <= {"model", "control"}
+    assert result.summary()["data_bytes"] == 0 and all(b == 0 for b in result.data_bytes)
+
+
+# --------------------------------------------------------------------------- joins
+
+
+def _joiner_world(policy: str, joiner: int, at: float) -> World:
+    scenario = tiny(policy, duration=8.0, data={"split": "iid"},
+                    topology={"compute": 500.0}, policy={"gate_tolerance": 0.05})
+    world = build_world(scenario, seed=0)
+    world.net.leave(joiner)  # not there at the start
+    world.net.schedule_join(joiner, at)
+    return world
+
+
+def test_a_node_that_joins_bootstraps_from_its_neighbours() -> None:
+    joiner, at = 2, 5.0
+    mfd = _joiner_world("mfd", joiner, at)
+    mfd_result = mfd.run()
+    alone = _joiner_world("isolated", joiner, at)
+    alone_result = alone.run()
+    node = mfd.nodes[joiner]
+    assert node.counters.bootstraps == 1
+    pulled = [e for e in mfd_result.events if e["event"] == "gate" and e["node"] == joiner and e["t"] < at + 0.5]
+    assert pulled and {e["origin"] for e in pulled} <= set(mfd.graph.neighbors(joiner))
+    assert any(e["accepted"] for e in pulled)
+    # half a simulated second after joining: a bootstrapped node against a fresh one
+    i = next(k for k, t in enumerate(mfd_result.times) if t >= at + 0.5)
+    col = mfd_result.node_ids.index(joiner)
+    assert mfd_result.scores[i][col] > alone_result.scores[i][col] + 0.2
+
+
+def test_a_scenario_node_join_starts_the_node_absent_and_it_bootstraps() -> None:
+    """``node_join`` on a node with no earlier leave: it is not there before, then joins."""
+    scenario = tiny(duration=6.0, data={"split": "iid"}, topology={"compute": 500.0},
+                    faults=[{"kind": "node_join", "at": 0.5, "nodes": [3]}])
+    world = build_world(scenario, seed=0)
+    result = world.run()
+    joins = [e for e in result.events if e["event"] == "join"]
+    assert [(e["t"], e["node"]) for e in joins] == [(3.0, 3)]
+    assert world.nodes[3].counters.bootstraps == 1
+    series = result.node_series(3)
+    before = [s for t, s in zip(result.times, series) if t < 3.0]
+    assert before and all(math.isnan(s) for s in before)  # away: no score, a gap in the curves
+    assert all(math.isfinite(s) for t, s in zip(result.times, series) if t >= 3.0)
+    assert world.nodes[3].learner.work_done > 0
+
+
+def test_nodes_away_have_no_score() -> None:
+    scenario = tiny("isolated", duration=4.0,
+                    faults=[{"kind": "node_leave", "at": 0.25, "nodes": [1], "rejoin_at": 0.75}])
+    result = build_world(scenario, seed=0).run()
+    series = result.node_series(1)
+    for t, s in zip(result.times, series):
+        assert math.isnan(s) == (1.0 <= t < 3.0), t
+    assert math.isfinite(result.final_mean_score)
+
+
+# --------------------------------------------------------------------------- travelling models
+
+
+def test_travelling_models_visit_nodes_and_improve_them() -> None:
+    scenario = tiny("mfd-travel", duration=8.0, topology={"nodes": 6}, policy={"travellers": 2})
+    world = build_world(scenario, seed=0)
+    sends = _record_sends(world)
+    result = world.run()
+    hops = [(t, node, target, meta) for node, records in sends.items()
+            for t, target, kind, _, meta in records if kind == "travel"]
+    holders = {node for _, node, _, _ in hops}
+    assert len(holders) >= 4  # travellers moved around the ring
+    for _, node, target, _ in hops:
+        assert target in set(world.graph.neighbors(node))
+    by_traveller = defaultdict(list)
+    for t, _, _, meta in sorted(hops, key=lambda h: h[0]):
+        by_traveller[meta["traveller"]].append(meta["visits"])
+    assert set(by_traveller) == {0, 1}
+    for visits in by_traveller.values():
+        assert visits == sorted(visits) and visits[-1] >= 4  # trained on each holder on the way
+    assert result.extra["accepted"] > 0
+    isolated = build_world(scenario.with_policy("isolated"), seed=0).run()
+    assert result.final_mean_score > isolated.final_mean_score + 0.03
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def _fingerprint(result):
+    return result.scores, result.bytes, result.packets, [(e["t"], e["event"]) for e in result.events]
+
+
+@pytest.mark.parametrize("policy", ["mfd", "fedavg", "mfd-travel"])
+def test_same_seed_same_results_and_another_seed_differs(policy) -> None:
+    scenario = tiny(policy, duration=3.0, topology={"loss": 0.1})
+    first = build_world(scenario, seed=0).run()
+    second = build_world(scenario, seed=0).run()
+    assert _fingerprint(first) == _fingerprint(second)
+    assert first.bytes[-1] > 0
+    other = build_world(scenario, seed=1).run()
+    assert other.scores != first.scores and other.bytes != first.bytes
