@@ -161,14 +161,16 @@ class World:
         return outcome
 
     def visiting_learner(self, node: Node, message):
-        """A copy of the node's learner holding a visiting model (same family and width), or None."""
+        """A copy of the node's learner holding a visiting model (same family and width), or None.
+
+        A traveller that lost fragments on the way takes the holder's values in the lost
+        ranges and travels on: lost packets cost only the ranges they carried.
+        """
         scaling = message.manifest.scaling
         if scaling.get("family") != node.learner.family or float(scaling.get("ratio", 1.0)) != node.learner.width:
             return None
-        if message.masks is not None:
-            return None
         visitor = node.learner.clone()
-        visitor.set_state(message.state)
+        visitor.set_state(message.state, message.masks)
         return visitor
 
     def log(self, kind: str, **fields: Any) -> None:

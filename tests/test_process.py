@@ -286,6 +286,23 @@ def test_travelling_models_visit_nodes_and_improve_them() -> None:
     assert result.final_mean_score > isolated.final_mean_score + 0.03
 
 
+def test_a_traveller_that_lost_fragments_is_trained_and_travels_on() -> None:
+    world = build_world(tiny("mfd-travel", policy={"hello_interval": 5.0, "gate_tolerance": 1.0}), seed=0)
+    world.policy.start(world)
+    sends = _record_sends(world)
+    holder = world.nodes[0]
+    traveller = world.nodes[2].learner.get_state()
+    message = received(world, 2, 0, traveller, drop=0.3, seed=2, score=0.5, samples=100,
+                       traveller=0, seen=[], visits=3)
+    message.manifest.meta["kind"] = "travel"
+    assert not message.complete
+    world.policy.on_message(holder, message, None)
+    world.net.run(until=1.0)
+    hop = next((target, meta) for _, target, kind, _, meta in sends[0] if kind == "travel")
+    assert hop[0] in (1, 4) and hop[1]["visits"] == 4 and hop[1]["traveller"] == 0
+    assert len(hop[1]["seen"]) == 10 and sum(hop[1]["seen"]) > 0
+
+
 # --------------------------------------------------------------------------- reproducibility
 
 
