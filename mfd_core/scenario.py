@@ -8,6 +8,8 @@ bandwidth, loss above 1, a fault on a node that does not exist) stops with
 """
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -34,12 +36,12 @@ class Topology(_Strict):
     p: float = Field(0.1, ge=0, le=1, description="rewiring probability (small_world)")
     edges: int = Field(2, ge=1, description="edge servers (hierarchy)")
     bandwidth: float = Field(1.0e6, gt=0, description="bytes per second per link direction")
-    latency: float = Field(0.005, ge=0, description="seconds per hop")
+    latency: float = Field(0.005, ge=0, allow_inf_nan=False, description="seconds per hop")
     loss: float = Field(0.0, ge=0, le=1, description="probability that a packet is lost on a link "
                         "(random_geometric: the base loss; links near the edge of range lose more)")
     degrade: bool = Field(True, description="random_geometric: links lose rate and gain loss with distance")
     corruption: float = Field(0.0, ge=0, le=1, description="probability that a packet gets a bit flipped")
-    compute: float = Field(2000.0, gt=0, description="training speed, samples per simulated second")
+    compute: float = Field(2000.0, gt=0, allow_inf_nan=False, description="training speed, samples per simulated second")
     memory: int = Field(64_000_000, gt=0, description="bytes of model memory per node")
 
 
@@ -101,7 +103,7 @@ class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
     seeds: tuple[int, ...] = Field((0,), min_length=1)
-    duration: float = Field(60.0, gt=0, description="simulated seconds")
+    duration: float = Field(60.0, gt=0, allow_inf_nan=False, description="simulated seconds")
     eval_interval: float = Field(2.0, gt=0, description="simulated seconds between measurements")
     topology: Topology = Topology()
     data: Data = Data()
@@ -111,7 +113,20 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _check_references(self) -> "Scenario":
-        n = self.topology.nodes
+        n, t = self.topology.nodes, self.topology
+        # the topology builders' own limits (mfd_core.network.topology), checked here so
+        # that the scenario fails at load, naming the field, not when a run starts
+        least = {"ring": 3, "small_world": 3, "star": 2, "random_geometric": 2, "grid": 2,
+                 "hierarchy": t.edges + 2}[t.kind]
+        if n < least:
+            raise ValueError(f"topology.nodes: a {t.kind} topology needs at least {least} nodes, got {n}")
+        if t.kind == "small_world" and t.k >= n:
+            raise ValueError(f"topology.k: must be smaller than nodes ({n}), got {t.k}")
+        if t.kind == "grid":
+            rows = t.rows or max(1, math.isqrt(n))
+            if n % rows:
+                raise ValueError(f"topology.rows: {rows} rows do not divide {n} nodes"
+                                 + ("" if t.rows else " (the default, about sqrt(nodes)); set rows"))
         for name in ("widths", "activated"):
             for v in getattr(self.learner, name):
                 if not 0 < v <= 1:
@@ -162,9 +177,17 @@ def _format(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers; anything else JSON lacks as text (a wrong type then)."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def from_dict(doc: dict[str, Any]) -> Scenario:
     try:
-        return Scenario.model_validate(doc)
+        # Strict, read as JSON: a TOML value already has its type, so a string or a boolean
+        # where a number belongs (nodes = "20", nodes = true) is a wrong type, not something
+        # to coerce; arrays fill tuples and integers floats, as JSON allows.
+        return Scenario.model_validate_json(json.dumps(doc, default=_plain), strict=True)
     except ValidationError as err:
         raise ScenarioError(_format(err)) from None
 
