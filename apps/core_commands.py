@@ -46,7 +46,10 @@ def run_policies(scenario, policies: list[str], out: Path, seeds: list[int] | No
     from mfd_core.experiment import build_world, policy_by_name
 
     for name in policies:
-        policy_by_name(name)  # unknown names fail before anything runs
+        try:
+            policy_by_name(name)  # unknown names fail before anything runs
+        except ValueError as err:
+            raise SystemExit(f"mfd: {err}") from None
     seeds = list(seeds or scenario.seeds)
     results = []
     total = scenario.duration * len(seeds) * len(policies)
@@ -97,11 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise SystemExit("mfd compare: --policies names no policy")
     out = Path(args.out or f"runs/{scenario.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        results = run_policies(scenario, policies, out, args.seeds)
-    except ValueError as err:
-        raise SystemExit(f"mfd compare: {err}") from None
+    results = run_policies(scenario, policies, out, args.seeds)
     _print_table(results)
     from mfd_core.report import write_report
 
