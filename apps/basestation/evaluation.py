@@ -1,0 +1,321 @@
+"""Every controller on every scenario and seed, and the report a person reads.
+
+Controllers: the static configuration (full power, strongest cell), the tuned
+load-balancing heuristic (CIO offsets, sleep at low load), and the trained agents:
+isolated, FedAvg and MFD stations (each station acts with its own saved SB3 model)
+and the central PPO controller. Each plays the scenario's evaluation seeds greedily;
+the figures are per-step means over the episode (rates, PF utility), totals
+(energy, handovers) and bits per joule over the whole episode, plus the bytes of model
+traffic its training cost.
+
+The report (``index.html``) shows them as a table per scenario and as PNG bar charts;
+``results.json`` / ``results.csv`` hold every (scenario, policy, seed) row and
+``summary.csv`` the means over seeds.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from envs.basestation import BaseStationParallelEnv
+from envs.basestation.heuristics import LoadBalancingHeuristic, full_power_strongest_cell, run_episode
+
+from .config import AppScenario
+from .learner import StackedPolicies, policy_actions, single_thread
+
+__all__ = ["POLICIES", "KPIS", "evaluate", "aggregate", "write_report", "load_controller"]
+
+POLICIES = ("full_power", "heuristic", "isolated", "fedavg", "mfd", "central")
+LABELS = {"full_power": "full power + strongest cell", "heuristic": "load-balancing heuristic",
+          "isolated": "isolated RL", "fedavg": "FedAvg RL", "mfd": "MFD RL", "central": "central RL"}
+COLOURS = {"full_power": "#8c564b", "heuristic": "#7f7f7f", "isolated": "#bcbd22", "fedavg": "#1f77b4",
+           "mfd": "#2ca02c", "central": "#d62728"}
+# (key, label, scale for display)
+KPIS = (
+    ("mean_user_rate_mbps", "mean user rate (Mbit/s)"),
+    ("p5_user_rate_mbps", "5th-percentile user rate (Mbit/s)"),
+    ("pf_utility", "PF utility (sum ln(rate / 1 Mbit/s), per step)"),
+    ("energy_kj", "energy (kJ per episode)"),
+    ("energy_efficiency_kbit_per_j", "energy efficiency (kbit/J)"),
+    ("handovers", "handovers per episode"),
+    ("model_mb", "model traffic in training (MB)"),
+)
+
+Controller = Callable[[dict], dict]
+
+
+class StationController:
+    """Each station acts greedily with its own saved SB3 PPO model (``bs_<i>/model.zip``)."""
+
+    def __init__(self, env: BaseStationParallelEnv, folder: Path) -> None:
+        from stable_baselines3 import PPO
+
+        net = env.network
+        self.agents = list(env.possible_agents)
+        self.default = net.default_actions()
+        self.nvec = [net.n_power_levels, net.n_cio, 2]
+        self.stations = [i for i in range(net.n_stations) if (folder / f"bs_{i}" / "model.zip").is_file()]
+        if not self.stations:
+            raise FileNotFoundError(f"{folder}: no station models (bs_<i>/model.zip)")
+        missing = [i for i in range(net.n_stations) if i not in self.stations and not net.off[i]]
+        if missing:
+            raise FileNotFoundError(f"{folder}: no model for stations {missing}")
+        # the station's own disk, written by `mfd basestation train`: never network bytes
+        policies = [PPO.load(folder / f"bs_{i}" / "model.zip", device="cpu").policy for i in self.stations]
+        for p in policies:
+            if p.observation_space.shape != env.observation_space(self.agents[0]).shape:
+                raise ValueError(f"{folder}: models were trained for observations of shape "
+                                 f"{p.observation_space.shape}, this scenario has "
+                                 f"{env.observation_space(self.agents[0]).shape}")
+        self.stacked = StackedPolicies(policies)
+        self.idx = np.asarray(self.stations)
+
+    def __call__(self, obs: dict) -> dict:
+        o = torch.from_numpy(np.stack([obs[self.agents[i]] for i in self.stations]).astype(np.float32))
+        a, _ = policy_actions(self.stacked.logits(o), self.nvec, None, greedy=True)
+        actions = self.default.copy()
+        actions[self.idx] = a
+        return {ag: actions[i] for i, ag in enumerate(self.agents)}
+
+
+class CentralController:
+    """The central PPO controller (``central/model.zip``) driving every station."""
+
+    def __init__(self, env: BaseStationParallelEnv, folder: Path) -> None:
+        from stable_baselines3 import PPO
+
+        path = folder / "model.zip"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no central model")
+        self.model = PPO.load(path, device="cpu")
+        self.agents = list(env.possible_agents)
+        expected = len(self.agents) * env.network.obs_dim
+        if self.model.observation_space.shape != (expected,):
+            raise ValueError(f"{path}: trained for {self.model.observation_space.shape} observations, "
+                             f"this scenario has ({expected},)")
+
+    def __call__(self, obs: dict) -> dict:
+        flat = np.concatenate([obs[a] for a in self.agents]).astype(np.float32)
+        action, _ = self.model.predict(flat, deterministic=True)
+        a = np.asarray(action).reshape(len(self.agents), 3)
+        return {ag: a[i] for i, ag in enumerate(self.agents)}
+
+
+def load_controller(policy: str, env: BaseStationParallelEnv, models: Path | None, scenario: str) -> Controller:
+    """The controller of ``policy`` for ``env``; trained ones come from ``models/<scenario>/<policy>``.
+
+    :raises FileNotFoundError: when a trained policy has no saved models.
+    """
+    if policy == "full_power":
+        return lambda obs: full_power_strongest_cell(env, obs)
+    if policy == "heuristic":
+        return LoadBalancingHeuristic(env)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if models is None:
+        raise FileNotFoundError(f"{policy}: no models folder given")
+    folder = Path(models) / scenario / policy
+    if policy == "central":
+        return CentralController(env, folder)
+    return StationController(env, folder)
+
+
+def episode_kpis(env: BaseStationParallelEnv, controller: Controller, seed: int) -> dict[str, float]:
+    """One greedy episode: per-step means, episode totals and bits per joule."""
+    history = run_episode(env, controller, seed=seed)
+    dt = env.config.step_duration_s
+    col = {k: np.array([h[k] for h in history], dtype=float) for k in history[0]}
+    energy = float(col["total_power_w"].sum() * dt)
+    bits = float(col["throughput_bps"].sum() * dt)
+    return {
+        "steps": len(history),
+        "mean_user_rate_mbps": float(col["mean_user_rate_bps"].mean() / 1e6),
+        "p5_user_rate_mbps": float(col["p5_user_rate_bps"].mean() / 1e6),
+        "pf_utility": float(col["pf_utility"].mean()),
+        "energy_kj": energy / 1e3,
+        "mean_power_w": float(col["total_power_w"].mean()),
+        "energy_efficiency_kbit_per_j": bits / energy / 1e3 if energy > 0 else 0.0,
+        "handovers": float(col["handovers"].sum()),
+        "sleeping_stations": float(col["sleeping_stations"].mean()),
+        "unserved_users": float(col["unserved_users"].mean()),
+    }
+
+
+def _training_summary(models: Path | None, scenario: str, policy: str) -> dict[str, Any]:
+    if models is None:
+        return {}
+    path = Path(models) / scenario / policy / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def evaluate(scenarios: list[AppScenario], models: Path | None, policies: tuple[str, ...] = POLICIES,
+             seeds: list[int] | None = None, progress: Callable[[str], None] | None = None,
+             ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Play every policy on every scenario and seed.
+
+    :return: one row per (scenario, policy, seed), and notes on what was skipped (a
+        trained policy without models is skipped with a note, not an error).
+    """
+    rows, notes = [], []
+    with single_thread():
+        for sc in scenarios:
+            env = BaseStationParallelEnv(sc.env)
+            for policy in policies:
+                try:
+                    controller = load_controller(policy, env, models, sc.name)
+                except (FileNotFoundError, ValueError) as err:
+                    notes.append(f"{sc.name}/{policy}: skipped ({err})")
+                    continue
+                training = _training_summary(models, sc.name, policy)
+                for seed in (seeds or list(sc.training.eval_seeds)):
+                    if progress:
+                        progress(f"{sc.name} {policy} seed {seed}")
+                    row = {"scenario": sc.name, "policy": policy, "seed": seed,
+                           **episode_kpis(env, controller, seed),
+                           "model_mb": training.get("model_bytes", 0) / 1e6,
+                           "training_env_steps": training.get("env_steps", 0)}
+                    if "measurement_bytes" in training:
+                        row["measurement_mb"] = training["measurement_bytes"] / 1e6
+                    rows.append(row)
+    return rows, notes
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Means over seeds per (scenario, policy), in scenario then policy order."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["scenario"], r["policy"])].append(r)
+    order = {p: i for i, p in enumerate(POLICIES)}
+    scen_order = list(dict.fromkeys(r["scenario"] for r in rows))
+    out = []
+    for (scen, pol), group in sorted(groups.items(), key=lambda kv: (scen_order.index(kv[0][0]),
+                                                                     order.get(kv[0][1], 99))):
+        keys = [k for k, v in group[0].items() if isinstance(v, (int, float)) and k != "seed"]
+        row = {"scenario": scen, "policy": pol, "seeds": len(group)}
+        for k in keys:
+            row[k] = float(np.mean([g.get(k, math.nan) for g in group]))
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _bar_chart(summary: list[dict], key: str, label: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r["scenario"] for r in summary))
+    policies = [p for p in POLICIES if any(r["policy"] == p for r in summary)]
+    width = 0.8 / max(len(policies), 1)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for k, pol in enumerate(policies):
+        vals = [next((r.get(key, math.nan) for r in summary if r["scenario"] == s and r["policy"] == pol), math.nan)
+                for s in scenarios]
+        ax.bar(np.arange(len(scenarios)) + (k - (len(policies) - 1) / 2) * width, vals, width,
+               label=LABELS.get(pol, pol), color=COLOURS.get(pol))
+    ax.set_xticks(np.arange(len(scenarios)), scenarios)
+    ax.set_ylabel(label)
+    ax.set_title(label)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _training_curves(models: Path, scenarios: list[str], path: Path) -> Path | None:
+    """Each RL policy's mean test score (1.0 = static configuration) over training."""
+    from mfd_core.metrics import RunResult
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(s, p, Path(models) / s / p / "run") for s in scenarios for p in ("isolated", "fedavg", "mfd")]
+    runs = [(s, p, f) for s, p, f in runs if (f / "summary.json").is_file()]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(3.2 * len(scenarios), 3.2), squeeze=False)
+    for ax, scen in zip(axes[0], scenarios):
+        for s, p, folder in runs:
+            if s != scen:
+                continue
+            r = RunResult.load(folder)
+            ax.plot(r.times, r.mean_scores(), label=LABELS[p], color=COLOURS[p])
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+        ax.set_title(scen)
+        ax.set_xlabel("round (simulated s)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("station score (1 = static config)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def write_report(rows: list[dict[str, Any]], out: Path, *, models: Path | None = None,
+                 notes: list[str] = (), title: str = "LM4Net: base-station coordination") -> Path:
+    """Write ``index.html`` with PNG charts, ``results.json``, ``results.csv``, ``summary.csv``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = aggregate(rows)
+    (out / "results.json").write_text(json.dumps({"rows": rows, "summary": summary, "notes": list(notes)},
+                                                 indent=2))
+    for name, table in (("results.csv", rows), ("summary.csv", summary)):
+        fields = list(dict.fromkeys(k for r in table for k in r))
+        with open(out / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(table)
+    images = [_bar_chart(summary, key, label, out / f"{key}.png") for key, label in KPIS] if summary else []
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    if models is not None:
+        curves = _training_curves(models, scenarios, out / "training_scores.png")
+        if curves is not None:
+            images.append(curves)
+    columns = ["policy", "seeds"] + [k for k, _ in KPIS] + ["sleeping_stations"]
+    tables = []
+    for scen in scenarios:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{_fmt(LABELS.get(r[c], r[c]) if c == 'policy' else r.get(c, math.nan))}"
+                                         f"</td>" for c in columns) + "</tr>"
+                       for r in summary if r["scenario"] == scen)
+        tables.append(f"<h2>{html.escape(scen)}</h2><table><tr>{head}</tr>{body}</table>")
+    pictures = "".join(f'<figure><img src="{p.name}" alt="{p.stem}"><figcaption>{p.stem.replace("_", " ")}'
+                       f"</figcaption></figure>" for p in images)
+    note_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:6px}}
+img{{max-width:560px}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Every policy on every scenario, greedy actions, means over {len(set(r['seed'] for r in rows))} seeds.
+Rates and PF utility are per-step means over the episode; energy and handovers are episode totals;
+energy efficiency is all bits over all joules. Model traffic is what training sent over the X2 links
+(FedAvg: every link on the way to and from its server). Files: results.json, results.csv, summary.csv.</p>
+{"<ul>" + note_html + "</ul>" if note_html else ""}
+{''.join(tables)}
+{pictures}
+</body></html>"""
+    (out / "index.html").write_text(page)
+    return out / "index.html"
