@@ -161,19 +161,21 @@ def test_gossip_pushes_to_one_neighbour_per_interval() -> None:
 def test_a_comparison_keeps_data_models_and_faults_and_swaps_only_the_policy() -> None:
     scenario = tiny(duration=2.0, topology={"nodes": 6},
                     faults=[{"kind": "node_leave", "at": 0.5, "fraction": 0.5}])
-    chosen = {}
+    chosen, server = {}, None
+    reference_world = build_world(scenario, seed=0)
+    samples = [n.learner.num_samples for n in reference_world.nodes.values()]
+    initial = reference_world.nodes[0].learner.get_state()
     for name in POLICIES:
         world = build_world(scenario.with_policy(name), seed=0)
-        # same data split and the same initial model on every node, whatever the policy
-        assert [n.learner.num_samples for n in world.nodes.values()] == \
-            [n.learner.num_samples for n in build_world(scenario, seed=0).nodes.values()]
+        # the same data split and the same initial model on every node, whatever the policy
+        assert [n.learner.num_samples for n in world.nodes.values()] == samples
+        assert all(same_state(n.learner.get_state(), initial) for n in world.nodes.values())
         result = world.run()
         assert result.policy == name
         (fault,) = result.extra["faults"]
         chosen[name] = fault["nodes"]
-    server = build_world(scenario.with_policy("fedavg"), seed=0)
-    server.run()
-    server = server.policy.server
+        if name == "fedavg":
+            server = result.extra["server"]
     reference = chosen["isolated"]
     assert len(reference) == 3
     for name, nodes in chosen.items():

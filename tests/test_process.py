@@ -79,8 +79,8 @@ def same_state(a, b) -> bool:
 def test_gate_refuses_random_weights_and_accepts_a_better_model() -> None:
     world = build_world(tiny(data={"split": "iid"}, policy={"gate_tolerance": 0.02}), seed=0)
     trained, teacher, fresh = world.nodes[0], world.nodes[1], world.nodes[2]
-    trained.learner.train(300)
-    teacher.learner.train(300)
+    trained.learner.train(150)
+    teacher.learner.train(150)
     before = trained.learner.get_state()
     # random weights that claim to be excellent: the gate must judge on local data, not on claims
     gen = torch.Generator().manual_seed(7)
@@ -265,7 +265,7 @@ def test_nodes_away_have_no_score() -> None:
 
 
 def test_travelling_models_visit_nodes_and_improve_them() -> None:
-    scenario = tiny("mfd-travel", duration=8.0, topology={"nodes": 6}, policy={"travellers": 2})
+    scenario = tiny("mfd-travel", duration=6.0, topology={"nodes": 6}, policy={"travellers": 2})
     world = build_world(scenario, seed=0)
     sends = _record_sends(world)
     result = world.run()
@@ -312,7 +312,7 @@ def _fingerprint(result):
 
 @pytest.mark.parametrize("policy", ["mfd", "fedavg", "mfd-travel"])
 def test_same_seed_same_results_and_another_seed_differs(policy) -> None:
-    scenario = tiny(policy, duration=3.0, topology={"loss": 0.1})
+    scenario = tiny(policy, duration=2.0, topology={"loss": 0.1})
     first = build_world(scenario, seed=0).run()
     second = build_world(scenario, seed=0).run()
     assert _fingerprint(first) == _fingerprint(second)
