@@ -1,0 +1,228 @@
+"""LM4Net app (apps/basestation): scenario files, station learners, packets, gate, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from apps.basestation.config import AppScenarioError, load_app_scenario, shipped_scenarios
+from apps.basestation.learner import RadioCommons, StationLearner, StationView, single_thread
+from apps.basestation.training import x2_topology
+from mfd_core import codec
+from mfd_core.knowledge import Gate
+from mfd_core.reassembly import Reassembler
+
+# A small, fast radio scenario: the 7-cell outage preset with short episodes.
+TINY = """
+name = "tiny"
+preset = "outage"
+[basestation]
+episode_steps = 20
+initial_users = 20
+max_users = 40
+arrival_rate_per_step = 0.5
+[training]
+rounds = 2
+chunk_steps = 20
+batch_size = 10
+n_epochs = 2
+hidden = [16, 16]
+eval_steps = 5
+eval_interval = 1.0
+eval_seeds = [1]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+# -- scenario files ---------------------------------------------------------------------
+
+
+def test_shipped_scenarios_load():
+    names = shipped_scenarios()
+    assert set(names) >= {"uniform", "hotspot", "rush_hour", "outage", "night"}
+    for name in names:
+        sc = load_app_scenario(name)
+        assert sc.name == name and sc.training.rounds >= 1 and sc.sharing.name == "mfd"
+
+
+@pytest.mark.parametrize("text, field", [
+    ('preset = "uniform"\n[basestation]\nn_macro_cells = 8\n', "basestation.n_macro_cells"),
+    ('preset = "uniform"\n[basestation]\nmax_users = "many"\n', "basestation.max_users"),
+    ('preset = "uniform"\n[training]\nrounds = 0\n', "training.rounds"),
+    ('preset = "uniform"\n[training]\nroundz = 3\n', "training.roundz"),
+    ('preset = "uniform"\n[x2]\nloss = 2.0\n', "x2.loss"),
+    ('preset = "uniform"\n[sharing]\nprecision = "fp8"\n', "sharing.precision"),
+    ('preset = "downtown"\n', "preset"),
+    ('preset = "uniform"\nn_macro_cells = 7\n', "n_macro_cells"),
+])
+def test_bad_scenario_field_is_named(tmp_path, text, field):
+    with pytest.raises(AppScenarioError) as err:
+        load_app_scenario(_write(tmp_path, text))
+    assert str(err.value).startswith(field + ":"), str(err.value)
+
+
+def test_radio_field_at_top_level_says_where_it_belongs(tmp_path):
+    with pytest.raises(AppScenarioError, match=r"\[basestation\]"):
+        load_app_scenario(_write(tmp_path, 'preset = "uniform"\nmax_users = 10\n'))
+
+
+def test_env_preset_name_works_with_app_defaults():
+    sc = load_app_scenario("hotspot")
+    assert sc.env.n_small_cells == 7 and sc.sharing.precision == "fp16"
+
+
+# -- learners, packets, gate ------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(tiny):
+    sc = load_app_scenario(tiny)
+    commons = RadioCommons(sc.env, sc.training, seed=0)
+    learners = {i: StationLearner(commons, i, sc.training, seed=0) for i in range(commons.S) if not commons.off[i]}
+    return sc, commons, learners
+
+
+def test_x2_topology_leaves_out_the_station_in_outage(fleet):
+    sc, commons, _ = fleet
+    g = x2_topology(commons, sc)
+    assert 0 not in g and sorted(g) == [1, 2, 3, 4, 5, 6]
+    for _, _, attrs in g.edges(data=True):
+        assert attrs["bandwidth"] == sc.x2.bandwidth and attrs["latency"] == sc.x2.latency
+
+
+def test_static_start_scores_one_and_training_counts_work(fleet):
+    sc, commons, learners = fleet
+    first = learners[1]
+    assert first.score() == pytest.approx(1.0)  # starts greedy at the static configuration
+    work = first.train(sc.training.chunk_steps)
+    assert work == sc.training.chunk_steps * (1 + sc.training.n_epochs)
+    assert commons.collections == 1
+    learners[2].train(sc.training.chunk_steps)  # uses the same collection
+    assert commons.collections == 1 and first.num_samples == sc.training.chunk_steps
+    assert math.isfinite(first.score()) and math.isfinite(first.test_score())
+
+
+def test_station_model_packet_loads_into_a_neighbour(fleet):
+    sc, commons, learners = fleet
+    sender, receiver = learners[1], learners[2]
+    sender.train(sc.training.chunk_steps)  # make the two differ
+    state = sender.get_state()
+    assert any(not torch.equal(state[k], receiver.get_state()[k]) for k in state)
+    datagrams = codec.to_datagrams(state, origin=1, destination=2, model_version=1, message_id=7, mtu=1400,
+                                   precision="fp32", meta={"kind": "model"})
+    assert all(len(d) <= 1400 for d in datagrams) and len(datagrams) > 1
+    rx = Reassembler()
+    messages = [m for d in reversed(datagrams) if (m := rx.receive(d, now=0.0)) is not None]
+    assert len(messages) == 1 and messages[0].complete and messages[0].origin == 1
+    receiver.set_state(messages[0].state)
+    got = receiver.get_state()
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    assert receiver.score() == pytest.approx(receiver.score(state))
+
+
+def test_gate_refuses_a_random_model_and_accepts_its_own(fleet):
+    _, _, learners = fleet
+    learner = learners[3]
+    gen = torch.Generator().manual_seed(1)
+    random_state = {k: torch.randn(v.shape, generator=gen) * 2.0 for k, v in learner.get_state().items()}
+    gate = Gate(tolerance=0.02)
+    refused = gate.check(learner, random_state)
+    assert not refused.accepted and refused.candidate_score < refused.local_score
+    assert gate.check(learner, learner.get_state()).accepted
+    broken = {k: torch.full_like(v, float("nan")) for k, v in learner.get_state().items()}
+    assert not gate.check(learner, broken).accepted
+
+
+def test_clone_shares_the_network_not_the_model(fleet):
+    sc, commons, learners = fleet
+    twin = learners[1].clone()
+    assert twin.commons is commons and twin.model is not learners[1].model
+    twin.set_state({k: v + 1 for k, v in twin.get_state().items()})
+    assert not torch.equal(twin.get_state()["action_net.bias"], learners[1].get_state()["action_net.bias"])
+
+
+def test_station_view_is_a_gymnasium_env(fleet):
+    from gymnasium.utils.env_checker import check_env
+
+    _, commons, _ = fleet
+    from envs.basestation import BaseStationParallelEnv
+
+    view = StationView(BaseStationParallelEnv(commons.config), station=2)
+    check_env(view, skip_render_check=True)
+    obs, _ = view.reset(seed=3)
+    assert obs.shape == view.observation_space.shape
+
+
+# -- the commands -----------------------------------------------------------------------
+
+
+def test_short_train_and_evaluate_write_the_report(tiny, tmp_path, capsys):
+    from apps.cli import main
+
+    models, report = tmp_path / "models", tmp_path / "report"
+    assert main(["basestation", "train", str(tiny), "--out", str(models), "--quiet"]) == 0
+    for policy in ("isolated", "fedavg", "mfd"):
+        assert (models / "tiny" / policy / "bs_1" / "model.zip").is_file()
+        assert not (models / "tiny" / policy / "bs_0").exists()  # the station in outage has no agent
+        assert (models / "tiny" / policy / "run" / "metrics.jsonl").is_file()
+    assert (models / "tiny" / "central" / "model.zip").is_file()
+    fedavg = json.loads((models / "tiny" / "fedavg" / "summary.json").read_text())
+    mfd = json.loads((models / "tiny" / "mfd" / "summary.json").read_text())
+    assert fedavg["model_bytes"] > 0 and mfd["model_bytes"] > 0 and fedavg["data_bytes"] == 0
+
+    assert main(["basestation", "evaluate", "--scenarios", str(tiny), "--models", str(models),
+                 "--out", str(report), "--quiet"]) == 0
+    for name in ("index.html", "results.json", "results.csv", "summary.csv", "pf_utility.png",
+                 "energy_kj.png", "model_mb.png", "training_scores.png"):
+        assert (report / name).is_file(), name
+    doc = json.loads((report / "results.json").read_text())
+    assert {r["policy"] for r in doc["rows"]} == {"full_power", "heuristic", "isolated", "fedavg", "mfd", "central"}
+    for row in doc["rows"]:
+        assert row["energy_kj"] > 0 and np.isfinite(row["pf_utility"])
+    assert "MFD RL" in (report / "index.html").read_text()
+    assert "report:" in capsys.readouterr().out
+
+
+def test_evaluate_skips_missing_models_with_a_note(tiny, tmp_path):
+    from apps.basestation.evaluation import evaluate
+
+    sc = load_app_scenario(tiny)
+    rows, notes = evaluate([sc], tmp_path / "none", ("full_power", "mfd"), seeds=[1])
+    assert {r["policy"] for r in rows} == {"full_power"}
+    assert len(notes) == 1 and "mfd" in notes[0]
+
+
+def test_train_refuses_an_unknown_policy(tiny):
+    from apps.cli import main
+
+    with pytest.raises(SystemExit, match="unknown policy"):
+        main(["basestation", "train", str(tiny), "--policies", "mfd,qlearning"])
+
+
+def test_invalid_scenario_on_the_command_line_names_the_field(tmp_path):
+    from apps.cli import main
+
+    bad = _write(tmp_path, 'preset = "uniform"\n[training]\nrounds = -1\n')
+    with pytest.raises(SystemExit, match="training.rounds"):
+        main(["basestation", "train", str(bad)])
