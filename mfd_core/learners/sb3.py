@@ -51,6 +51,8 @@ __all__ = ["SB3Learner", "SB3PolicyFamily", "flatten_obs", "obs_layout", "unflat
 
 Layout = list[tuple[str | None, tuple[int, ...]]]
 
+METRICS = ("success", "return", "progress")
+
 # A deterministic action of +-1 is a Gaussian mean of +-infinity before tanh: clip the
 # action to 1 - 1e-3 first (atanh(0.999) = 3.8, past where tanh is flat anyway).
 _ATANH_CLIP = 1.0 - 1e-3
@@ -159,7 +161,10 @@ class SB3Learner(Learner):
     :param eval_seed: seed of the first scoring episode (episode ``i`` uses
         ``eval_seed + i``); keep it apart from the training env's seeds.
     :param metric: ``"success"`` (share of episodes whose last ``info`` has a true
-        ``is_success``) or ``"return"`` (mean undiscounted return).
+        ``is_success``), ``"return"`` (mean undiscounted return) or ``"progress"``
+        (goal-conditioned envs: 1 per success, else half the share of the initial goal
+        distance closed; in [0, 1] like success, but it ranks policies before any
+        succeeds).
     :param share: first name parts of the policy ``state_dict`` that travel; default
         ``("actor", "critic")`` when the policy has an actor and a critic (off-policy),
         else everything. Why the critic travels with the actor: the actor is what a
@@ -197,8 +202,11 @@ class SB3Learner(Learner):
             model = model()
         if not hasattr(model, "policy") or not hasattr(model, "learn"):
             raise TypeError(f"model must be an SB3 algorithm (or a factory of one), got {type(model).__name__}")
-        if metric not in ("success", "return"):
-            raise ValueError(f"metric must be 'success' or 'return', got {metric!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if metric == "progress" and not (isinstance(model.observation_space, spaces.Dict)
+                                         and {"achieved_goal", "desired_goal"} <= set(model.observation_space.spaces)):
+            raise ValueError("metric 'progress' needs a goal-conditioned Dict observation (achieved_goal, desired_goal)")
         if eval_episodes < 1:
             raise ValueError(f"eval_episodes must be >= 1, got {eval_episodes}")
         if not 0 < width <= 1:
@@ -277,6 +285,7 @@ class SB3Learner(Learner):
         total = 0.0
         for i in range(self.eval_episodes):
             obs, info = env.reset(seed=self.eval_seed + i)
+            start = obs
             ret, done = 0.0, False
             while not done:
                 flat = torch.from_numpy(flatten_obs(obs, self.layout))
@@ -284,7 +293,12 @@ class SB3Learner(Learner):
                 obs, reward, terminated, truncated, info = env.step(action)
                 ret += float(reward)
                 done = terminated or truncated
-            total += float(bool(info.get("is_success", False))) if self.metric == "success" else ret
+            if self.metric == "success":
+                total += float(bool(info.get("is_success", False)))
+            elif self.metric == "return":
+                total += ret
+            else:
+                total += _progress(start, obs, bool(info.get("is_success", False)))
         return total / self.eval_episodes
 
     def _check_state(self, state: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
@@ -548,6 +562,20 @@ class SB3Learner(Learner):
                 f"kind={self.output_kind!r}, env_steps={self.env_steps})")
 
 
+def _progress(start: Mapping[str, Any], end: Mapping[str, Any], success: bool) -> float:
+    """1 for a success, else half the share of the start's goal distance the episode closed.
+
+    Success rate alone is 0 for every policy of a fleet that has not learned yet, so a
+    gate that scores by it accepts anything then; this keeps success worth most while
+    ranking the policies that do not succeed yet by how far they got.
+    """
+    if success:
+        return 1.0
+    d0 = float(np.linalg.norm(np.asarray(start["achieved_goal"]) - np.asarray(start["desired_goal"])))
+    d1 = float(np.linalg.norm(np.asarray(end["achieved_goal"]) - np.asarray(end["desired_goal"])))
+    return 0.5 * float(np.clip(1.0 - d1 / max(d0, 1e-9), 0.0, 1.0))
+
+
 def _as_kind(out: Tensor | tuple[Tensor, ...], kind: str, squash: bool) -> Tensor | tuple[Tensor, ...]:
     """Teacher outputs in the student's kind (see :meth:`SB3Learner.distil_from`)."""
     if kind == "gaussian" and isinstance(out, Tensor):
@@ -601,6 +629,16 @@ class SB3PolicyFamily(ModelFamily):
         self.layout = obs_layout(probe.observation_space)
         self.input_shape = (sum(int(np.prod(s)) if s else 1 for _, s in self.layout),)
         self.kind = _kind_of(probe, probe.action_space)
+        self._shapes: dict[float, dict[str, torch.Size]] = {}
 
     def _make(self, ratio: float) -> nn.Module:
         return _Teacher(self.make_policy(ratio), self.share, self.layout, self.kind)
+
+    def shapes(self, ratio: float = 1.0) -> dict[str, torch.Size]:
+        # SB3 builds policies with .to(device), which meta tensors refuse: build a real
+        # one once per ratio and remember its shapes.
+        if ratio not in self._shapes:
+            if not 0 < ratio <= 1:
+                raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+            self._shapes[ratio] = {k: v.shape for k, v in self._make(ratio).state_dict().items()}
+        return dict(self._shapes[ratio])

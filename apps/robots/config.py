@@ -1,0 +1,191 @@
+"""Robots scenario files (TOML) to a validated fleet description, with errors that name
+the field (``robots.2.goal_center: ...``).
+
+A robots scenario says which robots make the fleet (arm and cell of each, which of them
+join later), the radio network between them, the SB3 learner every robot runs, the MFD
+sharing settings (:class:`mfd_core.scenario.Policy`, the same table as the core's
+scenarios) and how long to run. Simulated time is robot time: a robot takes one env step
+per control period (0.04 s), so ``compute`` defaults to 25 env steps per simulated second.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from envs.robots import CONTROL_PERIOD, CellConfig
+from mfd_core.scenario import Policy
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+DEFAULT_SCENARIO = "robots"
+
+# One env step per control period: simulated seconds are the robot's own seconds.
+ROBOT_STEPS_PER_SECOND = 1.0 / CONTROL_PERIOD
+
+
+class RobotsScenarioError(ValueError):
+    """A robots scenario that cannot run; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Robot(_Strict):
+    """One robot: its cell (every :class:`envs.robots.CellConfig` field), its learner's
+    width and speed, and when it joins."""
+
+    arm: Literal["panda", "kuka", "xarm6"] = "panda"
+    table_height: float = 0.0
+    goal_center: tuple[float, float] = (0.0, 0.0)
+    goal_xy_range: float = 0.3
+    goal_z_range: float = 0.3
+    object_xy_range: float = 0.3
+    block_mass: float = 1.0
+    block_friction: float = 0.5
+    action_noise: float = 0.0
+    width: float = Field(1.0, gt=0, le=1, description="hidden widths relative to learner.net_arch (HeteroFL nesting)")
+    compute: float = Field(ROBOT_STEPS_PER_SECOND, gt=0, description="env steps per simulated second")
+    join_at: float | None = Field(None, ge=0, lt=1, description="joins at this fraction of the duration "
+                                  "(absent until then); none: there from the start")
+
+    @model_validator(mode="after")
+    def _check_cell(self) -> "Robot":
+        try:
+            self.cell()
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def cell(self) -> CellConfig:
+        names = {f.name for f in dataclasses.fields(CellConfig)}
+        return CellConfig.from_mapping({k: v for k, v in self.model_dump().items() if k in names})
+
+
+class Topology(_Strict):
+    """A random geometric radio network over the fleet (``mfd_core.network.topology``)."""
+
+    radius: float = Field(0.6, gt=0, le=2.0, description="radio range in the unit square")
+    bandwidth: float = Field(1.25e6, gt=0, description="bytes per second per link direction")
+    latency: float = Field(0.005, ge=0, description="seconds per hop")
+    loss: float = Field(0.02, ge=0, le=1, description="base packet loss; links near the edge of range lose more")
+    degrade: bool = Field(True, description="links lose rate and gain loss with distance")
+
+
+class LearnerSettings(_Strict):
+    """The SB3 agent every robot runs (TD3 or SAC, with HER)."""
+
+    algo: Literal["td3", "sac"] = "td3"
+    net_arch: tuple[int, ...] = Field((64, 64), min_length=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    gamma: float = Field(0.95, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1)
+    learning_starts: int = Field(100, ge=1)
+    buffer_size: int = Field(100_000, ge=1000)
+    action_noise: float = Field(0.2, ge=0, le=1, description="TD3 Gaussian exploration noise (std)")
+    n_sampled_goal: int = Field(4, ge=0, description="HER: relabelled goals per real one")
+    local_steps: int = Field(250, ge=1, description="env steps between sharing decisions")
+    score_episodes: int = Field(10, ge=1, description="the node's own fixed episodes for the gate")
+    score_metric: Literal["success", "progress"] = Field(
+        "progress", description="what the gate and the share decision score: success rate, or progress "
+        "(success, else half the goal distance closed: ranks policies before any succeeds)")
+    share_critic: bool = Field(True, description="send the critic with the actor")
+
+    @field_validator("net_arch")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 1 for v in value):
+            raise ValueError("layer widths must be >= 1")
+        return value
+
+
+class RobotsScenario(_Strict):
+    name: str = "robots"
+    description: str = ""
+    task: Literal["reach", "push"] = "reach"
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    duration: float = Field(200.0, gt=0, description="simulated seconds")
+    eval_interval: float = Field(6.0, gt=0, description="simulated seconds between measurements")
+    eval_episodes: int = Field(20, ge=1, description="held-out episodes per robot per measurement")
+    target: float = Field(0.9, gt=0, le=1, description="success rate whose steps-to-reach the report quotes")
+    topology: Topology = Topology()
+    learner: LearnerSettings = LearnerSettings()
+    policy: Policy = Policy(name="mfd", precision="fp16", serve_blend=False, share_margin=0.1,
+                            max_silence=20.0, gate_tolerance=0.1, fanout=2, hello_interval=5.0)
+    robots: tuple[Robot, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RobotsScenario":
+        if not any(r.join_at is None for r in self.robots):
+            raise ValueError("robots: at least one robot must be there from the start (join_at absent)")
+        if self.eval_interval > self.duration:
+            raise ValueError("eval_interval: longer than the duration")
+        if self.policy.server is not None and self.policy.server >= len(self.robots):
+            raise ValueError(f"policy.server: robot {self.policy.server} does not exist")
+        return self
+
+    @property
+    def founders(self) -> list[int]:
+        return [i for i, r in enumerate(self.robots) if r.join_at is None]
+
+    @property
+    def joiners(self) -> list[int]:
+        return [i for i, r in enumerate(self.robots) if r.join_at is not None]
+
+    def replace(self, **changes: Any) -> "RobotsScenario":
+        """A validated copy with nested changes, e.g. ``replace(learner={"local_steps": 100})``."""
+        doc = self.model_dump()
+        for key, value in changes.items():
+            doc[key] = {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) else value
+        return from_dict(doc)
+
+    def with_policy(self, name: str) -> "RobotsScenario":
+        return self.model_copy(update={"policy": self.policy.model_copy(update={"name": name})})
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(lines)
+
+
+def from_dict(doc: dict[str, Any]) -> RobotsScenario:
+    try:
+        return RobotsScenario.model_validate(doc)
+    except ValidationError as err:
+        raise RobotsScenarioError(_format(err)) from None
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A path to a TOML file, or the name of a shipped one (``apps/scenarios/NAME.toml``)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = SCENARIO_DIR / f"{name_or_path}.toml"
+    if shipped.exists():
+        return shipped
+    names = sorted(p.stem for p in SCENARIO_DIR.glob("robots*.toml"))
+    raise RobotsScenarioError(f"no scenario file {str(name_or_path)!r} and no shipped one of that name "
+                              f"(shipped robots scenarios: {', '.join(names) or 'none'})")
+
+
+def load(name_or_path: str | Path = DEFAULT_SCENARIO) -> RobotsScenario:
+    """Read and validate a robots scenario. :raises RobotsScenarioError: naming the field."""
+    path = resolve(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise RobotsScenarioError(f"{path}: not valid TOML: {err}") from None
+    try:
+        return from_dict(doc)
+    except RobotsScenarioError as err:
+        raise RobotsScenarioError(f"{path}: {err}") from None

@@ -1,0 +1,216 @@
+"""A fleet of robot cells on a radio network, as an MFD :class:`~mfd_core.experiment.World`.
+
+Each robot is one node: its own PyBullet cell (arm, table, goal region: its experience is
+its own), its own SB3 agent (TD3 or SAC with HER) wrapped in
+:class:`~mfd_core.learners.sb3.SB3Learner`, and a place in a random geometric radio
+topology with lossy links. Robots that join later start absent (``up=False``) and come
+up through a ``node_join`` fault, when the MFD policy makes them pull their neighbours'
+policies. Every policy of the fleet starts from one initialisation (the reference
+network of the seed, sliced to each robot's width), so that merges are meaningful from
+the first share (McMahan et al. 2017).
+
+Measurements: every ``eval_interval`` each present robot runs ``eval_episodes`` held-out
+episodes (seeds apart from training and from the gate's) on its own cell; the fleet
+records each robot's env steps beside the score, so that "steps to 90 % success" is
+counted in the robot's own experience.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium as gym
+import networkx as nx
+import numpy as np
+import torch
+
+import envs.robots  # noqa: F401  (registers mfd/*)
+from envs.robots import CellConfig, silenced_output
+from mfd_core.experiment import World, policy_by_name
+from mfd_core.learners.sb3 import SB3Learner, SB3PolicyFamily
+from mfd_core.network.topology import random_geometric
+from mfd_core.scaling import merge_overlapping
+from mfd_core.scenario import Fault
+
+from .config import RobotsScenario
+
+# Seeds of the three episode streams of a robot, far apart so they never overlap:
+# training resets (SB3 seeds the env once, then it runs on), the gate's fixed scoring
+# episodes (its "validation set") and the held-out measurement episodes ("test set").
+_SCORE_SEED = 1_000_000
+_TEST_SEED = 2_000_000
+
+
+def env_id(task: str) -> str:
+    return {"reach": "mfd/ArmReach-v0", "push": "mfd/ArmPush-v0"}[task]
+
+
+def make_env(task: str, cell: CellConfig, **kwargs: Any) -> gym.Env:
+    with silenced_output():
+        return gym.make(env_id(task), config=cell, **kwargs)
+
+
+def _widths(net_arch: tuple[int, ...], ratio: float) -> list[int]:
+    # HeteroFL's rule (mfd_core.scaling): a sub-model of ratio r keeps ceil(r * C) units.
+    return [max(1, math.ceil(ratio * c)) for c in net_arch]
+
+
+def make_model(scenario: RobotsScenario, env: gym.Env, *, width: float, seed: int):
+    """The robot's SB3 algorithm on its own training env."""
+    from stable_baselines3 import SAC, TD3, HerReplayBuffer
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    s = scenario.learner
+    kwargs: dict[str, Any] = dict(
+        replay_buffer_class=HerReplayBuffer,
+        replay_buffer_kwargs={"n_sampled_goal": s.n_sampled_goal, "goal_selection_strategy": "future"},
+        policy_kwargs={"net_arch": _widths(s.net_arch, width)},
+        learning_rate=s.learning_rate, batch_size=s.batch_size, gamma=s.gamma, tau=s.tau,
+        learning_starts=s.learning_starts, buffer_size=s.buffer_size, seed=seed, verbose=0, device="cpu",
+    )
+    if s.algo == "td3":
+        dim = env.action_space.shape[0]
+        noise = NormalActionNoise(np.zeros(dim), s.action_noise * np.ones(dim))
+        return TD3("MultiInputPolicy", env, action_noise=noise, **kwargs)
+    return SAC("MultiInputPolicy", env, **kwargs)
+
+
+def family_name(scenario: RobotsScenario) -> str:
+    return f"{scenario.learner.algo}-mlp"
+
+
+@dataclass
+class Fleet:
+    """What a fleet run holds beside the world: the cells, the test envs and the record
+    of each robot's env steps at each measurement."""
+
+    scenario: RobotsScenario
+    seed: int
+    world: World
+    cells: dict[int, CellConfig]
+    test_envs: dict[int, gym.Env]
+    env_steps: list[list[int]] = field(default_factory=list)  # [measurement][node]
+    join_times: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def learners(self) -> dict[int, SB3Learner]:
+        return {n: node.learner for n, node in self.world.nodes.items()}
+
+    def close(self) -> None:
+        for env in self.test_envs.values():
+            env.close()
+        for learner in self.learners.values():
+            learner.eval_env.close()
+            learner.model.get_env().close()
+
+
+def radio_graph(scenario: RobotsScenario, seed: int) -> nx.Graph:
+    """Robots in the unit square, linked within radio range; the founders connected among
+    themselves (a joiner must not be the only bridge of a fleet that runs without it)."""
+    t = scenario.topology
+    n = len(scenario.robots)
+    founders = scenario.founders
+    radius = t.radius
+    for _ in range(40):
+        graph = random_geometric(max(n, 2), radius, seed=seed, degrade=t.degrade, bandwidth=t.bandwidth,
+                                 latency=t.latency, loss=t.loss, compute=25.0)
+        if n == 1 or nx.is_connected(graph.subgraph(founders)):
+            break
+        radius *= 1.1
+    if n == 1:
+        graph.remove_node(1)
+    for i, robot in enumerate(scenario.robots):
+        attrs = graph.nodes[i]
+        attrs["compute"] = float(robot.compute)
+        attrs["arm"] = robot.arm
+        if robot.join_at is not None:
+            attrs["up"] = False
+    return graph
+
+
+def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) -> Fleet:
+    """The world of a robots scenario under ``policy`` (default: the scenario's)."""
+    s = scenario if policy is None or policy == scenario.policy.name else scenario.with_policy(policy)
+    policy_by_name(s.policy.name)  # unknown names fail before anything is built
+    graph = radio_graph(s, seed)
+    if s.policy.name == "fedavg" and s.policy.server is None:
+        # FedAvg's server: the most central robot of those there from the start (one that
+        # joins later would hold every round until it comes)
+        closeness = nx.closeness_centrality(graph.subgraph(s.founders), distance="latency")
+        server = max(sorted(closeness), key=lambda n: closeness[n])
+        s = s.model_copy(update={"policy": s.policy.model_copy(update={"server": server})})
+    family = family_name(s)
+    share = ("actor", "critic") if s.learner.share_critic else ("actor",)
+
+    cells = {i: r.cell() for i, r in enumerate(s.robots)}
+    learners: dict[int, SB3Learner] = {}
+    reference: dict[str, torch.Tensor] | None = None
+    for i, robot in enumerate(s.robots):
+        node_seed = seed * 1000 + i
+        train_env = make_env(s.task, cells[i])
+        model = make_model(s, train_env, width=robot.width, seed=node_seed)
+        learner = SB3Learner(model, make_env(s.task, cells[i]), eval_episodes=s.learner.score_episodes,
+                             eval_seed=_SCORE_SEED + 1000 * i, metric=s.learner.score_metric, share=share, family=family, width=robot.width,
+                             seed=node_seed, distil_batch=s.learner.batch_size)
+        if reference is None:
+            # One initialisation for the fleet: the full-width network of this seed.
+            with torch.random.fork_rng(devices=[]):
+                full = make_model(s, make_env(s.task, cells[i]), width=1.0, seed=seed)
+            reference = SB3Learner(full, full.get_env().envs[0], share=share).get_state()
+            full.get_env().close()
+        own = learner.get_state()
+        # widths nest by prefix: every robot starts as a slice of the reference network
+        learner.set_state(merge_overlapping(own, [(reference, 1.0)], base_weight=0.0))
+        learners[i] = learner
+
+    def policy_family(ratio: float):
+        with torch.random.fork_rng(devices=[]):
+            return make_model(s, make_env(s.task, cells[0]), width=ratio, seed=0).policy
+
+    families = {family: SB3PolicyFamily(family, policy_family, share=share)}
+    faults = [Fault(kind="node_join", at=r.join_at, nodes=(i,)) for i, r in enumerate(s.robots) if r.join_at is not None]
+    test_envs = {i: make_env(s.task, cells[i]) for i in learners}
+    holder: dict[str, Any] = {}
+
+    def evaluate(node_id: int, learner: SB3Learner) -> float:
+        world = holder["world"]
+        if not world.net.is_up(node_id):
+            return math.nan
+        return learner.evaluate_episodes(test_envs[node_id], s.eval_episodes, _TEST_SEED + 1000 * node_id,
+                                         metric="success")
+
+    world = World(graph, learners, settings=s.policy, seed=seed, duration=s.duration,
+                  eval_interval=s.eval_interval, local_steps=s.learner.local_steps, evaluate=evaluate,
+                  families=families, faults=faults, name=s.name)
+    holder["world"] = world
+    fleet = Fleet(s, seed, world, cells, test_envs)
+    for i, r in enumerate(s.robots):
+        if r.join_at is not None:
+            fleet.join_times[i] = r.join_at * s.duration
+    return fleet
+
+
+def run_fleet(fleet: Fleet, progress: Callable[[float, Fleet], None] | None = None):
+    """Run the fleet's world; record each robot's env steps at every measurement."""
+    world = fleet.world
+
+    def on_measure(t: float) -> None:
+        fleet.env_steps.append([world.nodes[n].learner.env_steps for n in world.result.node_ids])
+        if progress is not None:
+            progress(t, fleet)
+
+    result = world.run(on_measure)
+    if len(fleet.env_steps) < len(result.times):  # the final record after the loop
+        fleet.env_steps.append([world.nodes[n].learner.env_steps for n in result.node_ids])
+    result.extra["arms"] = [r.arm for r in fleet.scenario.robots]
+    result.extra["join_times"] = {str(k): v for k, v in fleet.join_times.items()}
+    return result
+
+
+def steps_to(scores: list[float], steps: list[int], target: float, start: int = 0) -> int | None:
+    """The robot's own env steps (after ``start``) at its first measurement at ``target`` or above."""
+    for score, n in zip(scores, steps):
+        if score is not None and not (isinstance(score, float) and math.isnan(score)) and score >= target:
+            return int(n) - start
+    return None
