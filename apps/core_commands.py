@@ -43,13 +43,15 @@ def run_policies(scenario, policies: list[str], out: Path, seeds: list[int] | No
     """Run every policy on every seed with one progress bar; save each run under out/policy/seedK."""
     from tqdm import tqdm
 
-    from mfd_core.experiment import build_world, policy_by_name
+    from mfd_core.experiment import build_world, check_policy
 
     for name in policies:
         try:
-            policy_by_name(name)  # unknown names fail before anything runs
+            problem = check_policy(scenario, name)  # unknown or unfit policies fail before anything runs
         except ValueError as err:
             raise SystemExit(f"mfd: {err}") from None
+        if problem:
+            raise SystemExit(f"mfd: {problem}")
     seeds = list(seeds or scenario.seeds)
     results = []
     total = scenario.duration * len(seeds) * len(policies)

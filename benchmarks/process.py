@@ -155,10 +155,14 @@ def churn(scenario, seeds, log) -> dict:
 def simulator_speed(log) -> dict:
     from mfd_core.scenario import from_dict
 
+    # Flower's Ray simulation moves whole models in memory, with no loss and no datagrams:
+    # the like-for-like setting is lossless links and 64 KiB datagrams (the network is
+    # still simulated: every byte is queued, timed and counted on its links).
     base = {"name": "speed-10", "duration": 1.0, "eval_interval": 1.0,
             "topology": {"kind": "random_geometric", "nodes": 10, "radius": 0.5, "compute": 20000.0,
-                         "bandwidth": 1.25e8, "latency": 0.001},
-            "learner": {"hidden": [256, 256], "local_steps": 10, "batch_size": 32}}
+                         "bandwidth": 1.25e8, "latency": 0.001, "degrade": False},
+            "learner": {"hidden": [256, 256], "local_steps": 10, "batch_size": 32},
+            "policy": {"mtu": 65535}}
     scenario = from_dict(base)
     # 64*256 + 256 + 256*256 + 256 + 256*10 + 10 = 85,002 ... use 3 layers to pass 100k
     scenario = scenario.replace(learner={"hidden": [256, 256, 128]})

@@ -36,6 +36,7 @@ class GossipPolicy(SharingPolicy):
     """Push gossip averaging: a random neighbour every ``gossip_interval``; receivers average 1:1."""
 
     name = "gossip"
+    needs_one_architecture = True
 
     def start(self, world: "World") -> None:
         self._last_push: dict[int, float] = {}
@@ -78,9 +79,14 @@ class FedAvgPolicy(SharingPolicy):
     """
 
     name = "fedavg"
+    needs_one_architecture = True
 
     def start(self, world: "World") -> None:
         self.world = world
+        layouts = {(n.learner.family, n.learner.width) for n in world.nodes.values()}
+        if len(layouts) > 1:
+            raise ValueError(f"fedavg averages one architecture; this fleet has {sorted(layouts)} "
+                             "(use mfd, which fits models to each receiver)")
         chosen = world.settings.server
         if chosen is None:
             closeness = nx.closeness_centrality(world.graph, distance="latency")

@@ -40,6 +40,16 @@ def policy_by_name(name: str) -> SharingPolicy:
     return table[name]()
 
 
+def check_policy(scenario: Scenario, name: str) -> str | None:
+    """Why ``name`` cannot run ``scenario`` (None: it can), before anything is built."""
+    policy = policy_by_name(name)
+    mixed = len(set(scenario.learner.widths)) > 1 or len(set(scenario.learner.kinds)) > 1
+    if policy.needs_one_architecture and mixed:
+        return (f"policy {name} averages one architecture, but scenario {scenario.name!r} deals several "
+                f"widths/kinds over its nodes (mfd fits models to each receiver; isolated needs nothing)")
+    return None
+
+
 def _topology(s: Scenario, seed: int) -> nx.Graph:
     t = s.topology
     link = {"bandwidth": t.bandwidth, "latency": t.latency, "loss": t.loss, "corruption": t.corruption,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -39,9 +40,15 @@ from .reassembly import Limits, Reassembler, ReceivedModel
 if TYPE_CHECKING:  # the world is built by mfd_core.experiment
     from .experiment import World
 
-# A datagram over a simulated edge link arrives within milliseconds; a message still
-# open after 2 s has lost fragments for good and is delivered as partial.
+# A datagram over a simulated edge link arrives within milliseconds; a message quiet for
+# 2 s has lost fragments for good and is delivered as partial.
 SIM_REASSEMBLY_TIMEOUT_S = 2.0
+# After 0.3 s without a new fragment the receiver asks the origin, once, for the
+# fragments it lacks (selective repeat, as TCP SACK or QUIC do, but once: a model is
+# useful partial, so it is not worth a round trip per lost datagram).
+RESEND_AFTER_S = 0.3
+# A sender keeps its last 16 model messages for such requests (~150 KB for the digits MLP at int8).
+SENT_MEMORY = 16
 
 
 @dataclass
@@ -67,6 +74,18 @@ class NodeCounters:
     partial_merged: int = 0
     distilled: int = 0
     bootstraps: int = 0
+    resent: int = 0
+
+
+def _as_ranges(indices: list[int]) -> list[list[int]]:
+    """[1, 2, 3, 7] -> [[1, 4], [7, 8]]: half-open ranges keep a resend request small."""
+    out: list[list[int]] = []
+    for i in indices:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
 
 
 class Node:
@@ -85,6 +104,8 @@ class Node:
         self.last_share_time = -math.inf
         self.bytes_sent = 0
         self._expiry_pending = False
+        self._sent: OrderedDict[int, list] = OrderedDict()  # message id -> its datagrams
+        self._asked: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.label_profile: tuple[float, ...] = ()
         # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each peer
         self.neighbour_models: dict[int, tuple[dict, dict | None, float, float]] = {}
@@ -105,11 +126,15 @@ class Node:
         state = self.learner.get_state() if state is None else state
         full_meta = {"kind": kind, "score": self.learner_score(), "samples": self.learner.num_samples,
                      "family": self.learner.family, "width": self.learner.width, **(meta or {})}
+        message_id = self._next_message_id()
         datagrams = codec.to_datagrams(
             state, origin=self.id, destination=destination, model_version=self.version,
-            message_id=self._next_message_id(), mtu=policy.mtu, precision=precision or policy.precision,
+            message_id=message_id, mtu=policy.mtu, precision=precision or policy.precision,
             key=self.world.key, meta=full_meta,
             scaling=scaling or {"family": self.learner.family, "ratio": self.learner.width})
+        self._sent[message_id] = datagrams
+        while len(self._sent) > SENT_MEMORY:
+            self._sent.popitem(last=False)
         return self._send(datagrams, next_hop=next_hop, kind="model")
 
     def send_control(self, destination: int, meta: Mapping[str, Any], next_hop: int | None = None) -> int:
@@ -154,20 +179,48 @@ class Node:
         """One pending look at the open messages per node, however many are open."""
         if not self._expiry_pending:
             self._expiry_pending = True
-            self.world.env.timeout(SIM_REASSEMBLY_TIMEOUT_S + 1e-6).callbacks.append(self._expire)
+            wait = RESEND_AFTER_S if self.world.settings.resend else SIM_REASSEMBLY_TIMEOUT_S
+            self.world.env.timeout(wait + 1e-6).callbacks.append(self._expire)
 
     def _expire(self, _event=None) -> None:
         self._expiry_pending = False
         if not self.world.net.is_up(self.id):
             return
-        for message in self.reassembler.expire(self.world.env.now):
+        now = self.world.env.now
+        if self.world.settings.resend:
+            for origin, message_id, missing in self.reassembler.quiet(now, RESEND_AFTER_S):
+                if (origin, message_id) not in self._asked:
+                    self._asked[(origin, message_id)] = None
+                    while len(self._asked) > 4 * SENT_MEMORY:
+                        self._asked.popitem(last=False)
+                    self.send_control(origin, {"kind": "resend", "message_id": message_id,
+                                               "fragments": _as_ranges(missing)})
+        for message in self.reassembler.expire(now):
             self._dispatch(message, None)
         if self.reassembler.open_messages:
             self._schedule_expiry()  # still streaming: the timeout counts quiet time
 
+    def _resend(self, requester: int, meta: Mapping[str, Any]) -> None:
+        """Send again the fragments a receiver asked for, if the message is still kept."""
+        datagrams = self._sent.get(int(meta.get("message_id", -1)))
+        if datagrams is None:
+            return
+        wanted = []
+        for pair in meta.get("fragments", [])[:len(datagrams)]:
+            if isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair):
+                wanted.extend(range(max(0, pair[0]), min(pair[1], len(datagrams))))
+        hop = requester if requester in self.world.net.neighbours(self.id) else None
+        for index in wanted:
+            self.world.net.send(self.id, datagrams[index], next_hop=hop, kind="model")
+            self.bytes_sent += len(datagrams[index])
+        self.counters.resent += len(wanted)
+
     def _dispatch(self, message: ReceivedModel, from_node: int | None) -> None:
         meta = message.manifest.meta
         kind = meta.get("kind")
+        if kind == "resend":
+            self._resend(message.origin, meta)
+            return
         if kind == "hello":
             self.reports[message.origin] = Report(
                 score=float(meta.get("score", 0.0)), samples=int(meta.get("samples", 0)),
@@ -229,6 +282,8 @@ class SharingPolicy(ABC):
     """How nodes share: isolated, FedAvg, gossip, MFD... one interface, swapped by name."""
 
     name: str = "policy"
+    # averaging policies (FedAvg, gossip) need one architecture and width fleet-wide
+    needs_one_architecture: bool = False
 
     def start(self, world: "World") -> None:
         """Start the SimPy processes of every node (called once, before the run)."""
@@ -319,7 +374,8 @@ class MFDPolicy(SharingPolicy):
         scored.sort(reverse=True)
         return [nbr for _, nbr in scored[:fanout]]
 
-    def fit_to_receiver(self, node: Node, target: int) -> tuple[dict, str, dict]:
+    def fit_to_receiver(self, node: Node, target: int, state: Mapping[str, torch.Tensor] | None = None
+                        ) -> tuple[dict, str, dict]:
         """The largest model the receiver can use, at the precision its link deserves.
 
         Width: a receiver of the same family that reported a narrower width gets the
@@ -339,7 +395,7 @@ class MFDPolicy(SharingPolicy):
             # Adam training holds weights, gradients and two moments: 16 bytes a parameter
             while ratio > 0.125 and scaling.param_count(family, ratio) * 16 > report.memory:
                 ratio /= 2
-        state = node.learner.get_state()
+        state = dict(state) if state is not None else node.learner.get_state()
         if ratio < node.learner.width and family is not None:
             state = scaling.extract(state, family.shapes(ratio))
         trained = world.trainable(node)
@@ -355,7 +411,9 @@ class MFDPolicy(SharingPolicy):
     def on_message(self, node: Node, message: ReceivedModel, from_node: int | None) -> None:
         kind = message.manifest.meta.get("kind")
         if kind == "pull":
-            state, precision, fitted = self.fit_to_receiver(node, message.origin)
+            # a node (re)joining gets the best this node has: what it serves, its
+            # neighbourhood's blend, not only its own model
+            state, precision, fitted = self.fit_to_receiver(node, message.origin, node.served_state())
             node.send_model(message.origin, state=state, precision=precision, scaling=fitted)
         elif kind == "model":
             node.accept(message)

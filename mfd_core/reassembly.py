@@ -235,6 +235,22 @@ class Reassembler:
                 self.stats[exc.reason] += 1
         return out
 
+    def quiet(self, now: float, after: float) -> list[tuple[int, int, list[int]]]:
+        """Open messages with no new fragment for ``after`` seconds, and what they lack.
+
+        :return: ``(origin, message_id, missing fragment indices)`` per message, so the
+            receiver can ask the origin for just those (selective repeat) before the
+            timeout delivers it as partial.
+        """
+        out = []
+        for (origin, message_id), msg in self._open.items():
+            if now - msg.last < after:
+                continue
+            seen, count = msg.seen, msg.ident[0]
+            missing = [i for i in range(count) if not seen[i >> 3] & (1 << (i & 7))]
+            out.append((origin, message_id, missing))
+        return out
+
     @property
     def open_messages(self) -> int:
         return len(self._open)

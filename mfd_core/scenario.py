@@ -70,6 +70,7 @@ class Policy(_Strict):
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "fp32", description="MFD's wire precision; auto: per link from its rate and loss (baselines send fp32)")
     mtu: int = Field(1400, ge=256, le=65535)
+    resend: bool = Field(True, description="a receiver asks the origin once for the fragments it lacks")
     # MFD
     share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
     max_silence: float = Field(10.0, gt=0, description="share anyway after this many simulated seconds")
