@@ -64,6 +64,7 @@ class Report:
     version: int
     received: float  # simulated time the report arrived
     label_profile: tuple[float, ...] = ()  # class shares of its data (travelling models route on it)
+    degree: int = 0  # how many neighbours it hears from: a node with few gets little
 
 
 @dataclass
@@ -157,7 +158,7 @@ class Node:
             "kind": "hello", "score": self.learner_score(), "samples": self.learner.num_samples,
             "compute": self.world.compute_of(self.id), "memory": self.world.memory_of(self.id),
             "family": self.learner.family, "width": self.learner.width, "version": self.version,
-            "labels": list(self.label_profile)})
+            "labels": list(self.label_profile), "degree": len(self.world.net.neighbours(self.id))})
 
     # -- receiving ------------------------------------------------------------------
 
@@ -227,7 +228,8 @@ class Node:
                 compute=float(meta.get("compute", 0.0)), memory=float(meta.get("memory", 0.0)),
                 family=str(meta.get("family", "")), width=float(meta.get("width", 1.0)),
                 version=int(meta.get("version", 0)), received=self.world.env.now,
-                label_profile=tuple(float(v) for v in meta.get("labels", ())))
+                label_profile=tuple(float(v) for v in meta.get("labels", ())),
+                degree=int(meta.get("degree", 0)))
             return
         self.world.policy.on_message(self, message, from_node)
 
@@ -369,6 +371,9 @@ class MFDPolicy(SharingPolicy):
             link = world.net.link(node.id, nbr)
             quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
             need = 1.0 + max(0.0, own - their)
+            if report is not None and report.degree and self.world.settings.favour_isolated:
+                # a neighbour with few neighbours of its own has few other sources
+                need *= 1.0 + 2.0 / report.degree
             # a little noise so equal neighbours take turns
             scored.append((need * quality * float(world.rng.uniform(0.5, 1.0)), nbr))
         scored.sort(reverse=True)

@@ -75,6 +75,7 @@ class Policy(_Strict):
     share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
     max_silence: float = Field(10.0, gt=0, description="share anyway after this many simulated seconds")
     fanout: int = Field(2, ge=1, description="neighbours a model is sent to per share")
+    favour_isolated: bool = Field(True, description="MFD: prefer neighbours that report few neighbours")
     gate_tolerance: float = Field(0.15, ge=0, le=1, description="refuse models whose merge scores this much "
                                   "below the local model on the node's own validation data")
     serve_blend: bool = Field(True, description="MFD: serve the blend of the own model and the latest "
