@@ -64,6 +64,14 @@ class TrainingSettings(_Strict):
     clip_range: float = Field(0.2, gt=0, le=1)
     reward: str = Field("hood", pattern="^(hood|own)$",
                         description='"hood": mean reward of the station and its X2 neighbours; "own": its own')
+    twin: str = Field("static", pattern="^(static|alike)$",
+                      description='how a station scores a model on its digital twin: "static": it alone '
+                      'acts with the model, the others keep the static configuration; "alike": every '
+                      'station acts with it')
+    deploy: str = Field("if_better", pattern="^(if_better|always)$",
+                        description='"if_better": a station runs a newly trained model only when its '
+                        'validation twin scores it at least as well as the running one (FedAvg clients '
+                        'run the global model)')
     central_steps: int | None = Field(None, ge=100, description="central PPO env steps (default rounds x chunk_steps)")
     eval_seeds: tuple[int, ...] = Field((100, 101, 102), min_length=1, description="seeds `evaluate` plays")
 

@@ -12,12 +12,13 @@ station its own transitions; the station then runs SB3's PPO update on them
 
 :class:`StationLearner` is the :class:`~mfd_core.learners.base.Learner` the MFD process
 sees. Its score is the station's return on its own *digital twin*: an evaluation
-copy of the scenario with a fixed seed in which every station acts (greedily) with
-the scored model, reported as ``1 + (R - R_static) / scale`` with ``R`` the mean
-per-step reward of the station's X2 neighbourhood, ``R_static`` the same under the
-static configuration (full power, CIO 0, awake) and ``scale`` the network's mean
-``|R_static|``; 1.0 is "as good as the static configuration". It is local: it needs
-only the candidate model and the twin, never a neighbour's data or model.
+copy of the scenario with a fixed seed in which the station acts (greedily) with the
+scored model and the others keep the static configuration (full power, CIO 0, awake;
+``twin = "alike"``: all act with it), reported as ``1 + (R - R_static) / scale`` with
+``R`` the mean per-step reward of the station's X2 neighbourhood, ``R_static`` the same
+with the station static too, and ``scale`` the spread (std) of per-step station
+rewards; 1.0 is "as good as the static configuration". It is local: it needs only the
+candidate model and the twin, never a neighbour's data or model.
 
 :class:`StationView` is the single-station gymnasium view of the parallel env (the
 other stations act with a given policy); PPO takes its spaces from it, and it lets a
@@ -26,6 +27,7 @@ single station's policy be played and checked on its own.
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -271,8 +273,9 @@ class RadioCommons:
         rewards = self._static_rewards(seed)
         self.reward_mean = float(rewards.mean())
         self.reward_scale = float(max(rewards.std(), 0.05 * abs(self.reward_mean), 1e-3))
-        ref = self.reference[val_seed]
-        self.score_scale = float(max(np.mean(np.abs(ref[~self.off])), 1e-3))
+        # Scores in units of the per-step reward's spread: a station's own choices move its
+        # neighbourhood's reward by tenths of it, which the gate's tolerance must resolve.
+        self.score_scale = self.reward_scale
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -365,12 +368,25 @@ class RadioCommons:
 
     # -- scoring on the twin --------------------------------------------------------------
 
-    def twin_returns(self, policy: nn.Module, seed: int) -> np.ndarray:
-        """(S,) mean per-step rewards on the twin when every station acts greedily with ``policy``."""
+    def twin_returns(self, policy: nn.Module, seed: int, station: int) -> np.ndarray:
+        """(S,) mean per-step rewards on the twin with ``policy`` acting greedily.
+
+        ``settings.twin == "static"``: only ``station`` acts with it, every other station
+        keeps the static configuration (the station's own contribution, judged against a
+        fixed background); ``"alike"``: every station acts with it ("if my neighbours
+        acted like me").
+        """
+        alike = self.settings.twin == "alike"
+
         def act(o: np.ndarray) -> np.ndarray:
-            logits = _single_logits(policy, torch.from_numpy(o))
-            a, _ = policy_actions(logits, self.nvec, None, greedy=True)
-            a[self.off] = self.default[self.off]
+            if alike:
+                a, _ = policy_actions(_single_logits(policy, torch.from_numpy(o)), self.nvec, None, greedy=True)
+                a[self.off] = self.default[self.off]
+                return a
+            a = self.default.copy()
+            own, _ = policy_actions(_single_logits(policy, torch.from_numpy(o[station:station + 1])), self.nvec,
+                                    None, greedy=True)
+            a[station] = own[0]
             return a
 
         return self._play(self.twin, seed, self.settings.eval_steps, act).mean(axis=0)
@@ -412,6 +428,9 @@ class StationLearner(Learner):
         self.work_done = 0
         self.pending: Experience | None = None
         self._score_cache: dict[int, float] = {}
+        # What the station runs (see promote); None: the model being trained.
+        self.deployed: dict[str, Tensor] | None = None
+        self.deployed_score = -math.inf
         self._recent_obs = np.zeros((0, commons.env.network.obs_dim), dtype=np.float32)
         if register:
             commons.register(self)
@@ -469,7 +488,7 @@ class StationLearner(Learner):
     def _score(self, seed: int, state: Mapping[str, Tensor] | None) -> float:
         if state is None:
             if seed not in self._score_cache:
-                returns = self.commons.twin_returns(self.policy, seed)
+                returns = self.commons.twin_returns(self.policy, seed, self.station)
                 self._score_cache[seed] = self.commons.score_of(returns, self.station, seed)
             return self._score_cache[seed]
         scratch = self._scratch()
@@ -481,7 +500,7 @@ class StationLearner(Learner):
                 raise ValueError(f"{key}: candidate shape {tuple(value.shape)} != local {tuple(full[key].shape)}")
             full[key] = value.to(full[key].dtype)
         scratch.load_state_dict(full, strict=False)
-        return self.commons.score_of(self.commons.twin_returns(scratch, seed), self.station, seed)
+        return self.commons.score_of(self.commons.twin_returns(scratch, seed, self.station), self.station, seed)
 
     def _scratch(self) -> nn.Module:
         scratch = getattr(self.commons, "_scratch_policy", None)
@@ -498,8 +517,26 @@ class StationLearner(Learner):
         return self._score(self.commons.val_seed, state)
 
     def test_score(self) -> float:
-        """The same on the held-out test twin (what the run's measurements record)."""
-        return self._score(self.commons.test_seed, None)
+        """The deployed model on the held-out test twin (what the run's measurements record)."""
+        return self._score(self.commons.test_seed, self.deployed)
+
+    def promote(self) -> bool:
+        """Deploy the model being trained if the validation twin scores it at least as
+        well as the deployed one: what an operator's digital twin would do before
+        pushing a new configuration policy to a live cell. PPO on a few hundred noisy
+        transitions wanders; the station keeps running its best model meanwhile.
+
+        :return: whether the trained model is now deployed.
+        """
+        current = self.score()
+        if self.deployed is not None and current < self.deployed_score:
+            return False
+        self.deployed, self.deployed_score = self.get_state(), current
+        return True
+
+    def deployed_state(self) -> dict[str, Tensor]:
+        """The model the station runs (the trained one when nothing was promoted)."""
+        return {k: v.clone() for k, v in (self.deployed or self.get_state()).items()}
 
     # -- state ----------------------------------------------------------------------------
 

@@ -26,7 +26,9 @@ import networkx as nx
 import numpy as np
 import torch
 
-from mfd_core.experiment import World
+from mfd_core.baselines import GossipPolicy, IsolatedPolicy
+from mfd_core.experiment import World, policy_by_name
+from mfd_core.process import MFDPolicy, Node, SharingPolicy
 
 from .config import AppScenario
 from .learner import RadioCommons, StationLearner, bias_towards_static, make_ppo, single_thread
@@ -68,6 +70,35 @@ def x2_topology(commons: RadioCommons, scenario: AppScenario) -> nx.Graph:
     return g
 
 
+class _Deploying:
+    """After each training chunk the station deploys the trained model if its twin
+    scores it no worse than the running one (:meth:`StationLearner.promote`)."""
+
+    def after_training(self, node: Node) -> None:
+        super().after_training(node)  # type: ignore[misc]
+        node.learner.promote()
+
+
+class DeployingIsolated(_Deploying, IsolatedPolicy):
+    name = "isolated"
+
+
+class DeployingMFD(_Deploying, MFDPolicy):
+    name = "mfd"
+
+
+class DeployingGossip(_Deploying, GossipPolicy):
+    name = "gossip"
+
+
+def sharing_policy(name: str, deploy: str) -> SharingPolicy:
+    """The core's policy of that name; with ``deploy="if_better"`` its stations deploy
+    through their twins (FedAvg clients always run the global model, as in FL)."""
+    if deploy == "if_better" and name != "fedavg":
+        return {"isolated": DeployingIsolated, "mfd": DeployingMFD, "gossip": DeployingGossip}[name]()
+    return policy_by_name(name)
+
+
 def build_world(scenario: AppScenario, policy: str, seed: int = 0) -> World:
     """The scenario's stations as MFD nodes under ``policy`` (one of :data:`SHARING_POLICIES`)."""
     if policy not in SHARING_POLICIES:
@@ -81,7 +112,8 @@ def build_world(scenario: AppScenario, policy: str, seed: int = 0) -> World:
     settings = scenario.sharing.model_copy(update={"name": policy})
     world = World(graph, learners, settings=settings, seed=seed, duration=float(t.rounds),
                   eval_interval=min(float(t.eval_interval), float(t.rounds)), local_steps=t.chunk_steps,
-                  evaluate=lambda _node, learner: learner.test_score(), name=scenario.name)
+                  evaluate=lambda _node, learner: learner.test_score(), name=scenario.name,
+                  policy=sharing_policy(policy, t.deploy))
     world.commons = commons  # type: ignore[attr-defined]
     return world
 
@@ -89,7 +121,7 @@ def build_world(scenario: AppScenario, policy: str, seed: int = 0) -> World:
 def _deployed_state(world: World, node_id: int) -> dict[str, torch.Tensor]:
     node = world.nodes[node_id]
     served = node.served_state() if world.settings.serve_blend else None
-    return served if served is not None else node.learner.get_state()
+    return served if served is not None else node.learner.deployed_state()
 
 
 def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | None = None,
