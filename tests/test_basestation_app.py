@@ -226,3 +226,24 @@ def test_invalid_scenario_on_the_command_line_names_the_field(tmp_path):
     bad = _write(tmp_path, 'preset = "uniform"\n[training]\nrounds = -1\n')
     with pytest.raises(SystemExit, match="training.rounds"):
         main(["basestation", "train", str(bad)])
+
+
+def test_stacked_forward_matches_sb3(fleet):
+    from apps.basestation.learner import StackedPolicies, policy_actions
+
+    sc, commons, learners = fleet
+    for learner in learners.values():  # different weights per station
+        with torch.no_grad():
+            for p in learner.policy.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(learner.station)) * 0.1)
+    stations = sorted(learners)
+    obs = torch.rand(len(stations), commons.env.network.obs_dim, generator=torch.Generator().manual_seed(5))
+    stacked = StackedPolicies([learners[s].policy for s in stations])
+    logits, values = stacked.logits(obs), stacked.values(obs)
+    actions, logp = policy_actions(logits, commons.nvec, torch.Generator().manual_seed(0))
+    for k, s in enumerate(stations):
+        policy = learners[s].policy
+        with torch.no_grad():
+            v, lp, _ = policy.evaluate_actions(obs[k:k + 1], torch.as_tensor(actions[k:k + 1]))
+        assert float(v) == pytest.approx(float(values[k]), abs=1e-5)
+        assert float(lp) == pytest.approx(float(logp[k]), abs=1e-5)

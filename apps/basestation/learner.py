@@ -164,12 +164,11 @@ class StackedPolicies:
     """
 
     def __init__(self, policies: Sequence[nn.Module]) -> None:
-        first = policies[0]
-        self.pi = self._stack([_layers(p.mlp_extractor.policy_net) + [p.action_net] for p in policies], first, "pi")
-        self.vf = self._stack([_layers(p.mlp_extractor.value_net) + [p.value_net] for p in policies], first, "vf")
+        self.pi = self._stack([_layers(p.mlp_extractor.policy_net) + [p.action_net] for p in policies])
+        self.vf = self._stack([_layers(p.mlp_extractor.value_net) + [p.value_net] for p in policies])
 
     @staticmethod
-    def _stack(chains: list[list[nn.Module]], first: nn.Module, _what: str):
+    def _stack(chains: list[list[nn.Module]]) -> list:
         out = []
         for depth, layer in enumerate(chains[0]):
             if isinstance(layer, nn.Linear):
