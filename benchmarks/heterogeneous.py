@@ -184,12 +184,16 @@ def table(fig: dict[str, Any], seeds: list[int]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
 
 
-def _git_commit() -> str | None:
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and the files under mfd_core/ and apps/scenarios/ that differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return {"commit": git("rev-parse", "HEAD"),
+                "uncommitted": git("status", "--porcelain", "--", "mfd_core", "apps/scenarios").splitlines()}
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return {"commit": None, "uncommitted": []}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs must be >= 1")
 
     plan = variants(args.duration)
+    code = _git_state()  # before the runs: the code they ran
     tasks = [(name, seed) for seed in args.seeds for name in plan]
     runs: dict[tuple[str, int], dict] = {}
     started = time.perf_counter()
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration if args.duration is not None else plan["tiers"][0].duration
     path = write_results(
         "heterogeneous", fig, path=args.out, targets=TARGETS, seeds=args.seeds, simulated_seconds=duration,
-        variants={name: what for name, (_, what) in plan.items()}, commit=_git_commit(),
+        variants={name: what for name, (_, what) in plan.items()}, code=code,
         command="python " + " ".join([str(Path(sys.argv[0]))] + (sys.argv[1:] if argv is None else argv)),
         total_wall_s=round(time.perf_counter() - started, 1))
     print(f"wrote {path}", file=sys.stderr)

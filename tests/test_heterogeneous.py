@@ -176,3 +176,15 @@ def test_two_architectures_distil_and_no_sample_leaves_its_node() -> None:
     assert taught == {"mlp", "cnn"}, "both directions: MLP taught by CNN and CNN by MLP"
     assert "data" not in world.net.stats()["kinds"]
     assert result.data_bytes[-1] == 0 and result.model_bytes[-1] > 0
+
+
+def test_heterogeneous_scenarios_are_digits_toml_but_for_the_fleet_mix() -> None:
+    """The benchmark compares them with digits.toml's fleet: tuning one must tune all three."""
+    digits = scenario.load(SCENARIOS / "digits.toml").model_dump()
+    for name, field in (("digits_tiers", "widths"), ("digits_mixed_arch", "kinds")):
+        doc = scenario.load(SCENARIOS / f"{name}.toml").model_dump()
+        assert doc["learner"][field], f"{name}.toml sets no learner.{field}"
+        doc["learner"][field] = digits["learner"][field]
+        for key in ("name", "description"):
+            doc.pop(key), digits.pop(key, None)
+        assert doc == digits, f"{name}.toml has drifted from digits.toml: copy the change over"
