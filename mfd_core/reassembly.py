@@ -13,14 +13,14 @@ from __future__ import annotations
 from array import array
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
 from .codec import _MANIFEST_PREFIX, MAX_MANIFEST_BYTES, Manifest, decode, decode_tensor
 from .packet import (ENCODING_CODE, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, MAX_PAYLOAD, AuthError,
-                     LimitError, Packet, PacketError, check_key, parse)
+                     LimitError, Packet, PacketError, _parse, batch_checksums, check_key)
 
 # Linux waits 30 s for the fragments of an IP datagram (net.ipv4.ipfrag_time); a model
 # message is larger but our links are simulated or local, so the same default serves.
@@ -169,8 +169,43 @@ class Reassembler:
             contradictory or over-limit packet, counted in :attr:`stats` under its
             ``reason``; the reassembler's state stays consistent.
         """
+        return self._take(datagram, now, None)
+
+    def receive_many(self, datagrams: Iterable[bytes | memoryview], now: float, *,
+                     errors: list[tuple[int, PacketError]] | None = None) -> list[ReceivedModel]:
+        """Take a batch of datagrams (what one ``recvmmsg`` or one tick of a simulated link
+        brings), all at time ``now``; returns the messages they complete, in that order.
+
+        The same as :meth:`receive` for each datagram in turn — the same checks, results
+        and :attr:`stats` — except that the CRC32C of the batch's large datagrams (see
+        :data:`~mfd_core.packet.PARALLEL_CRC_MIN_DATAGRAM`) is computed first, in parallel
+        threads; fragments are then placed one by one, in batch order.
+
+        A datagram :meth:`receive` would refuse is refused and counted in :attr:`stats`
+        under its ``reason`` in the same way, and the rest of the batch is still taken: the
+        error is not raised, since that would lose the messages the rest of the batch
+        completes (a driver of :meth:`receive` catches and drops it the same way).
+        :param errors: a list to append ``(position in the batch, PacketError)`` to, for
+            every datagram refused.
+        """
+        batch = datagrams if isinstance(datagrams, (list, tuple)) else list(datagrams)
+        out = []
+        take = self._take
+        for position, (datagram, crc) in enumerate(zip(batch, batch_checksums(batch))):
+            try:
+                message = take(datagram, now, crc)
+            except PacketError as exc:
+                if errors is not None:
+                    errors.append((position, exc))
+                continue
+            if message is not None:
+                out.append(message)
+        return out
+
+    def _take(self, datagram, now: float, crc: int | None) -> ReceivedModel | None:
+        """:meth:`receive`, with the datagram's CRC32C when :meth:`receive_many` computed it."""
         try:
-            pkt = parse(datagram, self.key)
+            pkt = _parse(datagram, self.key, crc)
             # Fast path: the next tensor fragment of an open message whose manifest is
             # known. The checks are _place_tensor_chunk's; anything else (manifest
             # slices, early fragments, new messages, duplicates, contradictions, a
