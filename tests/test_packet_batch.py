@@ -37,6 +37,12 @@ def reference_crc(d: bytes) -> int:
     return crc32c(d[packet.HEADER_SIZE:], crc32c(d[:36]))
 
 
+@pytest.fixture(autouse=True)
+def idle_cpus(monkeypatch):
+    """Helper threads run whatever the machine's load, so these tests exercise them."""
+    monkeypatch.setattr(packet, "_spare_cpus", lambda: 8)
+
+
 @pytest.fixture
 def shared(monkeypatch):
     """Counts the datagrams whose checksum went through the shared (parallel) path."""
@@ -122,6 +128,22 @@ def test_a_precomputed_checksum_decides_like_the_computed_one():
         packet._parse_checked(d, None, reference_crc(d) ^ 1)
     with pytest.raises(packet.PacketError, match="length mismatch"):  # the order of checks is kept
         packet._parse(d[:-1], None, reference_crc(d))
+
+
+def test_busy_cpus_keep_the_caller_alone(monkeypatch):
+    large = [d for d in datagrams(65_535) if len(d) >= packet.PARALLEL_CRC_MIN_DATAGRAM]
+    monkeypatch.setattr(packet, "CRC_THREADS", 4)
+    monkeypatch.setattr(packet, "_spare_cpus", lambda: 0)
+    monkeypatch.setattr(packet, "_pool", lambda: pytest.fail("no helper thread on busy CPUs"))
+    assert packet.batch_checksums(large) == [reference_crc(d) for d in large]
+
+
+def test_spare_cpus_reads_the_load_average(monkeypatch):
+    monkeypatch.undo()  # the real one
+    monkeypatch.setattr(packet, "_CPUS", 2)
+    for load, spare in ((0.0, 2), (1.05, 1), (1.7, 0), (4.4, 0)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert packet._spare_cpus() == spare
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
