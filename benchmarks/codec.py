@@ -3,9 +3,14 @@
 
 For fp32 MLP state_dicts of about 1M and 25M parameters, at MTU 1,400 and 65,535 ("64 KiB"):
 
-- encode: ``codec.to_datagrams`` (encode + fragment + headers + CRC32C);
-- decode: ``Reassembler.receive`` for every datagram, in order, until the decoded model
-  comes out (parse + checks + reassembly + decode);
+- encode: ``codec.to_datagrams`` (encode + fragment + headers + CRC32C; the CRC32C of
+  datagrams of 16 KiB or more is shared among ``packet.CRC_THREADS`` threads);
+- decode: ``Reassembler.receive_many`` with all the datagrams as one batch, as a driver
+  that reads them with ``recvmmsg`` (or a simulated link's tick) would: the CRC32C of the
+  large ones is checked in parallel threads first, then everything is placed in order
+  (parse + checks + reassembly + decode) until the decoded model comes out;
+- for comparison in the same run, encode with one thread (``CRC_THREADS = 1``) and
+  decode with ``Reassembler.receive`` called for each datagram ("1 thr", "1 by 1");
 
 each next to ``torch.save`` / ``torch.load`` to an in-memory ``io.BytesIO`` (the usual
 way to ship a state_dict) and to one plain copy of the model's bytes (the physical
@@ -22,6 +27,7 @@ import argparse
 import gc
 import io
 import math
+import os
 import statistics
 import sys
 import time
@@ -33,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
-from mfd_core import codec, reassembly  # noqa: E402
+from mfd_core import codec, packet, reassembly  # noqa: E402
 
 SIZES = {"1M": 1_000_000, "25M": 25_000_000}
 MTUS = {"1400": 1400, "64KiB": 65_535}
@@ -92,16 +98,29 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
     datagrams = encode()
     wire, packets = sum(len(d) for d in datagrams), len(datagrams)
 
+    def encode_one_thread():
+        threads, packet.CRC_THREADS = packet.CRC_THREADS, 1
+        try:
+            return encode()
+        finally:
+            packet.CRC_THREADS = threads
+
+    assert [bytes(d) for d in encode_one_thread()] == [bytes(d) for d in datagrams]
+
     def decode():
+        (out,) = reassembly.Reassembler().receive_many(datagrams, 0.0)
+        return out
+
+    def decode_one_by_one():
         receiver = reassembly.Reassembler()
         out = None
         for d in datagrams:
             out = receiver.receive(d, 0.0)
         return out
 
-    received = decode()
-    assert received is not None and received.complete
-    assert all(torch.equal(received.state[k], v) for k, v in state.items()), "round trip not exact"
+    for received in (decode(), decode_one_by_one()):
+        assert received is not None and received.complete
+        assert all(torch.equal(received.state[k], v) for k, v in state.items()), "round trip not exact"
     del received
 
     def save():
@@ -110,9 +129,13 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         return buf
 
     blob = save().getvalue()
+    load_before = os.getloadavg()[0]
+    threads = min(packet.CRC_THREADS, 1 + packet._spare_cpus())  # what _crcs will use, as of now
     med = {
         "ours_encode": _median_time(encode, repeats, warmup),
         "ours_decode": _median_time(decode, repeats, warmup),
+        "ours_encode_one_thread": _median_time(encode_one_thread, repeats, warmup),
+        "ours_decode_one_by_one": _median_time(decode_one_by_one, repeats, warmup),
         "torch_save": _median_time(save, repeats, warmup),
         "torch_load": _median_time(lambda: torch.load(io.BytesIO(blob), weights_only=True), repeats, warmup),
         "copy": _median_time(flat.copy, repeats, warmup),
@@ -130,6 +153,8 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         "copy_over_decode": rate["copy"] / rate["ours_decode"],
         "repeats": repeats,
         "warmup_runs": warmup,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
+        "crc_threads": threads,  # for datagrams >= PARALLEL_CRC_MIN_DATAGRAM, at the start of the row
     }
 
 
@@ -166,14 +191,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="unmeasured runs first, so that fresh memory is faulted in (default 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for the whole run (default: leave torch's default)")
+    parser.add_argument("--force-crc-threads", action="store_true",
+                        help="share the CRC32C among packet.CRC_THREADS threads whatever the load average "
+                             "(by default helpers run only on spare CPUs)")
     parser.add_argument("--out", type=Path, default=RESULTS / "codec.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.force_crc_threads:
+        packet._spare_cpus = lambda: packet.CRC_THREADS
 
     figures: dict[str, dict] = {}
-    header = (f"{'model':>5} {'MTU':>6} {'pkts':>7} {'overhead':>9} | {'enc MB/s':>8} {'save':>7} {'copy':>7} "
-              f"{'vs save':>7} {'copy/x':>6} | {'dec MB/s':>8} {'load':>7} {'copy':>7} {'vs load':>7} {'copy/x':>6}")
+    header = (f"{'model':>5} {'MTU':>6} {'pkts':>7} {'overhead':>9} | {'enc MB/s':>8} {'1 thr':>6} {'save':>7} "
+              f"{'copy':>7} {'vs save':>7} {'copy/x':>6} | {'dec MB/s':>8} {'1 by 1':>6} {'load':>7} {'copy':>7} "
+              f"{'vs load':>7} {'copy/x':>6} | {'load avg':>9} {'thr':>3}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -183,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             f = measure(state, MTUS[mtu_name], args.repeats or DEFAULT_REPEATS[size], args.warmup)
             figures[size][mtu_name] = f
             r = f["mb_per_s"]
+            load = f["load_average_1m"]
             print(f"{size:>5} {mtu_name:>6} {f['packets']:>7} {f['overhead_pct']:>8.3f}% | "
-                  f"{r['ours_encode']:>8.0f} {r['torch_save']:>7.0f} {r['copy']:>7.0f} "
-                  f"{f['encode_vs_torch_save']:>7.2f} {f['copy_over_encode']:>6.2f} | "
-                  f"{r['ours_decode']:>8.0f} {r['torch_load']:>7.0f} {r['copy']:>7.0f} "
-                  f"{f['decode_vs_torch_load']:>7.2f} {f['copy_over_decode']:>6.2f}", flush=True)
+                  f"{r['ours_encode']:>8.0f} {r['ours_encode_one_thread']:>6.0f} {r['torch_save']:>7.0f} "
+                  f"{r['copy']:>7.0f} {f['encode_vs_torch_save']:>7.2f} {f['copy_over_encode']:>6.2f} | "
+                  f"{r['ours_decode']:>8.0f} {r['ours_decode_one_by_one']:>6.0f} {r['torch_load']:>7.0f} "
+                  f"{r['copy']:>7.0f} {f['decode_vs_torch_load']:>7.2f} {f['copy_over_decode']:>6.2f} | "
+                  f"{load[0]:>4.1f}-{load[1]:<4.1f} {f['crc_threads']:>3}", flush=True)
         del state
     verdict = check_targets(figures)
     print()
@@ -195,10 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'ok  ' if ok else 'MISS'} {name}")
     notes = ("MB/s = model bytes (1e6) / median seconds. 'vs save'/'vs load' = our throughput / torch's "
              "(>= 1 means we are faster); 'copy/x' = plain-copy throughput / ours (<= 4 is the target). "
-             "Overhead = (wire - model bytes) / wire bytes. Decode includes parsing, CRC32C checks, "
-             "reassembly and decoding; encode includes encoding, fragmenting, headers and CRC32C. "
+             "Overhead = (wire - model bytes) / wire bytes. Decode (Reassembler.receive_many, one batch) "
+             "includes parsing, CRC32C checks, reassembly and decoding; encode includes encoding, "
+             "fragmenting, headers and CRC32C. The CRC32C of datagrams >= "
+             f"{packet.PARALLEL_CRC_MIN_DATAGRAM} bytes is shared among {packet.CRC_THREADS} threads "
+             "(packet.CRC_THREADS); '1 thr' = encode with one thread, '1 by 1' = decode with "
+             "Reassembler.receive per datagram, both MB/s, same run. Threads only help when a CPU is "
+             "free, so helpers run only on spare CPUs by the load average (packet._spare_cpus; "
+             "--force-crc-threads overrides): 'load avg' is the 1-minute load average before and after "
+             "each row, 'thr' the threads the CRC32C of large datagrams got at its start. "
              "Each operation is timed in its own block after a warm-up run, GC off while timed (as timeit). "
-             f"torch threads: {torch.get_num_threads()} (our code paths are single-threaded). "
+             f"torch threads: {torch.get_num_threads()}. "
              "A 1M-parameter model (4 MB) stays in cache, where a plain copy runs at cache speed and "
              "CRC32C over every byte (which the receiver must check and torch.load does not) costs "
              "about as much as the copy itself.")
