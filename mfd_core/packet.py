@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import os
 import struct
@@ -93,16 +94,22 @@ _ITEMSIZE = tuple(ENCODINGS[code][2] if code in ENCODINGS else 0 for code in ran
 # Batch checksums (:func:`build`, :func:`batch_checksums` for
 # :meth:`Reassembler.receive_many <mfd_core.reassembly.Reassembler.receive_many>`): the
 # CRC32C of datagrams at least this long is computed in parallel threads. crc32c releases
-# the GIL while it runs, so threads do overlap, but every call re-takes the GIL after, and
-# giving a thread its share costs tens of microseconds. CRC32C runs at ~15 GB/s on one
-# core: 0.1 us for a 1,400-byte datagram, less than one GIL hand-over, while the Python
-# that places it takes ~2 us with the GIL held; a 64 KiB datagram takes ~4 us, which
-# threads can share. 16 KiB (~1 us of CRC32C per call) is where a call's CRC time clearly
-# outweighs its GIL round trip.
+# the GIL while it runs (gil_release_mode=1), so threads do overlap, but every call
+# re-takes the GIL after, and waking a helper costs microseconds. CRC32C runs at 15-20
+# GB/s on one core here: 0.1 us for a 1,400-byte datagram, less than one GIL hand-over,
+# while the Python that places it holds the GIL for ~2 us; a 64 KiB datagram takes ~3.5
+# us, which threads can share. 16 KiB (~1 us of CRC32C per call) is where a call's CRC
+# time clearly outweighs its GIL round trip.
 PARALLEL_CRC_MIN_DATAGRAM = 16 << 10
 # ...and only when those datagrams add up to this many bytes (~17 us of CRC32C on one
 # core): below it, handing half of the batch to another thread costs what it saves.
 PARALLEL_CRC_MIN_BATCH = 256 << 10
+# A receiver's batch is checked this many bytes at a time, each window just before it is
+# placed, so its datagrams are still in cache when they are copied out: checking a 100 MB
+# batch first and placing it after reads it from memory twice (measured, 25M parameters
+# at 64 KiB: 18% slower than checking each datagram as it is placed). 4 MiB: a few times
+# the L2, well inside the L3.
+PARALLEL_CRC_WINDOW = 4 << 20
 # Threads that share a batch, the caller's included: one per CPU this process may run on,
 # at most 8 (past that, memory bandwidth rather than CPU bounds CRC32C over a large model).
 # Fewer when the CPUs are busy: see _spare_cpus.
@@ -283,21 +290,26 @@ def _crc_into(out: list, bufs: Sequence[memoryview], order: Iterator[int]) -> No
         out[i] = crc32c(b[HEADER_SIZE:], crc32c(b[:_COVERED_PREFIX]), 1)
 
 
-def _crcs(bufs: Sequence[memoryview]) -> list[int]:
+def _crc_threads(nbytes: int) -> int:
+    """Threads, the caller's included, worth giving datagrams of ``nbytes`` bytes in all
+    (each of ``PARALLEL_CRC_MIN_DATAGRAM`` or more): 1 below ``PARALLEL_CRC_MIN_BATCH``,
+    else one per spare CPU besides the caller's, ``CRC_THREADS`` at most."""
+    if CRC_THREADS < 2 or nbytes < PARALLEL_CRC_MIN_BATCH:
+        return 1
+    return min(CRC_THREADS, 1 + _spare_cpus())
+
+
+def _crcs(bufs: Sequence[memoryview], threads: int) -> list[int]:
     """:func:`_crc` of each datagram in ``bufs`` (each at least a header long), in order.
 
-    When the batch holds ``PARALLEL_CRC_MIN_BATCH`` bytes (the callers see to
-    ``PARALLEL_CRC_MIN_DATAGRAM``), the caller and one helper per spare CPU
-    (:func:`_spare_cpus`), ``CRC_THREADS`` threads at most, take the datagrams one at a time
-    from a shared counter until none are left: a thread the OS does not run for a while
-    holds up at most one datagram, and a helper that has not started by the time the caller
-    runs out of work is called off. Each value depends on its datagram's bytes only and
-    goes to its own index: which thread computes it changes nothing.
+    With ``threads`` > 1 (from :func:`_crc_threads`), the caller and ``threads - 1``
+    helpers take the datagrams one at a time from a shared counter until none are left: a
+    thread the OS does not run for a while holds up at most one datagram, and a helper that
+    has not started by the time the caller runs out of work is called off. Each value
+    depends on its datagram's bytes only and goes to its own index: which thread computes
+    it changes nothing.
     """
-    threads = min(CRC_THREADS, len(bufs))
-    if threads < 2 or sum(b.nbytes for b in bufs) < PARALLEL_CRC_MIN_BATCH:
-        return _crc_list(bufs)
-    threads = min(threads, 1 + _spare_cpus())
+    threads = min(threads, len(bufs))
     if threads < 2:
         return _crc_list(bufs)
     out: list = [None] * len(bufs)
@@ -316,40 +328,69 @@ def _crcs(bufs: Sequence[memoryview]) -> list[int]:
     return out
 
 
-def batch_checksums(datagrams: Sequence) -> list[int | None]:
-    """For a batch of received datagrams, the CRC32C :func:`parse` would compute for each,
-    in parallel threads; ``None`` for those it is not worth doing ahead.
+def batch_checksums(datagrams: Sequence) -> Iterator[int | None]:
+    """For a batch of received datagrams, in order, the CRC32C :func:`parse` would compute
+    for each, computed ahead in parallel threads; ``None`` for those not worth it.
 
     Only byte strings of ``PARALLEL_CRC_MIN_DATAGRAM`` to ``MAX_DATAGRAM`` bytes are done,
-    and only when they add up to ``PARALLEL_CRC_MIN_BATCH``; anything else (small
-    datagrams, a lone large one, objects that are not byte strings) gets ``None`` and is
-    checked by :func:`parse` as usual. A value is a function of the datagram's bytes, so
-    the batch must not change before it is parsed.
+    ``PARALLEL_CRC_WINDOW`` bytes of them at a time, when the next value is asked for (so
+    that the caller places them while they are in cache), and only when a window holds
+    ``PARALLEL_CRC_MIN_BATCH`` bytes and a CPU is spare (:func:`_spare_cpus`). Anything
+    else (small datagrams, busy CPUs, objects that are not byte strings) gets ``None`` and
+    is checked by :func:`parse` as it would be alone. A value is a function of the
+    datagram's bytes: they must not change before it is parsed.
     """
     count = len(datagrams)
-    out: list[int | None] = [None] * count
+    # The common cases cost little: busy CPUs a look at the load average, small datagrams
+    # one pass over the lengths.
+    spare = _spare_cpus() if count >= 2 and CRC_THREADS >= 2 else 0
+    if not spare:
+        return itertools.repeat(None, count)
     try:
-        sizes = np.fromiter(map(len, datagrams), dtype=np.int64, count=count)
+        sizes = list(map(len, datagrams))
     except (TypeError, ValueError):  # something without a length (parse will say what it is)
-        sizes = np.array([_length_or_zero(d) for d in datagrams], dtype=np.int64)
-    # len() counts elements, not bytes, for views of other formats: those are skipped below.
-    candidates = np.flatnonzero((sizes >= PARALLEL_CRC_MIN_DATAGRAM) & (sizes <= MAX_DATAGRAM))
-    if len(candidates) < 2:
-        return out
-    where, bufs = [], []
-    for i in candidates.tolist():
-        try:
-            buf = memoryview(datagrams[i])
-        except (TypeError, ValueError):
-            continue
-        if buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
-            where.append(i)
-            bufs.append(buf)
-    if len(bufs) < 2 or sum(b.nbytes for b in bufs) < PARALLEL_CRC_MIN_BATCH:
-        return out
-    for i, crc in zip(where, _crcs(bufs)):
-        out[i] = crc
-    return out
+        sizes = [_length_or_zero(d) for d in datagrams]
+    if max(sizes) < PARALLEL_CRC_MIN_DATAGRAM:
+        return itertools.repeat(None, count)
+    # len() counts elements, not bytes, for views of other formats: those are skipped later.
+    low, high = PARALLEL_CRC_MIN_DATAGRAM, MAX_DATAGRAM
+    candidates = [i for i, size in enumerate(sizes) if low <= size <= high]
+    if len(candidates) < 2 or sum(sizes[i] for i in candidates) < PARALLEL_CRC_MIN_BATCH:
+        return itertools.repeat(None, count)
+    return _windowed_checksums(datagrams, sizes, candidates, min(CRC_THREADS, 1 + spare))
+
+
+def _windowed_checksums(datagrams: Sequence, sizes: list[int], candidates: list[int],
+                        threads: int) -> Iterator[int | None]:
+    count = len(datagrams)
+    done = 0  # datagrams answered so far
+    windows: list[list[int]] = [[]]
+    filled = 0
+    for i in candidates:
+        if filled >= PARALLEL_CRC_WINDOW:
+            windows.append([])
+            filled = 0
+        windows[-1].append(i)
+        filled += sizes[i]
+    for members in windows:
+        where, bufs = [], []
+        for i in members:
+            try:
+                buf = memoryview(datagrams[i])
+            except (TypeError, ValueError):
+                continue
+            if buf.format == "B" and buf.ndim == 1 and buf.c_contiguous:
+                where.append(i)
+                bufs.append(buf)
+        worth = len(bufs) >= 2 and sum(b.nbytes for b in bufs) >= PARALLEL_CRC_MIN_BATCH
+        known = dict(zip(where, _crcs(bufs, threads))) if worth else {}
+        del bufs
+        last = members[-1]
+        for i in range(done, last + 1):
+            yield known.get(i)
+        done = last + 1
+    for _ in range(done, count):
+        yield None
 
 
 def _length_or_zero(obj) -> int:
@@ -441,7 +482,7 @@ def build(
     tag_size = TAG_SIZE if key else 0
     # Plan: (item, nbytes, chunk, header_len, full fragments, last fragment's payload bytes)
     plan = []
-    count = total = 0
+    count = total = large = 0  # large: bytes in datagrams of PARALLEL_CRC_MIN_DATAGRAM or more
     for item in fragments:
         nbytes, chunk = _check_fragment(item)
         header_len = HEADER_SIZE + (QUANT_SIZE if item.encoding == ENCODING_INT8 else 0)
@@ -452,6 +493,9 @@ def build(
         plan.append((item, nbytes, chunk, header_len, full, rest))
         count += full + (1 if rest else 0)
         total += nbytes + (full + (1 if rest else 0)) * (header_len + tag_size)
+        for n, payload in ((full, chunk), (1 if rest else 0, rest)):
+            if header_len + payload + tag_size >= PARALLEL_CRC_MIN_DATAGRAM:
+                large += n * (header_len + payload + tag_size)
     if not 1 <= count <= MAX_FRAGMENTS:
         raise ValueError(f"a message has 1 to {MAX_FRAGMENTS} fragments, got {count}")
 
@@ -465,6 +509,8 @@ def build(
     auth_flag = FLAG_AUTH if key else 0
     # (block, offsets) of large datagrams, whose checksums are computed together at the
     # end, in parallel threads (see PARALLEL_CRC_MIN_DATAGRAM); the bytes are the same.
+    # With one thread they are computed run by run, as the runs are written.
+    threads = _crc_threads(large)
     deferred: list[tuple[np.ndarray, range]] = []
     pos = index = 0
     for item, nbytes, chunk, header_len, full, rest in plan:
@@ -500,7 +546,7 @@ def build(
                     m.update(flat[p:p + _COVERED_PREFIX])
                     m.update(flat[p + HEADER_SIZE:p + payload_end])
                     block[row, payload_end:] = np.frombuffer(m.digest()[:TAG_SIZE], dtype=np.uint8)
-            if size >= PARALLEL_CRC_MIN_DATAGRAM:
+            if threads > 1 and size >= PARALLEL_CRC_MIN_DATAGRAM:
                 deferred.append((block, offsets))
             else:
                 crcs = [crc32c(flat[p + HEADER_SIZE:p + size], crc32c(flat[p:p + _COVERED_PREFIX]))
@@ -511,7 +557,7 @@ def build(
             pos += n * size
             index += n
     if deferred:  # every other byte is written: the checksums can now be computed
-        crcs = _crcs([flat[p:p + block.shape[1]] for block, offsets in deferred for p in offsets])
+        crcs = _crcs([flat[p:p + block.shape[1]] for block, offsets in deferred for p in offsets], threads)
         done = 0
         for block, offsets in deferred:
             n = len(offsets)

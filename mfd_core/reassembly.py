@@ -178,8 +178,10 @@ class Reassembler:
 
         The same as :meth:`receive` for each datagram in turn — the same checks, results
         and :attr:`stats` — except that the CRC32C of the batch's large datagrams (see
-        :data:`~mfd_core.packet.PARALLEL_CRC_MIN_DATAGRAM`) is computed first, in parallel
-        threads where CPUs are spare; fragments are then placed one by one, in batch order.
+        :data:`~mfd_core.packet.PARALLEL_CRC_MIN_DATAGRAM`) is computed ahead, a few MiB
+        at a time, in parallel threads where CPUs are spare
+        (:func:`~mfd_core.packet.batch_checksums`); fragments are placed one by one, in
+        batch order.
 
         A datagram :meth:`receive` would refuse is refused and counted in :attr:`stats`
         under its ``reason`` in the same way, and the rest of the batch is still taken: the

@@ -49,9 +49,10 @@ def shared(monkeypatch):
     counted = []
     real = packet._crcs
 
-    def spy(bufs):
-        counted.append(len(bufs))
-        return real(bufs)
+    def spy(bufs, threads):
+        if threads > 1:
+            counted.append(len(bufs))
+        return real(bufs, threads)
 
     monkeypatch.setattr(packet, "_crcs", spy)
     return counted
@@ -98,25 +99,25 @@ def test_small_datagrams_keep_the_inline_path(shared):
 
 def test_batch_checksums_match_parse_and_skip_what_is_not_worth_it():
     big = datagrams(65_535)
-    crcs = packet.batch_checksums(big)
+    crcs = list(packet.batch_checksums(big))
     for d, crc in zip(big, crcs):
         if len(d) >= packet.PARALLEL_CRC_MIN_DATAGRAM:
             assert crc == reference_crc(d)
         else:
             assert crc is None  # the manifest, the small tensors' datagrams
-    assert packet.batch_checksums(datagrams(1400)) == [None] * len(datagrams(1400))
+    assert list(packet.batch_checksums(datagrams(1400))) == [None] * len(datagrams(1400))
     large = [d for d in big if len(d) >= packet.PARALLEL_CRC_MIN_DATAGRAM]
-    assert packet.batch_checksums(large[:1]) == [None]  # a lone datagram: nothing to share
-    assert packet.batch_checksums([]) == []
+    assert list(packet.batch_checksums(large[:1])) == [None]  # a lone datagram: nothing to share
+    assert list(packet.batch_checksums([])) == []
     # views of other formats, non-contiguous views, junk: left to parse
     odd = [np.frombuffer(large[0][:-1], dtype=np.uint8)[::2], np.frombuffer(large[1][2:], dtype=np.float32),
            None, 3, "x" * 20_000, bytes(packet.MAX_DATAGRAM + 1)]
-    crcs = packet.batch_checksums([*odd, *large])
+    crcs = list(packet.batch_checksums([*odd, *large]))
     assert crcs[:len(odd)] == [None] * len(odd)
     assert crcs[len(odd):] == [reference_crc(d) for d in large]
     # uint8 arrays, bytearrays and memoryviews are byte strings like any other
     mixed = [np.frombuffer(large[0], dtype=np.uint8), bytearray(large[1]), memoryview(large[2]), *large[3:]]
-    assert packet.batch_checksums(mixed) == [reference_crc(d) for d in large]
+    assert list(packet.batch_checksums(mixed)) == [reference_crc(d) for d in large]
 
 
 def test_a_precomputed_checksum_decides_like_the_computed_one():
@@ -130,12 +131,32 @@ def test_a_precomputed_checksum_decides_like_the_computed_one():
         packet._parse(d[:-1], None, reference_crc(d))
 
 
-def test_busy_cpus_keep_the_caller_alone(monkeypatch):
+def test_busy_cpus_keep_the_caller_alone(monkeypatch, shared):
+    """No helper runs; build computes the CRCs as before and a receiver leaves them to parse."""
     large = [d for d in datagrams(65_535) if len(d) >= packet.PARALLEL_CRC_MIN_DATAGRAM]
+    expected = datagrams(65_535)
+    shared.clear()
     monkeypatch.setattr(packet, "CRC_THREADS", 4)
     monkeypatch.setattr(packet, "_spare_cpus", lambda: 0)
     monkeypatch.setattr(packet, "_pool", lambda: pytest.fail("no helper thread on busy CPUs"))
-    assert packet.batch_checksums(large) == [reference_crc(d) for d in large]
+    assert list(packet.batch_checksums(large)) == [None] * len(large)
+    assert datagrams(65_535) == expected and shared == []
+
+
+def test_a_batch_is_checked_window_by_window_as_it_is_read(monkeypatch, shared):
+    large = [d for d in datagrams(65_535) if len(d) >= packet.PARALLEL_CRC_MIN_DATAGRAM]
+    batch = [*large, datagrams(1400)[5], *large, *large]  # 51 large datagrams, a small one
+    shared.clear()
+    monkeypatch.setattr(packet, "PARALLEL_CRC_WINDOW", 6 * 65_535)
+    monkeypatch.setattr(packet, "PARALLEL_CRC_MIN_BATCH", 0)
+    lazily = packet.batch_checksums(batch)
+    assert shared == []  # nothing computed before it is asked for
+    first = [next(lazily) for _ in range(3)]
+    assert first == [reference_crc(d) for d in batch[:3]] and len(shared) == 1 and shared[0] <= 7
+    rest = list(lazily)
+    assert len(shared) > 5 and sum(shared) == len(batch) - 1
+    assert [*first, *rest] == [None if len(d) < packet.PARALLEL_CRC_MIN_DATAGRAM else reference_crc(d)
+                               for d in batch]
 
 
 def test_spare_cpus_reads_the_load_average(monkeypatch):
@@ -152,7 +173,7 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
     monkeypatch.setattr(packet, "PARALLEL_CRC_MIN_BATCH", 0)
     large = [d for d in datagrams(65_535) if len(d) >= packet.PARALLEL_CRC_MIN_DATAGRAM]
     expected = [reference_crc(d) for d in large]
-    assert packet.batch_checksums(large) == expected
+    assert list(packet.batch_checksums(large)) == expected
     parents = packet._crc_pool  # exists now; its threads will not exist in the child
     assert parents is not None
     pid = os.fork()
@@ -160,7 +181,7 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
         signal.alarm(20)  # a child stuck on the parent's dead threads dies instead of hanging
         ok = False
         try:
-            ok = (packet._crc_pool is None and packet.batch_checksums(large) == expected
+            ok = (packet._crc_pool is None and list(packet.batch_checksums(large)) == expected
                   and packet._crc_pool is not parents
                   and any(t.name.startswith("mfd-crc") for t in threading.enumerate()))
         finally:

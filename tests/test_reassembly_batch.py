@@ -100,7 +100,7 @@ def parallel_used(monkeypatch):
     counted = []
 
     def spy(batch):
-        crcs = packet.batch_checksums(batch)
+        crcs = list(packet.batch_checksums(batch))
         counted.append(sum(c is not None for c in crcs))
         return crcs
 
@@ -237,6 +237,8 @@ def test_everything_checked_ahead_even_tiny_datagrams(monkeypatch):
             stream.append(bytes(d))
     rng.shuffle(stream)
     assert all(c is not None for c in packet.batch_checksums(stream))
+    monkeypatch.setattr(packet, "PARALLEL_CRC_WINDOW", 50_000)  # and in many windows
+    compare([(0.0, stream)], key=KEY, expire_at=100.0)
     compare([(0.0, stream[:500]), (0.5, stream[500:])], key=KEY, expire_at=100.0)
 
 
