@@ -157,7 +157,10 @@ def test_gate_refuses_a_random_model_and_accepts_its_own(fleet):
 def test_clone_shares_the_network_not_the_model(fleet):
     sc, commons, learners = fleet
     twin = learners[1].clone()
+    learners[1].train(sc.training.chunk_steps)  # a trained SB3 policy refuses deepcopy: clone must not need it
+    twin = learners[1].clone()
     assert twin.commons is commons and twin.model is not learners[1].model
+    assert twin.score() == pytest.approx(learners[1].score())
     twin.set_state({k: v + 1 for k, v in twin.get_state().items()})
     assert not torch.equal(twin.get_state()["action_net.bias"], learners[1].get_state()["action_net.bias"])
 
@@ -247,3 +250,18 @@ def test_stacked_forward_matches_sb3(fleet):
             v, lp, _ = policy.evaluate_actions(obs[k:k + 1], torch.as_tensor(actions[k:k + 1]))
         assert float(v) == pytest.approx(float(values[k]), abs=1e-5)
         assert float(lp) == pytest.approx(float(logp[k]), abs=1e-5)
+
+
+def test_peer_models_play_in_the_twin_when_asked(tiny):
+    sc = load_app_scenario(tiny).with_training(twin="peers")
+    commons = RadioCommons(sc.env, sc.training, seed=0)
+    me, other = (StationLearner(commons, i, sc.training, seed=0) for i in (1, 2))
+    assert me.score() == pytest.approx(1.0)
+    sleepy = other.get_state()
+    sleepy["action_net.bias"] = sleepy["action_net.bias"].clone()
+    sleepy["action_net.bias"][-2:] = torch.tensor([0.0, 9.0])  # the neighbour always sleeps
+    assert not me.observe_peer(2, {"action_net.bias": sleepy["action_net.bias"]})  # incomplete: ignored
+    assert me.observe_peer(2, sleepy)
+    assert me.score() != pytest.approx(1.0)  # its users now land on station 1's neighbourhood
+    static = load_app_scenario(tiny)  # the default twin keeps no peers
+    assert not StationLearner(RadioCommons(static.env, static.training, seed=0), 1, static.training).observe_peer(2, sleepy)

@@ -367,26 +367,30 @@ class RadioCommons:
 
     # -- scoring on the twin --------------------------------------------------------------
 
-    def twin_returns(self, policy: nn.Module, seed: int, station: int) -> np.ndarray:
-        """(S,) mean per-step rewards on the twin with ``policy`` acting greedily.
+    def twin_returns(self, policy: nn.Module, seed: int, station: int,
+                     peers: Sequence[tuple[int, nn.Module]] = ()) -> np.ndarray:
+        """(S,) mean per-step rewards on the twin with ``policy`` acting greedily at ``station``.
 
-        ``settings.twin == "static"``: only ``station`` acts with it, every other station
-        keeps the static configuration (the station's own contribution, judged against a
-        fixed background); ``"alike"``: every station acts with it ("if my neighbours
-        acted like me").
+        ``settings.twin``: ``"peers"``: the neighbours whose models the station has
+        received act with those, the rest keep the static configuration; ``"static"``:
+        every other station keeps the static configuration; ``"alike"``: every station
+        acts with ``policy`` ("if my neighbours acted like me").
         """
-        alike = self.settings.twin == "alike"
-
-        def act(o: np.ndarray) -> np.ndarray:
-            if alike:
+        mode = self.settings.twin
+        if mode == "alike":
+            def act(o: np.ndarray) -> np.ndarray:
                 a, _ = policy_actions(_single_logits(policy, torch.from_numpy(o)), self.nvec, None, greedy=True)
                 a[self.off] = self.default[self.off]
                 return a
-            a = self.default.copy()
-            own, _ = policy_actions(_single_logits(policy, torch.from_numpy(o[station:station + 1])), self.nvec,
-                                    None, greedy=True)
-            a[station] = own[0]
-            return a
+        else:
+            who = [(station, policy)] + ([(s, m) for s, m in peers if s != station] if mode == "peers" else [])
+            idx = np.asarray([s for s, _ in who])
+            stacked = StackedPolicies([m for _, m in who])
+
+            def act(o: np.ndarray) -> np.ndarray:
+                a = self.default.copy()
+                a[idx], _ = policy_actions(stacked.logits(torch.from_numpy(o[idx])), self.nvec, None, greedy=True)
+                return a
 
         return self._play(self.twin, seed, self.settings.eval_steps, act).mean(axis=0)
 
@@ -430,6 +434,10 @@ class StationLearner(Learner):
         # What the station runs (see promote); None: the model being trained.
         self.deployed: dict[str, Tensor] | None = None
         self.deployed_score = -math.inf
+        # The latest model heard from each neighbour (MFD packets): the twin plays them.
+        self.peers: dict[int, nn.Module] = {}
+        self._peers_version = 0
+        self._deployed_version = 0
         self._recent_obs = np.zeros((0, commons.env.network.obs_dim), dtype=np.float32)
         if register:
             commons.register(self)
@@ -487,7 +495,7 @@ class StationLearner(Learner):
     def _score(self, seed: int, state: Mapping[str, Tensor] | None) -> float:
         if state is None:
             if seed not in self._score_cache:
-                returns = self.commons.twin_returns(self.policy, seed, self.station)
+                returns = self.commons.twin_returns(self.policy, seed, self.station, self._peer_list())
                 self._score_cache[seed] = self.commons.score_of(returns, self.station, seed)
             return self._score_cache[seed]
         scratch = self._scratch()
@@ -499,15 +507,42 @@ class StationLearner(Learner):
                 raise ValueError(f"{key}: candidate shape {tuple(value.shape)} != local {tuple(full[key].shape)}")
             full[key] = value.to(full[key].dtype)
         scratch.load_state_dict(full, strict=False)
-        return self.commons.score_of(self.commons.twin_returns(scratch, seed, self.station), self.station, seed)
+        returns = self.commons.twin_returns(scratch, seed, self.station, self._peer_list())
+        return self.commons.score_of(returns, self.station, seed)
+
+    def _peer_list(self) -> list[tuple[int, nn.Module]]:
+        return sorted(self.peers.items(), key=lambda kv: kv[0])
+
+    def _fresh_policy(self) -> nn.Module:
+        # a fresh module of the same build: an SB3 policy keeps its last action
+        # distribution (tensors with a graph), which deepcopy refuses
+        module = type(self.policy)(**self.policy._get_constructor_parameters())
+        module.set_training_mode(False)
+        return module
+
+    def observe_peer(self, station: int, state: Mapping[str, Tensor]) -> bool:
+        """Keep a neighbour's model (complete, same shapes) for the twin to play.
+
+        :return: whether it was kept.
+        """
+        if station == self.station or self.settings.twin != "peers":
+            return False
+        local = self.policy.state_dict()
+        if set(state) != set(local) or any(state[k].shape != local[k].shape for k in local):
+            return False
+        if not all(bool(torch.isfinite(v).all()) for v in state.values()):
+            return False
+        module = self.peers.get(station) or self._fresh_policy()
+        module.load_state_dict({k: v.to(local[k].dtype) for k, v in state.items()})
+        self.peers[station] = module
+        self._peers_version += 1
+        self._score_cache.clear()
+        return True
 
     def _scratch(self) -> nn.Module:
         scratch = getattr(self.commons, "_scratch_policy", None)
-        if scratch is None:
-            # a fresh module of the same build (an SB3 policy holds its optimiser, which
-            # deepcopy refuses): candidates are loaded into it, the learner is untouched
-            scratch = type(self.policy)(**self.policy._get_constructor_parameters())
-            scratch.set_training_mode(False)
+        if scratch is None:  # candidates are loaded into it, the learner is untouched
+            scratch = self._fresh_policy()
             self.commons._scratch_policy = scratch
         return scratch
 
@@ -528,6 +563,10 @@ class StationLearner(Learner):
         :return: whether the trained model is now deployed.
         """
         current = self.score()
+        if self.deployed is not None and self._deployed_version != self._peers_version:
+            # the neighbours changed since the running model was scored: score it again
+            self.deployed_score = self._score(self.commons.val_seed, self.deployed)
+        self._deployed_version = self._peers_version
         if self.deployed is not None and current < self.deployed_score:
             return False
         self.deployed, self.deployed_score = self.get_state(), current
@@ -604,9 +643,13 @@ class StationLearner(Learner):
         return float((a == t).all(axis=1).mean()) if len(a) else float("nan")
 
     def clone(self) -> "StationLearner":
-        # the commons (network, twin, other stations) is shared, never copied
-        twin = copy.deepcopy(self, memo={id(self.commons): self.commons})
-        twin.pending = None
+        """A copy with its own model and optimiser, in the same network (never copied)."""
+        twin = StationLearner(self.commons, self.station, self.settings, register=False)
+        twin.set_state(self.get_state())
+        twin.policy.optimizer.load_state_dict(self.policy.optimizer.state_dict())
+        twin.samples, twin.work_done = self.samples, self.work_done
+        twin._recent_obs = self._recent_obs.copy()
+        twin.peers, twin._peers_version = dict(self.peers), self._peers_version
         return twin
 
     def save(self, path: str | Path) -> Path:

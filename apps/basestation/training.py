@@ -84,7 +84,18 @@ class DeployingIsolated(_Deploying, IsolatedPolicy):
 
 
 class DeployingMFD(_Deploying, MFDPolicy):
+    """MFD whose stations also keep each neighbour's latest complete model for their
+    twins: a station then judges a model by how its neighbourhood, acting with the
+    models they actually run, would fare (the models follow the data: no measurement
+    leaves a station, the neighbours' models come to it)."""
+
     name = "mfd"
+
+    def on_message(self, node: Node, message, from_node: int | None) -> None:
+        if message.manifest.meta.get("kind") == "model" and message.complete:
+            if node.learner.observe_peer(message.origin, message.state):
+                self.world.invalidate_score(node)
+        super().on_message(node, message, from_node)
 
 
 class DeployingGossip(_Deploying, GossipPolicy):
