@@ -14,7 +14,8 @@ station its own transitions; the station then runs SB3's PPO update on them
 sees. Its score is the station's return on its own *digital twin*: an evaluation
 copy of the scenario with a fixed seed in which the station acts (greedily) with the
 scored model and the others keep the static configuration (full power, CIO 0, awake;
-``twin = "alike"``: all act with it), reported as ``1 + (R - R_static) / scale`` with
+``twin = "peers"``: the neighbours whose models reached it act with those; ``"alike"``:
+all act with it), reported as ``1 + (R - R_static) / scale`` with
 ``R`` the mean per-step reward of the station's X2 neighbourhood, ``R_static`` the same
 with the station static too, and ``scale`` the spread (std) of per-step station
 rewards; 1.0 is "as good as the static configuration". It is local: it needs only the
@@ -312,7 +313,8 @@ class RadioCommons:
 
     def collect(self, n: int) -> None:
         """Play ``n`` steps with every registered station's current policy; each station
-        receives its own transitions (the others act with the static configuration)."""
+        receives its own transitions (a station without a learner, one in outage, keeps
+        the static configuration)."""
         stations = sorted(self.learners)
         stacked = StackedPolicies([self.learners[s].model.policy for s in stations])
         idx = np.asarray(stations)
