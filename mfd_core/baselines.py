@@ -37,6 +37,7 @@ class GossipPolicy(SharingPolicy):
 
     name = "gossip"
     needs_one_architecture = True
+    weighs_by_score = False
 
     def start(self, world: "World") -> None:
         self._last_push: dict[int, float] = {}
@@ -80,6 +81,7 @@ class FedAvgPolicy(SharingPolicy):
 
     name = "fedavg"
     needs_one_architecture = True
+    weighs_by_score = False
 
     def start(self, world: "World") -> None:
         self.world = world

@@ -9,6 +9,7 @@ from a fixed list, and the manifest is parsed as JSON and validated field by fie
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -189,6 +190,11 @@ def _encoding_fits(dtype: str, encoding: str) -> bool:
 
 def layout_fingerprint(layout: Sequence[tuple[str, Sequence[int], str]] | Any) -> int:
     """32-bit fingerprint of an architecture: tensor names, shapes and dtypes, in order."""
+    return _fingerprint(tuple((name, tuple(shape), dtype) for name, shape, dtype in layout))
+
+
+@functools.lru_cache(maxsize=1024)  # a fleet sends few layouts, over and over
+def _fingerprint(layout: tuple[tuple[str, tuple[int, ...], str], ...]) -> int:
     text = "\n".join(f"{name}:{','.join(map(str, shape))}:{dtype}" for name, shape, dtype in layout)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 

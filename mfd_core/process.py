@@ -127,8 +127,10 @@ class Node:
         """Send a model (the own one by default) as MFD packets; returns the bytes sent."""
         policy = self.world.settings
         state = self.learner.get_state() if state is None else state
-        full_meta = {"kind": kind, "score": self.learner_score(), "samples": self.learner.num_samples,
+        full_meta = {"kind": kind, "samples": self.learner.num_samples,
                      "family": self.learner.family, "width": self.learner.width, **(meta or {})}
+        if self.world.policy.weighs_by_score:  # scoring costs a validation pass per send
+            full_meta.setdefault("score", self.learner_score())
         message_id = self._next_message_id()
         datagrams = codec.to_datagrams(
             state, origin=self.id, destination=destination, model_version=self.version,
@@ -289,6 +291,8 @@ class SharingPolicy(ABC):
     name: str = "policy"
     # averaging policies (FedAvg, gossip) need one architecture and width fleet-wide
     needs_one_architecture: bool = False
+    # whether models carry their sender's validation score (MFD weighs merges by it)
+    weighs_by_score: bool = True
 
     def start(self, world: "World") -> None:
         """Start the SimPy processes of every node (called once, before the run)."""
