@@ -328,6 +328,15 @@ def main(argv=None) -> int:
     if "accuracy" in results and "server_failure" in results:
         files = plot(results, RESULTS)
     clean = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
+    previous = RESULTS / "process.json"
+    if args.only and previous.exists():
+        # a partial run keeps the other parts' last figures (each part records when it ran)
+        import json
+
+        kept = json.loads(previous.read_text()).get("figures", {})
+        clean = {**kept, **clean}
+    for part in results:
+        clean[part]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = write_results("process", clean, scenario=scenario.name, seeds=seeds, plots=files,
                          wall_seconds=round(time.perf_counter() - started, 1))
     log(f"results: {path}")
