@@ -173,7 +173,7 @@ join_at = 0.5
     assert [r["arm"] for r in record["robots"]] == ["panda", "kuka", "xarm6"]
     assert record["robots"][2]["join_time"] == 6.0
     assert record["robots"][2]["counters"]["bootstraps"] == 1
-    assert record["robots"][0]["env_steps"] >= 250
+    assert record["robots"][0]["env_steps"] >= 250  # 300 steps of robot time, less gate/distil time
     summary = json.loads((out / "mfd" / "seed0" / "summary.json").read_text())
     assert summary["data_bytes"] == 0 and summary["model_bytes"] > 0
     assert len(list((out / "mfd" / "seed0" / "policies").glob("robot*.zip"))) == 3

@@ -94,6 +94,13 @@ class LearnerSettings(_Strict):
         "progress", description="what the gate and the share decision score: success rate, or progress "
         "(success, else half the goal distance closed: ranks policies before any succeeds)")
     share_critic: bool = Field(True, description="send the critic with the actor")
+    distil_lr: float = Field(1e-3, gt=0, le=1, description="learning rate when a neighbour's policy teaches")
+    distil_work: float = Field(0.05, ge=0, description="robot time of one distillation step, in control periods "
+                               "(a gradient step of these networks takes ~2 ms against the 40 ms period)")
+    family_by: Literal["fleet", "arm", "robot"] = Field(
+        "arm", description="which policies count as one family (merged weight by weight); the others teach by "
+        "distillation on the receiver's own states: fleet = all merge, arm = robots of one arm type merge, "
+        "robot = every policy teaches by distillation")
 
     @field_validator("net_arch")
     @classmethod
@@ -108,14 +115,14 @@ class RobotsScenario(_Strict):
     description: str = ""
     task: Literal["reach", "push"] = "reach"
     seeds: tuple[int, ...] = Field((0,), min_length=1)
-    duration: float = Field(200.0, gt=0, description="simulated seconds")
+    duration: float = Field(160.0, gt=0, description="simulated seconds")
     eval_interval: float = Field(6.0, gt=0, description="simulated seconds between measurements")
     eval_episodes: int = Field(20, ge=1, description="held-out episodes per robot per measurement")
     target: float = Field(0.9, gt=0, le=1, description="success rate whose steps-to-reach the report quotes")
     topology: Topology = Topology()
     learner: LearnerSettings = LearnerSettings()
-    policy: Policy = Policy(name="mfd", precision="fp16", serve_blend=False, share_margin=0.1,
-                            max_silence=20.0, gate_tolerance=0.1, fanout=2, hello_interval=5.0)
+    policy: Policy = Policy(name="mfd", precision="fp16", serve_blend=False, share_margin=0.05,
+                            max_silence=8.0, gate_tolerance=0.0, fanout=3, hello_interval=5.0)
     robots: tuple[Robot, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

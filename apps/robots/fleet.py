@@ -16,6 +16,7 @@ counted in the robot's own experience.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -76,8 +77,16 @@ def make_model(scenario: RobotsScenario, env: gym.Env, *, width: float, seed: in
     return SAC("MultiInputPolicy", env, **kwargs)
 
 
-def family_name(scenario: RobotsScenario) -> str:
-    return f"{scenario.learner.algo}-mlp"
+def family_name(scenario: RobotsScenario, node_id: int) -> str:
+    """The family a robot's policy belongs to (``learner.family_by``): policies of one
+    family merge weight by weight, the others teach by distillation."""
+    base = f"{scenario.learner.algo}-mlp"
+    by = scenario.learner.family_by
+    if by == "arm":
+        return f"{base}-{scenario.robots[node_id].arm}"
+    if by == "robot":
+        return f"{base}-robot{node_id}"
+    return base
 
 
 @dataclass
@@ -140,7 +149,6 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
         closeness = nx.closeness_centrality(graph.subgraph(s.founders), distance="latency")
         server = max(sorted(closeness), key=lambda n: closeness[n])
         s = s.model_copy(update={"policy": s.policy.model_copy(update={"server": server})})
-    family = family_name(s)
     share = ("actor", "critic") if s.learner.share_critic else ("actor",)
 
     cells = {i: r.cell() for i, r in enumerate(s.robots)}
@@ -151,8 +159,10 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
         train_env = make_env(s.task, cells[i])
         model = make_model(s, train_env, width=robot.width, seed=node_seed)
         learner = SB3Learner(model, make_env(s.task, cells[i]), eval_episodes=s.learner.score_episodes,
-                             eval_seed=_SCORE_SEED + 1000 * i, metric=s.learner.score_metric, share=share, family=family, width=robot.width,
-                             seed=node_seed, distil_batch=s.learner.batch_size)
+                             eval_seed=_SCORE_SEED + 1000 * i, metric=s.learner.score_metric, share=share,
+                             family=family_name(s, i), width=robot.width,
+                             seed=node_seed, distil_batch=s.learner.batch_size,
+                             distil_lr=s.learner.distil_lr, distil_work=s.learner.distil_work)
         if reference is None:
             # One initialisation for the fleet: the full-width network of this seed.
             with torch.random.fork_rng(devices=[]):
@@ -165,10 +175,19 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
         learners[i] = learner
 
     def policy_family(ratio: float):
+        # only shapes and forward matter (a teacher's state is loaded into it); no seed, so
+        # the env it is built on (robot 0's, never stepped by it) is not reseeded
         with torch.random.fork_rng(devices=[]):
-            return make_model(s, make_env(s.task, cells[0]), width=ratio, seed=0).policy
+            return make_model(s, learners[0].model.get_env(), width=ratio, seed=None).policy
 
-    families = {family: SB3PolicyFamily(family, policy_family, share=share)}
+    # every family of the fleet is the same architecture: one builder, one cache of shapes
+    builder = SB3PolicyFamily(family_name(s, 0), policy_family, share=share)
+    families = {}
+    for i in range(len(s.robots)):
+        name = family_name(s, i)
+        if name not in families:
+            families[name] = copy.copy(builder)
+            families[name].name = name
     faults = [Fault(kind="node_join", at=r.join_at, nodes=(i,)) for i, r in enumerate(s.robots) if r.join_at is not None]
     test_envs = {i: make_env(s.task, cells[i]) for i in learners}
     holder: dict[str, Any] = {}

@@ -156,6 +156,7 @@ def robot_rows(record: dict) -> list[dict[str, Any]]:
             "joins at": "start" if r["join_time"] is None else f"{r['join_time']:.0f} s",
             f"steps to {record['target']:.0%}": r["steps_to_target"],
             "final success": r["final_success"], "env steps": r["env_steps"],
+            "scoring steps": r.get("score_env_steps", 0),
             "kB sent": r["bytes_sent"] / 1e3,
             "accepted / refused": f"{r['counters']['accepted']} / {r['counters']['refused']}",
         })
@@ -204,7 +205,8 @@ def write_report(results: str | Path, out: str | Path | None = None, *, title: s
     for policy, record, image in per_robot:
         sections.append(f"<h3>{html.escape(policy)}, seed {record['seed']}</h3>{_table(robot_rows(record))}"
                         + figure(image, f"per-robot success ({policy})"))
-    media_html = "".join(figure(Path(m), Path(m).stem.replace("_", " ")) for m in media)
+    media_html = "".join(figure(Path(m), {".gif": "the robots acting (animated)"}.get(
+        Path(m).suffix, "the trained robots acting, one episode each in its own cell")) for m in media)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}figure{{display:inline-block;margin:8px}}
@@ -213,7 +215,9 @@ img{{max-width:1100px}}</style></head><body>
 <p>{len(runs)} run(s) from <code>{html.escape(str(results))}</code>. Each robot learns on its own cell with
 its own experience; only policies travel, as MFD model packets over lossy radio links (data bytes must stay 0).
 Success is measured on held-out episodes of the robot's own cell; steps are the robot's own env steps, counted
-from when it joined, to its first measurement at {target:.0%} success or more (medians over seeds).</p>
+from when it joined, to its first measurement at {target:.0%} success or more (medians over seeds).
+"Scoring steps" are the env steps a robot spent on its own fixed episodes to decide what to share and what
+to accept (the gate): on a real robot, episodes too (or a digital twin's).</p>
 {_table(rows)}
 {media_html}
 {''.join(figure(p, p.stem.replace('_', ' ')) for p in images)}

@@ -38,6 +38,7 @@ def robot_record(fleet: Fleet, result: RunResult) -> dict[str, Any]:
             "join_time": fleet.join_times.get(node_id),
             "steps_to_target": steps_to(series, steps, s.target),
             "final_success": series[-1], "env_steps": int(node.learner.env_steps),
+            "score_env_steps": int(node.learner.score_env_steps),
             "bytes_sent": int(node.bytes_sent), "counters": vars(node.counters),
         })
     return {"target": s.target, "task": s.task, "policy": s.policy.name, "seed": fleet.seed,
@@ -115,12 +116,14 @@ def load_scenario(folder: Path) -> RobotsScenario:
 # --------------------------------------------------------------------------- frames
 
 
-def episode_frames(act, task: str, cell, seed: int, *, every: int = 2, size=FRAME_SIZE) -> tuple[list[np.ndarray], bool]:
-    """Frames of one episode of ``act(obs) -> action`` in a cell, and whether it succeeded."""
+def episode_frames(act, task: str, cell, seed: int, *, every: int = 2, size=FRAME_SIZE
+                   ) -> tuple[list[np.ndarray], bool, list[int]]:
+    """Frames of one episode of ``act(obs) -> action`` in a cell (every ``every`` steps and
+    the last), whether it succeeded, and the step of each frame."""
     env = make_env(task, cell, render_mode="rgb_array", render_width=size[0], render_height=size[1])
     try:
         obs, info = env.reset(seed=seed)
-        frames = [env.render()]
+        frames, steps = [env.render()], [0]
         done, t = False, 0
         while not done:
             obs, _, terminated, truncated, info = env.step(act(obs))
@@ -128,18 +131,19 @@ def episode_frames(act, task: str, cell, seed: int, *, every: int = 2, size=FRAM
             t += 1
             if t % every == 0 or done:
                 frames.append(env.render())
-        return frames, bool(info.get("is_success", False))
+                steps.append(t)
+        return frames, bool(info.get("is_success", False)), steps
     finally:
         env.close()
 
 
-def fleet_frames(actors: dict[int, Any], scenario: RobotsScenario, seed: int = 7) -> dict[int, tuple[list[np.ndarray], bool]]:
+def fleet_frames(actors: dict[int, Any], scenario: RobotsScenario, seed: int = 7) -> dict[int, tuple]:
     """One episode per robot, each in its own cell, with its own policy."""
     return {node_id: episode_frames(act, scenario.task, scenario.robots[node_id].cell(), seed + node_id)
             for node_id, act in actors.items()}
 
 
-def write_strip(episodes: dict[int, tuple[list[np.ndarray], bool]], scenario: RobotsScenario, path: Path,
+def write_strip(episodes: dict[int, tuple], scenario: RobotsScenario, path: Path,
                 columns: int = 6) -> Path:
     """A PNG: one row per robot, ``columns`` frames spread over its episode."""
     import matplotlib
@@ -148,8 +152,8 @@ def write_strip(episodes: dict[int, tuple[list[np.ndarray], bool]], scenario: Ro
     import matplotlib.pyplot as plt
 
     rows = len(episodes)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 1.55), squeeze=False)
-    for r, (node_id, (frames, success)) in enumerate(sorted(episodes.items())):
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 1.85), squeeze=False)
+    for r, (node_id, (frames, success, steps)) in enumerate(sorted(episodes.items())):
         picks = np.linspace(0, len(frames) - 1, columns).round().astype(int)
         for c, i in enumerate(picks):
             ax = axes[r][c]
@@ -158,8 +162,7 @@ def write_strip(episodes: dict[int, tuple[list[np.ndarray], bool]], scenario: Ro
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(f"robot {node_id}\n{scenario.robots[node_id].arm}", fontsize=8)
-            if r == 0:
-                ax.set_title(f"frame {i}", fontsize=7)
+            ax.set_title(f"step {steps[i]}", fontsize=7)
         axes[r][-1].set_xlabel("reached" if success else "not reached", fontsize=7,
                                color="green" if success else "red")
     fig.suptitle("Trained robots acting in their own cells (green ball: goal)", fontsize=9)
@@ -169,11 +172,11 @@ def write_strip(episodes: dict[int, tuple[list[np.ndarray], bool]], scenario: Ro
     return path
 
 
-def write_gif(episodes: dict[int, tuple[list[np.ndarray], bool]], path: Path, fps: int = 12) -> Path:
+def write_gif(episodes: dict[int, tuple], path: Path, fps: int = 12) -> Path:
     """An animated GIF of every robot side by side (an ended episode holds its last frame)."""
     from PIL import Image
 
-    ordered = [frames for _, (frames, _) in sorted(episodes.items())]
+    ordered = [episode[0] for _, episode in sorted(episodes.items())]
     length = max(len(f) for f in ordered)
     tiles = []
     for t in range(length):

@@ -178,6 +178,10 @@ class SB3Learner(Learner):
         family's widest member; models nest by prefix as in :mod:`mfd_core.scaling`).
     :param distil_batch: minibatch size for distillation.
     :param distil_lr: learning rate of the distillation optimiser.
+    :param distil_work: work charged per distillation step, in env steps (the unit of
+        :meth:`train`'s work). 1 when a node's clock is its compute (one gradient step per
+        env step); a robot whose clock is its control period does a gradient step in a
+        fraction of one (e.g. 2 ms against 40 ms: 0.05).
     :param seed: seeds the sampling of local inputs.
     :param env_factory: makes a fresh training env; only needed to train a clone.
     """
@@ -195,6 +199,7 @@ class SB3Learner(Learner):
         width: float = 1.0,
         distil_batch: int = 256,
         distil_lr: float = 1e-3,
+        distil_work: float = 1.0,
         seed: int = 0,
         env_factory: Callable[[], gym.Env] | None = None,
     ) -> None:
@@ -221,7 +226,14 @@ class SB3Learner(Learner):
         self.width = float(width)
         self.distil_batch, self.distil_lr = int(distil_batch), float(distil_lr)
         self.env_factory = env_factory
+        if distil_work < 0:
+            raise ValueError(f"distil_work must be >= 0, got {distil_work}")
+        self.distil_work = float(distil_work)
+        self._work_carry = 0.0  # fractions of a work unit not yet charged
         self.work_done = 0
+        # env steps spent scoring (the gate's and the share decision's episodes): on a real
+        # robot these are episodes too (or a digital twin's), so they are counted apart
+        self.score_env_steps = 0
         self._rng = np.random.default_rng(seed)
         self._owns_buffer = True
         names = {k.split(".", 1)[0] for k in model.policy.state_dict()}
@@ -291,6 +303,7 @@ class SB3Learner(Learner):
                 flat = torch.from_numpy(flatten_obs(obs, self.layout))
                 action = act(flat)[0]
                 obs, reward, terminated, truncated, info = env.step(action)
+                self.score_env_steps += 1
                 ret += float(reward)
                 done = terminated or truncated
             if self.metric == "success":
@@ -487,7 +500,10 @@ class SB3Learner(Learner):
         finally:
             self.policy.set_training_mode(False)
         self._sync_targets(before)
-        self.work_done += steps
+        self._work_carry += steps * self.distil_work
+        whole = int(self._work_carry)
+        self._work_carry -= whole
+        self.work_done += whole
         with torch.no_grad():
             out = _policy_outputs(self.policy, self._obs_tensor(inputs), kind)
             return float(distillation_loss(out, target, kind, temperature=temperature))
@@ -504,13 +520,13 @@ class SB3Learner(Learner):
     def evaluate_episodes(self, env: gym.Env, episodes: int, seed: int, *, metric: str | None = None) -> float:
         """The metric over ``episodes`` deterministic episodes on another env (e.g. a
         held-out set of seeds for measurements), without touching the scoring env."""
-        saved = (self.eval_env, self.eval_episodes, self.eval_seed, self.metric)
+        saved = (self.eval_env, self.eval_episodes, self.eval_seed, self.metric, self.score_env_steps)
         self.eval_env, self.eval_episodes, self.eval_seed = env, int(episodes), int(seed)
         self.metric = metric or self.metric
         try:
             return self.score()
         finally:
-            self.eval_env, self.eval_episodes, self.eval_seed, self.metric = saved
+            self.eval_env, self.eval_episodes, self.eval_seed, self.metric, self.score_env_steps = saved
 
     def act(self, obs: Mapping[str, Any] | np.ndarray) -> np.ndarray:
         """The deterministic env action for one observation (for replay and rendering)."""
@@ -630,9 +646,14 @@ class SB3PolicyFamily(ModelFamily):
         self.input_shape = (sum(int(np.prod(s)) if s else 1 for _, s in self.layout),)
         self.kind = _kind_of(probe, probe.action_space)
         self._shapes: dict[float, dict[str, torch.Size]] = {}
+        self._templates: dict[float, _Teacher] = {}
 
     def _make(self, ratio: float) -> nn.Module:
-        return _Teacher(self.make_policy(ratio), self.share, self.layout, self.kind)
+        # building an SB3 policy is slow (an algorithm object, optimisers): build one per
+        # ratio and hand out copies
+        if ratio not in self._templates:
+            self._templates[ratio] = _Teacher(self.make_policy(ratio), self.share, self.layout, self.kind)
+        return copy.deepcopy(self._templates[ratio])
 
     def shapes(self, ratio: float = 1.0) -> dict[str, torch.Size]:
         # SB3 builds policies with .to(device), which meta tensors refuse: build a real

@@ -1,0 +1,218 @@
+"""Net4LM robots: how much faster a fleet learns by sharing policies as MFD packets.
+
+Figures (issue 5), written to ``benchmarks/results/robots.json``:
+
+- **Environment speed**: read from ``results/robot_envs.json`` (``benchmarks/robot_envs.py``
+  measures our reach/push against panda-gym side by side; rerun it to refresh).
+- **Learning, reach** (the shipped ``robots`` scenario: 2 Panda + 1 KUKA + 1 xArm6 from
+  the start, a Panda joining at 50 %, TD3+HER, lossy radio links): the same fleet and
+  seeds run under ``isolated`` and under ``mfd``; for every robot, its own env steps to
+  its first measurement at >= 90 % success on held-out episodes of its own cell.
+
+  * isolated Panda: steps of the two founding Pandas learning alone;
+  * fleet: mean steps over the four founders, MFD / isolated (target <= 0.6);
+  * joiner: the robot that joins mid-run, its steps after joining, MFD / isolated
+    (target <= 0.25);
+  * KUKA: the KUKA among Panda neighbours, MFD / isolated (target <= 0.5).
+
+  Medians over seeds. A robot that does not reach 90 % within the run is censored at
+  the steps it took (a lower bound): an isolated robot censored makes the ratio an
+  upper bound, an MFD robot censored makes it a lower bound; both are marked.
+- **Push** (``--push``): success after a fixed budget, isolated vs MFD.
+
+Each (policy, seed) run is a separate process (``--jobs`` at a time): PyBullet clients and
+global RNGs stay apart, and two cores run two fleets.
+
+    python benchmarks/robots.py --seeds 0 1 2 --jobs 2          # reach, ~15 min on 2 idle cores
+    python benchmarks/robots.py --seeds 0 --push --no-reach     # the push budget only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import RESULTS, write_results  # noqa: E402
+
+TARGET = 0.9
+
+
+def _run(job: tuple[str, int, dict]) -> dict:
+    """One fleet run in a worker process: the robots record (and the wall time)."""
+    policy, seed, changes = job
+    import torch
+
+    torch.set_num_threads(1)
+    from apps.robots.config import load
+    from apps.robots.fleet import build_fleet, run_fleet
+    from apps.robots.run import robot_record
+
+    scenario = load(changes.pop("scenario", "robots"))
+    if changes:
+        scenario = scenario.replace(**changes)
+    started = time.perf_counter()
+    fleet = build_fleet(scenario, seed, policy)
+    result = run_fleet(fleet)
+    record = robot_record(fleet, result)
+    fleet.close()
+    record["wall_seconds"] = round(time.perf_counter() - started, 1)
+    record["total_bytes"] = int(result.bytes[-1]) if result.bytes else 0
+    record["data_bytes"] = int(result.data_bytes[-1]) if result.data_bytes else 0
+    record["counters"] = {k: v for k, v in result.extra.items() if isinstance(v, (int, float))}
+    return record
+
+
+def _steps(robot: dict) -> tuple[float, bool]:
+    """Steps to the target, and whether it is censored (not reached: steps taken so far)."""
+    if robot["steps_to_target"] is not None:
+        return float(robot["steps_to_target"]), False
+    return float(robot["env_steps"]), True
+
+
+def _ratio(mfd: list[dict], iso: list[dict]) -> dict:
+    m = [_steps(r) for r in mfd]
+    i = [_steps(r) for r in iso]
+    mean_m = statistics.fmean(s for s, _ in m)
+    mean_i = statistics.fmean(s for s, _ in i)
+    return {"mfd_steps": mean_m, "isolated_steps": mean_i, "ratio": mean_m / mean_i if mean_i else math.nan,
+            "mfd_censored": any(c for _, c in m), "isolated_censored": any(c for _, c in i)}
+
+
+def reach_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dict:
+    per_seed = []
+    for seed in seeds:
+        iso, mfd = records[("isolated", seed)], records[("mfd", seed)]
+        founders = [k for k, r in enumerate(iso["robots"]) if r["join_time"] is None]
+        joiners = [k for k, r in enumerate(iso["robots"]) if r["join_time"] is not None]
+        pandas = [k for k in founders if iso["robots"][k]["arm"] == "panda"]
+        kukas = [k for k in founders if iso["robots"][k]["arm"] == "kuka"]
+        row = {
+            "seed": seed,
+            "isolated_panda": _ratio([iso["robots"][k] for k in pandas], [iso["robots"][k] for k in pandas]),
+            "fleet": _ratio([mfd["robots"][k] for k in founders], [iso["robots"][k] for k in founders]),
+            "joiner": _ratio([mfd["robots"][k] for k in joiners], [iso["robots"][k] for k in joiners]) if joiners else None,
+            "kuka": _ratio([mfd["robots"][k] for k in kukas], [iso["robots"][k] for k in kukas]) if kukas else None,
+            "per_robot": [{"robot": k, "arm": iso["robots"][k]["arm"],
+                           "joins": iso["robots"][k]["join_time"],
+                           "isolated": iso["robots"][k]["steps_to_target"],
+                           "mfd": mfd["robots"][k]["steps_to_target"],
+                           "isolated_final": iso["robots"][k]["final_success"],
+                           "mfd_final": mfd["robots"][k]["final_success"]} for k in range(len(iso["robots"]))],
+            "mfd_MB": mfd["total_bytes"] / 1e6, "mfd_data_bytes": mfd["data_bytes"],
+            "mfd_counters": mfd["counters"],
+            "wall_seconds": {"isolated": iso["wall_seconds"], "mfd": mfd["wall_seconds"]},
+        }
+        per_seed.append(row)
+
+    def median(key: str, field: str = "ratio"):
+        values = [row[key][field] for row in per_seed if row[key] is not None]
+        return statistics.median(values) if values else None
+
+    def any_censored(key: str, field: str) -> bool:
+        return any(row[key][field] for row in per_seed if row[key] is not None)
+
+    summary = {
+        "isolated_panda_steps_to_90": median("isolated_panda", "isolated_steps"),
+        "fleet_mean_steps_mfd": median("fleet", "mfd_steps"),
+        "fleet_mean_steps_isolated": median("fleet", "isolated_steps"),
+        "fleet_ratio": median("fleet"), "fleet_target": 0.6,
+        "joiner_steps_mfd": median("joiner", "mfd_steps"),
+        "joiner_steps_isolated": median("joiner", "isolated_steps"),
+        "joiner_ratio": median("joiner"), "joiner_target": 0.25,
+        "kuka_steps_mfd": median("kuka", "mfd_steps"),
+        "kuka_steps_isolated": median("kuka", "isolated_steps"),
+        "kuka_ratio": median("kuka"), "kuka_target": 0.5,
+        "censored": {key: {"mfd": any_censored(key, "mfd_censored"), "isolated": any_censored(key, "isolated_censored")}
+                     for key in ("isolated_panda", "fleet", "joiner", "kuka")},
+    }
+    return {"summary": summary, "per_seed": per_seed}
+
+
+def push_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dict:
+    rows = []
+    for seed in seeds:
+        iso, mfd = records[("isolated", seed)], records[("mfd", seed)]
+        founders = [k for k, r in enumerate(iso["robots"]) if r["join_time"] is None]
+        rows.append({"seed": seed, "budget_env_steps": iso["robots"][founders[0]]["env_steps"],
+                     "isolated_success": statistics.fmean(iso["robots"][k]["final_success"] for k in founders),
+                     "mfd_success": statistics.fmean(mfd["robots"][k]["final_success"] for k in founders)})
+    return {"per_seed": rows,
+            "isolated_success_median": statistics.median(r["isolated_success"] for r in rows),
+            "mfd_success_median": statistics.median(r["mfd_success"] for r in rows)}
+
+
+def env_speed() -> dict:
+    path = RESULTS / "robot_envs.json"
+    if not path.exists():
+        return {"note": "run benchmarks/robot_envs.py first"}
+    doc = json.loads(path.read_text())
+    envs = doc["figures"]["envs"]
+    return {"source": "benchmarks/results/robot_envs.json", "command": doc.get("command"),
+            "timestamp": doc.get("timestamp"),
+            "rows": [{"task": e["task"], "ours_steps_per_s": round(e["ours_steps_per_s"]),
+                      "panda_gym_steps_per_s": round(e["panda_gym_steps_per_s"]),
+                      "ratio": round(e["ratio"], 2), "ratio_paired_median": round(e.get("ratio_paired_median", math.nan), 2)}
+                     for e in envs], "target_ratio": 1.5}
+
+
+def run_all(jobs: list[tuple[str, int, dict]], workers: int) -> dict[tuple[str, int], dict]:
+    records = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_run, (p, s, dict(c))): (p, s) for p, s, c in jobs}
+        for future in futures:
+            key = futures[future]
+            records[key] = future.result()
+            r = records[key]
+            steps = [x["steps_to_target"] for x in r["robots"]]
+            print(f"  {key[0]:>8} seed {key[1]}: steps to 90% per robot {steps}  ({r['wall_seconds']:.0f} s wall)",
+                  flush=True)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="fleet runs at a time (processes)")
+    parser.add_argument("--duration", type=float, help="reach: simulated seconds (default: the scenario's)")
+    parser.add_argument("--push", action="store_true", help="also the push budget (isolated vs MFD)")
+    parser.add_argument("--push-duration", type=float, default=400.0, help="push: simulated seconds (25 env steps each)")
+    parser.add_argument("--no-reach", action="store_true", help="skip the reach learning figures")
+    parser.add_argument("--out", type=Path, default=RESULTS / "robots.json")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/robots.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    figures: dict = {"env_speed": env_speed()}
+    started = time.time()
+    load_before = os.getloadavg()[0]
+    if not args.no_reach:
+        changes = {"duration": args.duration} if args.duration else {}
+        jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
+        print(f"reach: {len(jobs)} fleet runs, {args.jobs} at a time", flush=True)
+        figures["reach"] = reach_figures(run_all(jobs, args.jobs), args.seeds)
+        print(json.dumps(figures["reach"]["summary"], indent=2))
+    if args.push:
+        changes = {"scenario": "robots_push", "duration": args.push_duration}
+        jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
+        print(f"push: {len(jobs)} fleet runs", flush=True)
+        figures["push"] = push_figures(run_all(jobs, args.jobs), args.seeds)
+        print(json.dumps({k: v for k, v in figures["push"].items() if k != "per_seed"}, indent=2))
+    path = write_results("robots", figures, path=args.out, command=command, seeds=args.seeds,
+                         wall_seconds=round(time.time() - started), load_average_at_start=round(load_before, 2),
+                         note="steps are each robot's own env steps; simulated time is robot time (25 steps/s); "
+                              "ratios are medians over seeds of MFD/isolated on the same fleet and seed")
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
