@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
              "Overhead = (wire - model bytes) / wire bytes. Decode (Reassembler.receive_many, one batch) "
              "includes parsing, CRC32C checks, reassembly and decoding; encode includes encoding, "
              "fragmenting, headers and CRC32C. The CRC32C of datagrams >= "
-             f"{packet.PARALLEL_CRC_MIN_DATAGRAM} bytes is shared among {packet.CRC_THREADS} threads "
+             f"{packet.PARALLEL_CRC_MIN_DATAGRAM} bytes is shared among up to {packet.CRC_THREADS} threads "
              "(packet.CRC_THREADS); '1 thr' = encode with one thread, '1 by 1' = decode with "
              "Reassembler.receive per datagram, both MB/s, same run. Threads only help when a CPU is "
              "free, so helpers run only on spare CPUs by the load average (packet._spare_cpus; "
