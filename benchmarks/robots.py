@@ -152,6 +152,16 @@ def push_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dict
             "mfd_success_median": statistics.median(r["mfd_success"] for r in rows)}
 
 
+def _compact(record: dict) -> dict:
+    """A run's record without the per-measurement series (kept: per robot figures)."""
+    keep = ("node", "arm", "join_time", "steps_to_target", "final_success", "env_steps", "score_env_steps",
+            "bytes_sent", "counters")
+    return {"robots": [{k: r.get(k) for k in keep} for r in record["robots"]],
+            "wall_seconds": record["wall_seconds"], "total_bytes": record["total_bytes"],
+            "data_bytes": record["data_bytes"], "counters": record["counters"],
+            "series": {"times": record["times"], "env_steps": record["env_steps"]}}
+
+
 def env_speed() -> dict:
     path = RESULTS / "robot_envs.json"
     if not path.exists():
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="fleet runs at a time (processes)")
     parser.add_argument("--duration", type=float, help="reach: simulated seconds (default: the scenario's)")
-    parser.add_argument("--push", action="store_true", help="also the push budget (isolated vs MFD)")
+    parser.add_argument("--push", "--full", action="store_true", help="also the push budget (isolated vs MFD)")
     parser.add_argument("--push-duration", type=float, default=400.0, help="push: simulated seconds (25 env steps each)")
     parser.add_argument("--no-reach", action="store_true", help="skip the reach learning figures")
     parser.add_argument("--out", type=Path, default=RESULTS / "robots.json")
@@ -198,13 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         changes = {"duration": args.duration} if args.duration else {}
         jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
         print(f"reach: {len(jobs)} fleet runs, {args.jobs} at a time", flush=True)
-        figures["reach"] = reach_figures(run_all(jobs, args.jobs), args.seeds)
+        records = run_all(jobs, args.jobs)
+        figures["reach"] = reach_figures(records, args.seeds)
+        figures["reach"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps(figures["reach"]["summary"], indent=2))
     if args.push:
         changes = {"scenario": "robots_push", "duration": args.push_duration}
         jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
         print(f"push: {len(jobs)} fleet runs", flush=True)
-        figures["push"] = push_figures(run_all(jobs, args.jobs), args.seeds)
+        records = run_all(jobs, args.jobs)
+        figures["push"] = push_figures(records, args.seeds)
+        figures["push"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps({k: v for k, v in figures["push"].items() if k != "per_seed"}, indent=2))
     path = write_results("robots", figures, path=args.out, command=command, seeds=args.seeds,
                          wall_seconds=round(time.time() - started), load_average_at_start=round(load_before, 2),

@@ -37,10 +37,11 @@ def tiny(**changes) -> config.RobotsScenario:
 # --------------------------------------------------------------------------- scenario
 
 
-def test_shipped_scenario_loads():
+def test_shipped_scenarios_load():
     s = config.load("robots")
     assert len(s.founders) == 4 and len(s.joiners) == 1
     assert {r.arm for r in s.robots} == {"panda", "kuka", "xarm6"}
+    assert config.load("robots_push").task == "push"
 
 
 @pytest.mark.parametrize("doc, field", [

@@ -165,3 +165,18 @@ def test_save_writes_an_sb3_zip(td3, tmp_path):
     obs, _ = gym.make(ENV).reset(seed=0)
     a, _ = loaded.predict(obs, deterministic=True)
     assert np.allclose(a, td3.act(obs), atol=1e-6)
+
+
+def test_actor_warmup_trains_only_the_critic_after_an_install():
+    learner = SB3Learner(_model(TD3), lambda: gym.make(ENV), eval_episodes=2, actor_warmup=60)
+    learner.train(60)
+    learner.set_state(learner.get_state())  # the same state: nothing installed, no warm-up
+    assert learner._warmup_left == 0
+    installed = {k: v + 0.01 if k.startswith("actor.") else v for k, v in learner.get_state().items()}
+    learner.set_state(installed)
+    learner.train(60)
+    after = learner.get_state()
+    assert all(torch.equal(after[k], installed[k]) for k in after if k.startswith("actor."))
+    assert not torch.equal(after["critic.qf0.0.weight"], installed["critic.qf0.0.weight"])
+    learner.train(60)  # warm-up over: the actor learns again
+    assert not torch.equal(learner.get_state()["actor.mu.0.weight"], installed["actor.mu.0.weight"])

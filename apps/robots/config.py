@@ -94,6 +94,8 @@ class LearnerSettings(_Strict):
         "progress", description="what the gate and the share decision score: success rate, or progress "
         "(success, else half the goal distance closed: ranks policies before any succeeds)")
     share_critic: bool = Field(True, description="send the critic with the actor")
+    actor_warmup: int = Field(0, ge=0, description="env steps after an installed policy during which only the "
+                              "critic trains (it catches up with the new actor first)")
     distil_lr: float = Field(1e-3, gt=0, le=1, description="learning rate when a neighbour's policy teaches")
     distil_work: float = Field(0.05, ge=0, description="robot time of one distillation step, in control periods "
                                "(a gradient step of these networks takes ~2 ms against the 40 ms period)")

@@ -162,7 +162,8 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
                              eval_seed=_SCORE_SEED + 1000 * i, metric=s.learner.score_metric, share=share,
                              family=family_name(s, i), width=robot.width,
                              seed=node_seed, distil_batch=s.learner.batch_size,
-                             distil_lr=s.learner.distil_lr, distil_work=s.learner.distil_work)
+                             distil_lr=s.learner.distil_lr, distil_work=s.learner.distil_work,
+                             actor_warmup=s.learner.actor_warmup)
         if reference is None:
             # One initialisation for the fleet: the full-width network of this seed.
             with torch.random.fork_rng(devices=[]):

@@ -182,6 +182,12 @@ class SB3Learner(Learner):
         :meth:`train`'s work). 1 when a node's clock is its compute (one gradient step per
         env step); a robot whose clock is its control period does a gradient step in a
         fraction of one (e.g. 2 ms against 40 ms: 0.05).
+    :param actor_warmup: env steps after a state from elsewhere changed the actor (a
+        merge, a distillation, a FedAvg or gossip install) during which only the other
+        networks train. An installed actor next to a critic that has not seen it is
+        pulled off course by the critic's gradients; the critic catches up first (the
+        critic warm-up of offline-to-online RL), while the installed actor collects the
+        data it learns from. 0: off.
     :param seed: seeds the sampling of local inputs.
     :param env_factory: makes a fresh training env; only needed to train a clone.
     """
@@ -200,6 +206,7 @@ class SB3Learner(Learner):
         distil_batch: int = 256,
         distil_lr: float = 1e-3,
         distil_work: float = 1.0,
+        actor_warmup: int = 0,
         seed: int = 0,
         env_factory: Callable[[], gym.Env] | None = None,
     ) -> None:
@@ -230,6 +237,10 @@ class SB3Learner(Learner):
             raise ValueError(f"distil_work must be >= 0, got {distil_work}")
         self.distil_work = float(distil_work)
         self._work_carry = 0.0  # fractions of a work unit not yet charged
+        if actor_warmup < 0:
+            raise ValueError(f"actor_warmup must be >= 0, got {actor_warmup}")
+        self.actor_warmup = int(actor_warmup)
+        self._warmup_left = 0
         self.work_done = 0
         # env steps spent scoring (the gate's and the share decision's episodes): on a real
         # robot these are episodes too (or a digital twin's), so they are counted apart
@@ -378,6 +389,15 @@ class SB3Learner(Learner):
             return 0
         if not self._owns_buffer:
             self._detach_from_parent()
+        if self._warmup_left > 0 and trainable is None:
+            names = [k for k, _ in self.policy.named_parameters() if not k.startswith("actor")]
+            first = min(steps, self._warmup_left)
+            self._warmup_left -= first
+            work = self._learn(first, names)
+            return work + (self._learn(steps - first, None) if steps > first else 0)
+        return self._learn(steps, trainable)
+
+    def _learn(self, steps: int, trainable: Collection[str] | None) -> int:
         params = dict(self.policy.named_parameters())
         frozen: dict[str, Tensor] = {}
         hooks = []
@@ -445,6 +465,8 @@ class SB3Learner(Learner):
                     raise ValueError(f"{key}: mask shape {tuple(mask.shape)} != {tuple(dst.shape)}")
                 dst.copy_(torch.where(mask.to(torch.bool), value.to(dst.dtype), dst))
         self._sync_targets(before)
+        if self.actor_warmup and any(k.startswith("actor.") and not torch.equal(before[k], local[k]) for k in state):
+            self._warmup_left = self.actor_warmup
 
     @torch.no_grad()
     def outputs(self, inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
