@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import RESULTS, write_results  # noqa: E402
 from mfd_core.experiment import build_world  # noqa: E402
 from mfd_core.metrics import RunResult  # noqa: E402
+from mfd_core.report import COLOURS  # noqa: E402
 from mfd_core.scenario import load  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().parents[1] / "apps" / "scenarios" / "digits.toml"
@@ -261,7 +262,7 @@ def plot(results, out_dir: Path) -> list[str]:
     for policy, runs in results["accuracy"]["_runs"].items():
         for j, r in enumerate(runs):
             ax.plot(np.asarray(r.bytes) / 1e6, r.mean_scores(), alpha=0.9 if j == 0 else 0.4,
-                    label=policy if j == 0 else None)
+                    color=COLOURS.get(policy), label=policy if j == 0 else None)
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("MB on all links")
     ax.set_ylabel("mean test accuracy")
@@ -276,8 +277,8 @@ def plot(results, out_dir: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for seed, (fed, mfd) in results["server_failure"]["_curves"].items():
-        ax.plot(fed.times, fed.mean_scores(), color="#1f77b4", alpha=0.8, label="FedAvg" if seed == 0 else None)
-        ax.plot(mfd.times, mfd.mean_scores(), color="#2ca02c", alpha=0.8, label="MFD" if seed == 0 else None)
+        ax.plot(fed.times, fed.mean_scores(), color=COLOURS["fedavg"], alpha=0.8, label="FedAvg" if seed == 0 else None)
+        ax.plot(mfd.times, mfd.mean_scores(), color=COLOURS["mfd"], alpha=0.8, label="MFD" if seed == 0 else None)
     fail = 0.3 * max(fed.times)
     ax.axvline(fail, color="red", linestyle=":", label="server / node fails")
     ax.set_xlabel("simulated time (s)")
