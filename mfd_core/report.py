@@ -48,42 +48,41 @@ def _colour(policy: str, i: int) -> str:
     return COLOURS.get(policy, plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10])
 
 
-def plot_score_vs_time(runs: list[RunResult], path: Path, *, fault_times: list[float] = ()) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+def _policy_lines(ax, runs: list[RunResult], x_of) -> None:
+    """One line per run, coloured by policy, labelled once per policy (first seed solid)."""
     for i, (policy, group) in enumerate(sorted(_by_policy(runs).items())):
         for j, run in enumerate(group):
-            ax.plot(run.times, run.mean_scores(), color=_colour(policy, i), alpha=0.9 if j == 0 else 0.45,
+            ax.plot(x_of(run), run.mean_scores(), color=_colour(policy, i), alpha=0.9 if j == 0 else 0.45,
                     label=policy if j == 0 else None)
-    for t in fault_times:
-        ax.axvline(t, color="red", linestyle=":", linewidth=1)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("mean test accuracy over nodes")
-    ax.set_title("Score over simulated time (one line per seed)")
+
+
+def _finish(fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_score_vs_time(runs: list[RunResult], path: Path, *, fault_times: list[float] = ()) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    _policy_lines(ax, runs, lambda run: run.times)
+    for t in fault_times:
+        ax.axvline(t, color="red", linestyle=":", linewidth=1)
+    return _finish(fig, ax, path, xlabel="simulated time (s)", ylabel="mean test accuracy over nodes",
+                   title="Score over simulated time (one line per seed)")
 
 
 def plot_score_vs_bytes(runs: list[RunResult], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (policy, group) in enumerate(sorted(_by_policy(runs).items())):
-        for j, run in enumerate(group):
-            mb = np.asarray(run.bytes, dtype=float) / 1e6
-            ax.plot(mb, run.mean_scores(), color=_colour(policy, i), alpha=0.9 if j == 0 else 0.45,
-                    label=policy if j == 0 else None)
+    _policy_lines(ax, runs, lambda run: np.asarray(run.bytes, dtype=float) / 1e6)
     ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("bytes on all links so far (MB)")
-    ax.set_ylabel("mean test accuracy over nodes")
-    ax.set_title("Score per byte sent")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, xlabel="bytes on all links so far (MB)", ylabel="mean test accuracy over nodes",
+                   title="Score per byte sent")
 
 
 def plot_per_node(run: RunResult, path: Path) -> Path:
@@ -92,15 +91,8 @@ def plot_per_node(run: RunResult, path: Path) -> Path:
     for k, node in enumerate(run.node_ids):
         ax.plot(run.times, arr[:, k], linewidth=0.9, alpha=0.7)
     ax.plot(run.times, run.mean_scores(), color="black", linewidth=2, label="mean")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"Per-node curves: {run.policy}, seed {run.seed} (gaps: node away)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, xlabel="simulated time (s)", ylabel="test accuracy",
+                   title=f"Per-node curves: {run.policy}, seed {run.seed} (gaps: node away)")
 
 
 def summary_rows(runs: list[RunResult]) -> list[dict]:
