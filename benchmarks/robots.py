@@ -13,7 +13,9 @@ Figures (issue 5), written to ``benchmarks/results/robots.json``:
   * fleet: mean steps over the four founders, MFD / isolated (target <= 0.6);
   * joiner: the robot that joins mid-run, its steps after joining, MFD / isolated
     (target <= 0.25);
-  * KUKA: the KUKA among Panda neighbours, MFD / isolated (target <= 0.5).
+  * KUKA: the KUKA founder among Panda neighbours, MFD / isolated (target <= 0.5);
+    and (``robots_kuka``) a KUKA that joins three trained Pandas, its steps after
+    joining, MFD / isolated: knowledge across arm types, by distillation.
 
   Medians over seeds. A robot that does not reach 90 % within the run is censored at
   the steps it took (a lower bound): an isolated robot censored makes the ratio an
@@ -139,6 +141,23 @@ def reach_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dic
     return {"summary": summary, "per_seed": per_seed}
 
 
+def kuka_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dict:
+    """The KUKA that joins a fleet of Pandas: its steps after joining, MFD / isolated."""
+    rows = []
+    for seed in seeds:
+        iso, mfd = records[("isolated", seed)], records[("mfd", seed)]
+        kukas = [k for k, r in enumerate(iso["robots"]) if r["arm"] == "kuka"]
+        row = _ratio([mfd["robots"][k] for k in kukas], [iso["robots"][k] for k in kukas])
+        row["seed"] = seed
+        rows.append(row)
+    return {"per_seed": rows,
+            "kuka_steps_mfd": statistics.median(r["mfd_steps"] for r in rows),
+            "kuka_steps_isolated": statistics.median(r["isolated_steps"] for r in rows),
+            "kuka_ratio": statistics.median(r["ratio"] for r in rows), "kuka_target": 0.5,
+            "censored": {"mfd": any(r["mfd_censored"] for r in rows),
+                         "isolated": any(r["isolated_censored"] for r in rows)}}
+
+
 def push_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dict:
     rows = []
     for seed in seeds:
@@ -194,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="fleet runs at a time (processes)")
+    parser.add_argument("--scenario", default="robots", help="reach: robots scenario file or shipped name")
     parser.add_argument("--duration", type=float, help="reach: simulated seconds (default: the scenario's)")
     parser.add_argument("--push", "--full", action="store_true", help="also the push budget (isolated vs MFD)")
     parser.add_argument("--push-duration", type=float, default=400.0, help="push: simulated seconds (25 env steps each)")
     parser.add_argument("--no-reach", action="store_true", help="skip the reach learning figures")
+    parser.add_argument("--kuka-scenario", default="robots_kuka", help="a KUKA joining Pandas (shipped name or file)")
+    parser.add_argument("--no-kuka", action="store_true", help="skip the KUKA-joins-Pandas figures")
     parser.add_argument("--out", type=Path, default=RESULTS / "robots.json")
     args = parser.parse_args(argv)
     command = "python benchmarks/robots.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -206,12 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     if not args.no_reach:
         changes = {"duration": args.duration} if args.duration else {}
+        changes["scenario"] = str(args.scenario)
         jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
         print(f"reach: {len(jobs)} fleet runs, {args.jobs} at a time", flush=True)
         records = run_all(jobs, args.jobs)
         figures["reach"] = reach_figures(records, args.seeds)
         figures["reach"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps(figures["reach"]["summary"], indent=2))
+    if not args.no_kuka:
+        jobs = [(p, s, {"scenario": args.kuka_scenario}) for s in args.seeds for p in ("isolated", "mfd")]
+        print(f"kuka joining pandas: {len(jobs)} fleet runs", flush=True)
+        records = run_all(jobs, args.jobs)
+        figures["kuka_joins_pandas"] = kuka_figures(records, args.seeds)
+        figures["kuka_joins_pandas"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
+        print(json.dumps({k: v for k, v in figures["kuka_joins_pandas"].items() if k not in ("runs", "per_seed")},
+                         indent=2))
     if args.push:
         changes = {"scenario": "robots_push", "duration": args.push_duration}
         jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]

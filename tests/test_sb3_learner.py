@@ -172,6 +172,8 @@ def test_actor_warmup_trains_only_the_critic_after_an_install():
     learner.train(60)
     learner.set_state(learner.get_state())  # the same state: nothing installed, no warm-up
     assert learner._warmup_left == 0
+    learner.initialise({k: v + 0.01 for k, v in learner.get_state().items()})  # a start, not an install
+    assert learner._warmup_left == 0
     installed = {k: v + 0.01 if k.startswith("actor.") else v for k, v in learner.get_state().items()}
     learner.set_state(installed)
     learner.train(60)

@@ -172,7 +172,7 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
             full.get_env().close()
         own = learner.get_state()
         # widths nest by prefix: every robot starts as a slice of the reference network
-        learner.set_state(merge_overlapping(own, [(reference, 1.0)], base_weight=0.0))
+        learner.initialise(merge_overlapping(own, [(reference, 1.0)], base_weight=0.0))
         learners[i] = learner
 
     def policy_family(ratio: float):

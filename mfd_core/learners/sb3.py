@@ -468,6 +468,12 @@ class SB3Learner(Learner):
         if self.actor_warmup and any(k.startswith("actor.") and not torch.equal(before[k], local[k]) for k in state):
             self._warmup_left = self.actor_warmup
 
+    def initialise(self, state: Mapping[str, Tensor]) -> None:
+        """Write a starting state (e.g. a fleet's common initialisation): like
+        :meth:`set_state`, without the actor warm-up an installed policy triggers."""
+        self.set_state(state)
+        self._warmup_left = 0
+
     @torch.no_grad()
     def outputs(self, inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         self.policy.set_training_mode(False)
