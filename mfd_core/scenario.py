@@ -168,7 +168,8 @@ class Scenario(_Strict):
         return from_dict(doc)
 
 
-def _format(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
+    """One line naming every bad field ("topology.loss: ..."): for every config file of the suite."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
@@ -191,7 +192,7 @@ def from_dict(doc: dict[str, Any]) -> Scenario:
         # to coerce; arrays fill tuples and integers floats, as JSON allows.
         return Scenario.model_validate_json(json.dumps(doc, default=_plain), strict=True)
     except ValidationError as err:
-        raise ScenarioError(_format(err)) from None
+        raise ScenarioError(format_validation_error(err)) from None
 
 
 def load(path: str | Path) -> Scenario:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.robots import CONTROL_PERIOD, CellConfig
-from mfd_core.scenario import Policy
+from mfd_core.scenario import Policy, format_validation_error
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 DEFAULT_SCENARIO = "robots"
@@ -156,22 +156,11 @@ class RobotsScenario(_Strict):
         return self.model_copy(update={"policy": self.policy.model_copy(update={"name": name})})
 
 
-def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(lines)
-
-
 def from_dict(doc: dict[str, Any]) -> RobotsScenario:
     try:
         return RobotsScenario.model_validate(doc)
     except ValidationError as err:
-        raise RobotsScenarioError(_format(err)) from None
+        raise RobotsScenarioError(format_validation_error(err)) from None
 
 
 def resolve(name_or_path: str | Path) -> Path:
