@@ -70,7 +70,7 @@ def run_policies(scenario: RobotsScenario, policies: Iterable[str], out: Path, *
     policies, seeds = list(policies), list(seeds if seeds is not None else scenario.seeds)
     runs: list[tuple[RunResult, dict[str, Any], Fleet | None]] = []
     total = scenario.duration * len(policies) * len(seeds)
-    fmt = "{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} robot-s [{elapsed}<{remaining}] {postfix}"
+    fmt = "{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} robot-s [{elapsed}<{remaining}]{postfix}"
     with tqdm(total=round(total, 3), disable=quiet, file=sys.stderr, bar_format=fmt, dynamic_ncols=True) as bar:
         for p_index, policy in enumerate(policies):
             for s_index, seed in enumerate(seeds):
@@ -84,8 +84,9 @@ def run_policies(scenario: RobotsScenario, policies: Iterable[str], out: Path, *
                     for k, node_id in enumerate(r.node_ids):
                         v = r.scores[-1][k]
                         arm = fl.scenario.robots[node_id].arm
-                        cells.append(f"{arm[:5]}{node_id}:{'--' if math.isnan(v) else f'{v:.2f}'}")
-                    bar.set_postfix_str(" ".join(cells) + f" | {r.bytes[-1] / 1e6:.2f} MB", refresh=False)
+                        cells.append(f"{arm}#{node_id} {'--' if math.isnan(v) else f'{v:.0%}'}")
+                    bar.set_postfix_str("success " + " ".join(cells) + f" | sent {r.bytes[-1] / 1e6:.2f} MB",
+                                        refresh=False)
                     bar.update(t - done[0])
                     done[0] = t
 
@@ -116,12 +117,22 @@ def load_scenario(folder: Path) -> RobotsScenario:
 # --------------------------------------------------------------------------- frames
 
 
-def episode_frames(act, task: str, cell, seed: int, *, every: int = 2, size=FRAME_SIZE
+def episode_frames(act, task: str, cell, seed: int, *, every: int = 1, size=FRAME_SIZE, candidates: int = 20
                    ) -> tuple[list[np.ndarray], bool, list[int]]:
     """Frames of one episode of ``act(obs) -> action`` in a cell (every ``every`` steps and
-    the last), whether it succeeded, and the step of each frame."""
+    the last), whether it succeeded, and the step of each frame.
+
+    The episode is the one of seeds ``seed .. seed + candidates - 1`` whose goal starts
+    farthest from the tool: a goal next to the start is reached in two steps and shows
+    nothing.
+    """
     env = make_env(task, cell, render_mode="rgb_array", render_width=size[0], render_height=size[1])
     try:
+        def distance(s: int) -> float:
+            obs, _ = env.reset(seed=s)
+            return float(np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]))
+
+        seed = max(range(seed, seed + candidates), key=distance)
         obs, info = env.reset(seed=seed)
         frames, steps = [env.render()], [0]
         done, t = False, 0
@@ -154,7 +165,9 @@ def write_strip(episodes: dict[int, tuple], scenario: RobotsScenario, path: Path
     rows = len(episodes)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 1.85), squeeze=False)
     for r, (node_id, (frames, success, steps)) in enumerate(sorted(episodes.items())):
-        picks = np.linspace(0, len(frames) - 1, columns).round().astype(int)
+        picks = sorted(set(np.linspace(0, len(frames) - 1, columns).round().astype(int).tolist()))
+        for ax in axes[r][len(picks):]:
+            ax.axis("off")  # a short episode has fewer frames than columns
         for c, i in enumerate(picks):
             ax = axes[r][c]
             ax.imshow(frames[i])
@@ -163,8 +176,8 @@ def write_strip(episodes: dict[int, tuple], scenario: RobotsScenario, path: Path
             if c == 0:
                 ax.set_ylabel(f"robot {node_id}\n{scenario.robots[node_id].arm}", fontsize=8)
             ax.set_title(f"step {steps[i]}", fontsize=7)
-        axes[r][-1].set_xlabel("reached" if success else "not reached", fontsize=7,
-                               color="green" if success else "red")
+        axes[r][len(picks) - 1].set_xlabel("reached" if success else "not reached", fontsize=7,
+                                           color="green" if success else "red")
     fig.suptitle("Trained robots acting in their own cells (green ball: goal)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
