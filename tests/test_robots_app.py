@@ -184,3 +184,12 @@ join_at = 0.5
     capsys.readouterr()
     assert main(["robots", "play", str(out), "--robot", "1", "--episodes", "1"]) == 0
     assert "robot 1 (kuka)" in capsys.readouterr().out
+
+
+def test_families_follow_the_arm_under_mfd_and_are_one_for_the_baselines():
+    from apps.robots.fleet import family_name
+
+    s = tiny()
+    assert [family_name(s, i) for i in range(3)] == ["td3-mlp-panda", "td3-mlp-kuka", "td3-mlp-xarm6"]
+    for name in ("fedavg", "gossip", "isolated"):
+        assert {family_name(s.with_policy(name), i) for i in range(3)} == {"td3-mlp"}

@@ -82,6 +82,10 @@ def family_name(scenario: RobotsScenario, node_id: int) -> str:
     family merge weight by weight, the others teach by distillation."""
     base = f"{scenario.learner.algo}-mlp"
     by = scenario.learner.family_by
+    if not scenario.policy.name.startswith("mfd"):
+        # every robot runs the same network: the baselines average it as one architecture
+        # (how policies of different arms share is MFD's choice, not theirs)
+        return base
     if by == "arm":
         return f"{base}-{scenario.robots[node_id].arm}"
     if by == "robot":
