@@ -189,7 +189,8 @@ def env_speed() -> dict:
     envs = doc["figures"]["envs"]
     return {"source": "benchmarks/results/robot_envs.json", "command": doc.get("command"),
             "timestamp": doc.get("timestamp"),
-            "rows": [{"task": e["task"], "ours_steps_per_s": round(e["ours_steps_per_s"]),
+            "rows": [{"task": e["task"], "ours_id": e.get("ours_id"), "panda_gym_id": e.get("panda_gym_id"),
+                      "ours_steps_per_s": round(e["ours_steps_per_s"]),
                       "panda_gym_steps_per_s": round(e["panda_gym_steps_per_s"]),
                       "ratio": round(e["ratio"], 2), "ratio_paired_median": round(e.get("ratio_paired_median", math.nan), 2)}
                      for e in envs], "target_ratio": 1.5}
