@@ -106,25 +106,21 @@ class Manifest:
         raise KeyError(name)
 
     def to_bytes(self) -> bytes:
-        doc = {
-            "format": MANIFEST_FORMAT,
-            "tensors": [
-                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "encoding": t.encoding,
-                 **({"scale": t.scale, "zero_point": t.zero_point} if t.encoding == "int8" else {})}
-                for t in self.tensors
-            ],
-            "scaling": dict(self.scaling),
-            "meta": dict(self.meta),
-        }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        # Canonical JSON (keys sorted: format, meta, scaling, tensors), written in parts so
+        # that the tensor list, the same in every message of a layout, is encoded once:
+        # for a tiny model it is most of the manifest and most of the encoding time.
+        return b"".join((b'{"format":%d,"meta":' % MANIFEST_FORMAT, _canonical_json(dict(self.meta)),
+                         b',"scaling":', _canonical_json(dict(self.scaling)),
+                         b',"tensors":', _tensors_json(self.tensors), b"}"))
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> "Manifest":
         """Parse and validate a received manifest. :raises PacketError: on anything malformed."""
         if len(raw) > MAX_MANIFEST_BYTES:
             raise PacketError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+        raw = bytes(raw)
         try:
-            doc = json.loads(bytes(raw).decode("utf-8"))
+            doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise PacketError(f"manifest is not valid UTF-8 JSON: {exc}") from None
         if not isinstance(doc, dict):
@@ -137,17 +133,54 @@ class Manifest:
             raise PacketError("manifest 'tensors' must be a list of at most 65,535 entries")
         if not isinstance(scaling, dict) or not isinstance(meta, dict):
             raise PacketError("manifest 'scaling' and 'meta' must be objects")
-        specs, names, total = [], set(), 0
-        for i, entry in enumerate(tensors):
-            spec = _parse_spec(i, entry)
-            if spec.name in names:
-                raise PacketError(f"manifest names tensor {spec.name!r} twice")
-            names.add(spec.name)
-            total += spec.nbytes
-            specs.append(spec)
-        if total > MAX_MESSAGE_BYTES:
-            raise PacketError(f"manifest declares {total} bytes of tensors, over the limit of {MAX_MESSAGE_BYTES}")
-        return cls(tuple(specs), scaling, meta)
+        # A sender's tensor list is the same in every message of a layout: when the JSON
+        # ends with the very bytes of a list validated before, its specs are reused.
+        # Sound for any valid JSON: a ',"' outside a string starts a key, and a key whose
+        # value runs to the document's closing brace is the top level's last, which is the
+        # one json.loads keeps; inside a string, the '"' would end it and leave a bare
+        # word, which json.loads has refused already.
+        cut = raw.rfind(b',"tensors":')
+        tail = raw[cut:] if cut >= 0 else b""
+        specs = _SPECS_BY_TAIL.get(tail) if tail else None
+        if specs is None:
+            specs = _parse_specs(tensors)
+            if tail:
+                if len(_SPECS_BY_TAIL) >= _SPECS_CACHE_SIZE:
+                    _SPECS_BY_TAIL.clear()
+                _SPECS_BY_TAIL[tail] = specs
+        return cls(specs, scaling, meta)
+
+
+# Validated tensor lists by the manifest bytes that end with them (see Manifest.from_bytes).
+# A fleet sends few layouts; the cache is emptied, not grown, past this many.
+_SPECS_CACHE_SIZE = 256
+_SPECS_BY_TAIL: dict[bytes, tuple[TensorSpec, ...]] = {}
+
+
+def _parse_specs(tensors: list) -> tuple[TensorSpec, ...]:
+    specs, names, total = [], set(), 0
+    for i, entry in enumerate(tensors):
+        spec = _parse_spec(i, entry)
+        if spec.name in names:
+            raise PacketError(f"manifest names tensor {spec.name!r} twice")
+        names.add(spec.name)
+        total += spec.nbytes
+        specs.append(spec)
+    if total > MAX_MESSAGE_BYTES:
+        raise PacketError(f"manifest declares {total} bytes of tensors, over the limit of {MAX_MESSAGE_BYTES}")
+    return tuple(specs)
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+@functools.lru_cache(maxsize=256)  # a fleet sends few layouts (int8 scales make the rest)
+def _tensors_json(tensors: tuple[TensorSpec, ...]) -> bytes:
+    return _canonical_json([
+        {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "encoding": t.encoding,
+         **({"scale": t.scale, "zero_point": t.zero_point} if t.encoding == "int8" else {})}
+        for t in tensors])
 
 
 def _parse_spec(i: int, entry: Any) -> TensorSpec:

@@ -262,6 +262,61 @@ def test_manifest_round_trips_and_scale_is_binary32():
     assert float(np.float32(again.tensors[0].scale)) == again.tensors[0].scale
 
 
+def _outcome(raw: bytes):
+    try:
+        m = Manifest.from_bytes(raw)
+    except PacketError as exc:
+        return type(exc)
+    return m.tensors, dict(m.scaling), dict(m.meta)
+
+
+def test_a_layout_sent_again_reuses_its_validated_tensor_list():
+    model = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
+    first = Manifest.from_bytes(codec.encode(model, meta={"score": 0.5}).manifest.to_bytes())
+    again = Manifest.from_bytes(codec.encode(model, meta={"score": 0.75}).manifest.to_bytes())
+    assert again.tensors is first.tensors and again.meta == {"score": 0.75}
+    other = Manifest.from_bytes(codec.encode({"w": torch.zeros(3, 3)}).manifest.to_bytes())
+    assert [t.shape for t in other.tensors] == [(3, 3)]
+
+
+def test_the_cached_tensor_list_is_only_taken_where_json_would_take_it():
+    valid = codec.encode({"w": torch.zeros(3, 2)}, meta={"k": 1}).manifest.to_bytes()
+    Manifest.from_bytes(valid)  # its tail is now cached
+    tail = valid[valid.rfind(b',"tensors":'):]
+    bad_list = tail[1:-1].replace(b"[3,2]", b"[3.0,2]")
+    # two "tensors" keys: json keeps the last, so the cached valid one decides...
+    assert _outcome(b'{"format":1,' + bad_list + tail)[0] == _outcome(valid)[0]
+    # ...and where the invalid one is last, it is refused as without the cache
+    with pytest.raises(PacketError, match="shape"):
+        Manifest.from_bytes(valid[:-1] + b"," + bad_list + b"}")
+    # the cached bytes inside a string are not a tensor list
+    inside = b'{"format":1,' + bad_list + b',"x":"' + tail[:-1].replace(b'"', b'\\"') + b'"}'
+    with pytest.raises(PacketError, match="shape"):
+        Manifest.from_bytes(inside)
+
+
+def test_mutated_manifests_decode_the_same_with_and_without_the_cache():
+    rng = random.Random(5)
+    valid = codec.encode({"w": torch.zeros(3, 2), "q": torch.zeros(4)}, tensor_precision={"q": "int8"},
+                         meta={"kind": "gossip"}, scaling={"ratio": 0.5}).manifest.to_bytes()
+    alphabet = b'{}[],:"0123456789.-etnsorawq\\ '
+    for _ in range(400):
+        raw = bytearray(valid)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(raw))
+            edit = rng.choice(("replace", "insert", "delete"))
+            if edit == "replace":
+                raw[at] = rng.choice(alphabet)
+            elif edit == "insert":
+                raw.insert(at, rng.choice(alphabet))
+            else:
+                del raw[at]
+        codec._SPECS_BY_TAIL.clear()
+        cold = _outcome(bytes(raw))
+        Manifest.from_bytes(valid)  # warm: the valid tail is cached
+        assert _outcome(bytes(raw)) == cold
+
+
 def test_family_id_follows_names_shapes_and_dtypes_not_encodings():
     a = codec.encode({"w": torch.ones(2, 3)}, "fp32").manifest.family_id
     assert a == codec.encode({"w": torch.ones(2, 3)}, "int8").manifest.family_id

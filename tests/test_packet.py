@@ -94,6 +94,25 @@ def test_runs_and_fragments_build_the_same_bytes():
             assert all(len(d) <= mtu for d in via_runs)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("key", [None, KEY])
+@pytest.mark.parametrize("mtu", [256, 300, 1400])
+def test_small_messages_build_the_same_bytes_as_the_array_path(monkeypatch, precision, key, mtu):
+    """A message of a few datagrams is written one pack_into at a time; the bytes must be
+    those of the numpy path that builds large messages (a manifest cut over several
+    slices, several fragments per tensor, int8 extensions, tags)."""
+    model = {**small_model(), "big": torch.randn(300, generator=torch.Generator().manual_seed(2))}
+    args = dict(origin=3, destination=NEIGHBOURS, model_version=2, message_id=9, mtu=mtu, precision=precision,
+                key=key, meta={"kind": "gossip", "score": 0.25})
+    small = codec.to_datagrams(model, **args)
+    assert 4 < len(small) <= packet.SMALL_MESSAGE_FRAGMENTS
+    monkeypatch.setattr(packet, "SMALL_MESSAGE_FRAGMENTS", 0)
+    arrays = codec.to_datagrams(model, **args)
+    assert [bytes(d) for d in small] == [bytes(d) for d in arrays]
+    assert all(d.readonly for d in small)
+    assert [parse(d, key).fragment_index for d in small] == list(range(len(small)))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(origin=BROADCAST), "origin"),
     (dict(destination=-1), "destination"),
