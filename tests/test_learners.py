@@ -118,6 +118,29 @@ def test_same_seed_same_result_other_seed_other_result(digits) -> None:
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
+def test_dropout_draws_from_the_learner_seed_and_no_model_moves_the_global_generator(digits) -> None:
+    data, train, val, _ = digits
+
+    def dropout_learner(seed):
+        torch.manual_seed(0)  # the same initial weights
+        model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+        return TorchSupervisedLearner(model, (data.inputs[train[:200]], data.labels[train[:200]]),
+                                      (data.inputs[val], data.labels[val]), seed=seed)
+
+    runs = []
+    for seed, global_seed in ((0, 1), (0, 2), (1, 1)):
+        node = dropout_learner(seed)
+        torch.manual_seed(global_seed)
+        node.train(20)
+        runs.append(node.get_state())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+    for node in (dropout_learner(0), _learner(digits)):
+        before = torch.get_rng_state()
+        node.train(5)
+        assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_set_state_with_masks_writes_only_masked_entries(digits) -> None:
     node = _learner(digits)
     before = node.get_state()
