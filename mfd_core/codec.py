@@ -52,6 +52,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
     "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
 }
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _FLOAT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 _RAW_ENCODING = {"int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8raw",
                  "uint8": "uint8", "bool": "bool"}
@@ -73,6 +74,9 @@ class TensorSpec:
     numel: int = field(init=False, repr=False, compare=False)  # elements
     itemsize: int = field(init=False, repr=False, compare=False)  # bytes per element on the wire
     nbytes: int = field(init=False, repr=False, compare=False)  # bytes on the wire
+    # Layouts are looked up by their tuple of specs (manifest JSON, family id) once per
+    # message: the generated __hash__ would hash all six fields each time.
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         numel = math.prod(self.shape)
@@ -80,6 +84,11 @@ class TensorSpec:
         object.__setattr__(self, "numel", numel)
         object.__setattr__(self, "itemsize", itemsize)
         object.__setattr__(self, "nbytes", numel * itemsize)
+        object.__setattr__(self, "_hash", hash((self.name, self.shape, self.dtype, self.encoding, self.scale,
+                                                self.zero_point)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class Manifest:
 
     @cached_property
     def family_id(self) -> int:
-        return layout_fingerprint((t.name, t.shape, t.dtype) for t in self.tensors)
+        return _family_id(self.tensors)
 
     @cached_property
     def nbytes(self) -> int:
@@ -232,13 +241,23 @@ def _fingerprint(layout: tuple[tuple[str, tuple[int, ...], str], ...]) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
+@functools.lru_cache(maxsize=1024)
+def _family_id(tensors: tuple[TensorSpec, ...]) -> int:
+    return layout_fingerprint((t.name, t.shape, t.dtype) for t in tensors)
+
+
+# The same spec object for the same tensor of every message: layouts then hash and
+# compare by identity, and specs are not rebuilt per message.
+_spec = functools.lru_cache(maxsize=4096)(TensorSpec)
+
+
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> int:
     return layout_fingerprint((k, tuple(v.shape), _dtype_name(v)) for k, v in state.items())
 
 
 def _dtype_name(t: torch.Tensor) -> str:
-    name = str(t.dtype).removeprefix("torch.")
-    if name not in _DTYPES:
+    name = _DTYPE_NAMES.get(t.dtype)
+    if name is None:
         raise TypeError(f"dtype {t.dtype} cannot travel in an MFD message")
     return name
 
@@ -341,13 +360,14 @@ def encode(
             data = t.to(torch.bfloat16).view(torch.int16).numpy()
         elif encoding == "bool":
             data = t.to(torch.uint8).numpy()
-        elif dtype in _FLOAT_DTYPES:
-            data = t.to(_float_dtype(encoding)).numpy()
-        else:
+        elif dtype in _FLOAT_DTYPES and encoding != _FLOAT_DTYPES[dtype]:
+            data = t.to(_FLOAT_TORCH[encoding]).numpy()
+        else:  # travels as it is
             data = t.numpy()
-        specs.append(TensorSpec(name, tuple(tensor.shape), dtype, encoding, scale, zero_point))
-        data = np.ascontiguousarray(data).reshape(-1)
-        data = data.astype(data.dtype.newbyteorder("<"), copy=False)  # the wire is little-endian
+        specs.append(_spec(name, tuple(tensor.shape), dtype, encoding, scale, zero_point))
+        data = data.reshape(-1)  # contiguous already: a view
+        if _BIG_ENDIAN_HOST:  # the wire is little-endian
+            data = data.astype(data.dtype.newbyteorder("<"))
         buffers.append(data.view(np.uint8))
     manifest = Manifest(tuple(specs), dict(scaling or {}), dict(meta or {}))
     if manifest.nbytes > MAX_MESSAGE_BYTES:
@@ -355,8 +375,7 @@ def encode(
     return EncodedModel(manifest, tuple(buffers))
 
 
-def _float_dtype(encoding: str) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}[encoding]
+_FLOAT_TORCH = {"fp32": torch.float32, "fp16": torch.float16, "fp64": torch.float64}
 
 
 def decode_tensor(spec: TensorSpec, buffer: np.ndarray | bytes | memoryview) -> torch.Tensor:
@@ -415,13 +434,12 @@ def runs(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> lis
     into the manifest stream); then every tensor, in manifest order, cut into as many
     whole elements as fit each datagram. Empty tensors take no fragment.
     """
-    out = [Run(MANIFEST_TENSOR, ENCODING_CODE["manifest"], 0, manifest_stream(encoded.manifest),
-               packet.max_payload(mtu, quantised=False, authenticated=authenticated))]
+    plain = packet.max_payload(mtu, quantised=False, authenticated=authenticated)
+    out = [Run(MANIFEST_TENSOR, ENCODING_CODE["manifest"], 0, manifest_stream(encoded.manifest), plain)]
     for index, (spec, buf) in enumerate(zip(encoded.manifest.tensors, encoded.buffers)):
         if spec.numel == 0:
             continue
-        quantised = spec.encoding == "int8"
-        chunk = packet.max_payload(mtu, quantised=quantised, authenticated=authenticated)
+        chunk = plain - packet.QUANT_SIZE if spec.encoding == "int8" else plain
         chunk -= chunk % spec.itemsize
         out.append(Run(index, ENCODING_CODE[spec.encoding], 0, buf, chunk, spec.scale, spec.zero_point))
     return out
