@@ -338,13 +338,18 @@ def build_world(scenario: Scenario, seed: int, *, key: bytes | None = None,
         model = families[kind].build(width, seed=seed)
         learners[node_id] = TorchSupervisedLearner(
             model, (data.inputs[train], data.labels[train]), (data.inputs[val], data.labels[val]),
-            batch_size=s.learner.batch_size, lr=s.learner.lr, seed=seed * 1000 + k, family=kind, width=width)
+            batch_size=s.learner.batch_size, lr=s.learner.lr, seed=seed * 1000 + k, family=kind, width=width,
+            nested_shapes=nested)
         total = counts[k].sum()
         profiles[node_id] = [float(c) / total for c in counts[k]] if total else []
     return World(graph, learners, settings=s.policy, seed=seed, duration=s.duration,
                  eval_interval=s.eval_interval, local_steps=s.learner.local_steps,
                  evaluate=lambda _node, learner: learner.evaluate(test_x, test_y), families=families,
                  faults=s.faults, name=s.name, key=key, label_profiles=profiles, policy=policy)
+        # ordered dropout over the fleet's narrower widths: what this node sends a
+        # narrower neighbour is then a model that works on its own (none in a one-width fleet)
+        nested = [families[kind].shapes(r) for r in sorted(set(s.learner.widths)) if r < width] \
+            if s.learner.ordered_dropout else []
 
 
 def run(scenario: Scenario, seed: int | None = None, policy: str | None = None,

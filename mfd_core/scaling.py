@@ -260,6 +260,7 @@ def merge_overlapping(
     *,
     base_weight: float = 1.0,
     masks: Sequence[Mapping[str, Tensor] | None] | None = None,
+    silent_units: bool = False,
 ) -> dict[str, Tensor]:
     """HeteroFL's overlap-weighted average, plus the base model.
 
@@ -267,6 +268,19 @@ def merge_overlapping(
     sum_i w_i)`` over the contributions ``i`` that cover it (their tensor reaches that
     element and, where masks are given, their mask is true there). Elements that no
     contribution covers keep the base value exactly.
+
+    With ``silent_units`` a narrower contribution also covers, with the value 0, the
+    weights from the units it lacks into the units it has: a sub-model computes what the
+    wider model computes with those units switched off, so it says those weights are
+    zero. The average is then one of the models' functions, not of a sub-model's prefix
+    spliced onto a wider model's other units, whose outputs were tuned to the old
+    prefix. In a weight tensor (dim 0 the output units, dims 1+ the inputs, as in
+    ``nn.Linear`` and ``nn.Conv2d``) that is every element within the contribution's
+    output units but beyond its inputs; the output layer's columns from the missing
+    hidden units are the part that matters. Those weights then shrink as narrower
+    neighbours' models arrive, where plain HeteroFL keeps a wide node's extra units only
+    as good as the few wide nodes that train them (1-D tensors, biases: unchanged rule).
+    Under a mask, a unit's zeros count only where some of its weights arrived.
 
     :param base_state: the receiver's own state; fixes the output shapes (not modified).
     :param contributions: ``(state, weight)`` pairs, ``weight >= 0`` (e.g. the sender's
@@ -276,6 +290,8 @@ def merge_overlapping(
     :param masks: one entry per contribution, ``None`` or ``{name: bool tensor}`` shaped
         like that contribution's tensor; false elements contribute nothing. A tensor with
         no mask entry counts as complete.
+    :param silent_units: count the weights from units a narrower contribution lacks
+        into the units it has as zeros of that contribution (see above).
     :return: new state with the shapes of ``base_state``.
     """
     if masks is not None and len(masks) != len(contributions):
@@ -322,6 +338,15 @@ def merge_overlapping(
             num[region] += torch.where(part, contrib * weight, 0.0)
             den[region] += part * float(weight)
             covered[region] |= part
+            if silent_units and base.dim() >= 2:
+                # within the contribution's output units, beyond its inputs: zeros of
+                # the sub-model (the numerator gains nothing). They go with their unit:
+                # a unit none of whose weights arrived says nothing.
+                silent = torch.zeros(base.shape, dtype=torch.bool)
+                silent[region[0]] = part.reshape(part.shape[0], -1).any(dim=1).reshape(-1, *[1] * (base.dim() - 1))
+                silent[region] = False
+                den += silent * float(weight)
+                covered |= silent
         merged = (num / den.clamp_min(torch.finfo(torch.float64).tiny)).to(base.dtype)
         out[key] = torch.where(covered & (den > 0), merged, base)
     for i, (state, _) in enumerate(contributions):

@@ -60,6 +60,8 @@ class Learner(_Strict):
     widths: tuple[float, ...] = Field((), description="capacity tiers: width ratios dealt round-robin over nodes")
     kinds: tuple[Literal["mlp", "cnn"], ...] = Field((), description="architectures dealt round-robin over nodes")
     activated: tuple[float, ...] = Field((), description="share of parameters each node trains, round-robin")
+    ordered_dropout: bool = Field(True, description="each node also trains the fleet's narrower widths "
+                                  "nested in its model (FjORD), so the sub-models it sends work on their own")
     lr: float = Field(0.005, gt=0, le=10)
     batch_size: int = Field(32, ge=1)
     local_steps: int = Field(10, ge=1, description="minibatch steps between sharing decisions")

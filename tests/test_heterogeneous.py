@@ -55,6 +55,16 @@ def slice_mask(full: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+def silent_mask(full: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+    """The weights from the units ``sub`` lacks into the units it has: zeros of the
+    sub-model in a merge (mfd_core.scaling.merge_overlapping, silent_units)."""
+    mask = torch.zeros(full.shape, dtype=torch.bool)
+    if full.dim() >= 2:
+        mask[: sub.shape[0]] = True
+        mask &= ~slice_mask(full, sub)
+    return mask
+
+
 # --------------------------------------------------------------------------- packets
 
 
@@ -77,12 +87,16 @@ def test_half_width_packet_stream_lands_in_the_slice_of_a_full_width_model() -> 
     local = MLP.build(1.0, seed=0).state_dict()
     merged = merge_same_family(local, [(message.state, 3.0)], [message.masks], local_weight=1.0)
     for key, full in local.items():
-        inside = slice_mask(full, sent[key])
-        assert torch.equal(merged[key][~inside], full[~inside]), key
+        inside, silent = slice_mask(full, sent[key]), silent_mask(full, sent[key])
+        untouched = ~inside & ~silent
+        assert torch.equal(merged[key][untouched], full[untouched]), key
         region = tuple(slice(0, s) for s in sent[key].shape)
         expected = (1.0 * full[region] + 3.0 * sent[key]) / 4.0
         torch.testing.assert_close(merged[key][region], expected, rtol=0, atol=1e-6)
         assert not torch.equal(merged[key][region], full[region]), key
+        # the weights from the units the sub-model lacks average with its zeros
+        torch.testing.assert_close(merged[key][silent], full[silent] / 4.0, rtol=0, atol=1e-6)
+    assert silent_mask(local["out.weight"], sent["out.weight"]).sum() == 10 * 32
 
 
 def test_half_width_model_through_node_accept_changes_only_the_slice() -> None:
@@ -98,10 +112,13 @@ def test_half_width_model_through_node_accept_changes_only_the_slice() -> None:
     after = node.learner.get_state()
     expected = merge_same_family(before, [(sent, 100 * 0.8)], local_weight=local_weight)
     for key, full in before.items():
-        inside = slice_mask(full, sent[key])
-        assert torch.equal(after[key][~inside], full[~inside]), key
+        inside, silent = slice_mask(full, sent[key]), silent_mask(full, sent[key])
+        untouched = ~inside & ~silent
+        assert torch.equal(after[key][untouched], full[untouched]), key
         torch.testing.assert_close(after[key], expected[key], rtol=0, atol=1e-6)
         assert not torch.equal(after[key][inside], full[inside]), key
+        shrink = local_weight / (local_weight + 100 * 0.8)
+        torch.testing.assert_close(after[key][silent], full[silent] * shrink, rtol=0, atol=1e-6)
 
 
 def test_int8_sub_model_merges_within_half_a_quantisation_step() -> None:
@@ -118,8 +135,11 @@ def test_int8_sub_model_merges_within_half_a_quantisation_step() -> None:
         assert (replaced[key][region] - value).abs().max() <= half_step, key
         exact_blend = (local[key][region] + value) / 2
         assert (blended[key][region] - exact_blend).abs().max() <= half_step / 2 + 1e-7, key
-        outside = ~slice_mask(local[key], value)
+        silent = silent_mask(local[key], value)
+        outside = ~slice_mask(local[key], value) & ~silent
         assert torch.equal(blended[key][outside], local[key][outside]), key
+        torch.testing.assert_close(blended[key][silent], local[key][silent] / 2, rtol=0, atol=1e-7)
+        assert torch.equal(replaced[key][silent], torch.zeros_like(local[key][silent])), key
     # it was int8 on the wire: a quarter of the fp32 tensor bytes, give or take the manifest
     fp32 = codec.to_datagrams(sent, origin=7, destination=1, model_version=3, message_id=12, precision="fp32")
     int8 = codec.to_datagrams(sent, origin=7, destination=1, model_version=3, message_id=12, precision="int8")

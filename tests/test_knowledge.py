@@ -162,7 +162,11 @@ def test_absorb_knowledge_narrower_partial_model_touches_only_its_slice(digits) 
         if k != "out.weight":
             assert torch.equal(after[k], before[k]), k
     assert not torch.equal(after["out.weight"][:, :16], before["out.weight"][:, :16])
-    assert torch.equal(after["out.weight"][:, 16:], before["out.weight"][:, 16:])
+    # its weights from the hidden units it lacks average with zeros (silent units), as
+    # its units' weights arrived; the tensors none of whose elements arrived are untouched
+    shrink = node.num_samples / (node.num_samples + 300.0)
+    torch.testing.assert_close(after["out.weight"][:, 32:], before["out.weight"][:, 32:] * shrink, rtol=0, atol=1e-6)
+    assert torch.equal(after["out.weight"][:, 16:32], before["out.weight"][:, 16:32])  # lost on the way
 
 
 def test_absorb_knowledge_other_family_distils_through_the_gate(digits) -> None:

@@ -7,7 +7,7 @@ from its seed whatever else touches torch's global generator.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,12 @@ class TorchSupervisedLearner(Learner):
     :param width: width ratio within the family.
     :param label_weight: share of the label loss mixed into distillation (Hinton et
         al. 2015 mix hard labels and soft targets); ``0`` distils the teacher alone.
+    :param nested_shapes: ordered dropout (FjORD, Horvath et al. 2021) for a width-nested
+        model: the state shapes of the narrower sub-models it contains (prefix slices,
+        ``family.shapes(r)`` of :mod:`mfd_core.scaling`). Each training step then trains
+        one width drawn uniformly from the full model and these, so every prefix also
+        works on its own and a sub-model extracted for a narrower node is a good model,
+        not a slice that only ever worked with the units cut off. Empty: full width only.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class TorchSupervisedLearner(Learner):
         family: str = "custom",
         width: float = 1.0,
         label_weight: float = 0.0,
+        nested_shapes: Sequence[Mapping[str, Sequence[int]]] = (),
     ) -> None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -95,6 +102,7 @@ class TorchSupervisedLearner(Learner):
         self.family, self.width = family, float(width)
         self.batch_size = batch_size
         self.label_weight = label_weight
+        self.nested_shapes = [_checked_prefix_shapes(model, shapes) for shapes in nested_shapes]
         self.x_train, self.y_train = _as_tensors(train_data, task)
         self.x_val, self.y_val = _as_tensors(val_data, task)
         if len(self.x_train) == 0 or len(self.x_val) == 0:
@@ -111,6 +119,8 @@ class TorchSupervisedLearner(Learner):
         model.eval()
         self._shuffle = torch.Generator().manual_seed(seed)
         self._sample = torch.Generator().manual_seed(seed + 1)
+        # its own stream: switching ordered dropout on must not reshuffle the minibatches
+        self._width_draw = torch.Generator().manual_seed(seed + 2)
         self._order = torch.empty(0, dtype=torch.int64)
         self._pos = 0
 
@@ -201,9 +211,23 @@ class TorchSupervisedLearner(Learner):
 
     # ------------------------------------------------------------------ Learner
 
+    def _forward_at_drawn_width(self, x: Tensor) -> Tensor:
+        """The model, or one of its nested sub-models (ordered dropout), on ``x``."""
+        pick = int(torch.randint(len(self.nested_shapes) + 1, (1,), generator=self._width_draw))
+        if pick == len(self.nested_shapes):
+            return self.model(x)
+        # The sub-model's tensors are views of the prefixes of the model's own, so its
+        # gradients land in those prefixes; nn.Linear and nn.Conv2d take their sizes from
+        # the tensors they are given, not from their constructor.
+        params = dict(self.model.named_parameters())
+        sliced = {k: params[k][tuple(slice(0, n) for n in shape)] for k, shape in self.nested_shapes[pick].items()}
+        return functional_call(self.model, sliced, (x,), strict=False)
+
     def train(self, steps: int, trainable: Collection[str] | None = None) -> int:
+        forward = self._forward_at_drawn_width if self.nested_shapes else self.model
+
         def loss_fn(idx: Tensor) -> Tensor:
-            return self._loss(self.model(self.x_train[idx]), self.y_train[idx])
+            return self._loss(forward(self.x_train[idx]), self.y_train[idx])
 
         return self._steps(steps, loss_fn, trainable, self.optimizer)
 
@@ -307,6 +331,21 @@ class TorchSupervisedLearner(Learner):
             f"TorchSupervisedLearner(family={self.family!r}, width={self.width}, task={self.task!r}, "
             f"num_samples={self.num_samples})"
         )
+
+
+def _checked_prefix_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` as tuples, after checking each names a parameter and is a prefix of it."""
+    params = dict(model.named_parameters())
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in shapes.items():
+        if key not in params:
+            raise KeyError(f"nested shape for {key!r}, which is not a parameter of the model")
+        shape = tuple(int(n) for n in shape)
+        full = tuple(params[key].shape)
+        if len(shape) != len(full) or any(not 0 < n <= f for n, f in zip(shape, full)):
+            raise ValueError(f"{key}: nested shape {shape} is not a prefix of {full}")
+        out[key] = shape
+    return out
 
 
 def _take(outputs: Tensor | tuple[Tensor, ...], idx: Tensor) -> Tensor | tuple[Tensor, ...]:
