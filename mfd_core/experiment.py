@@ -336,6 +336,10 @@ def build_world(scenario: Scenario, seed: int, *, key: bytes | None = None,
         # One initialisation for the fleet (the family's seed): averaging models that
         # started apart mixes unrelated features (McMahan et al. 2017, fig. 1).
         model = families[kind].build(width, seed=seed)
+        # ordered dropout over the fleet's narrower widths: what this node sends a
+        # narrower neighbour is then a model that works on its own (none in a one-width fleet)
+        nested = [families[kind].shapes(r) for r in sorted(set(s.learner.widths)) if r < width] \
+            if s.learner.ordered_dropout else []
         learners[node_id] = TorchSupervisedLearner(
             model, (data.inputs[train], data.labels[train]), (data.inputs[val], data.labels[val]),
             batch_size=s.learner.batch_size, lr=s.learner.lr, seed=seed * 1000 + k, family=kind, width=width,
@@ -346,10 +350,6 @@ def build_world(scenario: Scenario, seed: int, *, key: bytes | None = None,
                  eval_interval=s.eval_interval, local_steps=s.learner.local_steps,
                  evaluate=lambda _node, learner: learner.evaluate(test_x, test_y), families=families,
                  faults=s.faults, name=s.name, key=key, label_profiles=profiles, policy=policy)
-        # ordered dropout over the fleet's narrower widths: what this node sends a
-        # narrower neighbour is then a model that works on its own (none in a one-width fleet)
-        nested = [families[kind].shapes(r) for r in sorted(set(s.learner.widths)) if r < width] \
-            if s.learner.ordered_dropout else []
 
 
 def run(scenario: Scenario, seed: int | None = None, policy: str | None = None,
