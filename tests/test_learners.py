@@ -141,6 +141,32 @@ def test_dropout_draws_from_the_learner_seed_and_no_model_moves_the_global_gener
         assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_direct_fused_adam_step_is_bit_identical_to_step(digits, monkeypatch, optimizer) -> None:
+    from mfd_core.learners import torch_supervised
+
+    calls = []
+    direct = torch_supervised._fused_adam_step
+
+    def recorded(opt):
+        calls.append(direct(opt))
+        return calls[-1]
+
+    monkeypatch.setattr(torch_supervised, "_fused_adam_step", recorded)
+    fast = _learner(digits, optimizer=optimizer, lr=0.01)
+    fast.train(30, trainable=["out.weight", "out.bias"])  # some tensors without a gradient
+    fast.train(30)
+    # step() makes the state on the first step, and for the first time a tensor trains
+    assert len(calls) == 60 and calls[0] is False and calls.count(True) >= 57
+    monkeypatch.setattr(torch_supervised, "_fused_adam_step", lambda opt: False)  # step() every time
+    slow = _learner(digits, optimizer=optimizer, lr=0.01)
+    slow.train(30, trainable=["out.weight", "out.bias"])
+    slow.train(30)
+    a, b = fast.get_state(), slow.get_state()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["out.weight"], _learner(digits).get_state()["out.weight"])  # it did train
+
+
 def test_set_state_with_masks_writes_only_masked_entries(digits) -> None:
     node = _learner(digits)
     before = node.get_state()
