@@ -436,6 +436,10 @@ def runs(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> lis
     """
     plain = packet.max_payload(mtu, quantised=False, authenticated=authenticated)
     out = [Run(MANIFEST_TENSOR, ENCODING_CODE["manifest"], 0, manifest_stream(encoded.manifest), plain)]
+    packed = _packed_run(encoded, plain)
+    if packed is not None:
+        out.append(packed)
+        return out
     for index, (spec, buf) in enumerate(zip(encoded.manifest.tensors, encoded.buffers)):
         if spec.numel == 0:
             continue
@@ -443,6 +447,24 @@ def runs(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> lis
         chunk -= chunk % spec.itemsize
         out.append(Run(index, ENCODING_CODE[spec.encoding], 0, buf, chunk, spec.scale, spec.zero_point))
     return out
+
+
+def _packed_run(encoded: EncodedModel, payload_bytes: int) -> Run | None:
+    """All tensors in one fragment, when they fit one datagram and travel in one encoding
+    (not int8, whose scale is per tensor): a tiny model then takes two datagrams, its
+    manifest and its tensors, instead of one per tensor. Tensors with no elements are
+    passed over."""
+    present = [(index, spec, buf) for index, (spec, buf) in enumerate(zip(encoded.manifest.tensors, encoded.buffers))
+               if spec.numel]
+    if len(present) < 2:
+        return None
+    encoding = present[0][1].encoding
+    if (encoding == "int8" or any(spec.encoding != encoding for _, spec, _ in present)
+            or sum(spec.nbytes for _, spec, _ in present) > payload_bytes):
+        return None
+    payload = b"".join(buf for _, _, buf in present)
+    itemsize = present[0][1].itemsize
+    return Run(present[0][0], ENCODING_CODE[encoding], 0, payload, payload_bytes - payload_bytes % itemsize)
 
 
 def fragments(encoded: EncodedModel, mtu: int, *, authenticated: bool = False) -> list[Fragment]:

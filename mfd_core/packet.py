@@ -94,8 +94,8 @@ _ITEMSIZE = tuple(ENCODINGS[code][2] if code in ENCODINGS else 0 for code in ran
 
 # Messages of at most this many datagrams are built one datagram at a time in plain
 # Python (:func:`_build_small`): ~2 us a datagram, where the numpy path's per-run array
-# set-up costs ~10 us a run. A tiny model (the fleets of thousands of nodes) is a manifest
-# and one short datagram per tensor; past a few dozen datagrams numpy wins.
+# set-up costs ~10 us a run. The models of fleets of thousands of nodes are a few short
+# datagrams (a manifest, then one per tensor or one for all); past a few dozen numpy wins.
 SMALL_MESSAGE_FRAGMENTS = 32
 
 # Batch checksums (:func:`build`, :func:`batch_checksums` for
@@ -581,7 +581,7 @@ def _build_small(plan: list, total: int, count: int, family_id: int, model_versi
                  destination: int, message_id: int, ttl: int, key: bytes | None) -> list[memoryview]:
     """:func:`build` for a message of a few datagrams, one ``pack_into`` each: the same
     bytes as the numpy path, which costs ~10 us of array set-up per run and is for runs of
-    many datagrams (a tiny model's message is a manifest and one datagram per tensor)."""
+    many datagrams (a small model's message is a manifest and a few short datagrams)."""
     out = bytearray(total)
     flat = memoryview(out)
     tag_size = TAG_SIZE if key else 0

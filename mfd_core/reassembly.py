@@ -474,11 +474,36 @@ class Reassembler:
         start = pkt.element_start
         payload = pkt.payload
         count = len(payload) // item
-        if start + count > numel:
+        if start + count <= numel:
+            view[start * item:(start + count) * item] = payload
+            msg.ranges.extend((index, start, count))
+            return
+        # A packed fragment (a tiny model's tensors in one datagram): the elements past
+        # this tensor's end continue into the next tensors that have any, in manifest
+        # order, each of the same encoding; int8 cannot, its scale is per tensor.
+        if start >= numel or code == ENCODING_INT8:
             raise PacketError(f"elements {start}..{start + count} run past {msg.manifest.tensors[index].name}'s "
                               f"{numel}", reason="contradictions")
-        view[start * item:(start + count) * item] = payload
-        msg.ranges.extend((index, start, count))
+        placed = []
+        done = 0
+        while done < count:
+            if index >= len(tensors):
+                raise PacketError(f"a packed fragment's {count} elements run past the last tensor",
+                                  reason="contradictions")
+            code_here, _, numel_here, _, _, view_here = tensors[index]
+            n = min(count - done, numel_here - start)
+            if n > 0:
+                if code_here != code:
+                    raise PacketError(f"a packed fragment runs into {msg.manifest.tensors[index].name}, "
+                                      f"which travels in another encoding", reason="contradictions")
+                placed.append((view_here, start, n, done, index))
+                done += n
+            index += 1
+            start = 0
+        # placed only once the whole fragment is known to fit: a refused one leaves nothing
+        for view_here, start, n, offset, index in placed:
+            view_here[start * item:(start + n) * item] = payload[offset * item:(offset + n) * item]
+            msg.ranges.extend((index, start, n))
 
     def _adopt_known_layout(self, msg: _Open) -> bool:
         layout = self.known_layouts.get(msg.first.family_id)

@@ -262,6 +262,29 @@ def test_manifest_round_trips_and_scale_is_binary32():
     assert float(np.float32(again.tensors[0].scale)) == again.tensors[0].scale
 
 
+def test_a_tiny_model_travels_in_two_datagrams():
+    g = torch.Generator().manual_seed(3)
+    tiny = {"fc0.weight": torch.randn(8, 8, generator=g), "fc0.bias": torch.randn(8, generator=g),
+            "empty": torch.zeros(0), "out.weight": torch.randn(2, 8, generator=g), "out.bias": torch.randn(2, generator=g)}
+
+    def sent(state, **kw):
+        return [bytes(d) for d in codec.to_datagrams(state, origin=1, destination=2, model_version=1,
+                                                     message_id=1, mtu=1400, **kw)]
+
+    datagrams = sent(tiny)
+    assert len(datagrams) == 2  # the manifest, then all 90 elements in one fragment
+    tensors = packet.parse(datagrams[1])
+    assert (tensors.tensor_index, tensors.element_start, tensors.element_count) == (0, 0, 90)
+    receiver = reassembly.Reassembler()
+    [got] = [m for d in datagrams[::-1] if (m := receiver.receive(d, 0.0)) is not None]
+    assert got.complete and all(torch.equal(got.state[k], v) for k, v in tiny.items())
+    # one fragment per tensor where they do not all fit one datagram or one encoding
+    assert len(sent(tiny, precision="int8")) == 5
+    assert len(sent({**tiny, "steps": torch.tensor(3)})) == 6
+    assert len(sent({**tiny, "big": torch.zeros(300)})) == 6
+    assert len(sent({**tiny, "fits": torch.zeros(249)})) == 2  # 339 floats: 1,356 of 1,358 payload bytes
+
+
 def _outcome(raw: bytes):
     try:
         m = Manifest.from_bytes(raw)

@@ -87,7 +87,7 @@ def test_the_page_vectors_with_every_checksum_shared(monkeypatch, shared):
     monkeypatch.setattr(packet, "CRC_THREADS", 3)
     for name, params in PARAMS.items():
         model = {k: torch.tensor(v, dtype=torch.float32).reshape(shape) for k, (shape, v) in MODEL.items()}
-        out = codec.to_datagrams(model, tensor_precision={"b": "int8"}, ttl=16, **params)
+        out = codec.to_datagrams(model, ttl=16, **params)
         assert [bytes(d) for d in out] == VECTORS[name]
     assert shared
 

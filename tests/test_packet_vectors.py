@@ -26,8 +26,11 @@ SPEC = Path(__file__).resolve().parent.parent / "docs" / "packet-format.md"
 VECTOR_KEY = bytes(range(32))
 MODEL = {"w": ([2, 3], [0.5, -1.25, 2.0, 3.0, -0.0625, 0.0]), "b": ([3], [-1.0, 0.25, 2.5])}
 PARAMS = {
-    "v1": dict(origin=1, destination=2, model_version=7, message_id=42, mtu=256, key=None),
-    "v2": dict(origin=1, destination=0xFFFFFFFE, model_version=8, message_id=43, mtu=256, key=VECTOR_KEY),
+    "v1": dict(origin=1, destination=2, model_version=7, message_id=42, mtu=256, key=None,
+               tensor_precision={"b": "int8"}),
+    "v2": dict(origin=1, destination=0xFFFFFFFE, model_version=8, message_id=43, mtu=256, key=VECTOR_KEY,
+               tensor_precision={"b": "int8"}),
+    "v3": dict(origin=1, destination=2, model_version=9, message_id=44, mtu=256, key=None),  # packed
 }
 
 
@@ -42,10 +45,11 @@ def spec_vectors() -> dict[str, list[bytes]]:
 VECTORS = spec_vectors()
 
 
-def test_the_page_has_both_vectors():
-    assert set(VECTORS) == {"v1", "v2"}
+def test_the_page_has_all_three_vectors():
+    assert set(VECTORS) == {"v1", "v2", "v3"}
     assert [len(d) for d in VECTORS["v1"]] == [256, 49, 66, 53]
     assert [len(d) for d in VECTORS["v2"]] == [256, 81, 82, 69]
+    assert [len(d) for d in VECTORS["v3"]] == [217, 78]
 
 
 # -- 1. the reference encoder reproduces the page ----------------------------------------
@@ -58,7 +62,7 @@ def test_reference_encoder_matches_byte_for_byte(name):
     from mfd_core import codec
 
     model = {k: torch.tensor(v, dtype=torch.float32).reshape(shape) for k, (shape, v) in MODEL.items()}
-    datagrams = codec.to_datagrams(model, tensor_precision={"b": "int8"}, ttl=16, **PARAMS[name])
+    datagrams = codec.to_datagrams(model, ttl=16, **PARAMS[name])
     assert [bytes(d).hex() for d in datagrams] == [d.hex() for d in VECTORS[name]]
 
 
@@ -182,25 +186,33 @@ def independent_decode(datagrams, key=None) -> dict[str, tuple[list[int], list]]
     assert doc["format"] == 1
     lines = "\n".join(f"{t['name']}:{','.join(map(str, t['shape']))}:{t['dtype']}" for t in doc["tensors"])
     assert int.from_bytes(hashlib.sha256(lines.encode()).digest()[:4], "big") == first["family"]
+    tensors = doc["tensors"]
+    values = [[None] * math.prod(t["shape"]) for t in tensors]
+    for p in (p for p in packets.values() if not p["manifest"]):
+        name, size, code = ENCODINGS[p["encoding"]]
+        n = len(p["payload"]) // size
+        raw = struct.unpack(f"<{n}{code}", p["payload"])
+        if name == "int8":
+            t = tensors[p["tensor"]]
+            assert (p["scale"], p["zero_point"]) == (binary32(t["scale"]), t["zero_point"])
+            raw = [binary32((q - p["zero_point"]) * p["scale"]) for q in raw]
+        elif name == "bf16":
+            raw = [struct.unpack("<f", struct.pack("<I", h << 16))[0] for h in raw]
+        # section 4.1: a range runs on into the next tensors that have elements
+        i, at = p["tensor"], p["start"]
+        assert at < len(values[i]), "starts past its tensor"
+        for v in raw:
+            while at == len(values[i]):
+                i, at = i + 1, 0
+                assert name != "int8", "int8 never runs on"
+            assert tensors[i]["encoding"] == name
+            assert values[i][at] is None, "covered twice"
+            values[i][at] = v
+            at += 1
     out = {}
-    for i, t in enumerate(doc["tensors"]):
-        numel = math.prod(t["shape"])
-        values = [None] * numel
-        for p in (p for p in packets.values() if p["tensor"] == i):
-            name, size, code = ENCODINGS[p["encoding"]]
-            assert name == t["encoding"]
-            n = len(p["payload"]) // size
-            raw = struct.unpack(f"<{n}{code}", p["payload"])
-            if name == "int8":
-                assert (p["scale"], p["zero_point"]) == (binary32(t["scale"]), t["zero_point"])
-                raw = [binary32((q - p["zero_point"]) * p["scale"]) for q in raw]
-            elif name == "bf16":
-                raw = [struct.unpack("<f", struct.pack("<I", h << 16))[0] for h in raw]
-            for j, v in enumerate(raw):
-                assert values[p["start"] + j] is None, "covered twice"
-                values[p["start"] + j] = v
-        assert None not in values, "not covered"
-        out[t["name"]] = (t["shape"], values)
+    for t, got in zip(tensors, values):
+        assert None not in got, "not covered"
+        out[t["name"]] = (t["shape"], got)
     return out
 
 
@@ -213,6 +225,9 @@ def test_independent_decoder_reads_the_vectors(name):
         assert got["w"] == MODEL["w"]
         shape, b = got["b"]
         assert shape == [3]
+        if name == "v3":  # fp32: exact
+            assert b == MODEL["b"][1]
+            continue
         assert b == [binary32((q + 55) * binary32(0.013725490309298038)) for q in (-128, -37, 127)]
         assert all(abs(x - y) <= 0.013725490309298038 / 2 for x, y in zip(b, MODEL["b"][1]))
     first = read_datagram(datagrams[0], key)

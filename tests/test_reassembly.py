@@ -255,6 +255,45 @@ def test_fragments_that_contradict_the_manifest(tensors, frags, match):
     assert feed(receiver, datagrams) == [] and receiver.stats["late"] == len(datagrams)  # dropped for good
 
 
+B = {"name": "b", "shape": [3], "dtype": "float32", "encoding": "fp32"}
+EMPTY = {"name": "e", "shape": [0], "dtype": "float32", "encoding": "fp32"}
+COUNTER = {"name": "n", "shape": [], "dtype": "int64", "encoding": "int64"}
+
+
+def test_a_fragment_runs_on_into_the_next_tensors():
+    """A packed fragment (a tiny model in one datagram) fills its tensor, then the next
+    ones that have elements, in manifest order; before or after the manifest."""
+    for frags in ([f32(0, *range(9))], [f32(0, 0, 1, 2, 3), f32(4, 4, 5, 6, 7, 8)]):
+        datagrams = craft([W, EMPTY, B], frags)
+        for order in (datagrams, datagrams[::-1]):
+            [got] = feed(Reassembler(), order)
+            assert got.complete and got.state["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+            assert got.state["b"].tolist() == [6, 7, 8] and got.state["e"].numel() == 0
+
+
+def test_a_lost_packed_fragment_leaves_every_tensor_it_carried_masked():
+    datagrams = craft([W, B], [f32(0, 0, 1, 2, 3), f32(4, 4, 5, 6, 7, 8)])
+    receiver = Reassembler(limits=Limits(timeout_s=1.0))
+    assert feed(receiver, datagrams[:2]) == []  # the manifest and w[0..3]; w[4..5] and b are lost
+    [got] = receiver.expire(5.0)
+    assert got.masks["w"].flatten().tolist() == [True] * 4 + [False] * 2
+    assert got.masks["b"].tolist() == [False] * 3
+
+
+@pytest.mark.parametrize("tensors, frags, match", [
+    ([W, COUNTER], [f32(0, *range(7))], "another encoding"),  # into an int64 tensor
+    ([W, Q], [f32(0, *range(7))], "another encoding"),  # into an int8 tensor
+    ([Q, W], [Fragment(0, INT8, 0, bytes(5), 0.5, 3)], "run past"),  # int8 never runs on: per-tensor scale
+    ([W, B], [f32(0, *range(6)), f32(6, 1, 2, 3)], "run past"),  # starts past its own tensor
+    ([W, B], [f32(0, *range(10))], "past the last tensor"),
+    ([W, B], [f32(0, *range(9)), Fragment(1, FP32, 0, bytes(12))], "exactly once"),  # b twice
+])
+def test_packed_fragments_that_contradict_the_manifest(tensors, frags, match):
+    receiver = Reassembler()
+    refused(receiver, craft(tensors, frags), match)
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+
+
 def test_fragments_before_the_manifest_are_checked_when_it_arrives():
     datagrams = craft([W], [f32(0, 1, 2, 3), f32(4, 4, 5, 6)])
     receiver = Reassembler()
