@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import codec, knowledge, scaling
-from .packet import NEIGHBOURS, PacketError
+from .packet import BROADCAST, NEIGHBOURS, PacketError
 from .reassembly import Limits, Reassembler, ReceivedModel
 
 if TYPE_CHECKING:  # the world is built by mfd_core.experiment
@@ -112,6 +112,8 @@ class Node:
         self.label_profile: tuple[float, ...] = ()
         # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each peer
         self.neighbour_models: dict[int, tuple[dict, dict | None, float, float]] = {}
+        self.neighbour_samples: dict[int, int] = {}  # origin -> the samples its cached model stands for
+        self.joined_at = -math.inf  # simulated time of the last (re)join; -inf: there from the start
         world.net.attach(node_id, self._on_datagram)
 
     # -- sending --------------------------------------------------------------------
@@ -142,11 +144,15 @@ class Node:
             self._sent.popitem(last=False)
         return self._send(datagrams, next_hop=next_hop, kind="model")
 
-    def send_control(self, destination: int, meta: Mapping[str, Any], next_hop: int | None = None) -> int:
-        """A manifest-only message (hello, pull): no tensors, the same packets and checks."""
+    def send_control(self, destination: int, meta: Mapping[str, Any], next_hop: int | None = None,
+                     ttl: int = 16) -> int:
+        """A manifest-only message (hello, pull): no tensors, the same packets and checks.
+
+        ``ttl``: forwards a ``BROADCAST`` may still take (0: the neighbours only).
+        """
         datagrams = codec.to_datagrams({}, origin=self.id, destination=destination, model_version=self.version,
                                        message_id=self._next_message_id(), mtu=self.world.settings.mtu,
-                                       key=self.world.key, meta=dict(meta))
+                                       key=self.world.key, meta=dict(meta), ttl=ttl)
         return self._send(datagrams, next_hop=next_hop, kind="control")
 
     def _send(self, datagrams, *, next_hop: int | None, kind: str) -> int:
@@ -257,6 +263,18 @@ class Node:
             own, [(state, weight) for state, _, weight in fresh], [masks for _, masks, _ in fresh],
             local_weight=self.learner.num_samples * max(self.learner_score(), 1e-3))
 
+    def served_samples(self) -> int:
+        """The training samples behind :meth:`served_state`: the own ones and those of the
+        fresh cached models (what a blend stands for when it is weighed against others)."""
+        now, max_age = self.world.env.now, self.world.settings.serve_max_age
+        return self.learner.num_samples + sum(
+            self.neighbour_samples.get(origin, 0) for origin, (_, _, _, t) in self.neighbour_models.items()
+            if now - t <= max_age)
+
+    def bootstrapping(self) -> bool:
+        """Back from an absence and nothing merged since: it knows only its stale model."""
+        return not any(t >= self.joined_at for _, _, _, t in self.neighbour_models.values())
+
     def learner_score(self) -> float:
         return self.world.cached_score(self)
 
@@ -273,6 +291,7 @@ class Node:
         decision = outcome.decision
         if outcome.action == "merged":
             self.neighbour_models[message.origin] = (message.state, message.masks, weight, self.world.env.now)
+            self.neighbour_samples[message.origin] = int(message.manifest.meta.get("samples", 1))
         if decision.accepted:
             self.counters.accepted += 1
             if not message.complete:
@@ -398,7 +417,7 @@ class MFDPolicy(SharingPolicy):
         """
         world, settings = self.world, self.world.settings
         report = node.reports.get(target)
-        link = world.net.link(node.id, target)
+        link = self._first_link(node, target)
         family = world.families.get(node.learner.family)
         ratio = node.learner.width
         if report is not None and report.family == node.learner.family:
@@ -420,21 +439,47 @@ class MFDPolicy(SharingPolicy):
                 compute_flops=1.0, link_bandwidth=link["bandwidth"], link_loss=min(link["loss"], 0.999)))
         return state, precision, {"family": node.learner.family, "ratio": ratio}
 
+    def _first_link(self, node: Node, target: int) -> Mapping[str, float]:
+        """The link a message to ``target`` leaves on: to it, or to the first hop of the
+        route (a joiner two hops out asks by a wider pull); a lossless default if none."""
+        net = self.world.net
+        if target in net.neighbours(node.id):
+            return net.link(node.id, target)
+        path = net.route(node.id, target)
+        if path and len(path) > 1:
+            return net.link(node.id, path[1])
+        return {"bandwidth": 1.0, "loss": 0.0, "latency": 0.0}
+
     def on_message(self, node: Node, message: ReceivedModel, from_node: int | None) -> None:
         kind = message.manifest.meta.get("kind")
         if kind == "pull":
+            if node.joined_at > -math.inf and node.bootstrapping():
+                return  # back itself and nothing fresh yet: its stale model would not help
             # a node (re)joining gets the best this node has: what it serves, its
-            # neighbourhood's blend, not only its own model
+            # neighbourhood's blend, not only its own model, weighed by all the samples
+            # behind it, so that the joiner's stale model counts for its own samples only
             state, precision, fitted = self.fit_to_receiver(node, message.origin, node.served_state())
-            node.send_model(message.origin, state=state, precision=precision, scaling=fitted)
+            node.send_model(message.origin, state=state, precision=precision, scaling=fitted,
+                            meta={"samples": node.served_samples()})
         elif kind == "model":
             node.accept(message)
 
     def on_join(self, node: Node) -> None:
-        """Bootstrap: ask the neighbours for their models; the gate picks what helps."""
+        """Bootstrap: ask for the current models around; the gate picks what helps.
+
+        The neighbours answer with what they serve (their neighbourhood's blend). A node
+        with fewer neighbours than it would send to (``fanout``) asks two hops out, as
+        an expanding-ring search does for routes: a leaf's one neighbour is a narrow
+        view of the fleet (in the digits fleet, leaves that bootstrapped from their one
+        neighbour stayed below the fleet's median).
+        """
         node.counters.bootstraps += 1
+        node.joined_at = self.world.env.now
         node.last_share_score = -math.inf
-        node.send_control(NEIGHBOURS, {"kind": "pull"})
+        if len(self.world.net.neighbours(node.id)) < self.world.settings.fanout:
+            node.send_control(BROADCAST, {"kind": "pull"}, ttl=1)  # forwarded once: two hops
+        else:
+            node.send_control(NEIGHBOURS, {"kind": "pull"})
         node.hello()
 
 

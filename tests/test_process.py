@@ -235,6 +235,43 @@ def test_a_node_that_joins_bootstraps_from_its_neighbours() -> None:
     assert mfd_result.scores[i][col] > alone_result.scores[i][col] + 0.2
 
 
+def test_a_node_with_few_neighbours_bootstraps_from_two_hops_and_weighs_blends_by_their_samples() -> None:
+    """A rejoining node with fewer neighbours than its fanout asks two hops out; the
+    answers are the neighbourhoods' blends, weighed by the samples behind them, so
+    the joiner's stale model counts for its own samples only."""
+    joiner, at = 3, 4.0
+    scenario = tiny(duration=5.0, data={"split": "iid"}, topology={"nodes": 7, "compute": 500.0},
+                    policy={"fanout": 3, "gate_tolerance": 0.3},
+                    faults=[{"kind": "node_leave", "at": 0.2, "nodes": [joiner], "rejoin_at": at / 5.0}])
+    world = build_world(scenario, seed=0)
+    result = world.run()
+    node = world.nodes[joiner]
+    assert node.counters.bootstraps == 1 and node.joined_at == pytest.approx(at)
+    answers = {e["origin"] for e in result.events
+               if e["event"] == "gate" and e["node"] == joiner and at <= e["t"] < at + 0.3}
+    two_hops = {1, 5}  # a ring of 7: nodes 1 and 5 are two hops from node 3
+    assert answers <= {1, 2, 4, 5} and answers & two_hops, answers
+    # a blend stands for its origin's samples and those of the models it blends
+    blended = [o for o in answers if node.neighbour_samples.get(o, 0) > world.nodes[o].learner.num_samples]
+    assert blended, {o: node.neighbour_samples.get(o) for o in answers}
+    assert not node.bootstrapping()
+
+
+def test_a_node_still_bootstrapping_does_not_answer_pulls() -> None:
+    """Back from an absence with nothing merged since, a node has only its stale model to give."""
+    world = build_world(tiny(), seed=0)
+    node, asker = world.nodes[0], world.nodes[1]
+    node.joined_at = 0.0
+    pull = received(world, asker.id, node.id, {}, kind="pull")
+    sent = node.bytes_sent
+    world.policy.world = world
+    world.policy.on_message(node, pull, asker.id)
+    assert node.bytes_sent == sent  # stale: no answer
+    node.neighbour_models[2] = (node.learner.get_state(), None, 1.0, 0.5)  # merged something since
+    world.policy.on_message(node, pull, asker.id)
+    assert node.bytes_sent > sent
+
+
 def test_a_scenario_node_join_starts_the_node_absent_and_it_bootstraps() -> None:
     """``node_join`` on a node with no earlier leave: it is not there before, then joins."""
     scenario = tiny(duration=6.0, data={"split": "iid"}, topology={"compute": 500.0},
