@@ -467,17 +467,21 @@ class MFDPolicy(SharingPolicy):
     def on_join(self, node: Node) -> None:
         """Bootstrap: ask for the current models around; the gate picks what helps.
 
-        The neighbours answer with what they serve (their neighbourhood's blend). A node
-        with fewer neighbours than it would send to (``fanout``) asks two hops out, as
-        an expanding-ring search does for routes: a leaf's one neighbour is a narrow
-        view of the fleet (in the digits fleet, leaves that bootstrapped from their one
-        neighbour stayed below the fleet's median).
+        Those asked answer with what they serve (their neighbourhood's blend). The ask
+        goes ``bootstrap_hops`` out, and at least two hops from a node with fewer
+        neighbours than it would send to (``fanout``), as an expanding-ring search does
+        for routes: one neighbourhood is a narrow view of the fleet (in the digits fleet,
+        rejoiners that bootstrapped from their neighbours alone often stayed below the
+        fleet's median; from three hops out nearly all reached it within a second).
         """
         node.counters.bootstraps += 1
         node.joined_at = self.world.env.now
         node.last_share_score = -math.inf
+        hops = self.world.settings.bootstrap_hops
         if len(self.world.net.neighbours(node.id)) < self.world.settings.fanout:
-            node.send_control(BROADCAST, {"kind": "pull"}, ttl=1)  # forwarded once: two hops
+            hops = max(hops, 2)
+        if hops > 1:
+            node.send_control(BROADCAST, {"kind": "pull"}, ttl=hops - 1)  # forwarded hops - 1 times
         else:
             node.send_control(NEIGHBOURS, {"kind": "pull"})
         node.hello()

@@ -85,6 +85,8 @@ class Policy(_Strict):
     serve_max_age: float = Field(20.0, gt=0, description="neighbour models older than this (s) are not served")
     byte_budget: float = Field(0.0, ge=0, description="bytes per simulated second a node may send (0: unlimited)")
     hello_interval: float = Field(5.0, gt=0, description="seconds between neighbour reports")
+    bootstrap_hops: int = Field(1, ge=1, le=8, description="MFD: how many hops out a (re)joining node asks for "
+                                "models (one with fewer neighbours than fanout asks at least 2)")
     travellers: int = Field(4, ge=1, description="travelling models in the fleet (mfd-travel)")
     # FedAvg
     server: int | None = Field(None, ge=0, description="server node (default: the most central)")
