@@ -407,3 +407,11 @@ def test_large_step_is_vectorised():
         times.append(time.perf_counter() - t)
     assert env.network.active.sum() == 300
     assert np.median(times) < 0.025, f"median step {np.median(times) * 1e3:.1f} ms"
+
+
+def test_stations_observe_whether_they_are_small_cells():
+    env = BaseStationParallelEnv(scenario="hotspot")
+    obs, _ = env.reset(seed=0)
+    k = OBS_OWN_FEATURES.index("small_cell")
+    small = np.array([obs[a][k] for a in env.possible_agents])
+    np.testing.assert_array_equal(small, ~env.network.layout.is_macro)

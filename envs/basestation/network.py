@@ -35,6 +35,7 @@ OBS_OWN_FEATURES = (
     "cio",  # chosen CIO mapped from [min, max] to [0, 1]
     "sleeping",  # 1 if asleep (by choice)
     "off",  # 1 if forced off (outage)
+    "small_cell",  # 1 for a small (micro) cell, 0 for a macro: the same choice means other things
 )
 OBS_NEIGHBOUR_FEATURES = (
     "present",  # 1 for a real X2 neighbour, 0 for padding
@@ -136,6 +137,7 @@ class CellularNetwork:
         cio_span = self.cio_values_db[-1] - self.cio_values_db[0]
         self._cio_obs = (self.cio_values_db - self.cio_values_db[0]) / max(cio_span, 1e-9)
         self._level_obs = (np.arange(self.n_power_levels) / max(self.n_power_levels - 1, 1))
+        self._small = (~macro).astype(np.float32)
         self.obs_dim = len(OBS_OWN_FEATURES) + self.layout.max_degree * len(OBS_NEIGHBOUR_FEATURES)
         self.rng = np.random.default_rng()
         self.t = 0
@@ -519,6 +521,7 @@ class CellularNetwork:
         own[:, 7] = self._cio_obs[self.cio_index]
         own[:, 8] = self.sleeping
         own[:, 9] = self.off
+        own[:, 10] = self._small
         # What neighbours report over X2: load, PRB usage, whether active, power, CIO.
         report = np.zeros((S + 1, len(OBS_NEIGHBOUR_FEATURES)), dtype=np.float32)
         report[:S, 0] = 1.0
