@@ -62,8 +62,13 @@ class TrainingSettings(_Strict):
     gae_lambda: float = Field(0.8, ge=0, le=1)
     ent_coef: float = Field(0.01, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0, le=1)
-    reward: str = Field("hood", pattern="^(hood|own)$",
-                        description='"hood": mean reward of the station and its X2 neighbours; "own": its own')
+    reward: str = Field("hood", pattern="^(hood|own|difference)$",
+                        description='"hood": mean reward of the station and its X2 neighbours; "own": its own; '
+                        '"difference": what the station\'s action added to the whole network\'s reward this step '
+                        '(the same step replayed with that station static: its counterfactual), so '
+                        'it is credited for its neighbours\' users and not for the others\' exploration')
+    difference_steps: int = Field(1, ge=1, le=20, description='with reward = "difference": steps each '
+                                  'counterfactual replays (an offset moves users only after time-to-trigger)')
     # On hotspot (40 rounds) every choice scored MFD's stations better on their twins
     # than they then did together: PF utility -12 % (static), -35 % (peers), -10 %
     # (alike, without the deploy gate) against full power. "static" is the least wrong.
@@ -76,6 +81,10 @@ class TrainingSettings(_Strict):
                         description='"if_better": a station runs a newly trained model only when its '
                         'validation twin scores it at least as well as the running one (FedAvg clients '
                         'run the global model)')
+    static_bias: float = Field(2.0, ge=0, le=10, description="initial logit bias of each action head towards "
+                               "the static choice (awake gets one more); 0: a uniform first policy")
+    twin_episodes: int = Field(1, ge=1, le=20, description="twin episodes (consecutive seeds) a score averages: "
+                               "one episode fits the score to one draw of hotspots and users")
     central_steps: int | None = Field(None, ge=100, description="central PPO env steps (default rounds x chunk_steps)")
     eval_seeds: tuple[int, ...] = Field((100, 101, 102), min_length=1, description="seeds `evaluate` plays")
 

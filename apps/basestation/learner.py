@@ -134,7 +134,7 @@ def make_ppo(view: gym.Env, settings: TrainingSettings, seed: int) -> PPO:
     return model
 
 
-def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequence[int]) -> None:
+def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequence[int], strength: float = 2.0) -> None:
     """Start near the static configuration, still exploring.
 
     SB3 initialises the action head with gain 0.01, so the first policy is uniform: half
@@ -148,7 +148,7 @@ def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequenc
         bias.zero_()
         start = 0
         for k, (n, d) in enumerate(zip(nvec, default)):
-            bias[start + int(d)] = 3.0 if (n == 2 and k == len(nvec) - 1) else 2.0
+            bias[start + int(d)] = strength + 1.0 if (n == 2 and k == len(nvec) - 1) else strength
             start += int(n)
 
 
@@ -304,7 +304,12 @@ class RadioCommons:
         return self._play(self.twin, seed, self.settings.chunk_steps, lambda o: self.default)[:, ~self.off]
 
     def _static_returns(self, seed: int) -> np.ndarray:
-        return self._play(self.twin, seed, self.settings.eval_steps, lambda o: self.default).mean(axis=0)
+        return self._twin_mean(seed, lambda o: self.default)
+
+    def _twin_mean(self, seed: int, act: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """(S,) mean per-step rewards over ``settings.twin_episodes`` twin episodes from ``seed`` on."""
+        return np.mean([self._play(self.twin, seed + j, self.settings.eval_steps, act).mean(axis=0)
+                        for j in range(self.settings.twin_episodes)], axis=0)
 
     # -- training experience ------------------------------------------------------------
 
@@ -326,6 +331,7 @@ class RadioCommons:
         val_b = np.zeros((n, L), dtype=np.float32)
         logp_b = np.zeros((n, L), dtype=np.float32)
         gamma = self.settings.gamma
+        difference = self.settings.reward == "difference"
         for t in range(n):
             o = torch.from_numpy(self._obs[idx])
             logits = stacked.logits(o)
@@ -333,8 +339,13 @@ class RadioCommons:
             values = stacked.values(o)
             actions = self.default.copy()
             actions[idx] = a
+            if difference:
+                credit = self._credits(actions, idx)
             obs, rewards, _, truncs, _ = self.env.step({ag: actions[i] for i, ag in enumerate(self.agents)})
-            r = (self.station_rewards(rewards)[idx] - self.reward_mean) / self.reward_scale
+            if difference:
+                r = credit / self.reward_scale
+            else:
+                r = (self.station_rewards(rewards)[idx] - self.reward_mean) / self.reward_scale
             next_obs = self._stack(obs)
             done = bool(truncs[self.agents[0]])
             if done:
@@ -353,6 +364,30 @@ class RadioCommons:
             self.learners[s].pending = Experience(
                 obs_b[:, k].copy(), act_b[:, k].copy(), rew_b[:, k].copy(), start_b[:, k].copy(),
                 val_b[:, k].copy(), logp_b[:, k].copy(), float(last[k]), self._start, self.collections)
+
+    def _credits(self, actions: np.ndarray, stations: np.ndarray) -> np.ndarray:
+        """Each of ``stations``' difference reward for ``actions``: the network's total
+        reward over the coming ``settings.difference_steps`` steps minus that total had
+        the station acted statically (every other station as in ``actions``).
+
+        Both are the same steps replayed on forks of the training network (random
+        generator copied, so users move, arrive and fade exactly as they will in the real
+        steps; the actions held over the steps). More than one step lets an offset's
+        effect show: it moves users only after the handover's time-to-trigger. A station
+        whose action is the static one changed nothing: its credit is 0, no replay.
+        """
+        net, steps = self.env.network, self.settings.difference_steps
+        out = np.zeros(len(stations))
+        total = None
+        for k, s in enumerate(stations):
+            if (actions[s] == self.default[s]).all():
+                continue
+            if total is None:
+                total = _Fork(net).step_total(actions, steps)
+            alt = actions.copy()
+            alt[s] = self.default[s]
+            out[k] = total - _Fork(net).step_total(alt, steps)
+        return out
 
     def experience_for(self, learner: "StationLearner", n: int) -> Experience:
         """The station's newest unused experience of ``n`` steps, collecting if needed.
@@ -394,10 +429,30 @@ class RadioCommons:
                 a[idx], _ = policy_actions(stacked.logits(torch.from_numpy(o[idx])), self.nvec, None, greedy=True)
                 return a
 
-        return self._play(self.twin, seed, self.settings.eval_steps, act).mean(axis=0)
+        return self._twin_mean(seed, act)
 
     def score_of(self, returns: np.ndarray, station: int, seed: int) -> float:
         return 1.0 + float(returns[station] - self.reference[seed][station]) / self.score_scale
+
+
+class _Fork:
+    """A copy of a :class:`CellularNetwork` that can be stepped without touching the
+    original: its arrays and its random generator are copied, the layout is shared."""
+
+    def __init__(self, net) -> None:
+        self.net = object.__new__(type(net))
+        self.net.__dict__ = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in net.__dict__.items()}
+        self.net.rng = copy.deepcopy(net.rng)
+
+    def step_total(self, actions: np.ndarray, steps: int = 1) -> float:
+        """Step ``steps`` times with ``actions``; the sum of the stations' rewards (what
+        the env pays) over those steps."""
+        total = 0.0
+        for _ in range(steps):
+            self.net.step(actions)
+            rewards, _ = self.net.station_rewards()
+            total += float(rewards.sum())
+        return total
 
 
 @torch.no_grad()
@@ -428,7 +483,7 @@ class StationLearner(Learner):
         self.family, self.width = FAMILY, 1.0
         self.view = StationView(commons.env, station, reward=settings.reward)
         self.model = make_ppo(self.view, settings, seed)
-        bias_towards_static(self.model.policy, commons.nvec, commons.default[station])
+        bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias)
         self.samples = 0
         self.work_done = 0
         self.pending: Experience | None = None
