@@ -167,6 +167,30 @@ def test_the_direct_fused_adam_step_is_bit_identical_to_step(digits, monkeypatch
     assert not torch.equal(a["out.weight"], _learner(digits).get_state()["out.weight"])  # it did train
 
 
+def test_get_and_set_state_follow_the_model_as_state_dict_does(digits) -> None:
+    """get_state/set_state skip state_dict()'s module walk while the model's tensors are
+    the ones seen last; replaced tensors, buffers and hooks must still come out right."""
+    data, train, val, _ = digits
+    model = nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    model[1].register_buffer("scratch", torch.zeros(3), persistent=False)
+    node = TorchSupervisedLearner(model, (data.inputs[train[:100]], data.labels[train[:100]]),
+                                  (data.inputs[val], data.labels[val]))
+
+    def same_as_state_dict():
+        state = node.get_state()
+        assert list(state) == list(model.state_dict())  # the persistent buffers, not "scratch"
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+    same_as_state_dict()
+    node.train(3)  # running statistics and weights move
+    same_as_state_dict()
+    replaced = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(replaced, assign=True)  # new tensor objects
+    same_as_state_dict()
+    node.set_state({"3.bias": torch.arange(10.0)})  # into the replaced tensor, i.e. the model
+    assert torch.equal(model[3].bias.detach(), torch.arange(10.0))
+
+
 def test_set_state_with_masks_writes_only_masked_entries(digits) -> None:
     node = _learner(digits)
     before = node.get_state()

@@ -119,6 +119,7 @@ class TorchSupervisedLearner(Learner):
         self._has_modes = any(isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
                               for m in model.modules())
         self._draws_randomness = any(type(m) not in _DRAWLESS_MODULES for m in model.modules())
+        self._state_owners: list[tuple[str, dict, str, Tensor]] | None = None  # see _state_tensors
         model.eval()
         self._shuffle = torch.Generator().manual_seed(seed)
         self._sample = torch.Generator().manual_seed(seed + 1)
@@ -149,6 +150,35 @@ class TorchSupervisedLearner(Learner):
         idx = self._order[self._pos : self._pos + size]
         self._pos += size
         return idx
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        """The model's ``state_dict(keep_vars=True)``, without its walk over every module
+        and its hooks: ~5 us, and a large fleet asks three times per message (send, merge,
+        install). Each call checks that every tensor is still the one its module holds (an
+        attribute assignment or ``load_state_dict(assign=True)`` replaces them) and walks
+        again otherwise; a model whose state_dict is more than its parameters and
+        persistent buffers (hooks, extra state, as the model is when first asked) is
+        always walked. The learner owns the model: modules are not added or removed after
+        construction."""
+        owners = self._state_owners
+        if owners:
+            for _, container, name, tensor in owners:
+                if container.get(name) is not tensor:
+                    break
+            else:
+                return {key: tensor for key, _, _, tensor in owners}
+        state = self.model.state_dict(keep_vars=True)
+        if owners is None or owners:  # [] marks a model that is always walked
+            found = []
+            for prefix, module in self.model.named_modules():
+                at = f"{prefix}." if prefix else ""
+                found += [(at + name, module._parameters, name, t) for name, t in module._parameters.items()
+                          if t is not None]
+                found += [(at + name, module._buffers, name, t) for name, t in module._buffers.items()
+                          if t is not None and name not in module._non_persistent_buffers_set]
+            same = len(found) == len(state) and all(state.get(key) is t for key, _, _, t in found)
+            self._state_owners = found if same and found else []
+        return state
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         # A method, not a stored closure: clone() deep-copies the learner, and a closure
@@ -241,7 +271,7 @@ class TorchSupervisedLearner(Learner):
             self.model.eval()
         if state is None:
             return self._metric(self.model(self.x_val), self.y_val)
-        local = self.model.state_dict()
+        local = self._state_tensors()
         for key, value in state.items():
             if key not in local:
                 raise KeyError(f"{key!r} is not a tensor of this model")
@@ -260,11 +290,11 @@ class TorchSupervisedLearner(Learner):
         return self._metric(out, self.y_val)
 
     def get_state(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self._state_tensors().items()}
 
     @torch.no_grad()
     def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
-        local = self.model.state_dict()  # tensors share storage with the model
+        local = self._state_tensors()  # the model's own tensors
         for key, value in state.items():
             if key not in local:
                 raise KeyError(f"{key!r} is not a tensor of this model")
