@@ -235,6 +235,10 @@ class Reassembler:
                     if msg.received == fragment_count:
                         return self._finish((origin, message_id), msg, complete=True)
                     return None
+            if fragment_count == 1 and flags & FLAG_MANIFEST and msg is None:
+                whole = self._whole_control_message(pkt)
+                if whole is not None:
+                    return whole
             return self._receive(pkt, now)
         except PacketError as exc:
             self.stats[exc.reason] += 1
@@ -350,6 +354,40 @@ class Reassembler:
         if msg.received == msg.ident[0]:
             return self._finish(key, msg, complete=True)
         return None
+
+    def _whole_control_message(self, pkt: Packet) -> ReceivedModel | None:
+        """A message that is one datagram holding its whole manifest and no tensor
+        elements (a hello, a pull, a resend request: most of an MFD fleet's datagrams),
+        delivered without opening, charging and closing a message. None: anything else
+        (including anything refused), which the general path handles and explains."""
+        payload = pkt.payload
+        if pkt.element_start or len(payload) < _MANIFEST_PREFIX.size:
+            return None
+        (length,) = _MANIFEST_PREFIX.unpack_from(payload)
+        if _MANIFEST_PREFIX.size + length != len(payload) or len(payload) > min(self.limits.bytes_per_origin,
+                                                                                self.limits.bytes_total):
+            return None
+        name = (pkt.origin, pkt.message_id, pkt.model_version)
+        if name in self._recent:
+            return None  # late: counted by the general path
+        if self.key is not None and pkt.model_version < self._newest_version.get(pkt.origin, -1):
+            return None  # replayed: refused by the general path
+        try:
+            manifest = Manifest.from_bytes(payload[_MANIFEST_PREFIX.size:])
+        except PacketError:
+            return None
+        if manifest.nbytes or manifest.family_id != pkt.family_id:
+            return None
+        if self.key is not None:
+            self._newest_version[pkt.origin] = pkt.model_version
+        self._recent[name] = None
+        while len(self._recent) > RECENT_MEMORY:
+            self._recent.popitem(last=False)
+        self.stats["fragments"] += 1
+        self.stats["complete"] += 1
+        state = {spec.name: decode_tensor(spec, b"") for spec in manifest.tensors}
+        return ReceivedModel(pkt.origin, pkt.message_id, pkt.model_version, pkt.family_id, pkt.destination,
+                             manifest, state, None, 1, 1, pkt.hops)
 
     def _start(self, key: tuple[int, int], pkt: Packet, now: float) -> _Open:
         limits = self.limits

@@ -255,6 +255,46 @@ def test_fragments_that_contradict_the_manifest(tensors, frags, match):
     assert feed(receiver, datagrams) == [] and receiver.stats["late"] == len(datagrams)  # dropped for good
 
 
+@pytest.mark.parametrize("key", [None, KEY])
+def test_one_datagram_control_messages_take_a_short_path_to_the_same_results(monkeypatch, key):
+    """Hellos and pulls (a manifest, no tensors, one datagram) skip opening a message; what
+    comes out and what is counted must be what the general path gives."""
+    def control(origin, message_id, version, meta):
+        return send({}, origin=origin, message_id=message_id, version=version, key=key, meta=meta)
+
+    stream = (control(1, 1, 5, {"kind": "hello", "score": 0.5}) + control(1, 1, 5, {"kind": "hello"})  # duplicate
+              + control(2, 7, 3, {"kind": "pull"}) + control(1, 2, 4, {"kind": "hello"})  # older version
+              + send({"w": torch.zeros(0)}, origin=3, key=key, meta={"kind": "empty tensor"})
+              + control(1, 3, 6, {"kind": "x" * 2000})  # a manifest over two datagrams
+              + [d[:-1] for d in control(4, 1, 1, {})])  # truncated
+
+    def run():
+        receiver = Reassembler(key=key)
+        out = []
+        for d in stream:
+            try:
+                m = receiver.receive(d, 0.0)
+            except PacketError as exc:
+                out.append(exc.reason)
+                continue
+            if m is not None:
+                out.append((m.origin, m.message_id, m.model_version, dict(m.manifest.meta), list(m.state),
+                            m.complete, m.hops))
+        check_accounting(receiver)
+        return out, dict(receiver.stats), receiver.open_messages
+
+    taken = []
+    whole = Reassembler._whole_control_message
+    monkeypatch.setattr(Reassembler, "_whole_control_message",
+                        lambda self, pkt: taken.append(whole(self, pkt)) or taken[-1])
+    short = run()
+    assert sum(m is not None for m in taken) == (4 if key is None else 3)  # all but the refused and the long
+    monkeypatch.setattr(Reassembler, "_whole_control_message", lambda self, pkt: None)
+    assert short == run()
+    assert [m[3]["kind"] for m in short[0] if isinstance(m, tuple)][:3] == ["hello", "pull", "hello" if not key else
+                                                                            "empty tensor"]
+
+
 B = {"name": "b", "shape": [3], "dtype": "float32", "encoding": "fp32"}
 EMPTY = {"name": "e", "shape": [0], "dtype": "float32", "encoding": "fp32"}
 COUNTER = {"name": "n", "shape": [], "dtype": "int64", "encoding": "int64"}
