@@ -51,7 +51,8 @@ class GossipPolicy(SharingPolicy):
         neighbours = world.net.neighbours(node.id)
         if not neighbours:
             return
-        node.send_model(int(world.rng.choice(neighbours)), kind="gossip", precision="fp32")
+        # the draw rng.choice(neighbours) makes, without its conversion to an array (3x the cost)
+        node.send_model(neighbours[int(world.rng.integers(len(neighbours)))], kind="gossip", precision="fp32")
         node.counters.shares += 1
         self._last_push[node.id] = now
 
