@@ -192,6 +192,26 @@ def test_forwarding_rewrites_only_ttl_and_hops():
             forwarded(forwarded(once))
 
 
+def test_peek_route_reads_views_and_bytes_alike():
+    rng = random.Random(3)
+    views = codec.to_datagrams(small_model(), origin=3, destination=77, model_version=2, message_id=9, ttl=9)
+    for view in views:
+        assert peek_route(view) == peek_route(bytes(view)) == (77, 9, 0)
+        for _ in range(20):  # whatever the bytes, a view and its bytes get the same answer or error
+            junk = bytearray(view)
+            junk[rng.randrange(min(len(junk), 40))] = rng.randrange(256)
+            answers = []
+            for form in (memoryview(bytes(junk)), bytes(junk)):
+                try:
+                    answers.append(peek_route(form))
+                except PacketError:
+                    answers.append("refused")
+            assert answers[0] == answers[1]
+    for short in (memoryview(b"M\x10"), memoryview(bytes(views[0])[:41])):
+        with pytest.raises(PacketError):
+            peek_route(short)
+
+
 def test_hops_saturate_and_neighbour_packets_are_not_forwarded():
     d = bytearray(datagrams(destination=BROADCAST, ttl=200)[0])
     d[37] = 255
