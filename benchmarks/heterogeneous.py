@@ -6,7 +6,12 @@ Four comparisons, each over the same seeds, topology and data split, with
 1. **mixed widths** (``apps/scenarios/digits_tiers.toml``: MLP widths 0.25 / 0.5 / 1.0)
    against the same scenario with every node at full width (``widths`` emptied: the
    shipped ``digits.toml``): mean final accuracy (target >= 97% of the full-width
-   fleet's) and bytes on the air (target <= 40% of its bytes);
+   fleet's) and bytes on the air (target <= 40% of its bytes). Nodes train the fleet's
+   narrower widths nested in their models too (ordered dropout, ``learner.ordered_dropout``),
+   and a merge counts a narrower model as the wider one with its missing units off
+   (``silent_units`` of ``mfd_core.scaling.merge_overlapping``); the full-width fleet has
+   no narrower widths, so neither changes it. For reference (no target), the same fleet
+   with every node at 0.25 or at 0.5 width: what the tiers' capacities give without mixing;
 2. **the 0.25-width nodes**: their final accuracy in the mixed-width fleet under MFD
    against the same nodes learning alone (``isolated``): target >= +10 points;
 3. **cross-architecture** (``digits_mixed_arch.toml``: MLP and small CNN on the 8x8
@@ -69,6 +74,10 @@ def variants(duration: float | None) -> dict[str, tuple[Scenario, str]]:
         "full_fp32": (full.replace(policy={"precision": "fp32"}), "all nodes full width, MFD fp32"),
         "tiers": (tiers, "widths 0.25/0.5/1.0, MFD int8"),
         "tiers_isolated": (tiers.with_policy("isolated"), "widths 0.25/0.5/1.0, isolated"),
+        "all_quarter": (tiers.replace(name="digits_all_quarter", learner={"widths": (0.25,)}),
+                        "all nodes width 0.25, MFD int8 (reference)"),
+        "all_half": (tiers.replace(name="digits_all_half", learner={"widths": (0.5,)}),
+                     "all nodes width 0.5, MFD int8 (reference)"),
         "arch": (arch, "MLP + CNN, MFD int8"),
         "arch_isolated": (arch.with_policy("isolated"), "MLP + CNN, isolated"),
     }
@@ -115,6 +124,10 @@ def figures_from(runs: dict[tuple[str, int], dict], seeds: list[int]) -> dict[st
             "mixed_width_acc_over_full": tiers["mean_acc"] / full["mean_acc"],
             "full_MB": full["bytes"] / 1e6, "tiers_MB": tiers["bytes"] / 1e6,
             "mixed_width_bytes_over_full": tiers["bytes"] / full["bytes"],
+            "all_quarter_acc_over_full": get("all_quarter", s)["mean_acc"] / full["mean_acc"],
+            "all_quarter_bytes_over_full": get("all_quarter", s)["bytes"] / full["bytes"],
+            "all_half_acc_over_full": get("all_half", s)["mean_acc"] / full["mean_acc"],
+            "all_half_bytes_over_full": get("all_half", s)["bytes"] / full["bytes"],
             "tiers_by_width": tiers["groups"], "tiers_isolated_by_width": tiers_iso["groups"],
             "narrowest_mfd_acc": tiers["groups"]["mlp@0.25"], "narrowest_isolated_acc": tiers_iso["groups"]["mlp@0.25"],
             "narrowest_gain_points": 100 * (tiers["groups"]["mlp@0.25"] - tiers_iso["groups"]["mlp@0.25"]),
@@ -162,6 +175,12 @@ def table(fig: dict[str, Any], seeds: list[int]) -> str:
         ("mixed-width bytes / full-width bytes", f"{m['mixed_width_bytes_over_full']:.3f}",
          seeds_of("mixed_width_bytes_over_full", "{:.3f}"), "<= 0.40", mark("mixed_width_bytes_over_full")),
         ("  (MB: mixed / full)", f"{m['tiers_MB']:.2f} / {m['full_MB']:.2f}", "", "", ""),
+        ("  reference, all width 0.25: acc / bytes over full",
+         f"{m['all_quarter_acc_over_full']:.3f} / {m['all_quarter_bytes_over_full']:.3f}",
+         seeds_of("all_quarter_acc_over_full", "{:.3f}"), "", ""),
+        ("  reference, all width 0.5: acc / bytes over full",
+         f"{m['all_half_acc_over_full']:.3f} / {m['all_half_bytes_over_full']:.3f}",
+         seeds_of("all_half_acc_over_full", "{:.3f}"), "", ""),
         ("0.25-width nodes: MFD - isolated (points)", f"{m['narrowest_gain_points']:+.1f}",
          seeds_of("narrowest_gain_points", "{:+.1f}"), ">= +10", mark("narrowest_gain_points")),
         ("  (acc: MFD / isolated)", f"{m['narrowest_mfd_acc']:.3f} / {m['narrowest_isolated_acc']:.3f}", "", "", ""),

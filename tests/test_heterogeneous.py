@@ -79,6 +79,18 @@ def test_scenarios_load_and_deal_tiers_and_architectures_round_robin() -> None:
     assert [world.nodes[n].learner.family for n in sorted(world.nodes)] == ["mlp", "cnn"] * 3
 
 
+def test_nodes_train_the_fleets_narrower_widths_nested_in_their_own() -> None:
+    world = build_world(small("digits_tiers"), seed=0)
+    nested = {n.learner.width: n.learner.nested_shapes for n in world.nodes.values()}
+    assert nested[0.25] == []
+    assert nested[0.5] == [{k: tuple(v) for k, v in MLP.shapes(0.25).items()}]
+    assert nested[1.0] == [{k: tuple(v) for k, v in MLP.shapes(r).items()} for r in (0.25, 0.5)]
+    off = build_world(small("digits_tiers", learner={"ordered_dropout": False}), seed=0)
+    assert all(n.learner.nested_shapes == [] for n in off.nodes.values())
+    one_width = build_world(small("digits"), seed=0)  # the full-width fleet trains as before
+    assert all(n.learner.nested_shapes == [] for n in one_width.nodes.values())
+
+
 def test_half_width_packet_stream_lands_in_the_slice_of_a_full_width_model() -> None:
     sent = MLP.build(0.5, seed=1).state_dict()
     message = through_packets(sent, ratio=0.5, shuffle=0)
