@@ -134,6 +134,10 @@ class World:
         """Train ``steps`` minibatches and spend the simulated time that work costs."""
         learner = learner or node.learner
         work = learner.train(steps, trainable=self.trainable(node)) + self._debt.pop(node.id, 0)
+        if learner is node.learner:
+            # the node has changed already: a model that arrives while the chunk's time
+            # passes is gated against the trained learner, not the score from before
+            self.invalidate_score(node)
         yield self.net.compute(node.id, work)
         if learner is node.learner:
             node.version += 1
@@ -154,21 +158,30 @@ class World:
         self._scores.pop(node.id, None)
 
     def absorb(self, node: Node, message, *, weight: float, tolerance: float) -> knowledge.Outcome:
-        scaling = message.manifest.scaling
-        family = str(scaling.get("family", node.learner.family))
-        incoming = knowledge.IncomingModel(family=family, state=message.state, weight=weight,
-                                           ratio=float(scaling.get("ratio", 1.0)), masks=message.masks,
-                                           origin=message.origin)
-        local_weight = node.learner.num_samples * max(self.cached_score(node), 1e-3)
+        return self.absorb_all(node, [message], weights=[weight], tolerance=tolerance)[0]
+
+    def absorb_all(self, node: Node, messages: Sequence[Any], *, weights: Sequence[float],
+                   tolerance: float) -> list[knowledge.Outcome]:
+        """Gate the models together and merge (or distil) those that pass; one outcome each."""
+        incoming = []
+        for message, weight in zip(messages, weights):
+            scaling = message.manifest.scaling
+            incoming.append(knowledge.IncomingModel(
+                family=str(scaling.get("family", node.learner.family)), state=message.state, weight=weight,
+                ratio=float(scaling.get("ratio", 1.0)), masks=message.masks, origin=message.origin))
+        local_score = self.cached_score(node)
+        local_weight = node.learner.num_samples * max(local_score, 1e-3)
         result = knowledge.absorb_knowledge(node.learner, incoming, gate=knowledge.Gate(tolerance),
-                                            families=self.families, local_weight=local_weight)
+                                            families=self.families, local_weight=local_weight,
+                                            local_score=local_score)
         if result.work:
             self.charge(node, result.work)
-        outcome = result.outcomes[0]
-        if outcome.action == "distilled":
-            node.counters.distilled += 1
-        node.version += 1 if outcome.action != "refused" else 0
-        return outcome
+        node.counters.distilled += sum(o.action == "distilled" for o in result.outcomes)
+        if result.accepted:
+            node.version += 1
+            # what is installed scored this on the node's own validation data in the gate
+            self._scores[node.id] = (node.version, result.score_after)
+        return result.outcomes
 
     def visiting_learner(self, node: Node, message):
         """A copy of the node's learner holding a visiting model (same family and width), or None.

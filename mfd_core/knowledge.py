@@ -322,6 +322,7 @@ def absorb_knowledge(
     distil_steps: int | None = None,
     local_weight: float | None = None,
     temperature: float = 2.0,
+    local_score: float | None = None,
 ) -> AbsorbResult:
     """Gate, then merge or distil, the models that reached a node.
 
@@ -343,11 +344,15 @@ def absorb_knowledge(
     :param local_weight: weight of the local model in a merge; default
         ``learner.num_samples``.
     :param temperature: distillation temperature.
+    :param local_score: the node's current score, if already known. Scores are taken
+        on fixed validation data (or fixed seeded episodes), so a state scores the same
+        every time: the score of what is installed is the gate's, not measured again
+        (for an RL node a score is tens of episodes).
     """
     gate = Gate() if gate is None else gate
     models = [incoming] if isinstance(incoming, IncomingModel) else list(incoming)
     local_weight = float(learner.num_samples) if local_weight is None else local_weight
-    before = learner.score()
+    before = learner.score() if local_score is None else local_score
     outcomes: list[Outcome | None] = [None] * len(models)
     work = 0
 
@@ -374,10 +379,12 @@ def absorb_knowledge(
             [models[i].masks for i in accepted],
             local_weight=local_weight,
         )
+        installed_score = outcomes[accepted[0]].decision.candidate_score  # type: ignore[union-attr]
         if len(accepted) > 1:
             # Each passed alone; their joint average is checked too, and when it fails
             # only the best single one is installed.
             joint = gate.check(learner, merged, local_score=before)
+            installed_score = joint.candidate_score
             if not joint.accepted:
                 best = max(accepted, key=lambda i: outcomes[i].decision.candidate_score)  # type: ignore[union-attr]
                 for i in accepted:
@@ -386,9 +393,10 @@ def absorb_knowledge(
                 merged = merge_same_family(
                     local_state, [(models[best].state, models[best].weight)], [models[best].masks], local_weight=local_weight
                 )
+                installed_score = outcomes[best].decision.candidate_score  # type: ignore[union-attr]
         learner.set_state(merged)
 
-    current = learner.score() if accepted else before
+    current = installed_score if accepted else before
     for i, inc in enumerate(models):
         if outcomes[i] is not None:
             continue
@@ -408,4 +416,4 @@ def absorb_knowledge(
         if decision.accepted and trial is not None:
             learner.set_state(trial.get_state())
             current = decision.candidate_score
-    return AbsorbResult([o for o in outcomes if o is not None], before, learner.score(), work)
+    return AbsorbResult([o for o in outcomes if o is not None], before, current, work)
