@@ -403,6 +403,13 @@ class MFDPolicy(SharingPolicy):
             # a little noise so equal neighbours take turns
             scored.append((need * quality * float(world.rng.uniform(0.5, 1.0)), nbr))
         scored.sort(reverse=True)
+        if world.settings.echo_window > 0:
+            # a neighbour whose model this node merged a moment ago holds most of what it
+            # would get back; the others go first (a stable sort keeps each group's order)
+            now = world.env.now
+            heard = {origin for origin, (_, _, _, t) in node.neighbour_models.items()
+                     if now - t <= world.settings.echo_window}
+            scored.sort(key=lambda pair: pair[1] in heard)
         return [nbr for _, nbr in scored[:fanout]]
 
     def fit_to_receiver(self, node: Node, target: int, state: Mapping[str, torch.Tensor] | None = None

@@ -87,6 +87,8 @@ class Policy(_Strict):
     hello_interval: float = Field(5.0, gt=0, description="seconds between neighbour reports")
     bootstrap_hops: int = Field(1, ge=1, le=8, description="MFD: how many hops out a (re)joining node asks for "
                                 "models (one with fewer neighbours than fanout asks at least 2)")
+    echo_window: float = Field(0.0, ge=0, description="MFD: neighbours whose model was merged this many seconds "
+                               "ago or less are sent to last: they hold most of what would go back (0: off)")
     travellers: int = Field(4, ge=1, description="travelling models in the fleet (mfd-travel)")
     # FedAvg
     server: int | None = Field(None, ge=0, description="server node (default: the most central)")

@@ -272,6 +272,20 @@ def test_a_node_still_bootstrapping_does_not_answer_pulls() -> None:
     assert node.bytes_sent > sent
 
 
+def test_a_neighbour_heard_from_a_moment_ago_is_sent_to_last() -> None:
+    """With ``echo_window``, a neighbour whose model was just merged (it holds most of what
+    would go back) yields its place to one not heard from; without, both take turns."""
+    def targets(echo_window: float) -> set[int]:
+        world = build_world(tiny(policy={"fanout": 1, "echo_window": echo_window}), seed=0)
+        world.policy.world = world
+        node = world.nodes[0]  # a ring of 5: neighbours 1 and 4
+        node.neighbour_models[1] = (node.learner.get_state(), None, 1.0, world.env.now)
+        return {nbr for _ in range(40) for nbr in world.policy.choose_targets(node, 1)}
+
+    assert targets(2.0) == {4}
+    assert targets(0.0) == {1, 4}
+
+
 def test_a_scenario_node_join_starts_the_node_absent_and_it_bootstraps() -> None:
     """``node_join`` on a node with no earlier leave: it is not there before, then joins."""
     scenario = tiny(duration=6.0, data={"split": "iid"}, topology={"compute": 500.0},
