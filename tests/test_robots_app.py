@@ -193,3 +193,16 @@ def test_families_follow_the_arm_under_mfd_and_are_one_for_the_baselines():
     assert [family_name(s, i) for i in range(3)] == ["td3-mlp-panda", "td3-mlp-kuka", "td3-mlp-xarm6"]
     for name in ("fedavg", "gossip", "isolated"):
         assert {family_name(s.with_policy(name), i) for i in range(3)} == {"td3-mlp"}
+
+
+def test_gradient_steps_per_env_step_reach_the_learner():
+    from apps.robots.fleet import make_env, make_model
+
+    s = tiny(learner={**TINY_LEARNER, "gradient_steps": 3})
+    env = make_env(s.task, s.robots[0].cell())
+    try:
+        model = make_model(s, env, width=1.0, seed=0)
+        assert model.gradient_steps == 3 and model.train_freq.frequency == 1
+        assert make_model(tiny(), env, width=1.0, seed=0).gradient_steps == 1
+    finally:
+        env.close()

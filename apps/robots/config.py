@@ -88,6 +88,9 @@ class LearnerSettings(_Strict):
     buffer_size: int = Field(100_000, ge=1000)
     action_noise: float = Field(0.2, ge=0, le=1, description="TD3 Gaussian exploration noise (std)")
     n_sampled_goal: int = Field(4, ge=0, description="HER: relabelled goals per real one")
+    gradient_steps: int = Field(1, ge=1, le=64, description="gradient steps per env step (the update-to-data "
+                                "ratio), for every policy alike: a robot does a gradient step of these "
+                                "networks in ~2 ms of its 40 ms control period")
     local_steps: int = Field(250, ge=1, description="env steps between sharing decisions")
     score_episodes: int = Field(10, ge=1, description="the node's own fixed episodes for the gate")
     score_metric: Literal["success", "progress"] = Field(

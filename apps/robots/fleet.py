@@ -68,7 +68,8 @@ def make_model(scenario: RobotsScenario, env: gym.Env, *, width: float, seed: in
         replay_buffer_kwargs={"n_sampled_goal": s.n_sampled_goal, "goal_selection_strategy": "future"},
         policy_kwargs={"net_arch": _widths(s.net_arch, width)},
         learning_rate=s.learning_rate, batch_size=s.batch_size, gamma=s.gamma, tau=s.tau,
-        learning_starts=s.learning_starts, buffer_size=s.buffer_size, seed=seed, verbose=0, device="cpu",
+        learning_starts=s.learning_starts, buffer_size=s.buffer_size, train_freq=1, gradient_steps=s.gradient_steps,
+        seed=seed, verbose=0, device="cpu",
     )
     if s.algo == "td3":
         dim = env.action_space.shape[0]
