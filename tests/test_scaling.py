@@ -131,6 +131,22 @@ def test_merge_overlapping_rejects_unknown_tensors() -> None:
         merge_overlapping({"a": torch.zeros(2)}, [({"z": torch.zeros(2)}, 1.0)])
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_merging_complete_same_width_models_at_once_gives_the_per_tensor_bits(family) -> None:
+    base = _random_state(family, 1.0, 0)
+    others = [(_random_state(family, 1.0, seed), weight) for seed, weight in ((1, 3.0), (2, 0.0), (3, 0.7))]
+    for base_weight in (1.0, 0.0, 12.5):
+        whole = merge_overlapping(base, others, base_weight=base_weight)
+        # a mask dict with no entries means "complete" too, and takes the tensor-by-tensor path
+        per_tensor = merge_overlapping(base, others, base_weight=base_weight, masks=[{}] * len(others))
+        assert list(whole) == list(base)
+        assert all(whole[k].shape == base[k].shape and torch.equal(whole[k], per_tensor[k]) for k in base)
+    half = _random_state(family, 0.5, 4)  # another width: not the whole-model path, still the same merge
+    mixed = merge_overlapping(base, [others[0], (half, 1.0)])
+    assert all(torch.equal(mixed[k], v) for k, v in
+               merge_overlapping(base, [others[0], (half, 1.0)], masks=[{}, {}]).items())
+
+
 def test_choose_ratio_shrinks_with_memory_and_bandwidth() -> None:
     fam = MLPFamily(64, (64, 64), 10)
     rich = ReceiverProfile(memory_bytes=1e9, compute_flops=1e10, link_bandwidth=1e7)
