@@ -89,6 +89,10 @@ class Policy(_Strict):
                                 "models (one with fewer neighbours than fanout asks at least 2)")
     echo_window: float = Field(0.0, ge=0, description="MFD: neighbours whose model was merged this many seconds "
                                "ago or less are sent to last: they hold most of what would go back (0: off)")
+    merge_window: float = Field(0.0, ge=0, description="MFD: seconds a node listens after sharing for its "
+                                "neighbours' models of the round, then merges them together (0: each on arrival)")
+    share_hops: int = Field(1, ge=1, le=8, description="MFD: how many hops out a node may send its model to "
+                            "(1: neighbours only)")
     travellers: int = Field(4, ge=1, description="travelling models in the fleet (mfd-travel)")
     # FedAvg
     server: int | None = Field(None, ge=0, description="server node (default: the most central)")

@@ -1,0 +1,91 @@
+"""MFD in rounds (``merge_window``), sharing past the neighbours (``share_hops``) and a
+gate that does not score what it already scored (tiny digits worlds, seconds to run)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mfd_core import knowledge
+from mfd_core.experiment import build_world
+
+from tests.test_process import _record_sends, _shares, received, same_state, tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_held_models_merge_together_in_one_average() -> None:
+    world = build_world(tiny(data={"split": "iid"}, policy={"gate_tolerance": 1.0, "merge_window": 0.3}), seed=0)
+    node, a, b = world.nodes[0], world.nodes[1], world.nodes[4]
+    a.learner.train(60)
+    b.learner.train(120)
+    before = node.learner.get_state()
+    messages = [received(world, origin, 0, peer.learner.get_state(), score=0.5, samples=100)
+                for origin, peer in ((1, a), (4, b))]
+    for message in messages:
+        world.policy.on_message(node, message, None)
+    assert same_state(node.learner.get_state(), before)  # held, not merged on arrival
+    assert set(node.held) == {1, 4}
+    local_weight = node.learner.num_samples * max(node.learner_score(), 1e-3)
+    node.accept_held()
+    expected = knowledge.merge_same_family(before, [(m.state, 50.0) for m in messages], local_weight=local_weight)
+    after = node.learner.get_state()
+    assert all(torch.allclose(after[k], expected[k], atol=1e-6) for k in expected)
+    assert node.counters.accepted == 2 and not node.held
+    # the score the gate gave the installed state is the node's score: not measured again
+    assert world.cached_score(node) == pytest.approx(node.learner.score())
+
+
+def test_a_node_holds_the_latest_model_of_each_origin() -> None:
+    world = build_world(tiny(policy={"merge_window": 0.3}), seed=0)
+    node = world.nodes[0]
+    state = world.nodes[1].learner.get_state()
+    old, new = (received(world, 1, 0, state, score=0.5, samples=10) for _ in range(2))
+    node.hold(old)
+    node.hold(new)
+    assert node.held[1] is new  # same version: the later one
+    node.hold(dataclasses.replace(old, model_version=old.model_version - 1))
+    assert node.held[1] is new  # an older version (a straggler) does not replace it
+
+
+def test_rounds_run_end_to_end_and_reach_past_the_neighbours() -> None:
+    scenario = tiny(topology={"kind": "ring", "nodes": 6},
+                    policy={"merge_window": 0.2, "share_hops": 2, "fanout": 4, "max_silence": 0.5})
+    world = build_world(scenario, seed=0)
+    sends = _record_sends(world)
+    world.run()
+    far = 0
+    for node_id, records in sends.items():
+        for _, targets in _shares(records):
+            for target, _ in targets:
+                hops = abs(target - node_id) % 6
+                assert min(hops, 6 - hops) <= 2
+                far += min(hops, 6 - hops) == 2
+    assert far > 0
+    assert sum(n.counters.accepted for n in world.nodes.values()) > 0
+
+
+def test_absorb_takes_a_known_local_score_and_reports_the_gates_score_after() -> None:
+    world = build_world(tiny(data={"split": "iid"}), seed=0)
+    learner, teacher = world.nodes[0].learner, world.nodes[1].learner
+    teacher.train(150)
+    calls = []
+    original = learner.score
+
+    def counting(state=None):
+        calls.append(state is None)
+        return original(state)
+
+    learner.score = counting
+    incoming = knowledge.IncomingModel("mlp", teacher.get_state(), weight=10.0 * learner.num_samples)
+    result = knowledge.absorb_knowledge(learner, incoming, gate=knowledge.Gate(0.5), local_score=0.1)
+    assert result.score_before == 0.1
+    assert calls == [False]  # one score: the candidate's; neither the local nor the installed one again
+    assert result.score_after == pytest.approx(original())
