@@ -22,10 +22,23 @@ Figures (issue 5), written to ``benchmarks/results/robots.json``:
   upper bound, an MFD robot censored makes it a lower bound; both are marked.
 - **Push** (``--push``): success after a fixed budget, isolated vs MFD.
 
-Each (policy, seed) run is a separate process (``--jobs`` at a time): PyBullet clients and
-global RNGs stay apart, and two cores run two fleets.
+Each (policy, seed) run is a separate process (``--jobs`` at a time, reach and KUKA runs in
+one pool): PyBullet clients and global RNGs stay apart, and N cores run N fleets.
 
-    python benchmarks/robots.py --seeds 0 1 2 --jobs 2          # reach, ~15 min on 2 idle cores
+Why the founders' figure needs the ``robots`` scenario's settings (measured on seed 0 with
+an exploration harness that averages four founders' actor, critic and targets directly):
+at one gradient step per env step a robot alone took ~2,500 env steps to 90 %, of which
+the random warm-up (``learning_starts``) is 100; averaging every 50 or 200 steps gave
+0.75-0.8x, and applying the sum of the four updates instead of their mean diverged. At
+four gradient steps per env step (every policy alike) a robot alone took ~950 steps and
+the average every 25-50 steps 0.63-0.85x (every 200 steps: none): four robots' models
+averaged are four times the experience per update, not four times the updates. MFD gets
+there in rounds (``merge_window``: each round's models merged together, not one at a time
+a chunk late) that reach the whole fleet (``share_hops``: the founders' radio links can
+form a chain).
+
+    python benchmarks/robots.py --seeds 0 1 2 --jobs 12         # reach + KUKA, 12 processes
+    python benchmarks/robots.py --seeds 0 --jobs 1 --no-kuka    # one seed of reach, ~12 min on a busy 2-core box
     python benchmarks/robots.py --seeds 0 --push --no-reach     # the push budget only
 """
 from __future__ import annotations
@@ -53,6 +66,7 @@ TARGET = 0.9
 def _run(job: tuple[str, int, dict]) -> dict:
     """One fleet run in a worker process: the robots record (and the wall time)."""
     policy, seed, changes = job
+    policy = policy.split(":", 1)[-1]  # "section:policy"
     import torch
 
     torch.set_num_threads(1)
@@ -205,7 +219,7 @@ def run_all(jobs: list[tuple[str, int, dict]], workers: int) -> dict[tuple[str, 
             records[key] = future.result()
             r = records[key]
             steps = [x["steps_to_target"] for x in r["robots"]]
-            print(f"  {key[0]:>8} seed {key[1]}: steps to 90% per robot {steps}  ({r['wall_seconds']:.0f} s wall)",
+            print(f"  {key[0]:>14} seed {key[1]}: steps to 90% per robot {steps}  ({r['wall_seconds']:.0f} s wall)",
                   flush=True)
     return records
 
@@ -227,19 +241,28 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {"env_speed": env_speed()}
     started = time.time()
     load_before = os.getloadavg()[0]
+    # every section's runs go into one pool: with as many workers as runs, the whole
+    # benchmark takes as long as its slowest run
+    sections: dict[str, dict] = {}
     if not args.no_reach:
         changes = {"duration": args.duration} if args.duration else {}
-        changes["scenario"] = str(args.scenario)
-        jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
-        print(f"reach: {len(jobs)} fleet runs, {args.jobs} at a time", flush=True)
-        records = run_all(jobs, args.jobs)
+        sections["reach"] = {**changes, "scenario": str(args.scenario)}
+    if not args.no_kuka:
+        sections["kuka"] = {"scenario": args.kuka_scenario}
+    jobs = [(f"{section}:{p}", s, c) for section, c in sections.items() for s in args.seeds for p in ("isolated", "mfd")]
+    print(f"{len(jobs)} fleet runs ({', '.join(sections)}), {args.jobs} at a time", flush=True)
+    every = run_all(jobs, args.jobs) if jobs else {}
+
+    def section_records(section: str) -> dict[tuple[str, int], dict]:
+        return {(key.split(":", 1)[1], seed): r for (key, seed), r in every.items() if key.startswith(section + ":")}
+
+    if "reach" in sections:
+        records = section_records("reach")
         figures["reach"] = reach_figures(records, args.seeds)
         figures["reach"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps(figures["reach"]["summary"], indent=2))
-    if not args.no_kuka:
-        jobs = [(p, s, {"scenario": args.kuka_scenario}) for s in args.seeds for p in ("isolated", "mfd")]
-        print(f"kuka joining pandas: {len(jobs)} fleet runs", flush=True)
-        records = run_all(jobs, args.jobs)
+    if "kuka" in sections:
+        records = section_records("kuka")
         figures["kuka_joins_pandas"] = kuka_figures(records, args.seeds)
         figures["kuka_joins_pandas"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps({k: v for k, v in figures["kuka_joins_pandas"].items() if k not in ("runs", "per_seed")},

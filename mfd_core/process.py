@@ -306,8 +306,8 @@ class Node:
         Merged one at a time, three models that arrive together weigh 1/2, 1/4 and 1/8
         (each merge halves what came before); merged together, each weighs by its samples
         and score. Averaging the fleet's models of one round is data-parallel learning:
-        in the robots fleet (TD3+HER reach, 4 robots, every 50 env steps) the average
-        reached 90 % success in ~0.65-0.75x the env steps of a robot alone.
+        in the robots fleet (TD3+HER reach, 4 robots, every 25-50 env steps) the average
+        reached 90 % success in 0.6-0.85x the env steps of a robot alone (2 seeds).
         """
         if not self.held:
             return
