@@ -395,17 +395,22 @@ def _fused_adam_step(optimizer: torch.optim.Optimizer) -> bool:
     bookkeeping (hook and profiler wrappers, the state gathering of ``_init_group``): for a
     tiny model that bookkeeping costs more than the update. Same kernel, same arguments,
     bit-identical results (tested). Only for a plain fused Adam or AdamW, no hooks, whose
-    state ``step()`` has already made; returns False where it did nothing."""
-    if (type(optimizer) not in _PLAIN_ADAMS or optimizer._optimizer_step_pre_hooks
-            or optimizer._optimizer_step_post_hooks or _optim._global_optimizer_pre_hooks
-            or _optim._global_optimizer_post_hooks or getattr(optimizer, "grad_scale", None) is not None
-            or getattr(optimizer, "found_inf", None) is not None):
+    state ``step()`` has already made; returns False where it did nothing (also where a
+    torch version no longer has the internals read here: step() then does the work)."""
+    unknown = object()  # an attribute another torch version may lack: then not our case
+    hooks = (getattr(optimizer, "_optimizer_step_pre_hooks", unknown),
+             getattr(optimizer, "_optimizer_step_post_hooks", unknown),
+             getattr(_optim, "_global_optimizer_pre_hooks", unknown),
+             getattr(_optim, "_global_optimizer_post_hooks", unknown))
+    if (type(optimizer) not in _PLAIN_ADAMS or any(h is unknown or h for h in hooks)
+            or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None):
         return False
     state = optimizer.state
     calls = []
     for group in optimizer.param_groups:
-        if (not group["fused"] or group["amsgrad"] or group["capturable"] or group["differentiable"]
-                or group["maximize"]):
+        if (not group.get("fused") or group.get("amsgrad", True) or group.get("capturable", True)
+                or group.get("differentiable", True) or group.get("maximize", True)
+                or "decoupled_weight_decay" not in group):
             return False
         params = [p for p in group["params"] if p.grad is not None]
         states = [state.get(p) for p in params]
