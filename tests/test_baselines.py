@@ -17,14 +17,6 @@ from mfd_core.scenario import Policy, Scenario, from_dict
 POLICIES = ("isolated", "fedavg", "gossip", "mfd", "mfd-travel")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str = "mfd", **sections) -> Scenario:
     """A 5-node ring, 16-unit MLP, a few simulated seconds; ``sections`` update its tables."""
     doc = {

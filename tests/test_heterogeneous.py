@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 import torch
 
 from mfd_core import codec, scenario
@@ -16,14 +15,6 @@ from mfd_core.scaling import MLPFamily, extract
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "apps" / "scenarios"
 MLP = MLPFamily(64, (64, 64), 10)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small(name: str, **changes) -> scenario.Scenario:

@@ -13,14 +13,6 @@ from mfd_core.experiment import build_world
 from tests.test_process import _record_sends, _shares, received, same_state, tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_held_models_merge_together_in_one_average() -> None:
     world = build_world(tiny(data={"split": "iid"}, policy={"gate_tolerance": 1.0, "merge_window": 0.3}), seed=0)
     node, a, b = world.nodes[0], world.nodes[1], world.nodes[4]

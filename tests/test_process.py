@@ -27,14 +27,6 @@ from mfd_core.scenario import Policy, Scenario, from_dict
 _ids = itertools.count(1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str = "mfd", **sections) -> Scenario:
     """A 5-node ring, 16-unit MLP, 6 simulated seconds; ``sections`` update its tables."""
     doc = {

@@ -11,14 +11,6 @@ from mfd_core.learners.torch_supervised import TorchSupervisedLearner
 from mfd_core.scaling import MLPFamily, SmallCNNFamily, extract, merge_overlapping
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     d = load_digits()

@@ -1,0 +1,14 @@
+"""Fixtures every test file shares."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests train tiny models on a machine of 2 cores that pytest-xdist already fills
+    with one worker a core: torch's own threads would only fight over them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
