@@ -79,33 +79,31 @@ def plot_per_robot(result: RunResult, record: dict, path: Path) -> Path:
 
 def plot_policies(runs, path: Path) -> Path:
     """Mean success over the robots present, per policy (one line per seed)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (policy, group) in enumerate(_by_policy(runs).items()):
-        for j, (result, _) in enumerate(group):
-            ax.plot(result.times, result.mean_scores(), color=_colour(policy, i), alpha=0.9 if j == 0 else 0.45,
-                    label=policy if j == 0 else None)
-    ax.set_xlabel("simulated time (s of robot time)")
-    ax.set_ylabel("mean success rate over robots present")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_title("Fleet success over time (one line per seed)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _plot_per_policy(runs, path, lambda result: result.mean_scores(),
+                            ylabel="mean success rate over robots present", ylim=(-0.03, 1.03),
+                            title="Fleet success over time (one line per seed)")
 
 
 def plot_bytes(runs, path: Path) -> Path:
     """Bytes on all links over time, per policy."""
+    return _plot_per_policy(runs, path, lambda result: np.asarray(result.bytes, dtype=float) / 1e6,
+                            ylabel="MB on all links so far",
+                            title="Bytes over time (model packets, reports, every hop)")
+
+
+def _plot_per_policy(runs, path: Path, values, *, ylabel: str, title: str, ylim=None) -> Path:
+    """One colour a policy, one line a seed (the first seed drawn boldest) of ``values(result)``
+    against simulated time."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, (policy, group) in enumerate(_by_policy(runs).items()):
         for j, (result, _) in enumerate(group):
-            ax.plot(result.times, np.asarray(result.bytes, dtype=float) / 1e6, color=_colour(policy, i),
-                    alpha=0.9 if j == 0 else 0.45, label=policy if j == 0 else None)
+            ax.plot(result.times, values(result), color=_colour(policy, i), alpha=0.9 if j == 0 else 0.45,
+                    label=policy if j == 0 else None)
     ax.set_xlabel("simulated time (s of robot time)")
-    ax.set_ylabel("MB on all links so far")
-    ax.set_title("Bytes over time (model packets, reports, every hop)")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
