@@ -209,7 +209,9 @@ class Fragment:
     encoding: int
     element_start: int
     payload: memoryview | bytes
-    scale: float = 1.0
+    # int8 only: the datagram's quantisation extension; None sends int8 without one (its
+    # elements then decode with the parameters of the manifest's tensors, see codec)
+    scale: float | None = 1.0
     zero_point: int = 0
 
 
@@ -228,7 +230,7 @@ class Run:
     element_start: int
     payload: memoryview | bytes | np.ndarray
     chunk: int
-    scale: float = 1.0
+    scale: float | None = 1.0  # as in Fragment: None = int8 without the extension
     zero_point: int = 0
 
     @property
@@ -454,7 +456,7 @@ def _check_fragment(item: Fragment | Run) -> tuple[int, int]:
         raise ValueError("tensor index 0xFFFF and the manifest encoding go together; tensors are 0..0xFFFE")
     if not 0 <= item.element_start or item.element_start + nbytes // itemsize > MAX_ELEMENTS:
         raise ValueError("element range must lie within 0 .. 2^32-1")
-    if item.encoding == ENCODING_INT8:
+    if item.encoding == ENCODING_INT8 and item.scale is not None:
         scale = float(np.float32(item.scale))
         if not (0 < scale < math.inf) or scale != item.scale:
             raise ValueError(f"int8 scale must be a positive finite binary32 value, got {item.scale!r}")
@@ -493,7 +495,7 @@ def build(
     count = total = large = 0  # large: bytes in datagrams of PARALLEL_CRC_MIN_DATAGRAM or more
     for item in fragments:
         nbytes, chunk = _check_fragment(item)
-        header_len = HEADER_SIZE + (QUANT_SIZE if item.encoding == ENCODING_INT8 else 0)
+        header_len = HEADER_SIZE + (QUANT_SIZE if item.encoding == ENCODING_INT8 and item.scale is not None else 0)
         if header_len + chunk + tag_size > MAX_MTU:
             raise ValueError(f"fragment of {header_len + chunk + tag_size} bytes exceeds the "
                              f"largest datagram ({MAX_MTU})")
@@ -650,7 +652,8 @@ def _fast_kinds() -> dict[int, tuple[int, int, int, bool, bool]]:
     for encoding, (_, _, itemsize) in ENCODINGS.items():
         for flags in range(8):  # bit 3 is reserved
             manifest, quantised, auth = bool(flags & FLAG_MANIFEST), bool(flags & FLAG_QUANT), bool(flags & FLAG_AUTH)
-            if manifest != (encoding == ENCODING_MANIFEST) or quantised != (encoding == ENCODING_INT8):
+            # int8 may travel without the extension: its parameters then come from the manifest
+            if manifest != (encoding == ENCODING_MANIFEST) or (quantised and encoding != ENCODING_INT8):
                 continue
             header_len = HEADER_SIZE + (QUANT_SIZE if quantised else 0)
             lead = (MAGIC << 24) | (((VERSION << 4) | flags) << 16) | (header_len << 8) | encoding
@@ -743,8 +746,8 @@ def _parse_checked(datagram: bytes | bytearray | memoryview, key: bytes | None =
     itemsize = _ITEMSIZE[encoding]
     if not itemsize:
         raise PacketError(f"unknown payload encoding {encoding}")
-    if bool(quantised) != (encoding == ENCODING_INT8):
-        raise PacketError("quantisation extension present without int8 encoding, or int8 without it")
+    if quantised and encoding != ENCODING_INT8:
+        raise PacketError("quantisation extension present without int8 encoding")
     is_manifest = bool(flags & FLAG_MANIFEST)
     if is_manifest != (tensor_index == MANIFEST_TENSOR) or is_manifest != (encoding == ENCODING_MANIFEST):
         raise PacketError("manifest flag, tensor index 0xFFFF and manifest encoding must go together")

@@ -18,8 +18,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from .codec import _MANIFEST_PREFIX, MAX_MANIFEST_BYTES, Manifest, decode, decode_tensor
-from .packet import (ENCODING_CODE, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, MAX_PAYLOAD, AuthError,
+from .codec import (_MANIFEST_PREFIX, MANIFEST_ZLIB, MAX_MANIFEST_BYTES, Manifest, decode, decode_tensor,
+                    manifest_body_length, manifest_from_stream)
+from .packet import (ENCODING_CODE, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, FLAG_QUANT, MAX_PAYLOAD, AuthError,
                      LimitError, Packet, PacketError, _parse, batch_checksums, check_key)
 
 # Linux waits 30 s for the fragments of an IP datagram (net.ipv4.ipfrag_time); a model
@@ -223,7 +224,8 @@ class Reassembler:
                 code, item, numel, tensor_scale, tensor_zero_point, view = msg.tensors[tensor_index]
                 count = len(payload) // item
                 if (not seen[byte] & bit and encoding == code and start + count <= numel
-                        and (code != ENCODING_INT8 or (scale == tensor_scale and zero_point == tensor_zero_point))):
+                        and (code != ENCODING_INT8 or not flags & FLAG_QUANT
+                             or (scale == tensor_scale and zero_point == tensor_zero_point))):
                     view[start * item:(start + count) * item] = payload
                     msg.ranges.extend((tensor_index, start, count))
                     seen[byte] |= bit
@@ -363,7 +365,8 @@ class Reassembler:
         payload = pkt.payload
         if pkt.element_start or len(payload) < _MANIFEST_PREFIX.size:
             return None
-        (length,) = _MANIFEST_PREFIX.unpack_from(payload)
+        (prefix,) = _MANIFEST_PREFIX.unpack_from(payload)
+        length = prefix & ~MANIFEST_ZLIB
         if _MANIFEST_PREFIX.size + length != len(payload) or len(payload) > min(self.limits.bytes_per_origin,
                                                                                 self.limits.bytes_total):
             return None
@@ -373,7 +376,7 @@ class Reassembler:
         if self.key is not None and pkt.model_version < self._newest_version.get(pkt.origin, -1):
             return None  # replayed: refused by the general path
         try:
-            manifest = Manifest.from_bytes(payload[_MANIFEST_PREFIX.size:])
+            manifest = manifest_from_stream(payload)
         except PacketError:
             return None
         if manifest.nbytes or manifest.family_id != pkt.family_id:
@@ -436,10 +439,8 @@ class Reassembler:
         if offset == 0:
             if len(data) < _MANIFEST_PREFIX.size:
                 raise PacketError("first manifest fragment is shorter than its length prefix")
-            (length,) = _MANIFEST_PREFIX.unpack_from(data)
-            if length > MAX_MANIFEST_BYTES:
-                raise LimitError(f"manifest length {length} exceeds the limit of {MAX_MANIFEST_BYTES}")
-            msg.manifest_length = length
+            (prefix,) = _MANIFEST_PREFIX.unpack_from(data)
+            msg.manifest_length = manifest_body_length(prefix)  # deflated or not; LimitError past 4 MiB
         self._charge(msg, len(data))
         msg.manifest_chunks[offset] = data
         msg.manifest_have += len(data)
@@ -456,7 +457,7 @@ class Reassembler:
                                   reason="contradictions")
             stream[off:off + len(chunk)] = chunk
             covered += len(chunk)
-        manifest = Manifest.from_bytes(memoryview(stream)[_MANIFEST_PREFIX.size:])
+        manifest = manifest_from_stream(stream)
         self._open_buffers(msg, manifest, total)
         # the slices' bytes stay charged, as the assembled stream later slices are checked against
         msg.manifest_chunks = {}
@@ -506,7 +507,11 @@ class Reassembler:
         if pkt.encoding != code:
             raise PacketError(f"fragment encoding {pkt.encoding} contradicts the manifest ({code}) for "
                               f"{msg.manifest.tensors[index].name}", reason="contradictions")
-        if code == ENCODING_INT8 and (pkt.scale != scale or pkt.zero_point != zero_point):
+        # int8 with the extension: its parameters must be the manifest's, and its range stays
+        # within the tensor. Without it (a packed run), each element decodes with the
+        # parameters the manifest gives the tensor it lands in.
+        quantised = code == ENCODING_INT8 and pkt.flags & FLAG_QUANT
+        if quantised and (pkt.scale != scale or pkt.zero_point != zero_point):
             raise PacketError(f"fragment quantisation parameters contradict the manifest for "
                               f"{msg.manifest.tensors[index].name}", reason="contradictions")
         start = pkt.element_start
@@ -516,10 +521,11 @@ class Reassembler:
             view[start * item:(start + count) * item] = payload
             msg.ranges.extend((index, start, count))
             return
-        # A packed fragment (a tiny model's tensors in one datagram): the elements past
-        # this tensor's end continue into the next tensors that have any, in manifest
-        # order, each of the same encoding; int8 cannot, its scale is per tensor.
-        if start >= numel or code == ENCODING_INT8:
+        # A fragment of a packed run (a small model's tensors back to back): the elements
+        # past this tensor's end continue into the next tensors that have any, in manifest
+        # order, each of the same encoding; int8 only without the extension, whose single
+        # scale could not be right for two tensors.
+        if start >= numel or quantised:
             raise PacketError(f"elements {start}..{start + count} run past {msg.manifest.tensors[index].name}'s "
                               f"{numel}", reason="contradictions")
         placed = []
@@ -545,7 +551,10 @@ class Reassembler:
 
     def _adopt_known_layout(self, msg: _Open) -> bool:
         layout = self.known_layouts.get(msg.first.family_id)
-        if layout is None:
+        # int8 parameters change with every message: a remembered layout's would decode
+        # this message's elements wrongly (fragments without the extension carry none to
+        # check them against), so such a message is lost with its manifest.
+        if layout is None or any(spec.encoding == "int8" for spec in layout.tensors):
             return False
         try:
             self._open_buffers(msg, layout, None)

@@ -278,10 +278,12 @@ def test_a_tiny_model_travels_in_two_datagrams():
     receiver = reassembly.Reassembler()
     [got] = [m for d in datagrams[::-1] if (m := receiver.receive(d, 0.0)) is not None]
     assert got.complete and all(torch.equal(got.state[k], v) for k, v in tiny.items())
-    # one fragment per tensor where they do not all fit one datagram or one encoding
-    assert len(sent(tiny, precision="int8")) == 5
+    # int8 packs too: no quantisation extension, each tensor's parameters from the manifest
+    assert len(sent(tiny, precision="int8")) == 2
+    # one fragment per tensor where they do not all travel in one encoding
     assert len(sent({**tiny, "steps": torch.tensor(3)})) == 6
-    assert len(sent({**tiny, "big": torch.zeros(300)})) == 6
+    # a packed run longer than one datagram runs on across datagrams: 390 floats in two
+    assert len(sent({**tiny, "big": torch.zeros(300)})) == 3
     assert len(sent({**tiny, "fits": torch.zeros(249)})) == 2  # 339 floats: 1,356 of 1,358 payload bytes
 
 
@@ -365,3 +367,20 @@ def test_decode_refuses_buffers_that_do_not_fit():
 def test_wire_is_little_endian():
     enc = codec.encode({"i": torch.tensor([1], dtype=torch.int32), "f": torch.tensor([1.0], dtype=torch.float16)})
     assert bytes(enc.buffers[0]) == struct.pack("<i", 1) and bytes(enc.buffers[1]) == struct.pack("<e", 1.0)
+
+
+def test_model_manifests_are_deflated_and_control_manifests_are_not():
+    g = torch.Generator().manual_seed(1)
+    state = {f"layer{i}.{kind}": torch.randn(16, generator=g) for i in range(4) for kind in ("weight", "bias")}
+    manifest = codec.encode(state, "int8", meta={"score": 0.5}).manifest
+    stream = codec.manifest_stream(manifest)
+    (prefix,) = struct.unpack(">I", stream[:4])
+    assert prefix & codec.MANIFEST_ZLIB and len(stream) - 4 == prefix & ~codec.MANIFEST_ZLIB
+    assert len(stream) < len(manifest.to_bytes()) / 2  # repeated keys deflate well
+    assert codec.manifest_from_stream(stream) == manifest
+    plain = codec.manifest_stream(manifest, deflate=False)
+    assert plain[4:] == manifest.to_bytes() and codec.manifest_from_stream(plain) == manifest
+    hello = codec.encode({}, meta={"kind": "hello", "note": "x" * 500}).manifest
+    assert codec.manifest_stream(hello)[4:] == hello.to_bytes()  # no tensor bytes: sent as it is
+    with pytest.raises(PacketError, match="declaring"):
+        codec.manifest_from_stream(stream[:-1])

@@ -297,6 +297,13 @@ def forge(magic=0x4D, version_flags=0x10, header_len=42, encoding=0, message_id=
     return head + struct.pack(">I", crc32c(rest, crc32c(head[:36]))) + rest
 
 
+def test_int8_without_the_extension_parses_and_says_so():
+    # a fragment of a packed int8 run: no extension, its parameters are the manifest's
+    p = parse(forge(encoding=3, payload=b"\x01\xff"))
+    assert p.encoding == 3 and not p.flags & packet.FLAG_QUANT and bytes(p.payload) == b"\x01\xff"
+    assert p.element_count == 2
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(magic=0x4E), "magic"),
     (dict(version_flags=0x20), "version"),
@@ -305,7 +312,6 @@ def forge(magic=0x4D, version_flags=0x10, header_len=42, encoding=0, message_id=
     (dict(payload_len=8), "length mismatch"),
     (dict(payload_len=2), "length mismatch"),
     (dict(encoding=12), "unknown payload encoding"),
-    (dict(encoding=3, payload=b"\0"), "quantisation"),
     (dict(version_flags=0x12, header_len=50, extension=struct.pack(">fi", 1.0, 0)), "quantisation"),
     (dict(version_flags=0x11, encoding=10), "manifest"),
     (dict(tensor_index=0xFFFF), "manifest"),

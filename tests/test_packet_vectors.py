@@ -18,6 +18,7 @@ import math
 import random
 import re
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,13 @@ VECTOR_KEY = bytes(range(32))
 MODEL = {"w": ([2, 3], [0.5, -1.25, 2.0, 3.0, -0.0625, 0.0]), "b": ([3], [-1.0, 0.25, 2.5])}
 PARAMS = {
     "v1": dict(origin=1, destination=2, model_version=7, message_id=42, mtu=256, key=None,
-               tensor_precision={"b": "int8"}),
+               tensor_precision={"b": "int8"}, deflate_manifest=False),
     "v2": dict(origin=1, destination=0xFFFFFFFE, model_version=8, message_id=43, mtu=256, key=VECTOR_KEY,
-               tensor_precision={"b": "int8"}),
-    "v3": dict(origin=1, destination=2, model_version=9, message_id=44, mtu=256, key=None),  # packed
+               tensor_precision={"b": "int8"}, deflate_manifest=False),
+    "v3": dict(origin=1, destination=2, model_version=9, message_id=44, mtu=256, key=None,  # packed
+               deflate_manifest=False),
+    "v4": dict(origin=1, destination=2, model_version=10, message_id=45, mtu=256, key=None,  # packed int8,
+               precision="int8"),  # deflated manifest
 }
 
 
@@ -45,11 +49,12 @@ def spec_vectors() -> dict[str, list[bytes]]:
 VECTORS = spec_vectors()
 
 
-def test_the_page_has_all_three_vectors():
-    assert set(VECTORS) == {"v1", "v2", "v3"}
+def test_the_page_has_all_four_vectors():
+    assert set(VECTORS) == {"v1", "v2", "v3", "v4"}
     assert [len(d) for d in VECTORS["v1"]] == [256, 49, 66, 53]
     assert [len(d) for d in VECTORS["v2"]] == [256, 81, 82, 69]
     assert [len(d) for d in VECTORS["v3"]] == [217, 78]
+    assert [len(d) for d in VECTORS["v4"]] == [202, 51]
 
 
 # -- 1. the reference encoder reproduces the page ----------------------------------------
@@ -74,8 +79,9 @@ def test_reference_decoder_reads_the_page(name):
     receiver = reassembly.Reassembler(key=key)
     out = [m for d in reversed(VECTORS[name]) if (m := receiver.receive(d, 0.0)) is not None]
     assert len(out) == 1 and out[0].complete
-    assert out[0].state["w"].flatten().tolist() == MODEL["w"][1]
-    assert out[0].state["b"].tolist() == independent_decode(VECTORS[name], key)["b"][1]
+    independent = independent_decode(VECTORS[name], key)
+    assert out[0].state["w"].flatten().tolist() == independent["w"][1]
+    assert out[0].state["b"].tolist() == independent["b"][1]
 
 
 # -- 2. an independent decoder, from the page alone ----------------------------------------
@@ -133,7 +139,7 @@ def read_datagram(d: bytes, key: bytes | None) -> dict:
         raise Refused("length")
     if crc32c(d[:36] + d[42:]) != checksum:
         raise Refused("corrupted")
-    if encoding not in ENCODINGS or bool(flags & 0x2) != (encoding == 3):
+    if encoding not in ENCODINGS or (flags & 0x2 and encoding != 3):
         raise Refused("encoding")
     manifest = bool(flags & 0x1)
     if not manifest == (tensor_index == 0xFFFF) == (encoding == 10):
@@ -180,9 +186,15 @@ def independent_decode(datagrams, key=None) -> dict[str, tuple[list[int], list]]
     for p in sorted((p for p in packets.values() if p["manifest"]), key=lambda p: p["start"]):
         assert p["start"] == len(stream)
         stream += p["payload"]
-    (length,) = struct.unpack(">I", stream[:4])
-    assert len(stream) == 4 + length
-    doc = json.loads(stream[4:].decode("utf-8"))
+    (prefix,) = struct.unpack(">I", stream[:4])
+    length = prefix & 0x7FFFFFFF
+    assert length <= 4 << 20 and len(stream) == 4 + length
+    body = bytes(stream[4:])
+    if prefix & 0x80000000:  # section 4.2: deflated (zlib), at most 4 MiB once inflated, nothing after it
+        inflater = zlib.decompressobj()
+        body = inflater.decompress(body, (4 << 20) + 1)
+        assert len(body) <= 4 << 20 and inflater.eof and not inflater.unused_data and not inflater.unconsumed_tail
+    doc = json.loads(body.decode("utf-8"))
     assert doc["format"] == 1
     lines = "\n".join(f"{t['name']}:{','.join(map(str, t['shape']))}:{t['dtype']}" for t in doc["tensors"])
     assert int.from_bytes(hashlib.sha256(lines.encode()).digest()[:4], "big") == first["family"]
@@ -192,10 +204,9 @@ def independent_decode(datagrams, key=None) -> dict[str, tuple[list[int], list]]
         name, size, code = ENCODINGS[p["encoding"]]
         n = len(p["payload"]) // size
         raw = struct.unpack(f"<{n}{code}", p["payload"])
-        if name == "int8":
+        if name == "int8" and p["scale"] is not None:  # with the extension: the manifest's parameters
             t = tensors[p["tensor"]]
             assert (p["scale"], p["zero_point"]) == (binary32(t["scale"]), t["zero_point"])
-            raw = [binary32((q - p["zero_point"]) * p["scale"]) for q in raw]
         elif name == "bf16":
             raw = [struct.unpack("<f", struct.pack("<I", h << 16))[0] for h in raw]
         # section 4.1: a range runs on into the next tensors that have elements
@@ -204,9 +215,11 @@ def independent_decode(datagrams, key=None) -> dict[str, tuple[list[int], list]]
         for v in raw:
             while at == len(values[i]):
                 i, at = i + 1, 0
-                assert name != "int8", "int8 never runs on"
+                assert p["scale"] is None, "int8 with the extension never runs on"
             assert tensors[i]["encoding"] == name
             assert values[i][at] is None, "covered twice"
+            if name == "int8":  # section 3: each element with its own tensor's scale and zero point
+                v = binary32((v - tensors[i]["zero_point"]) * binary32(tensors[i]["scale"]))
             values[i][at] = v
             at += 1
     out = {}
@@ -222,7 +235,12 @@ def test_independent_decoder_reads_the_vectors(name):
     datagrams = list(VECTORS[name])
     for order in (datagrams, datagrams[::-1], datagrams + datagrams[:2]):
         got = independent_decode(order, key)
-        assert got["w"] == MODEL["w"]
+        if name == "v4":  # w as int8 too, with its own parameters (section 6.4)
+            w_scale = binary32(0.01666666753590107)
+            assert got["w"] == ([2, 3], [binary32((q + 53) * w_scale) for q in (-23, -128, 67, 127, -57, -53)])
+            assert all(abs(x - y) <= w_scale / 2 for x, y in zip(got["w"][1], MODEL["w"][1]))
+        else:
+            assert got["w"] == MODEL["w"]
         shape, b = got["b"]
         assert shape == [3]
         if name == "v3":  # fp32: exact

@@ -7,6 +7,7 @@ import json
 import random
 import struct
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -586,3 +587,141 @@ def test_any_stream_gives_models_or_packet_errors(seed, key):
     for got in receiver.expire(1e12):
         assert isinstance(got, reassembly.ReceivedModel) and got.masks is not None
     assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+
+
+# -- packed int8: one run for the whole model, parameters from the manifest ------------------
+
+
+def mlp(seed: int = 0, hidden: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"fc0.weight": torch.randn(hidden, 64, generator=g), "fc0.bias": torch.randn(hidden, generator=g),
+            "fc1.weight": torch.randn(hidden, hidden, generator=g) * 3, "fc1.bias": torch.randn(hidden, generator=g),
+            "out.weight": torch.randn(10, hidden, generator=g) / 5, "out.bias": torch.randn(10, generator=g)}
+
+
+def steps_off(got: dict, state: dict, manifest: codec.Manifest) -> float:
+    """The largest error of any element, in quantisation steps of its own tensor."""
+    return max(float((got[name].double() - state[name].double()).abs().max()) / spec.scale
+               for name, spec in ((spec.name, spec) for spec in manifest.tensors))
+
+
+@pytest.mark.parametrize("mtu", [256, 1400])
+def test_packed_int8_runs_across_datagrams_within_half_a_step(mtu):
+    state = mlp()
+    datagrams = send(state, precision="int8", mtu=mtu)
+    tensor_datagrams = [packet.parse(d) for d in datagrams if not is_manifest(d)]
+    # one run: every datagram full but the last, no quantisation extension, and ranges
+    # that start in one tensor and run on into the next
+    nbytes = sum(t.numel() for t in state.values())
+    assert len(tensor_datagrams) == -(-nbytes // (mtu - packet.HEADER_SIZE))
+    assert all(not p.flags & packet.FLAG_QUANT and p.encoding == INT8 for p in tensor_datagrams)
+    for order in (datagrams, datagrams[::-1], random.Random(mtu).sample(datagrams, len(datagrams))):
+        [got] = feed(Reassembler(), order)
+        assert got.complete
+        assert [spec.name for spec in got.manifest.tensors] == list(state)
+        assert steps_off(got.state, state, got.manifest) <= 0.5 + 1e-4  # half a step, plus binary32 rounding
+
+
+def test_a_lost_middle_datagram_of_a_packed_int8_run_merges_only_what_arrived():
+    state = mlp()
+    datagrams = send(state, precision="int8", mtu=256)
+    tensor_datagrams = [d for d in datagrams if not is_manifest(d)]
+    assert len(tensor_datagrams) >= 5
+    lost = packet.parse(tensor_datagrams[4])
+    # it starts in fc0.weight and runs on through fc0.bias into fc1.weight: three tensors lose elements
+    assert lost.tensor_index == 0 and lost.element_start + lost.element_count > 1024 + 16
+    receiver = Reassembler(limits=Limits(timeout_s=1.0))
+    assert feed(receiver, [d for d in datagrams if d is not tensor_datagrams[4]]) == []
+    [got] = receiver.expire(5.0)
+    # the elements the lost datagram held, by the flat order of the packed run
+    flat_before = sum(state[name].numel() for name in list(state)[:lost.tensor_index]) + lost.element_start
+    missing = set(range(flat_before, flat_before + lost.element_count))
+    flat = 0
+    local = {name: torch.full_like(value, 7.0) for name, value in state.items()}
+    merged = merge_partial(local, got)
+    for name, value in state.items():
+        want = np.array([flat + i not in missing for i in range(value.numel())]).reshape(value.shape)
+        assert np.array_equal(got.masks[name].numpy(), want), name
+        mask = got.masks[name]
+        spec = got.manifest.tensors[got.manifest.index(name)]
+        error = torch.cat([(got.state[name][mask] - value[mask]).abs(), torch.zeros(1)]).max()
+        assert float(error) <= spec.scale * (0.5 + 1e-4)
+        assert torch.equal(merged[name][~mask], local[name][~mask])
+        assert torch.equal(merged[name][mask], got.state[name][mask])
+        flat += value.numel()
+    assert sum(int(m.sum()) for m in got.masks.values()) == flat - len(missing)
+
+
+@pytest.mark.parametrize("tensors, frags, match", [
+    # without the extension int8 runs on, but only into int8 tensors...
+    ([Q, W], [Fragment(0, INT8, 0, bytes(5), None)], "another encoding"),
+    # ...and not past the last tensor
+    ([Q, {**Q, "name": "r"}], [Fragment(0, INT8, 0, bytes(9), None)], "past the last tensor"),
+    # with the extension, a range running on is refused even into int8 tensors
+    ([Q, {**Q, "name": "r"}], [Fragment(0, INT8, 0, bytes(8), 0.5, 3)], "run past"),
+    # an int8 fragment for an fp32 tensor, extension or not
+    ([W], [Fragment(0, INT8, 0, bytes(6), None)], "encoding"),
+    # covering an element twice
+    ([Q, {**Q, "name": "r"}], [Fragment(0, INT8, 0, bytes(6), None), Fragment(1, INT8, 0, bytes(4), None)],
+     "exactly once"),
+])
+def test_packed_int8_fragments_that_contradict_the_manifest(tensors, frags, match):
+    receiver = Reassembler()
+    refused(receiver, craft(tensors, frags), match)
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+
+
+def test_packed_int8_elements_take_their_own_tensors_parameters():
+    R = {"name": "r", "shape": [3], "dtype": "float32", "encoding": "int8", "scale": 0.25, "zero_point": -1}
+    q = bytes([3, 5, 1, 4]) + bytes([255, 7, 0xFF])  # q: 3 5 1 4 | -1 7 -1
+    for frags in ([Fragment(0, INT8, 0, q, None)], [Fragment(0, INT8, 0, q[:3], None), Fragment(0, INT8, 3, q[3:], None)]):
+        [got] = feed(Reassembler(), craft([Q, R], frags))
+        assert got.state["q"].tolist() == [0, 1, -1, 0.5]  # (q - 3) * 0.5
+        assert got.state["r"].tolist() == [0, 2, 0]  # (q + 1) * 0.25
+
+
+def test_a_remembered_layout_does_not_place_int8_without_its_manifest():
+    state = mlp()
+    datagrams = [d for d in send(state, precision="int8") if not is_manifest(d)]
+    layout = codec.encode(mlp(seed=5), "int8").manifest  # same family, other scales
+    receiver = Reassembler(known_layouts={layout.family_id: layout})
+    assert feed(receiver, datagrams) == [] and receiver.expire(1e9) == []
+    assert receiver.stats["lost_manifest"] == 1 and receiver.buffered_bytes == 0
+
+
+# -- deflated manifests ------------------------------------------------------------------------
+
+
+def deflated_stream(raw: bytes, *, level: int = 9, tail: bytes = b"", cut: int = 0) -> bytes:
+    body = zlib.compress(raw, level)
+    body = (body[:-cut] if cut else body) + tail
+    return struct.pack(">I", codec.MANIFEST_ZLIB | len(body)) + body
+
+
+def test_a_deflated_manifest_is_inflated_and_placed():
+    stream = deflated_stream(manifest_raw([W]))
+    [got] = feed(Reassembler(), craft([W], [f32(0, 1, 2, 3, 4, 5, 6)],
+                                      manifest_frags=[Fragment(0xFFFF, MANIFEST, 0, stream[:20]),
+                                                      Fragment(0xFFFF, MANIFEST, 20, stream[20:])]))
+    assert got.complete and got.state["w"].tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.parametrize("stream, match, reason", [
+    # a bomb: 5 MiB of spaces after the JSON deflate to ~5 kB, past the 4 MiB bound once inflated
+    (deflated_stream(manifest_raw([W]) + b" " * (5 << 20)), "inflates past", "over_limit"),
+    (deflated_stream(manifest_raw([W]), cut=3), "truncated", "malformed"),
+    (deflated_stream(manifest_raw([W]), tail=b"\0garbage"), "follow", "malformed"),
+    (struct.pack(">I", codec.MANIFEST_ZLIB | 12) + b"not zlib....", "corrupt", "malformed"),
+    (struct.pack(">I", codec.MANIFEST_ZLIB | (codec.MAX_MANIFEST_BYTES + 1)) + b"x", "exceeds", "over_limit"),
+])
+def test_lying_deflated_manifests_are_refused(stream, match, reason):
+    receiver = Reassembler()
+    frags = [Fragment(0xFFFF, MANIFEST, off, stream[off:off + 1000]) for off in range(0, len(stream), 1000)]
+    tracemalloc.start()
+    try:
+        refused(receiver, craft([W], [f32(0, 1, 2, 3, 4, 5, 6)], manifest_frags=frags), match, reason)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak  # the bomb was cut off at the bound, not inflated whole
+    assert receiver.buffered_bytes == 0
