@@ -375,6 +375,10 @@ class RadioCommons:
         steps; the actions held over the steps). More than one step lets an offset's
         effect show: it moves users only after the handover's time-to-trigger. A station
         whose action is the static one changed nothing: its credit is 0, no replay.
+
+        This is centralised training for decentralised execution: the simulator that
+        trains the stations replays the step for them; a live station could not, and the
+        deployed policies act on their own observations only.
         """
         net, steps = self.env.network, self.settings.difference_steps
         out = np.zeros(len(stations))
