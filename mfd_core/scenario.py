@@ -62,6 +62,9 @@ class Learner(_Strict):
     activated: tuple[float, ...] = Field((), description="share of parameters each node trains, round-robin")
     ordered_dropout: bool = Field(True, description="each node also trains the fleet's narrower widths "
                                   "nested in its model (FjORD), so the sub-models it sends work on their own")
+    logit_adjustment: float = Field(0.0, ge=0, le=10, description="training adds this times the log of the "
+                                    "node's own label frequencies to the logits (Menon et al. 2021): "
+                                    "a node holding few classes stops learning just its own prior")
     lr: float = Field(0.005, gt=0, le=10)
     batch_size: int = Field(32, ge=1)
     local_steps: int = Field(10, ge=1, description="minibatch steps between sharing decisions")

@@ -282,3 +282,32 @@ def test_clone_trains_independently(digits) -> None:
     assert all(torch.equal(v, before[k]) for k, v in node.get_state().items())
     assert not torch.equal(copy.get_state()["out.weight"], before["out.weight"])
     assert node.work_done == 5 * 32 and copy.work_done == 30 * 32
+
+
+# --------------------------------------------------------------------------- logit adjustment
+
+
+def test_logit_adjustment_stops_a_skewed_node_learning_its_own_prior(digits) -> None:
+    """A node whose data is 9 parts class 0 to 1 part the rest learns, with the plain loss,
+    to answer 0 for much of what it is unsure of; with the logit-adjusted loss its prior is
+    explained away and it predicts class 0 far less often on balanced data."""
+    data, train, val, test = digits
+    labels = data.labels[train]
+    zeros, others = train[labels == 0], train[labels != 0]
+    skewed = np.concatenate([np.repeat(zeros, 9)[:270], others[:30]])
+    share_of_zero = {}
+    for tau in (0.0, 1.0):
+        learner = TorchSupervisedLearner(MLP.build(1.0, seed=0), (data.inputs[skewed], data.labels[skewed]),
+                                         (data.inputs[val], data.labels[val]), seed=0, logit_adjustment=tau)
+        learner.train(150)
+        with torch.no_grad():
+            predicted = learner.outputs(torch.as_tensor(data.inputs[test])).argmax(dim=1)
+        share_of_zero[tau] = float((predicted == 0).float().mean())
+    assert share_of_zero[1.0] < 0.5 * share_of_zero[0.0], share_of_zero
+
+
+def test_logit_adjustment_is_for_classification_only(digits) -> None:
+    data, train, val, _ = digits
+    x, y = data.inputs[train[:50]], data.inputs[train[:50], :1]
+    with pytest.raises(ValueError, match="classification"):
+        TorchSupervisedLearner(nn.Linear(64, 1), (x, y), (x, y), task="regression", logit_adjustment=1.0)

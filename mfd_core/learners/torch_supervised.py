@@ -73,6 +73,12 @@ class TorchSupervisedLearner(Learner):
         one width drawn uniformly from the full model and these, so every prefix also
         works on its own and a sub-model extracted for a narrower node is a good model,
         not a slice that only ever worked with the units cut off. Empty: full width only.
+    :param logit_adjustment: classification only. Training adds this times the log of
+        the node's own label frequencies to the logits before the loss (logit-adjusted
+        loss, Menon et al. 2021): a node that holds few classes then does not learn to
+        predict just those, because its prior is explained away, and the model it shares
+        is closer to one trained on balanced data. Scoring and inference use the plain
+        logits. ``0`` is the plain loss.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class TorchSupervisedLearner(Learner):
         width: float = 1.0,
         label_weight: float = 0.0,
         nested_shapes: Sequence[Mapping[str, Sequence[int]]] = (),
+        logit_adjustment: float = 0.0,
     ) -> None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -111,6 +118,7 @@ class TorchSupervisedLearner(Learner):
         if len(self.x_train) == 0 or len(self.x_val) == 0:
             raise ValueError("train and validation data must be non-empty")
         self.num_samples = len(self.x_train)
+        self._log_prior = self._label_log_prior(logit_adjustment) if logit_adjustment else None
         self.work_done = 0
         self._optimizer_name, self.lr = optimizer, lr
         self.optimizer = self._make_optimizer()
@@ -130,8 +138,19 @@ class TorchSupervisedLearner(Learner):
 
     # ------------------------------------------------------------------ internals
 
+    def _label_log_prior(self, tau: float) -> Tensor:
+        if self.task != "classification":
+            raise ValueError("logit_adjustment applies to classification only")
+        with torch.no_grad():
+            classes = self.model(self.x_train[:1]).shape[1]
+        counts = torch.bincount(self.y_train, minlength=classes).to(torch.float32)
+        # half a sample for every class: a class the node never saw gets a finite, low prior
+        return tau * torch.log((counts + 0.5) / (counts + 0.5).sum())
+
     def _loss(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task == "classification":
+            if self._log_prior is not None:
+                out = out + self._log_prior
             return nn.functional.cross_entropy(out, y)
         return nn.functional.mse_loss(out, y)
 
