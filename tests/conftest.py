@@ -12,3 +12,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def idle_cpus(monkeypatch):
+    """The packet layer's helper threads run only on spare CPUs (by the load average);
+    tests of those threads pretend the machine is idle so that they run whatever its load."""
+    from mfd_core import packet
+
+    monkeypatch.setattr(packet, "_spare_cpus", lambda: 8)

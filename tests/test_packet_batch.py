@@ -20,6 +20,9 @@ from mfd_core import codec, packet
 
 KEY = b"fleet-key"
 
+# every test here exercises the helper threads, whatever the load
+pytestmark = pytest.mark.usefixtures("idle_cpus")
+
 
 def big_model(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -35,12 +38,6 @@ def datagrams(mtu: int, key=None, precision="fp32", state=None) -> list[bytes]:
 
 def reference_crc(d: bytes) -> int:
     return crc32c(d[packet.HEADER_SIZE:], crc32c(d[:36]))
-
-
-@pytest.fixture(autouse=True)
-def idle_cpus(monkeypatch):
-    """Helper threads run whatever the machine's load, so these tests exercise them."""
-    monkeypatch.setattr(packet, "_spare_cpus", lambda: 8)
 
 
 @pytest.fixture

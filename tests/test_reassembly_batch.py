@@ -21,6 +21,9 @@ from mfd_core.reassembly import Limits, Reassembler
 
 KEY = b"fleet-key"
 
+# every test here exercises the helper threads, whatever the load
+pytestmark = pytest.mark.usefixtures("idle_cpus")
+
 
 def big_model(seed: int = 0) -> dict[str, torch.Tensor]:
     """About 1.1 MB at fp32 (280 KB at int8): 64 KiB datagrams, enough for the parallel path."""
@@ -86,12 +89,6 @@ def compare(batches, *, key=None, limits=Limits(), expire_at=None):
         delivered += late_many
     assert many.open_messages == single.open_messages and many.buffered_bytes == single.buffered_bytes
     return delivered, many
-
-
-@pytest.fixture(autouse=True)
-def idle_cpus(monkeypatch):
-    """Helper threads run whatever the machine's load, so these tests exercise them."""
-    monkeypatch.setattr(packet, "_spare_cpus", lambda: 8)
 
 
 @pytest.fixture
