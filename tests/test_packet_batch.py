@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("idle_cpus")
 
 
 def big_model(seed: int = 0) -> dict[str, torch.Tensor]:
+    """About 1.1 MB at fp32 (280 KB at int8): 64 KiB datagrams, enough for the parallel path."""
     g = torch.Generator().manual_seed(seed)
     return {"a.weight": torch.randn(400, 400, generator=g), "a.bias": torch.randn(400, generator=g),
             "b.weight": torch.randn(300, 400, generator=g), "steps": torch.tensor(seed),

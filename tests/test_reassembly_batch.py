@@ -18,19 +18,10 @@ from hypothesis import strategies as st
 from mfd_core import codec, packet, reassembly
 from mfd_core.packet import PacketError
 from mfd_core.reassembly import Limits, Reassembler
-
-KEY = b"fleet-key"
+from tests.test_packet_batch import KEY, big_model  # one 1.1 MB model (64 KiB datagrams) for both batch paths
 
 # every test here exercises the helper threads, whatever the load
 pytestmark = pytest.mark.usefixtures("idle_cpus")
-
-
-def big_model(seed: int = 0) -> dict[str, torch.Tensor]:
-    """About 1.1 MB at fp32 (280 KB at int8): 64 KiB datagrams, enough for the parallel path."""
-    g = torch.Generator().manual_seed(seed)
-    return {"a.weight": torch.randn(400, 400, generator=g), "a.bias": torch.randn(400, generator=g),
-            "b.weight": torch.randn(300, 400, generator=g), "steps": torch.tensor(seed),
-            "flags": torch.rand(7, generator=g) > 0.5}
 
 
 def send(state, *, origin=1, message_id=1, version=1, mtu=65_535, key=None, **kw) -> list[bytes]:
