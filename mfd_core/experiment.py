@@ -170,7 +170,7 @@ class World:
                 family=str(scaling.get("family", node.learner.family)), state=message.state, weight=weight,
                 ratio=float(scaling.get("ratio", 1.0)), masks=message.masks, origin=message.origin))
         local_score = self.cached_score(node)
-        local_weight = node.learner.num_samples * max(local_score, 1e-3)
+        local_weight = node.merge_weight(node.learner.num_samples, lambda: local_score)
         result = knowledge.absorb_knowledge(node.learner, incoming, gate=knowledge.Gate(tolerance),
                                             families=self.families, local_weight=local_weight,
                                             local_score=local_score)

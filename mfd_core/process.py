@@ -28,7 +28,7 @@ import math
 from abc import ABC
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import networkx as nx
 import numpy as np
@@ -265,7 +265,7 @@ class Node:
         own = self.learner.get_state()
         return knowledge.merge_same_family(
             own, [(state, weight) for state, _, weight in fresh], [masks for _, masks, _ in fresh],
-            local_weight=self.learner.num_samples * max(self.learner_score(), 1e-3))
+            local_weight=self.merge_weight(self.learner.num_samples, self.learner_score))
 
     def served_samples(self) -> int:
         """The training samples behind :meth:`served_state`: the own ones and those of the
@@ -318,9 +318,16 @@ class Node:
         for message, weight, outcome in zip(messages, weights, outcomes):
             self._record(message, weight, outcome)
 
-    @staticmethod
-    def _merge_weight(message: ReceivedModel) -> float:
-        return float(message.manifest.meta.get("samples", 1)) * max(float(message.manifest.meta.get("score", 0.5)), 1e-3)
+    def _merge_weight(self, message: ReceivedModel) -> float:
+        meta = message.manifest.meta
+        return self.merge_weight(meta.get("samples", 1), lambda: meta.get("score", 0.5))
+
+    def merge_weight(self, samples: float, score: Callable[[], float]) -> float:
+        """What a model counts for in a merge (policy ``merge_weights``); ``score`` is
+        asked only when it counts, since scoring an RL policy means running episodes."""
+        if self.world.settings.merge_weights == "samples":
+            return float(samples)
+        return float(samples) * max(float(score()), 1e-3)
 
     def _record(self, message: ReceivedModel, weight: float, outcome: knowledge.Outcome) -> None:
         decision = outcome.decision

@@ -96,6 +96,10 @@ class Policy(_Strict):
                                 "neighbours' models of the round, then merges them together (0: each on arrival)")
     share_hops: int = Field(1, ge=1, le=8, description="MFD: how many hops out a node may send its model to "
                             "(1: neighbours only)")
+    merge_weights: Literal["samples_score", "samples"] = Field(
+        "samples_score", description="MFD: a merged model weighs its samples times its score, or its samples "
+        "alone (plain data-parallel averaging: where every score starts near 0, as an RL success rate does, "
+        "the first lucky score would otherwise outweigh the rest)")
     travellers: int = Field(4, ge=1, description="travelling models in the fleet (mfd-travel)")
     # FedAvg
     server: int | None = Field(None, ge=0, description="server node (default: the most central)")

@@ -81,3 +81,15 @@ def test_absorb_takes_a_known_local_score_and_reports_the_gates_score_after() ->
     assert result.score_before == 0.1
     assert calls == [False]  # one score: the candidate's; neither the local nor the installed one again
     assert result.score_after == pytest.approx(original())
+
+
+def test_merge_weights_samples_leaves_scores_out_and_never_asks_for_one() -> None:
+    def no_score() -> float:
+        raise AssertionError("the score was asked for")
+
+    by_score = build_world(tiny(), seed=0).nodes[0]
+    assert by_score.merge_weight(12, lambda: 0.5) == 6.0
+    assert by_score.merge_weight(12, lambda: 0.0) == 12 * 1e-3  # a floor: a model scoring 0 still counts a little
+    by_samples = build_world(tiny(policy={"merge_weights": "samples"}), seed=0).nodes[0]
+    assert by_samples.merge_weight(12, no_score) == 12.0
+    assert by_samples.merge_weight(12, lambda: 0.5) == by_samples.merge_weight(12, lambda: 0.0)
