@@ -275,6 +275,19 @@ def main(argv: list[str] | None = None) -> int:
         figures["push"] = push_figures(records, args.seeds)
         figures["push"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps({k: v for k, v in figures["push"].items() if k != "per_seed"}, indent=2))
+    # sections not run this time keep their last figures (and say when they were measured)
+    if args.out.exists():
+        previous = json.loads(args.out.read_text())
+        for section in ("reach", "kuka_joins_pandas", "push"):
+            if section not in figures and section in previous.get("figures", {}):
+                kept = previous["figures"][section]
+                kept.setdefault("measured_at", previous.get("timestamp"))
+                kept.setdefault("command", previous.get("command"))
+                figures[section] = kept
+    for section in ("reach", "kuka_joins_pandas", "push"):
+        if section in figures and "measured_at" not in figures[section]:
+            figures[section]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            figures[section]["command"] = command
     path = write_results("robots", figures, path=args.out, command=command, seeds=args.seeds,
                          wall_seconds=round(time.time() - started), load_average_at_start=round(load_before, 2),
                          note="steps are each robot's own env steps; simulated time is robot time (25 steps/s); "
