@@ -317,11 +317,7 @@ def merge_overlapping(
         if all(t.shape == base.shape and m is None for t, _, m in present):
             # The common case (same width, complete): a plain weighted average. Same
             # result as the general path; ~5x cheaper for the tiny models of big fleets.
-            total = base_weight + sum(w for _, w, _ in present)
-            acc = base.to(torch.float64) * (base_weight / total)
-            for t, w, _ in present:
-                acc += t.to(torch.float64) * (w / total)
-            out[key] = acc.to(base.dtype)
+            out[key] = _weighted_average(base, [(t, w) for t, w, _ in present], base_weight).to(base.dtype)
             continue
         num = base.to(torch.float64) * base_weight
         den = torch.full(base.shape, float(base_weight), dtype=torch.float64)
@@ -360,6 +356,16 @@ def merge_overlapping(
     return out
 
 
+def _weighted_average(base: Tensor, parts: Sequence[tuple[Tensor, float]], base_weight: float) -> Tensor:
+    """``base`` and ``parts`` averaged by weight, in float64 (the sum of many weighted
+    terms should not lose the base's low bits); the caller casts back."""
+    total = base_weight + sum(w for _, w in parts)
+    acc = base.to(torch.float64) * (base_weight / total)
+    for t, w in parts:
+        acc += t.to(torch.float64) * (w / total)
+    return acc
+
+
 def _plain_average(base_state: Mapping[str, Tensor], contributions: Sequence[tuple[Mapping[str, Tensor], float]],
                    base_weight: float) -> dict[str, Tensor] | None:
     """:func:`merge_overlapping` where every contribution is complete and of the base's
@@ -378,11 +384,9 @@ def _plain_average(base_state: Mapping[str, Tensor], contributions: Sequence[tup
             return None
     if any(len(state) != len(base_state) for state, _ in weighted):
         return None  # tensors the base lacks: the general path names them
-    total = base_weight + sum(w for _, w in weighted)
-    acc = torch.cat([t.reshape(-1) for t in base_state.values()]).to(torch.float64) * (base_weight / total)
-    for state, w in weighted:
-        acc += torch.cat([state[key].reshape(-1) for key in base_state]).to(torch.float64) * (w / total)
-    flat = acc.to(dtype)
+    flat = _weighted_average(torch.cat([t.reshape(-1) for t in base_state.values()]),
+                             [(torch.cat([state[key].reshape(-1) for key in base_state]), w) for state, w in weighted],
+                             base_weight).to(dtype)
     return {key: piece.view(base.shape) for (key, base), piece in
             zip(base_state.items(), flat.split([t.numel() for t in base_state.values()]))}
 
