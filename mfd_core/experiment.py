@@ -356,7 +356,8 @@ def build_world(scenario: Scenario, seed: int, *, key: bytes | None = None,
         learners[node_id] = TorchSupervisedLearner(
             model, (data.inputs[train], data.labels[train]), (data.inputs[val], data.labels[val]),
             batch_size=s.learner.batch_size, lr=s.learner.lr, seed=seed * 1000 + k, family=kind, width=width,
-            nested_shapes=nested, logit_adjustment=s.learner.logit_adjustment)
+            nested_shapes=nested, logit_adjustment=s.learner.logit_adjustment,
+            width_lr_exponent=s.learner.width_lr_exponent)
         total = counts[k].sum()
         profiles[node_id] = [float(c) / total for c in counts[k]] if total else []
     return World(graph, learners, settings=s.policy, seed=seed, duration=s.duration,

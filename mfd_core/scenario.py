@@ -65,6 +65,10 @@ class Learner(_Strict):
     logit_adjustment: float = Field(0.0, ge=0, le=10, description="training adds this times the log of the "
                                     "node's own label frequencies to the logits (Menon et al. 2021): "
                                     "a node holding few classes stops learning just its own prior")
+    width_lr_exponent: float = Field(1.5, ge=0, le=4, description="a width-r model (or ordered-dropout "
+                                     "sub-model) trains the layers after its first at lr * r**-exponent: "
+                                     "a narrow slice of a wide initialisation learns slower at the wide "
+                                     "model's step size; 0 trains every width at lr")
     lr: float = Field(0.005, gt=0, le=10)
     batch_size: int = Field(32, ge=1)
     local_steps: int = Field(10, ge=1, description="minibatch steps between sharing decisions")

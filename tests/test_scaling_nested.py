@@ -116,3 +116,42 @@ def test_silent_units_leave_equal_widths_and_wider_contributions_alone() -> None
         plain = merge_overlapping(base, [(contribution, 2.0)], base_weight=1.0)
         for key in base:
             torch.testing.assert_close(silent[key], plain[key], rtol=0, atol=0)
+
+
+def test_width_lr_exponent_lets_a_narrow_slice_learn_at_the_pace_of_the_wide_model(digits) -> None:
+    # a quarter-width slice of a wide initialisation: its later layers' signals are small
+    family = MLPFamily(64, (64, 64), 10)
+    train, test = digits
+    accuracy = {}
+    for exponent in (0.0, 1.5):
+        learner = TorchSupervisedLearner(family.build(0.25, seed=0), train, (train[0][:50], train[1][:50]),
+                                         lr=0.005, seed=0, width=0.25, width_lr_exponent=exponent)
+        learner.train(40)
+        accuracy[exponent] = _accuracy(family, 0.25, learner.get_state(), test)
+    assert accuracy[1.5] >= accuracy[0.0] + 0.1, accuracy
+
+
+def test_width_lr_exponent_scales_the_layers_after_the_first_and_leaves_full_width_alone(digits) -> None:
+    family = MLPFamily(64, (64, 64), 10)
+    train, _ = digits
+    narrow = TorchSupervisedLearner(family.build(0.25, seed=0), train, train, lr=0.01, width=0.25, width_lr_exponent=1.5)
+    first, rest = narrow.optimizer.param_groups
+    assert [p.shape for p in first["params"]] == [torch.Size([16, 64]), torch.Size([16])]  # fc0 keeps lr
+    assert first["lr"] == 0.01 and rest["lr"] == pytest.approx(0.01 * 0.25**-1.5)
+    # a full-width model without narrower widths trains exactly as without the option
+    states = []
+    for exponent in (0.0, 1.5):
+        learner = TorchSupervisedLearner(family.build(1.0, seed=0), train, train, lr=0.01, width_lr_exponent=exponent)
+        learner.train(5)
+        states.append(learner.get_state())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    # ordered dropout: each drawn width takes its own step size, and the model's own is back after training
+    wide = TorchSupervisedLearner(family.build(1.0, seed=0), train, train, lr=0.01, seed=3, width_lr_exponent=1.5,
+                                  nested_shapes=[family.shapes(0.25)])
+    seen = set()
+    for _ in range(12):
+        wide._forward_at_drawn_width(train[0][:4])
+        seen.add(round(wide.optimizer.param_groups[1]["lr"], 6))
+    assert seen == {0.01, round(0.01 * 0.25**-1.5, 6)}
+    wide.train(3)
+    assert [g["lr"] for g in wide.optimizer.param_groups] == [0.01, 0.01]

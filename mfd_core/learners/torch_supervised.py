@@ -73,6 +73,18 @@ class TorchSupervisedLearner(Learner):
         one width drawn uniformly from the full model and these, so every prefix also
         works on its own and a sub-model extracted for a narrower node is a good model,
         not a slice that only ever worked with the units cut off. Empty: full width only.
+    :param width_lr_exponent: learning-rate scaling for narrow (sub-)models. A model of
+        width ratio ``r < 1`` (this learner's own ``width``, or a narrower width drawn by
+        ordered dropout) trains every layer after the first at ``lr * r**-exponent``; the
+        first layer, whose inputs do not shrink with the width, keeps ``lr``. A narrow
+        model is a slice of a wide initialisation: each later layer sums over ``r`` of
+        the units the wide model sums over, so its signals and the effect of one Adam
+        step shrink with ``r``, and at the wide model's step size it learns several
+        times slower (a quarter-width digits MLP: 0.52 against 0.82 mean accuracy after
+        15 simulated seconds of the fleet). Maximal-update parametrisation (Yang and Hu
+        2021) scales hidden learning rates with ``1/width`` for the same reason. ``0``
+        (the default) trains every width at ``lr``; at ``width == 1`` without narrower
+        widths nothing changes.
     :param logit_adjustment: classification only. Training adds this times the log of
         the node's own label frequencies to the logits before the loss (logit-adjusted
         loss, Menon et al. 2021): a node that holds few classes then does not learn to
@@ -97,6 +109,7 @@ class TorchSupervisedLearner(Learner):
         label_weight: float = 0.0,
         nested_shapes: Sequence[Mapping[str, Sequence[int]]] = (),
         logit_adjustment: float = 0.0,
+        width_lr_exponent: float = 0.0,
     ) -> None:
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
@@ -113,6 +126,11 @@ class TorchSupervisedLearner(Learner):
         self.batch_size = batch_size
         self.label_weight = label_weight
         self.nested_shapes = [_checked_prefix_shapes(model, shapes) for shapes in nested_shapes]
+        self.width_lr_exponent = float(width_lr_exponent)
+        # each nested sub-model's width ratio within the family, from its first layer's units
+        first_key, first = next(iter(model.state_dict().items()))
+        self._nested_widths = [self.width * shapes[first_key][0] / first.shape[0] if first_key in shapes else self.width
+                               for shapes in self.nested_shapes]
         self.x_train, self.y_train = _as_tensors(train_data, task)
         self.x_val, self.y_val = _as_tensors(val_data, task)
         if len(self.x_train) == 0 or len(self.x_val) == 0:
@@ -199,6 +217,12 @@ class TorchSupervisedLearner(Learner):
             self._state_owners = found if same and found else []
         return state
 
+    def _scale_lr(self, width: float) -> None:
+        """Set the optimiser's step sizes for training at ``width`` (see ``width_lr_exponent``)."""
+        groups = self.optimizer.param_groups
+        if len(groups) == 2:
+            groups[1]["lr"] = self.lr * width ** -self.width_lr_exponent
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         # A method, not a stored closure: clone() deep-copies the learner, and a closure
         # would keep pointing at the original model's parameters.
@@ -208,7 +232,17 @@ class TorchSupervisedLearner(Learner):
         # models of large simulated fleets. It needs float tensors on a device it knows.
         fused = self._optimizer_name in ("adam", "adamw") and bool(params) and all(
             p.is_floating_point() and p.device.type == "cpu" for p in params)
-        return _OPTIMIZERS[self._optimizer_name](params, lr=self.lr, **({"fused": True} if fused else {}))
+        options = {"fused": True} if fused else {}
+        if self.width_lr_exponent and (self.width < 1 or self.nested_shapes):
+            # two groups: the first layer (the module of the first parameter) keeps lr,
+            # the layers after it take the width's step size (_scale_lr)
+            named = list(self.model.named_parameters())
+            first = named[0][0].rpartition(".")[0]
+            groups = [{"params": [p for k, p in named if k.rpartition(".")[0] == first]},
+                      {"params": [p for k, p in named if k.rpartition(".")[0] != first],
+                       "lr": self.lr * self.width ** -self.width_lr_exponent}]
+            return _OPTIMIZERS[self._optimizer_name](groups, lr=self.lr, **options)
+        return _OPTIMIZERS[self._optimizer_name](params, lr=self.lr, **options)
 
     def _steps(
         self,
@@ -268,7 +302,9 @@ class TorchSupervisedLearner(Learner):
         """The model, or one of its nested sub-models (ordered dropout), on ``x``."""
         pick = int(torch.randint(len(self.nested_shapes) + 1, (1,), generator=self._width_draw))
         if pick == len(self.nested_shapes):
+            self._scale_lr(self.width)
             return self.model(x)
+        self._scale_lr(self._nested_widths[pick])
         # The sub-model's tensors are views of the prefixes of the model's own, so its
         # gradients land in those prefixes; nn.Linear and nn.Conv2d take their sizes from
         # the tensors they are given, not from their constructor.
@@ -282,7 +318,10 @@ class TorchSupervisedLearner(Learner):
         def loss_fn(idx: Tensor) -> Tensor:
             return self._loss(forward(self.x_train[idx]), self.y_train[idx])
 
-        return self._steps(steps, loss_fn, trainable, self.optimizer)
+        try:
+            return self._steps(steps, loss_fn, trainable, self.optimizer)
+        finally:
+            self._scale_lr(self.width)
 
     @torch.no_grad()
     def score(self, state: Mapping[str, Tensor] | None = None) -> float:
