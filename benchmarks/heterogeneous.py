@@ -9,8 +9,10 @@ Four comparisons, each over the same seeds, topology and data split, with
    fleet's) and bytes on the air (target <= 40% of its bytes). Nodes train the fleet's
    narrower widths nested in their models too (ordered dropout, ``learner.ordered_dropout``),
    and a merge counts a narrower model as the wider one with its missing units off
-   (``silent_units`` of ``mfd_core.scaling.merge_overlapping``); the full-width fleet has
-   no narrower widths, so neither changes it. For reference (no target), the same fleet
+   (``silent_units`` of ``mfd_core.scaling.merge_overlapping``), and a narrow (sub-)model
+   trains its layers after the first at ``lr * r**-1.5`` (``learner.width_lr_exponent``):
+   a slice of a wide initialisation learns slower at the wide step size. The full-width
+   fleet has no narrower widths, so none of these changes it. For reference (no target), the same fleet
    with every node at 0.25 or at 0.5 width: what the tiers' capacities give without mixing;
 2. **the 0.25-width nodes**: their final accuracy in the mixed-width fleet under MFD
    against the same nodes learning alone (``isolated``): target >= +10 points;
