@@ -146,6 +146,9 @@ class BaseStationConfig:
     """Weight of energy efficiency, in Mbit/J. A network at 0.2 Mbit/J then adds 4 per
     station, about one station's PF utility at the default load."""
     handover_cost: float = 0.1
+    power_weight: float = 0.0
+    """Reward subtracted per watt a station draws (EARTH input power): a price on energy
+    that, unlike the efficiency term, pays a station for sleeping when it carries no one."""
     """Reward subtracted per handover out of a station."""
     rate_floor_bps: float = 1e3
     """Rates are floored here before the logarithm of the PF utility (ln(1e3/1e6) = -6.9)."""
@@ -190,7 +193,7 @@ class BaseStationConfig:
             "hysteresis_db", "handover_interruption_s", "pf_time_constant_steps",
             "arrival_rate_per_step", "speed_min_mps", "speed_max_mps", "hotspot_fraction",
             "hotspot_radius_m", "hotspot_speed_mps", "step_duration_s", "pf_weight",
-            "ee_weight", "handover_cost", "rate_floor_bps",
+            "ee_weight", "handover_cost", "power_weight", "rate_floor_bps",
         ]
         for name in finite:
             need(math.isfinite(getattr(self, name)), name, "must be a finite number")
@@ -273,7 +276,7 @@ class BaseStationConfig:
 
         need(self.episode_steps >= 1, "episode_steps", "must be at least 1")
         need(self.step_duration_s > 0, "step_duration_s", "must be positive")
-        for name in ("pf_weight", "ee_weight", "handover_cost"):
+        for name in ("pf_weight", "ee_weight", "handover_cost", "power_weight"):
             need(getattr(self, name) >= 0, name, "must be non-negative")
         need(self.rate_floor_bps > 0, "rate_floor_bps", "must be positive")
         need(self.load_norm_users >= 1, "load_norm_users", "must be at least 1")

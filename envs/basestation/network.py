@@ -36,6 +36,10 @@ OBS_OWN_FEATURES = (
     "sleeping",  # 1 if asleep (by choice)
     "off",  # 1 if forced off (outage)
     "small_cell",  # 1 for a small (micro) cell, 0 for a macro: the same choice means other things
+    # `load` saturates at load_norm_users; a hotspot cell carries several times that, and
+    # how much more than its neighbours is what tells it how far to shrink (CIO, power).
+    "users",  # attached users, log1p(n) / log1p(max_users): not clipped at load_norm_users
+    "load_vs_neighbours",  # 0.5 + log2((n + 1) / (awake neighbours' mean n + 1)) / 8, clipped to [0, 1]
 )
 OBS_NEIGHBOUR_FEATURES = (
     "present",  # 1 for a real X2 neighbour, 0 for padding
@@ -44,6 +48,7 @@ OBS_NEIGHBOUR_FEATURES = (
     "inactive",  # asleep or off
     "power_level",
     "cio",
+    "users",  # as the own feature: attached users, log scale, not clipped
 )
 
 # The SINR range the observation maps to [0, 1]: -10 dB is the coverage edge used as
@@ -126,6 +131,8 @@ class CellularNetwork:
         valid = nb.reshape(-1) >= 0
         hood[rows[valid], nb.reshape(-1)[valid]] = 1.0
         self._hood = hood
+        self._nb_valid = nb >= 0
+        self._nb_gather = np.maximum(nb, 0)
 
         self._ar = np.arange(M)
         self._ar_s = np.arange(S)
@@ -138,6 +145,7 @@ class CellularNetwork:
         self._cio_obs = (self.cio_values_db - self.cio_values_db[0]) / max(cio_span, 1e-9)
         self._level_obs = (np.arange(self.n_power_levels) / max(self.n_power_levels - 1, 1))
         self._small = (~macro).astype(np.float32)
+        self._users_obs_scale = 1.0 / np.log1p(c.max_users)
         self.obs_dim = len(OBS_OWN_FEATURES) + self.layout.max_degree * len(OBS_NEIGHBOUR_FEATURES)
         self.rng = np.random.default_rng()
         self.t = 0
@@ -468,7 +476,8 @@ class CellularNetwork:
     def station_rewards(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Per-station reward and its parts.
 
-        reward_s = pf_weight * U_s + ee_weight * EE_s - handover_cost * HO_s, with U_s the
+        reward_s = pf_weight * U_s + ee_weight * EE_s - handover_cost * HO_s - power_weight * P_s,
+        with P_s the station's input power (W), U_s the
         sum over the station's users of ln(rate / 1 Mbit/s), EE_s the energy efficiency
         (Mbit/J) of the station's X2 neighbourhood including itself (so that sleeping
         pays off where the neighbours carry the traffic), HO_s handovers out of it.
@@ -480,11 +489,12 @@ class CellularNetwork:
         hood_bits = self._hood @ thr
         hood_power = self._hood @ self.power_w
         ee = np.where(hood_power > 0, hood_bits / np.maximum(hood_power, 1e-12), 0.0) * 1e-6
-        reward = c.pf_weight * util + c.ee_weight * ee - c.handover_cost * self.handovers_out
+        reward = (c.pf_weight * util + c.ee_weight * ee - c.handover_cost * self.handovers_out
+                  - c.power_weight * self.power_w)
         return reward, {"pf_utility": util, "throughput_bps": thr, "hood_ee_mbit_per_j": ee}
 
     def network_reward(self, kpis: StepKPIs | None = None) -> float:
-        """Central controller's reward: pf_weight * U + ee_weight * S * EE - cost * HO,
+        """Central controller's reward: pf_weight * U + ee_weight * S * EE - cost * HO - power_weight * P,
         with U the PF utility of all users and EE the network's Mbit/J; S * EE keeps the
         energy term on the scale of the sum of the stations' neighbourhood terms.
 
@@ -492,7 +502,7 @@ class CellularNetwork:
         c, k = self.config, (kpis if kpis is not None else self.kpis())
         return (c.pf_weight * k.pf_utility
                 + c.ee_weight * self.n_stations * k.energy_efficiency_bits_per_j * 1e-6
-                - c.handover_cost * k.handovers)
+                - c.handover_cost * k.handovers - c.power_weight * k.total_power_w)
 
     def observations(self) -> np.ndarray:
         """(S, obs_dim) float32 in [0, 1]: own features, then per X2 neighbour slot."""
@@ -522,6 +532,13 @@ class CellularNetwork:
         own[:, 8] = self.sleeping
         own[:, 9] = self.off
         own[:, 10] = self._small
+        own[:, 11] = np.log1p(n) * self._users_obs_scale
+        # the neighbours' mean over those awake (what their X2 reports say), padding excluded
+        awake_nb = self._nb_valid & self.awake[self._nb_gather]
+        nb_users = np.where(awake_nb, n[self._nb_gather], 0)
+        mean_nb = nb_users.sum(axis=1) / np.maximum(awake_nb.sum(axis=1), 1)
+        ratio = np.log2((n + 1.0) / (mean_nb + 1.0))
+        own[:, 12] = np.where(awake_nb.any(axis=1), np.minimum(np.maximum(0.5 + ratio / 8.0, 0.0), 1.0), 0.5)
         # What neighbours report over X2: load, PRB usage, whether active, power, CIO.
         report = np.zeros((S + 1, len(OBS_NEIGHBOUR_FEATURES)), dtype=np.float32)
         report[:S, 0] = 1.0
@@ -530,6 +547,7 @@ class CellularNetwork:
         report[:S, 3] = ~self.awake
         report[:S, 4] = own[:, 6]
         report[:S, 5] = own[:, 7]
+        report[:S, 6] = own[:, 11]
         nb = report[self._nb_index].reshape(S, -1)
         return np.concatenate([own, nb], axis=1)
 
