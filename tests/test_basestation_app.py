@@ -303,3 +303,28 @@ def test_difference_credit_is_what_the_station_changed(tiny):
     assert credit[stations == 3][0] == pytest.approx(with_sleep - without)
     learner = StationLearner(commons, 1, sc.training, seed=0)
     assert learner.train(sc.training.chunk_steps) > 0 and math.isfinite(learner.score())
+
+
+def test_held_decisions_make_one_transition_per_window(tiny):
+    sc = load_app_scenario(tiny).with_training(reward="difference", hold_steps=4, difference_steps=2)
+    commons = RadioCommons(sc.env, sc.training, seed=0)
+    learner = StationLearner(commons, 1, sc.training, seed=0)
+    before = commons.env_steps
+    assert learner.train(sc.training.chunk_steps) > 0
+    assert commons.env_steps - before == sc.training.chunk_steps  # the budget counts env steps
+    assert learner.model.rollout_buffer.buffer_size == sc.training.chunk_steps // 4
+    assert learner.samples == sc.training.chunk_steps
+
+
+def test_pinned_heads_keep_the_static_choice(tiny):
+    from apps.basestation.learner import policy_actions
+
+    sc = load_app_scenario(tiny).with_training(pinned=("power", "sleep"))
+    commons = RadioCommons(sc.env, sc.training, seed=0)
+    learner = StationLearner(commons, 1, sc.training, seed=0)
+    obs = torch.rand(500, commons.env.network.obs_dim)
+    a, _ = policy_actions(learner.outputs(obs), commons.nvec, torch.Generator().manual_seed(0))
+    assert (a[:, 0] == commons.default[1, 0]).all() and (a[:, 2] == 0).all()
+    assert len(np.unique(a[:, 1])) > 1  # the offset is still explored
+    with pytest.raises(AppScenarioError, match="pinned"):
+        load_app_scenario(tiny).with_training(pinned=("power", "cio", "sleep"))

@@ -69,6 +69,9 @@ class TrainingSettings(_Strict):
                         'it is credited for its neighbours\' users and not for the others\' exploration')
     difference_steps: int = Field(1, ge=1, le=20, description='with reward = "difference": steps each '
                                   'counterfactual replays (an offset moves users only after time-to-trigger)')
+    hold_steps: int = Field(1, ge=1, le=50, description="stations decide every this many env steps and hold "
+                            "the action in between (one PPO transition per decision): an offset's handovers "
+                            "and the arrivals it steers play out over many steps")
     # On hotspot (40 rounds) every choice scored MFD's stations better on their twins
     # than they then did together: PF utility -12 % (static), -35 % (peers), -10 %
     # (alike, without the deploy gate) against full power. "static" is the least wrong.
@@ -83,6 +86,10 @@ class TrainingSettings(_Strict):
                         'run the global model)')
     static_bias: float = Field(2.0, ge=0, le=10, description="initial logit bias of each action head towards "
                                "the static choice (awake gets one more); 0: a uniform first policy")
+    pinned: tuple[str, ...] = Field((), description='action heads ("power", "cio", "sleep") every learner '
+                                    '(stations and central controller alike) keeps at the static choice: '
+                                    'where a head only costs (lower power, sleep at full load) its exploration '
+                                    'drowns the others\' signal')
     twin_episodes: int = Field(1, ge=1, le=20, description="twin episodes (consecutive seeds) a score averages: "
                                "one episode fits the score to one draw of hotspots and users")
     central_steps: int | None = Field(None, ge=100, description="central PPO env steps (default rounds x chunk_steps)")
@@ -92,6 +99,11 @@ class TrainingSettings(_Strict):
     def _check(self) -> "TrainingSettings":
         if self.batch_size > self.chunk_steps:
             raise ValueError(f"batch_size: {self.batch_size} is larger than chunk_steps ({self.chunk_steps})")
+        bad = [h for h in self.pinned if h not in ("power", "cio", "sleep")]
+        if bad:
+            raise ValueError(f"pinned: unknown action head {bad[0]!r}; heads: power, cio, sleep")
+        if len(set(self.pinned)) == 3:
+            raise ValueError("pinned: pinning every head leaves nothing to learn")
         if any(h < 1 or h > 4096 for h in self.hidden):
             raise ValueError("hidden: widths must be within 1..4096")
         return self

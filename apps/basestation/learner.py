@@ -134,7 +134,12 @@ def make_ppo(view: gym.Env, settings: TrainingSettings, seed: int) -> PPO:
     return model
 
 
-def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequence[int], strength: float = 2.0) -> None:
+HEADS = ("power", "cio", "sleep")
+PIN_BIAS = 30.0  # softmax weight e^-30 on the other choices: never sampled, no gradient
+
+
+def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequence[int], strength: float = 2.0,
+                        pinned: Collection[str] = ()) -> None:
     """Start near the static configuration, still exploring.
 
     SB3 initialises the action head with gain 0.01, so the first policy is uniform: half
@@ -142,13 +147,22 @@ def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequenc
     drowns the learning signal. A bias of 2 on each head's default choice (3 on
     "awake") makes the first policy pick full power ~70 %, CIO 0 ~65 % and stay awake
     ~95 % of the time; everything else is still tried.
+
+    :param pinned: heads (``"power"``, ``"cio"``, ``"sleep"``; for a central controller
+        every station's) held at the static choice: a bias of `PIN_BIAS` makes the
+        other choices never sampled and their gradients vanish, so the policy learns
+        only the other heads (``TrainingSettings.pinned``).
     """
     with torch.no_grad():
         bias = policy.action_net.bias
         bias.zero_()
         start = 0
         for k, (n, d) in enumerate(zip(nvec, default)):
-            bias[start + int(d)] = strength + 1.0 if (n == 2 and k == len(nvec) - 1) else strength
+            head = HEADS[k % len(HEADS)]
+            if head in pinned:
+                bias[start + int(d)] = PIN_BIAS
+            else:
+                bias[start + int(d)] = strength + 1.0 if (n == 2 and head == "sleep") else strength
             start += int(n)
 
 
@@ -235,6 +249,7 @@ class Experience:
     last_value: float
     last_done: bool
     collection: int
+    env_steps: int  # the env steps the transitions cover (hold_steps per transition)
 
 
 class RadioCommons:
@@ -319,20 +334,29 @@ class RadioCommons:
     def collect(self, n: int) -> None:
         """Play ``n`` steps with every registered station's current policy; each station
         receives its own transitions (a station without a learner, one in outage, keeps
-        the static configuration)."""
+        the static configuration).
+
+        With ``settings.hold_steps`` h > 1 the stations decide every h steps and hold
+        their actions in between: one transition per decision (``ceil(n / h)`` of them),
+        its reward the decision's whole window (the difference reward over
+        ``max(h, difference_steps)`` steps, or the sum of the h steps' normalised
+        rewards)."""
         stations = sorted(self.learners)
         stacked = StackedPolicies([self.learners[s].model.policy for s in stations])
         idx = np.asarray(stations)
+        hold = self.settings.hold_steps
+        m = -(-n // hold)
         L, d = len(stations), self._obs.shape[1]
-        obs_b = np.zeros((n, L, d), dtype=np.float32)
-        act_b = np.zeros((n, L, 3), dtype=np.int64)
-        rew_b = np.zeros((n, L), dtype=np.float32)
-        start_b = np.zeros((n, L), dtype=np.float32)
-        val_b = np.zeros((n, L), dtype=np.float32)
-        logp_b = np.zeros((n, L), dtype=np.float32)
+        obs_b = np.zeros((m, L, d), dtype=np.float32)
+        act_b = np.zeros((m, L, 3), dtype=np.int64)
+        rew_b = np.zeros((m, L), dtype=np.float32)
+        start_b = np.zeros((m, L), dtype=np.float32)
+        val_b = np.zeros((m, L), dtype=np.float32)
+        logp_b = np.zeros((m, L), dtype=np.float32)
         gamma = self.settings.gamma
         difference = self.settings.reward == "difference"
-        for t in range(n):
+        played = 0
+        for t in range(m):
             o = torch.from_numpy(self._obs[idx])
             logits = stacked.logits(o)
             a, logp = policy_actions(logits, self.nvec, self._gen)
@@ -340,14 +364,20 @@ class RadioCommons:
             actions = self.default.copy()
             actions[idx] = a
             if difference:
-                credit = self._credits(actions, idx)
-            obs, rewards, _, truncs, _ = self.env.step({ag: actions[i] for i, ag in enumerate(self.agents)})
+                credit = self._credits(actions, idx, max(hold, self.settings.difference_steps))
+            r = np.zeros(L)
+            done = False
+            for _ in range(min(hold, n - played)):
+                obs, rewards, _, truncs, _ = self.env.step({ag: actions[i] for i, ag in enumerate(self.agents)})
+                played += 1
+                if not difference:
+                    r += (self.station_rewards(rewards)[idx] - self.reward_mean) / self.reward_scale
+                done = bool(truncs[self.agents[0]])
+                if done:
+                    break
             if difference:
                 r = credit / self.reward_scale
-            else:
-                r = (self.station_rewards(rewards)[idx] - self.reward_mean) / self.reward_scale
             next_obs = self._stack(obs)
-            done = bool(truncs[self.agents[0]])
             if done:
                 # a time limit, not a terminal state: bootstrap from the last observation
                 # (SB3's collect_rollouts does the same for TimeLimit truncations)
@@ -359,13 +389,13 @@ class RadioCommons:
             self._obs, self._start = next_obs, done
         last = stacked.values(torch.from_numpy(self._obs[idx])).numpy()
         self.collections += 1
-        self.env_steps += n
+        self.env_steps += played
         for k, s in enumerate(stations):
             self.learners[s].pending = Experience(
                 obs_b[:, k].copy(), act_b[:, k].copy(), rew_b[:, k].copy(), start_b[:, k].copy(),
-                val_b[:, k].copy(), logp_b[:, k].copy(), float(last[k]), self._start, self.collections)
+                val_b[:, k].copy(), logp_b[:, k].copy(), float(last[k]), self._start, self.collections, n)
 
-    def _credits(self, actions: np.ndarray, stations: np.ndarray) -> np.ndarray:
+    def _credits(self, actions: np.ndarray, stations: np.ndarray, steps: int | None = None) -> np.ndarray:
         """Each of ``stations``' difference reward for ``actions``: the network's total
         reward over the coming ``settings.difference_steps`` steps minus that total had
         the station acted statically (every other station as in ``actions``).
@@ -380,7 +410,8 @@ class RadioCommons:
         trains the stations replays the step for them; a live station could not, and the
         deployed policies act on their own observations only.
         """
-        net, steps = self.env.network, self.settings.difference_steps
+        net = self.env.network
+        steps = steps or self.settings.difference_steps
         out = np.zeros(len(stations))
         total = None
         for k, s in enumerate(stations):
@@ -400,7 +431,7 @@ class RadioCommons:
         station's next chunk; a station that fell behind gets the newest data only.
         """
         exp = learner.pending
-        if exp is None or len(exp.obs) != n:
+        if exp is None or exp.env_steps != n:
             self.collect(n)
             exp = learner.pending
         learner.pending = None
@@ -487,7 +518,8 @@ class StationLearner(Learner):
         self.family, self.width = FAMILY, 1.0
         self.view = StationView(commons.env, station, reward=settings.reward)
         self.model = make_ppo(self.view, settings, seed)
-        bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias)
+        bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias,
+                            settings.pinned)
         self.samples = 0
         self.work_done = 0
         self.pending: Experience | None = None
@@ -516,9 +548,10 @@ class StationLearner(Learner):
     def train(self, steps: int, trainable: Collection[str] | None = None) -> int:
         exp = self.commons.experience_for(self, steps)
         buf = self.model.rollout_buffer
-        if buf.buffer_size != steps:
+        m = len(exp.obs)  # transitions: steps / hold_steps
+        if buf.buffer_size != m:
             buf = self.model.rollout_buffer = RolloutBuffer(
-                steps, self.model.observation_space, self.model.action_space, device="cpu",
+                m, self.model.observation_space, self.model.action_space, device="cpu",
                 gamma=self.settings.gamma, gae_lambda=self.settings.gae_lambda)
         buf.reset()
         buf.observations[:, 0] = exp.obs
@@ -527,7 +560,7 @@ class StationLearner(Learner):
         buf.episode_starts[:, 0] = exp.starts
         buf.values[:, 0] = exp.values
         buf.log_probs[:, 0] = exp.log_probs
-        buf.pos, buf.full = steps, True
+        buf.pos, buf.full = m, True
         buf.compute_returns_and_advantage(torch.tensor([exp.last_value]), np.array([exp.last_done]))
         frozen = []
         if trainable is not None:

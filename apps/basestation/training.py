@@ -213,7 +213,7 @@ def _learn_central(scenario: AppScenario, seed: int, steps: int, progress: Progr
     model = make_ppo(env, t, seed)
     model.set_env(VecNormalize(DummyVecEnv([lambda: env]), norm_obs=False, norm_reward=True, gamma=t.gamma))
     bias_towards_static(model.policy, [net.n_power_levels, net.n_cio, 2] * net.n_stations,
-                        net.default_actions().reshape(-1), t.static_bias)
+                        net.default_actions().reshape(-1), t.static_bias, t.pinned)
 
     class _Progress(BaseCallback):
         def _on_step(self) -> bool:
