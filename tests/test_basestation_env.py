@@ -415,3 +415,41 @@ def test_stations_observe_whether_they_are_small_cells():
     k = OBS_OWN_FEATURES.index("small_cell")
     small = np.array([obs[a][k] for a in env.possible_agents])
     np.testing.assert_array_equal(small, ~env.network.layout.is_macro)
+
+
+def test_stations_observe_their_users_beyond_the_load_scale_and_against_neighbours():
+    from envs.basestation import OBS_NEIGHBOUR_FEATURES
+
+    env = BaseStationParallelEnv(scenario="hotspot")
+    obs, _ = env.reset(seed=0)
+    net = env.network
+    o = np.stack([obs[a] for a in env.possible_agents])
+    n = net.n_users
+    users = o[:, OBS_OWN_FEATURES.index("users")]
+    np.testing.assert_allclose(users, np.log1p(n) / np.log1p(net.config.max_users), rtol=1e-6)
+    assert n.max() > net.config.load_norm_users  # a hotspot cell: load reads 1, users does not
+    busiest = int(np.argmax(n))
+    assert users[busiest] > users[n == net.config.load_norm_users].max(initial=0.0)
+    ratio = o[:, OBS_OWN_FEATURES.index("load_vs_neighbours")]
+    nb = net.layout.neighbours[busiest]
+    mean_nb = n[nb[nb >= 0]].mean()
+    assert ratio[busiest] == pytest.approx(min(1.0, 0.5 + np.log2((n[busiest] + 1) / (mean_nb + 1)) / 8), abs=1e-6)
+    # what a neighbour reports over X2 is its users feature
+    own = len(OBS_OWN_FEATURES)
+    k = OBS_NEIGHBOUR_FEATURES.index("users")
+    assert o[busiest, own + k] == pytest.approx(users[nb[0]])
+
+
+def test_power_weight_prices_every_watt():
+    cfg = dict(STATIC, power_weight=0.0)
+    env = BaseStationParallelEnv(BaseStationConfig(**cfg))
+    priced = BaseStationParallelEnv(BaseStationConfig(**dict(cfg, power_weight=0.05)))
+    env.reset(seed=1)
+    priced.reset(seed=1)
+    a = {ag: np.array([3, 2, 0]) for ag in env.possible_agents}
+    _, r, *_ = env.step(a)
+    _, rp, *_ = priced.step(a)
+    power = env.network.power_w
+    for i, ag in enumerate(env.possible_agents):
+        assert rp[ag] == pytest.approx(r[ag] - 0.05 * power[i])
+    assert priced.network.network_reward() == pytest.approx(env.network.network_reward() - 0.05 * power.sum())
