@@ -14,7 +14,19 @@ sleep) can give at all, with two controllers that no station could run:
    network with the *same* random future (arrivals, moves, shadowing). It knows the
    future, sees every user and decides centrally: a generous bound, not a target.
 
-Both are compared with full power + strongest cell and the load-balancing heuristic on
+3. **Local load-ratio offset rule**: what a station could do on its own observations: its
+   CIO is ``-gain * log2((n + 1) / (m + 1))`` dB (``n`` its users, ``m`` its awake X2
+   neighbours' mean, the ``users`` the X2 reports carry), snapped to the allowed values,
+   with one power step down where ``n`` exceeds ``m`` by more than ``hi`` doublings; the
+   few (gain, hi, shift) tried are tuned on the evaluation seeds, as the static search.
+   It is the bound for a *reactive local* policy of that simple form, not a heuristic
+   the benchmark compares with.
+
+The clairvoyant's choices are summarised per station (``clairvoyant.stations``: share of
+steps at each power level / offset / asleep, the station's mean users) to show what it
+reacts to.
+
+All are compared with full power + strongest cell and the load-balancing heuristic on
 the same seeds and steps. Energy is reported alongside, since the target is "at no more
 energy". The PF utility here is the env's own KPI (sum of ln(rate / 1 Mbit/s), per-step
 mean), the one ``benchmarks/basestation.py`` compares.
@@ -85,7 +97,38 @@ def static_search(env: BaseStationParallelEnv, seeds) -> dict:
     return best
 
 
-def clairvoyant(env: BaseStationParallelEnv, seed: int, steps: int, horizon: int) -> tuple[float, float]:
+def load_ratio_rule(env: BaseStationParallelEnv, gain: float, hi: float, shift: float):
+    """The local offset rule (module docstring, 3): a policy over the env's own state
+    that uses only what each station observes (its users, its X2 neighbours' users)."""
+    net = env.network
+    nb, S = net.layout.neighbours, net.n_stations
+    gather, valid = np.maximum(nb, 0), nb >= 0
+
+    def policy(obs):
+        n = net.n_users.astype(float)
+        awake = valid & net.awake[gather]
+        mean_nb = np.where(awake, n[gather], 0.0).sum(axis=1) / np.maximum(awake.sum(axis=1), 1)
+        ratio = np.where(awake.any(axis=1), np.log2((n + 1.0) / (mean_nb + 1.0)), 0.0)
+        cio = np.abs(net.cio_values_db[None, :] - (shift - gain * ratio)[:, None]).argmin(axis=1)
+        power = np.where(ratio > hi, net.n_power_levels - 2, net.n_power_levels - 1)
+        a = np.stack([power, cio, np.zeros(S, dtype=np.int64)], axis=1)
+        return {f"bs_{i}": a[i] for i in range(S)}
+
+    return policy
+
+
+def rule_search(env: BaseStationParallelEnv, seeds) -> dict:
+    best = None
+    for gain, hi, shift in itertools.product((1.0, 2.0, 3.0, 4.0), (0.5, 1.0, 99.0), (-3.0, 0.0)):
+        runs = [play(env, load_ratio_rule(env, gain, hi, shift), s) for s in seeds]
+        pf, energy = float(np.mean([r[0] for r in runs])), float(np.mean([r[1] for r in runs]))
+        if best is None or pf > best["pf_utility"]:
+            best = {"pf_utility": pf, "energy_kj": energy, "gain_db_per_doubling": gain,
+                    "power_step_down_above_doublings": hi, "cio_shift_db": shift}
+    return best
+
+
+def clairvoyant(env: BaseStationParallelEnv, seed: int, steps: int, horizon: int) -> tuple[float, float, dict]:
     net = env.network
     env.reset(seed=seed)
     candidates = [(p, c, 0) for p in range(net.n_power_levels) for c in range(net.n_cio)]
@@ -101,6 +144,7 @@ def clairvoyant(env: BaseStationParallelEnv, seed: int, steps: int, horizon: int
 
     a = net.default_actions()
     pf, energy = 0.0, 0.0
+    chosen, users = [], []
     for _ in range(steps):
         for i in np.flatnonzero(~net.off):
             best, best_v = a[i].copy(), future_pf(a)
@@ -110,11 +154,22 @@ def clairvoyant(env: BaseStationParallelEnv, seed: int, steps: int, horizon: int
                 if v > best_v + 1e-9:
                     best, best_v = np.array(cand), v
             a[i] = best
+        chosen.append(a.copy())
+        users.append(net.n_users.copy())
         net.step(a)
         k = net.kpis()
         pf += k.pf_utility
         energy += k.total_power_w * env.config.step_duration_s
-    return pf / steps, energy / 1e3
+    A, U = np.asarray(chosen), np.asarray(users)
+    kinds = np.where(net.layout.is_macro, "macro", "small")
+    stations = {f"bs_{i}": {"kind": str(kinds[i]), "mean_users": round(float(U[:, i].mean()), 1),
+                            "power_db_share": {f"{net.power_offsets_db[k]:+.0f}": round(float((A[:, i, 0] == k).mean()), 2)
+                                               for k in range(net.n_power_levels)},
+                            "cio_db_share": {f"{net.cio_values_db[k]:+.0f}": round(float((A[:, i, 1] == k).mean()), 2)
+                                             for k in range(net.n_cio)},
+                            "asleep_share": round(float(A[:, i, 2].mean()), 2)}
+                for i in np.flatnonzero(~net.off)}
+    return pf / steps, energy / 1e3, stations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
                               "energy_kj": float(np.mean([r[1] for r in full]))},
                "heuristic": {"pf_utility": float(np.mean([r[0] for r in lb])),
                              "energy_kj": float(np.mean([r[1] for r in lb]))},
-               "best_static": static_search(env, EVAL_SEEDS)}
+               "best_static": static_search(env, EVAL_SEEDS),
+               "load_ratio_rule": rule_search(env, EVAL_SEEDS)}
         best_h = max(row["full_power"]["pf_utility"], row["heuristic"]["pf_utility"])
         row["best_static_gain_vs_best_heuristic"] = (row["best_static"]["pf_utility"] - best_h) / abs(best_h)
+        row["load_ratio_rule_gain_vs_best_heuristic"] = (row["load_ratio_rule"]["pf_utility"] - best_h) / abs(best_h)
         if name in args.oracle_scenarios.split(","):
             steps = min(args.oracle_steps, env.config.episode_steps)
-            o_pf, o_e = clairvoyant(env, args.oracle_seed, steps, args.horizon)
+            o_pf, o_e, o_stations = clairvoyant(env, args.oracle_seed, steps, args.horizon)
             f_pf, f_e = play(env, lambda o: full_power_strongest_cell(env, o), args.oracle_seed, steps)
             h_pf, h_e = play(env, LoadBalancingHeuristic(env), args.oracle_seed, steps)
             ref = max(f_pf, h_pf)
@@ -152,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "pf_utility": o_pf, "energy_kj": o_e,
                                   "full_power_pf_utility": f_pf, "full_power_energy_kj": f_e,
                                   "heuristic_pf_utility": h_pf, "heuristic_energy_kj": h_e,
-                                  "gain_vs_best_heuristic": (o_pf - ref) / abs(ref)}
+                                  "gain_vs_best_heuristic": (o_pf - ref) / abs(ref), "stations": o_stations}
         row["wall_seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         bs = row["best_static"]
@@ -161,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{bs['macro_power_db']:+.0f} dB / CIO {bs['macro_cio_db']:+.0f}"
                 + (f", small {bs['small_power_db']:+.0f} dB / CIO {bs['small_cio_db']:+.0f}"
                    if bs["small_power_db"] is not None else "")
-                + f"; E {bs['energy_kj']:.0f} vs {row['full_power']['energy_kj']:.0f} kJ)")
+                + f"; E {bs['energy_kj']:.0f} vs {row['full_power']['energy_kj']:.0f} kJ)"
+                + f"\n{'':<10} local load-ratio rule {row['load_ratio_rule']['pf_utility']:7.2f} "
+                  f"({row['load_ratio_rule_gain_vs_best_heuristic']:+.1%}), E {row['load_ratio_rule']['energy_kj']:.0f} kJ")
         if "clairvoyant" in row:
             c = row["clairvoyant"]
             line += (f"\n{'':<10} clairvoyant seed {c['seed']}, {c['steps']} steps: {c['pf_utility']:.2f} vs full "
