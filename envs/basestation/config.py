@@ -146,10 +146,10 @@ class BaseStationConfig:
     """Weight of energy efficiency, in Mbit/J. A network at 0.2 Mbit/J then adds 4 per
     station, about one station's PF utility at the default load."""
     handover_cost: float = 0.1
+    """Reward subtracted per handover out of a station."""
     power_weight: float = 0.0
     """Reward subtracted per watt a station draws (EARTH input power): a price on energy
     that, unlike the efficiency term, pays a station for sleeping when it carries no one."""
-    """Reward subtracted per handover out of a station."""
     rate_floor_bps: float = 1e3
     """Rates are floored here before the logarithm of the PF utility (ln(1e3/1e6) = -6.9)."""
     load_norm_users: int = 10
