@@ -10,7 +10,7 @@ import torch
 from mfd_core import knowledge
 from mfd_core.experiment import build_world
 
-from tests.test_process import _record_sends, _shares, received, same_state, tiny
+from tests.helpers import model_shares, received, record_sends, same_state, tiny
 
 
 def test_held_models_merge_together_in_one_average() -> None:
@@ -51,11 +51,11 @@ def test_rounds_run_end_to_end_and_reach_past_the_neighbours() -> None:
     scenario = tiny(topology={"kind": "ring", "nodes": 6},
                     policy={"merge_window": 0.2, "share_hops": 2, "fanout": 4, "max_silence": 0.5})
     world = build_world(scenario, seed=0)
-    sends = _record_sends(world)
+    sends = record_sends(world)
     world.run()
     far = 0
     for node_id, records in sends.items():
-        for _, targets in _shares(records):
+        for _, targets in model_shares(records):
             for target, _ in targets:
                 hops = abs(target - node_id) % 6
                 assert min(hops, 6 - hops) <= 2

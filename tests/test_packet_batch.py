@@ -18,18 +18,10 @@ from test_packet_vectors import MODEL, PARAMS, VECTORS
 
 from mfd_core import codec, packet
 
-KEY = b"fleet-key"
+from tests.helpers import KEY, big_model
 
 # every test here exercises the helper threads, whatever the load
 pytestmark = pytest.mark.usefixtures("idle_cpus")
-
-
-def big_model(seed: int = 0) -> dict[str, torch.Tensor]:
-    """About 1.1 MB at fp32 (280 KB at int8): 64 KiB datagrams, enough for the parallel path."""
-    g = torch.Generator().manual_seed(seed)
-    return {"a.weight": torch.randn(400, 400, generator=g), "a.bias": torch.randn(400, generator=g),
-            "b.weight": torch.randn(300, 400, generator=g), "steps": torch.tensor(seed),
-            "flags": torch.rand(7, generator=g) > 0.5}
 
 
 def datagrams(mtu: int, key=None, precision="fp32", state=None) -> list[bytes]:

@@ -6,64 +6,20 @@ that the whole file runs in seconds on a busy CPU.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 
 import networkx as nx
-import numpy as np
 import pytest
 import torch
 
-from mfd_core import codec
 from mfd_core.datasets import load_digits, train_val_test_split
 from mfd_core.experiment import World, build_world
 from mfd_core.learners import TorchSupervisedLearner
-from mfd_core.packet import FLAG_MANIFEST, parse
-from mfd_core.reassembly import Reassembler
 from mfd_core.scaling import MLPFamily
-from mfd_core.scenario import Policy, Scenario, from_dict
+from mfd_core.scenario import Policy
 
-_ids = itertools.count(1)
-
-
-def tiny(name: str = "mfd", **sections) -> Scenario:
-    """A 5-node ring, 16-unit MLP, 6 simulated seconds; ``sections`` update its tables."""
-    doc = {
-        "name": "tiny", "seeds": [0], "duration": 6.0, "eval_interval": 0.5,
-        "topology": {"kind": "ring", "nodes": 5, "compute": 2000.0, "bandwidth": 1.0e6, "latency": 0.005},
-        "data": {"split": "dirichlet", "alpha": 0.5},
-        "learner": {"hidden": [16], "local_steps": 5, "lr": 0.01},
-        "policy": {"name": name, "max_silence": 1.0, "hello_interval": 1.0, "precision": "fp32"},
-    }
-    for key, value in sections.items():
-        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
-    return from_dict(doc)
-
-
-def received(world: World, origin: int, dest: int, state, *, drop: float = 0.0, seed: int = 0, **meta):
-    """``state`` cut into packets, ``drop`` of the tensor datagrams lost, the rest fed to a
-    fresh Reassembler with the world's key; the message it delivers (partial after expiry)."""
-    datagrams = codec.to_datagrams(
-        state, origin=origin, destination=dest, model_version=1, message_id=next(_ids), mtu=world.settings.mtu,
-        precision="fp32", key=world.key, meta={"kind": "model", **meta},
-        scaling={"family": "mlp", "ratio": 1.0})
-    rng = np.random.default_rng(seed)
-    # the manifest travels too: a receiver needs it to place anything it does not know
-    kept = [d for d in datagrams if parse(d, world.key).flags & FLAG_MANIFEST or rng.random() >= drop]
-    assert drop == 0 or len(kept) < len(datagrams)
-    reassembler = Reassembler(key=world.key)
-    message = None
-    for d in kept:
-        message = reassembler.receive(d, now=0.0) or message
-    if message is None:
-        (message,) = reassembler.expire(now=1e9)
-    return message
-
-
-def same_state(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
+from tests.helpers import model_shares, received, record_sends, same_state, tiny
 
 # --------------------------------------------------------------------------- the gate
 
@@ -144,39 +100,16 @@ def test_lossy_links_deliver_partial_models_that_are_merged() -> None:
 # --------------------------------------------------------------------------- when and with whom
 
 
-def _record_sends(world: World):
-    sends = defaultdict(list)  # node -> [(time, target, kind, score at the time)]
-    for node in world.nodes.values():
-        original = node.send_model
-
-        def send(destination, *args, _node=node, _original=original, **kwargs):
-            sends[_node.id].append((world.env.now, destination, kwargs.get("kind", "model"),
-                                    _node.learner_score(), dict(kwargs.get("meta") or {})))
-            return _original(destination, *args, **kwargs)
-
-        node.send_model = send
-    return sends
-
-
-def _shares(records):
-    """Group one node's model sends into shares: the sends of one decision share a time."""
-    groups = defaultdict(list)
-    for t, target, kind, score, _ in records:
-        if kind == "model":
-            groups[t].append((target, score))
-    return sorted(groups.items())
-
-
 @pytest.mark.parametrize("margin, silence", [(0.02, 1.0), (1.0, 1.5), (0.0, 100.0)])
 def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, silence) -> None:
     scenario = tiny(topology={"kind": "small_world", "nodes": 6, "k": 4},
                     policy={"share_margin": margin, "max_silence": silence, "fanout": 2})
     world = build_world(scenario, seed=0)
-    sends = _record_sends(world)
+    sends = record_sends(world)
     result = world.run()
     total = 0
     for node_id, records in sends.items():
-        shares = _shares(records)
+        shares = model_shares(records)
         total += len(shares)
         assert world.nodes[node_id].counters.shares == len(shares)
         neighbours = set(world.graph.neighbors(node_id))
@@ -190,7 +123,7 @@ def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, s
     assert total > 0
     if margin >= 1.0:  # accuracy cannot rise by 1.0: shares only come from silence
         for records in sends.values():
-            times = [t for t, _ in _shares(records)]
+            times = [t for t, _ in model_shares(records)]
             assert all(b - a >= silence - 1e-9 for a, b in zip(times, times[1:]))
     # what goes on the air is models and control messages; never raw data
     kinds = world.net.stats()["kinds"]
@@ -310,7 +243,7 @@ def test_nodes_away_have_no_score() -> None:
 def test_travelling_models_visit_nodes_and_improve_them() -> None:
     scenario = tiny("mfd-travel", duration=6.0, topology={"nodes": 6}, policy={"travellers": 2})
     world = build_world(scenario, seed=0)
-    sends = _record_sends(world)
+    sends = record_sends(world)
     result = world.run()
     hops = [(t, node, target, meta) for node, records in sends.items()
             for t, target, kind, _, meta in records if kind == "travel"]
@@ -332,7 +265,7 @@ def test_travelling_models_visit_nodes_and_improve_them() -> None:
 def test_a_traveller_that_lost_fragments_is_trained_and_travels_on() -> None:
     world = build_world(tiny("mfd-travel", policy={"hello_interval": 5.0, "gate_tolerance": 1.0}), seed=0)
     world.policy.start(world)
-    sends = _record_sends(world)
+    sends = record_sends(world)
     holder = world.nodes[0]
     traveller = world.nodes[2].learner.get_state()
     message = received(world, 2, 0, traveller, drop=0.3, seed=2, score=0.5, samples=100,

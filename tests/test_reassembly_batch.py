@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from mfd_core import codec, packet, reassembly
 from mfd_core.packet import PacketError
 from mfd_core.reassembly import Limits, Reassembler
-from tests.test_packet_batch import KEY, big_model  # one 1.1 MB model (64 KiB datagrams) for both batch paths
+from tests.helpers import KEY, big_model  # one 1.1 MB model (64 KiB datagrams) for both batch paths
 
 # every test here exercises the helper threads, whatever the load
 pytestmark = pytest.mark.usefixtures("idle_cpus")
