@@ -12,27 +12,17 @@ from mfd_core.experiment import World, build_world, policy_by_name
 from mfd_core.learners import TorchSupervisedLearner
 from mfd_core.reassembly import Reassembler
 from mfd_core.scaling import MLPFamily
-from mfd_core.scenario import Policy, Scenario, from_dict
+from mfd_core.scenario import Policy, Scenario
+
+from tests import helpers
+from tests.helpers import same_state
 
 POLICIES = ("isolated", "fedavg", "gossip", "mfd", "mfd-travel")
 
 
 def tiny(name: str = "mfd", **sections) -> Scenario:
-    """A 5-node ring, 16-unit MLP, a few simulated seconds; ``sections`` update its tables."""
-    doc = {
-        "name": "tiny", "seeds": [0], "duration": 4.0, "eval_interval": 0.5,
-        "topology": {"kind": "ring", "nodes": 5, "compute": 2000.0, "bandwidth": 1.0e6, "latency": 0.005},
-        "data": {"split": "dirichlet", "alpha": 0.5},
-        "learner": {"hidden": [16], "local_steps": 5, "lr": 0.01},
-        "policy": {"name": name, "max_silence": 1.0, "hello_interval": 1.0},
-    }
-    for key, value in sections.items():
-        doc[key] = {**doc[key], **value} if isinstance(value, dict) else value
-    return from_dict(doc)
-
-
-def same_state(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    """The tests' tiny world (:func:`tests.helpers.tiny`), run for 4 simulated seconds."""
+    return helpers.tiny(name, **{"duration": 4.0, **sections})
 
 
 # --------------------------------------------------------------------------- one interface
