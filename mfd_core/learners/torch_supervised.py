@@ -217,11 +217,15 @@ class TorchSupervisedLearner(Learner):
             self._state_owners = found if same and found else []
         return state
 
+    def _lr_at(self, width: float) -> float:
+        """Step size of the layers after the first when training at ``width`` (``width_lr_exponent``)."""
+        return self.lr * width ** -self.width_lr_exponent
+
     def _scale_lr(self, width: float) -> None:
-        """Set the optimiser's step sizes for training at ``width`` (see ``width_lr_exponent``)."""
+        """Set the optimiser's step sizes for training at ``width``."""
         groups = self.optimizer.param_groups
         if len(groups) == 2:
-            groups[1]["lr"] = self.lr * width ** -self.width_lr_exponent
+            groups[1]["lr"] = self._lr_at(width)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         # A method, not a stored closure: clone() deep-copies the learner, and a closure
@@ -240,7 +244,7 @@ class TorchSupervisedLearner(Learner):
             first = named[0][0].rpartition(".")[0]
             groups = [{"params": [p for k, p in named if k.rpartition(".")[0] == first]},
                       {"params": [p for k, p in named if k.rpartition(".")[0] != first],
-                       "lr": self.lr * self.width ** -self.width_lr_exponent}]
+                       "lr": self._lr_at(self.width)}]
             return _OPTIMIZERS[self._optimizer_name](groups, lr=self.lr, **options)
         return _OPTIMIZERS[self._optimizer_name](params, lr=self.lr, **options)
 
