@@ -182,3 +182,44 @@ def test_actor_warmup_trains_only_the_critic_after_an_install():
     assert not torch.equal(after["critic.qf0.0.weight"], installed["critic.qf0.0.weight"])
     learner.train(60)  # warm-up over: the actor learns again
     assert not torch.equal(learner.get_state()["actor.mu.0.weight"], installed["actor.mu.0.weight"])
+
+
+def test_critic_metric_runs_no_episode_and_refuses_a_random_actor():
+    learner = _learner(TD3, steps=200, metric="critic")
+    state = learner.get_state()
+    own = learner.score()
+    random_actor = {k: (torch.randn_like(v) * 0.3 if k.startswith("actor") else v) for k, v in state.items()}
+    decision = knowledge.Gate(0.1).check(learner, random_actor)
+    assert not decision.accepted and decision.candidate_score < own - 0.1
+    assert learner.score_env_steps == 0  # judged on its own replay states, not in episodes
+    assert _equal(learner.get_state(), state) and learner.score() == own
+
+
+def test_critic_metric_judges_with_the_own_critic_not_the_candidates():
+    learner = _learner(TD3, steps=120, metric="critic")
+    state = learner.get_state()
+    # a candidate cannot talk itself up: its critic, however optimistic, is not asked
+    boastful = {k: (v + 100.0 if k.startswith("critic") and k.endswith("bias") else v) for k, v in state.items()}
+    assert learner.score(boastful) == learner.score()
+
+
+def test_critic_metric_needs_a_critic():
+    from stable_baselines3 import PPO
+
+    with pytest.raises(ValueError, match="critic"):
+        SB3Learner(PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=64, batch_size=64), lambda: gym.make("Pendulum-v1"),
+                   metric="critic")
+
+
+def test_shared_targets_travel_and_install_as_sent():
+    sender = _learner(TD3, steps=0, share=("actor", "critic", "actor_target", "critic_target"))
+    receiver = _learner(TD3, seed=1, steps=0, share=("actor", "critic", "actor_target", "critic_target"))
+    state = sender.get_state()
+    assert any(k.startswith("critic_target.") for k in state)
+    sent = {k: v + 0.5 for k, v in state.items()}  # targets apart from their networks' shift
+    receiver.set_state(sent)
+    targets = receiver.policy.critic_target.state_dict()
+    for k, v in targets.items():
+        assert torch.equal(v, sent[f"critic_target.{k}"])  # written as sent, not shifted again
+    with pytest.raises(ValueError, match="without their networks"):
+        _learner(TD3, steps=0, share=("actor", "critic_target"))

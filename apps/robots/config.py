@@ -93,10 +93,15 @@ class LearnerSettings(_Strict):
                                 "networks in ~2 ms of its 40 ms control period")
     local_steps: int = Field(250, ge=1, description="env steps between sharing decisions")
     score_episodes: int = Field(10, ge=1, description="the node's own fixed episodes for the gate")
-    score_metric: Literal["success", "progress"] = Field(
-        "progress", description="what the gate and the share decision score: success rate, or progress "
-        "(success, else half the goal distance closed: ranks policies before any succeeds)")
+    score_metric: Literal["success", "progress", "critic"] = Field(
+        "progress", description="what the gate and the share decision score: success rate or progress "
+        "(success, else half the goal distance closed: ranks policies before any succeeds) on score_episodes "
+        "episodes of the robot's cell, or critic (the robot's own critic values a policy's actions on its own "
+        "replay states: no episodes, no robot time)")
     share_critic: bool = Field(True, description="send the critic with the actor")
+    share_targets: bool = Field(False, description="send the target networks with their networks (needed "
+                                "when rounds are a few env steps apart: each robot's own targets, shifted "
+                                "along, drift apart and TD learning stalls)")
     actor_warmup: int = Field(0, ge=0, description="env steps after an installed policy during which only the "
                               "critic trains (it catches up with the new actor first)")
     distil_lr: float = Field(1e-3, gt=0, le=1, description="learning rate when a neighbour's policy teaches")

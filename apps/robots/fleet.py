@@ -155,6 +155,8 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
         server = max(sorted(closeness), key=lambda n: closeness[n])
         s = s.model_copy(update={"policy": s.policy.model_copy(update={"server": server})})
     share = ("actor", "critic") if s.learner.share_critic else ("actor",)
+    if s.learner.share_targets:
+        share = share + tuple(f"{name}_target" for name in share)
 
     cells = {i: r.cell() for i, r in enumerate(s.robots)}
     learners: dict[int, SB3Learner] = {}

@@ -11,9 +11,14 @@ Conventions the rest of the core relies on:
 
 - **State** (:meth:`SB3Learner.get_state`): tensors of the policy's ``state_dict`` whose
   first name part is in ``share`` (default ``("actor", "critic")`` for off-policy
-  algorithms, everything for on-policy ones). Target networks never travel: they are
-  derived, and a receiver shifts its own targets by the same step as the network it
-  installs (so merging keeps TD targets consistent, and undoing a merge undoes it).
+  algorithms, everything for on-policy ones). Target networks travel only when asked
+  (``share`` naming ``actor_target`` / ``critic_target`` beside their networks); else a
+  receiver shifts its own targets by the same step as the network it installs (so one
+  install keeps TD targets consistent, and undoing a merge undoes it). A fleet that
+  merges every few env steps needs its targets merged with the networks: with each
+  robot's own target shifted along (or left alone, or reset to the merge), four TD3+HER
+  reach robots averaged every 5 env steps learned nothing in 2,000 steps; with the
+  targets averaged too they reached 90 % in 400 (seed 0).
 - **Inputs** (:meth:`outputs`, :meth:`local_inputs`, :meth:`distil_from`): one flat
   float tensor per observation, the ``Dict`` keys concatenated in the space's key order
   (what SB3's ``CombinedExtractor`` feeds the networks), see :func:`flatten_obs`.
@@ -27,6 +32,10 @@ Conventions the rest of the core relies on:
   return over a fixed, seeded set of deterministic episodes on the node's own eval env:
   the same goals every time, so two policies are compared on the same episodes (the
   RL counterpart of a validation set, and what the gate needs to be paired, not noisy).
+  Or (``metric="critic"``) the node's own critic's value of a policy's actions on the
+  node's own replay states: no episode runs, so a robot pays no robot time to gate or
+  decide (episodes cost it ~10x its training steps in the reach fleet); it judges one
+  step of each policy, against what its critic has learned so far.
 """
 from __future__ import annotations
 
@@ -51,7 +60,9 @@ __all__ = ["SB3Learner", "SB3PolicyFamily", "flatten_obs", "obs_layout", "unflat
 
 Layout = list[tuple[str | None, tuple[int, ...]]]
 
-METRICS = ("success", "return", "progress")
+METRICS = ("success", "return", "progress", "critic")
+# states the critic metric judges a policy on (evenly spaced over the replay buffer)
+_CRITIC_STATES = 1024
 
 # A deterministic action of +-1 is a Gaussian mean of +-infinity before tanh: clip the
 # action to 1 - 1e-3 first (atanh(0.999) = 3.8, past where tanh is flat anyway).
@@ -164,14 +175,18 @@ class SB3Learner(Learner):
         ``is_success``), ``"return"`` (mean undiscounted return) or ``"progress"``
         (goal-conditioned envs: 1 per success, else half the share of the initial goal
         distance closed; in [0, 1] like success, but it ranks policies before any
-        succeeds).
+        succeeds), or ``"critic"`` (off-policy algorithms: the node's *own* critic
+        judges the policy's actions on states of its own replay buffer: the mean of
+        its lowest Q-head, in return units; no episode is run, so scoring costs no
+        robot time; see :meth:`score`).
     :param share: first name parts of the policy ``state_dict`` that travel; default
         ``("actor", "critic")`` when the policy has an actor and a critic (off-policy),
         else everything. Why the critic travels with the actor: the actor is what a
         robot acts with, but a receiver that keeps training needs a critic that agrees
         with it; a good actor next to an untrained critic is pulled off course by the
         critic's random gradients in the first updates (and a joining node's bootstrap
-        is lost). Send ``("actor",)`` to halve the bytes when receivers only act.
+        is lost). Send ``("actor",)`` to halve the bytes when receivers only act; add
+        ``"actor_target", "critic_target"`` when models merge often (module docstring).
     :param family: architecture family name (models of one family merge); default
         ``"<algorithm>-mlp"``, e.g. ``"td3-mlp"``.
     :param width: width ratio within the family (hidden widths relative to the
@@ -219,6 +234,8 @@ class SB3Learner(Learner):
         if metric == "progress" and not (isinstance(model.observation_space, spaces.Dict)
                                          and {"achieved_goal", "desired_goal"} <= set(model.observation_space.spaces)):
             raise ValueError("metric 'progress' needs a goal-conditioned Dict observation (achieved_goal, desired_goal)")
+        if metric == "critic" and not (hasattr(model.policy, "actor") and hasattr(model.policy, "critic")):
+            raise ValueError("metric 'critic' needs an off-policy algorithm with an actor and a critic (TD3, SAC, DDPG)")
         if eval_episodes < 1:
             raise ValueError(f"eval_episodes must be >= 1, got {eval_episodes}")
         if not 0 < width <= 1:
@@ -253,8 +270,9 @@ class SB3Learner(Learner):
         unknown = set(share) - names
         if unknown:
             raise ValueError(f"share: {sorted(unknown)} not in the policy (it has {sorted(names)})")
-        if any(s.endswith("_target") for s in share):
-            raise ValueError("share: target networks are derived, not shared")
+        lone = [s for s in share if s.endswith("_target") and s[: -len("_target")] not in share]
+        if lone:
+            raise ValueError(f"share: {lone} without their networks (a target travels only with its network)")
         self.share = tuple(share)
         self._forward = _PolicyForward(model.policy, self.output_kind)
 
@@ -332,10 +350,13 @@ class SB3Learner(Learner):
             if value.shape != local[key].shape:
                 raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(local[key].shape)}")
 
-    def _sync_targets(self, before: Mapping[str, Tensor]) -> None:
-        """Shift each shared network's target by the step its network just took."""
+    def _sync_targets(self, before: Mapping[str, Tensor], skip: Collection[str] = ()) -> None:
+        """Shift each shared network's target by the step its network just took (but
+        those in ``skip``, whose targets were written with them)."""
         policy = self.policy
         for prefix in self.share:
+            if prefix in skip:
+                continue
             target = getattr(policy, f"{prefix}_target", None)
             if target is None:
                 continue
@@ -426,14 +447,30 @@ class SB3Learner(Learner):
 
     @torch.no_grad()
     def score(self, state: Mapping[str, Tensor] | None = None) -> float:
+        """The metric of the node's policy, or of a candidate ``state`` swapped in.
+
+        With ``metric="critic"`` the node's own critic (never the candidate's: a
+        candidate may not judge itself) values the candidate's actions on the node's own
+        states, so a policy that would act worse where this robot acts scores lower,
+        without an episode run. A critic that has learned nothing yet values every
+        policy about alike, and the gate then refuses nothing, as a node that knows
+        nothing should.
+        """
         self.policy.set_training_mode(False)
         kind = self.output_kind
-        if state is None:
+        swapped = None
+        if state is not None:
+            self._check_state(state, self.policy.state_dict())
+            # functional_call swaps the candidate in for each call only: the learner's own
+            # tensors are never written, so scoring a candidate cannot change the node.
+            swapped = {f"policy.{k}": v for k, v in state.items()}
+        if self.metric == "critic":
+            if swapped is None:
+                return self._critic_value(self._forward)
+            actor_only = {k: v for k, v in swapped.items() if k.startswith("policy.actor.")}
+            return self._critic_value(lambda obs: functional_call(self._forward, actor_only, (obs,), strict=False))
+        if swapped is None:
             return self._episodes(lambda x: self._to_env_action(self._forward(self._obs_tensor(x)), kind))
-        self._check_state(state, self.policy.state_dict())
-        # functional_call swaps the candidate in for each call only: the learner's own
-        # tensors are never written, so scoring a candidate cannot change the node.
-        swapped = {f"policy.{k}": v for k, v in state.items()}
         return self._episodes(
             lambda x: self._to_env_action(functional_call(self._forward, swapped, (self._obs_tensor(x),), strict=False), kind)
         )
@@ -441,7 +478,31 @@ class SB3Learner(Learner):
     @torch.no_grad()
     def score_teacher(self, teacher: Callable[[Tensor], Tensor | tuple[Tensor, ...]]) -> float:
         self.policy.set_training_mode(False)
+        if self.metric == "critic":
+            return self._critic_value(teacher, flat_inputs=True)
         return self._episodes(lambda x: self._to_env_action(teacher(x)))
+
+    def _critic_states(self) -> Tensor:
+        """Flat states the critic metric judges on: up to ``_CRITIC_STATES`` evenly
+        spaced over the replay buffer (the same rows for every policy scored between two
+        training chunks), or start states of the eval env before any experience."""
+        flat = self._replay_observations()
+        if len(flat) == 0:
+            flat = self._reset_observations(self.eval_episodes)
+        rows = np.unique(np.linspace(0, len(flat) - 1, min(len(flat), _CRITIC_STATES)).round().astype(int))
+        return torch.as_tensor(flat[rows], dtype=torch.float32)
+
+    def _critic_value(self, actor: Callable[[Any], Tensor | tuple[Tensor, ...]], *, flat_inputs: bool = False) -> float:
+        """The mean of the own critic's lowest Q-head for ``actor``'s
+        deterministic actions (in the policy's squashed action space, as the critic
+        learned them)."""
+        flat = self._critic_states()
+        obs = self._obs_tensor(flat)
+        out = actor(flat if flat_inputs else obs)
+        if isinstance(out, tuple):  # a Gaussian's mean, squashed as the policy acts
+            out = torch.tanh(out[0]) if self.policy.squash_output else out[0]
+        q = torch.stack(self.policy.critic(obs, out.clamp(-1.0, 1.0)), dim=0).min(dim=0).values
+        return float(q.mean())
 
     def get_state(self) -> dict[str, Tensor]:
         state = self.policy.state_dict()
@@ -464,7 +525,9 @@ class SB3Learner(Learner):
                 if mask.shape != dst.shape:
                     raise ValueError(f"{key}: mask shape {tuple(mask.shape)} != {tuple(dst.shape)}")
                 dst.copy_(torch.where(mask.to(torch.bool), value.to(dst.dtype), dst))
-        self._sync_targets(before)
+        # a network whose target came with the state takes that target; the others' targets
+        # shift by the step their network just took
+        self._sync_targets(before, skip={k.split(".", 1)[0][: -len("_target")] for k in state if k.split(".", 1)[0].endswith("_target")})
         if self.actor_warmup and any(k.startswith("actor.") and not torch.equal(before[k], local[k]) for k in state):
             self._warmup_left = self.actor_warmup
 
