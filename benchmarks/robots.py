@@ -46,6 +46,16 @@ steps to 90 %, alone / MFD: 1e-3 875+1225 / 725+1200, 2e-3 925+1025 / 612+762, 4
 the three for both, and the shipped one; a round's average of four robots' updates is
 less noisy than one robot's and takes the larger step better.
 
+Scoring costs no robot time: the shipped fleet gates and decides with each robot's own
+critic on its own replay states (``score_metric = "critic"``). Scored on 10 episodes of
+the robot's cell instead, an MFD founder ran ~10x its training steps in scoring, uncounted;
+the founders' ratio was 0.74 then and is 0.81 now (seeds 0-2, the isolated runs the same).
+
+What sharing could give at all: ``benchmarks/robots_pooled.py`` trains one learner on the
+four founders' raw experience together. At one robot's compute (data-parallel SGD) it
+reaches 0.50-0.59x the isolated steps and the KUKA founder 0.80x; only with four robots'
+updates in sequence (4x the compute) does it reach 0.30x and the KUKA 0.40x.
+
     python benchmarks/robots.py --seeds 0 1 2 --jobs 12         # reach + KUKA, 12 processes
     python benchmarks/robots.py --seeds 0 --jobs 1 --no-kuka    # one seed of reach, ~12 min on a busy 2-core box
     python benchmarks/robots.py --seeds 0 --push --no-reach     # the push budget only
