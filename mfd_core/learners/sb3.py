@@ -367,8 +367,10 @@ class SB3Learner(Learner):
                     if key in before and t.is_floating_point():
                         t.add_(online[name] - before[key])
 
-    def _replay_observations(self) -> np.ndarray:
-        """Flat observations of the node's own experience (replay buffer or last rollout)."""
+    def _replay_observations(self, evenly: int | None = None) -> np.ndarray:
+        """Flat observations of the node's own experience (replay buffer or last rollout);
+        with ``evenly``, at most that many rows, evenly spaced over it (picked before
+        flattening, so a full buffer is not copied to read a thousand rows)."""
         buffer = getattr(self.model, "replay_buffer", None)
         if buffer is not None:
             size = buffer.buffer_size if buffer.full else buffer.pos
@@ -386,6 +388,10 @@ class SB3Learner(Learner):
             obs = {k: v[:size].reshape(-1, *v.shape[2:]) for k, v in obs.items()}
         else:
             obs = obs[:size].reshape(-1, *obs.shape[2:])
+        if evenly is not None:
+            total = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+            rows = np.unique(np.linspace(0, total - 1, min(total, evenly)).round().astype(int))
+            obs = {k: v[rows] for k, v in obs.items()} if isinstance(obs, dict) else obs[rows]
         return flatten_obs(obs, self.layout)
 
     def _reset_observations(self, n: int) -> np.ndarray:
@@ -486,11 +492,10 @@ class SB3Learner(Learner):
         """Flat states the critic metric judges on: up to ``_CRITIC_STATES`` evenly
         spaced over the replay buffer (the same rows for every policy scored between two
         training chunks), or start states of the eval env before any experience."""
-        flat = self._replay_observations()
+        flat = self._replay_observations(evenly=_CRITIC_STATES)
         if len(flat) == 0:
             flat = self._reset_observations(self.eval_episodes)
-        rows = np.unique(np.linspace(0, len(flat) - 1, min(len(flat), _CRITIC_STATES)).round().astype(int))
-        return torch.as_tensor(flat[rows], dtype=torch.float32)
+        return torch.as_tensor(flat, dtype=torch.float32)
 
     def _critic_value(self, actor: Callable[[Any], Tensor | tuple[Tensor, ...]], *, flat_inputs: bool = False) -> float:
         """The mean of the own critic's lowest Q-head for ``actor``'s
@@ -527,7 +532,8 @@ class SB3Learner(Learner):
                 dst.copy_(torch.where(mask.to(torch.bool), value.to(dst.dtype), dst))
         # a network whose target came with the state takes that target; the others' targets
         # shift by the step their network just took
-        self._sync_targets(before, skip={k.split(".", 1)[0][: -len("_target")] for k in state if k.split(".", 1)[0].endswith("_target")})
+        parts = {k.split(".", 1)[0] for k in state}
+        self._sync_targets(before, skip={p.removesuffix("_target") for p in parts if p.endswith("_target")})
         if self.actor_warmup and any(k.startswith("actor.") and not torch.equal(before[k], local[k]) for k in state):
             self._warmup_left = self.actor_warmup
 
