@@ -58,9 +58,10 @@ global RNGs, so chunking reorders their draws): 675 / 1,262 / 600 at chunks of 5
 710 / 785 / 710 at chunks of 10 on seeds 0-2. The ratio is taken within one run.
 
 What sharing could give at all: ``benchmarks/robots_pooled.py`` trains one learner on the
-four founders' raw experience together. At one robot's compute (data-parallel SGD) it
-reaches 0.50-0.59x the isolated steps and the KUKA founder 0.80x; only with four robots'
-updates in sequence (4x the compute) does it reach 0.30x and the KUKA 0.40x.
+four founders' raw experience together (seeds 0-4, over this benchmark's isolated runs).
+With one robot's updates it reaches 0.78x the isolated steps (MFD: 0.76x); as data-parallel
+SGD at one robot's compute 0.63x (0.56x at twice the learning rate), the KUKA founder
+0.70x; only with four robots' updates in sequence (4x the compute) 0.38x, KUKA 0.42x.
 
     python benchmarks/robots.py --seeds 0 1 2 --jobs 12         # reach + KUKA, 12 processes
     python benchmarks/robots.py --seeds 0 --jobs 1 --no-kuka    # one seed of reach, ~12 min on a busy 2-core box
