@@ -80,10 +80,11 @@ from _common import write_results  # noqa: E402
 from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
 from envs.basestation.heuristics import LoadBalancingHeuristic, full_power_strongest_cell  # noqa: E402
 from envs.basestation.network import OBS_OWN_FEATURES  # noqa: E402
+# the env's own scale of SINR features: a copy here would silently misread them if it changed
+from envs.basestation.network import _SINR_OBS_LOW_DB as _SINR_LOW_DB, _SINR_OBS_SPAN_DB as _SINR_SPAN_DB  # noqa: E402
 
-# the observation's 5th-percentile SINR feature and its scale (envs/basestation/network.py)
+# the observation's 5th-percentile SINR feature
 _P5_SINR = OBS_OWN_FEATURES.index("sinr_p5")
-_SINR_LOW_DB, _SINR_SPAN_DB = -10.0, 40.0
 
 EVAL_SEEDS = (100, 101, 102)  # apps/basestation TrainingSettings.eval_seeds
 
@@ -344,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                "heuristic": {"pf_utility": float(np.mean([r[0] for r in lb])),
                              "energy_kj": float(np.mean([r[1] for r in lb]))},
                "best_static": static_search(env, EVAL_SEEDS)}
-        best_h = max(row["full_power"]["pf_utility"], row["heuristic"]["pf_utility"])
-        best_h_e = max((row["full_power"], row["heuristic"]), key=lambda r: r["pf_utility"])["energy_kj"]
+        best = max((row["full_power"], row["heuristic"]), key=lambda r: r["pf_utility"])
+        best_h, best_h_e = best["pf_utility"], best["energy_kj"]
         row["best_static_gain_vs_best_heuristic"] = (row["best_static"]["pf_utility"] - best_h) / abs(best_h)
         if args.rule_restarts >= 0:
             row["local_rule"] = local_rule_row(env, args.rule_restarts)
