@@ -43,7 +43,7 @@ def run_policies(scenario, policies: list[str], out: Path, seeds: list[int] | No
     """Run every policy on every seed with one progress bar; save each run under out/policy/seedK."""
     from tqdm import tqdm
 
-    from mfd_core.experiment import build_world, check_policy
+    from mfd_core.runtime import build_world, check_policy
 
     for name in policies:
         try:

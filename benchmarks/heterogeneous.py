@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import RESULTS, write_results  # noqa: E402
-from mfd_core.experiment import build_world  # noqa: E402
+from mfd_core.runtime import build_world  # noqa: E402
 from mfd_core.scenario import Scenario, load  # noqa: E402
 
 SCENARIOS = ROOT / "apps" / "scenarios"

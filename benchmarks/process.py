@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import RESULTS, write_results  # noqa: E402
-from mfd_core.experiment import build_world  # noqa: E402
+from mfd_core.runtime import build_world  # noqa: E402
 from mfd_core.metrics import RunResult  # noqa: E402
 from mfd_core.report import COLOURS  # noqa: E402
 from mfd_core.scenario import load  # noqa: E402
@@ -213,7 +213,7 @@ def simulator_speed(log, mfd_1000_seconds: float = 600.0) -> dict:
                     done.succeed()
             world.log = log_and_stop
             world.policy.start(world)
-            world.net.run(until=done)
+            world.network.run(until=done)
             sim_time = world.env.now
         else:
             world.duration = out["fedavg_sim_seconds"]
@@ -243,9 +243,10 @@ def thousand_node_world(policy: str = "gossip", duration: float = 3600.0):
     """
     import torch
 
-    from mfd_core.experiment import World
     from mfd_core.learners.torch_supervised import TorchSupervisedLearner
+    from mfd_core.network.sim import SimNetwork
     from mfd_core.network.topology import small_world
+    from mfd_core.runtime import World
     from mfd_core.scaling import MLPFamily
     from mfd_core.scenario import Policy
 
@@ -261,7 +262,8 @@ def thousand_node_world(policy: str = "gossip", duration: float = 3600.0):
                                                 batch_size=8, seed=node, family="mlp")
     test_x = torch.from_numpy(rng.normal(size=(64, 8)).astype(np.float32))
     test_y = (test_x[:, 0] > 0).long()
-    return World(graph, learners, settings=Policy(name=policy, gossip_interval=GOSSIP_INTERVAL_1000),
+    settings = Policy(name=policy, gossip_interval=GOSSIP_INTERVAL_1000)
+    return World(SimNetwork(graph, seed=0), learners, policy=settings.make(), transport=settings.transport,
                  seed=0, duration=duration, eval_interval=duration, local_steps=1,
                  evaluate=lambda _n, learner: learner.evaluate(test_x, test_y), name=f"speed-1000-{policy}")
 

@@ -32,20 +32,29 @@ _EXPORTS: dict[str, str] = {
     # learners
     "Learner": ".learners.base", "TorchSupervisedLearner": ".learners.torch_supervised",
     "SB3Learner": ".learners.sb3", "SB3PolicyFamily": ".learners.sb3",
-    # sharing policies
-    "SharingPolicy": ".process", "MFDPolicy": ".process", "TravellingPolicy": ".process",
-    "FedAvgPolicy": ".baselines", "GossipPolicy": ".baselines", "IsolatedPolicy": ".baselines",
-    "policy_by_name": ".experiment",
+    # the learning process: nodes and sharing policies, registered by name
+    "Node": ".process", "NodeServices": ".process", "Transport": ".process",
+    "SharingPolicy": ".process", "PolicySettings": ".process", "Runtime": ".process",
+    "MFDPolicy": ".process", "MFDSettings": ".process", "TravellingPolicy": ".process",
+    "TravellingSettings": ".process", "FedAvgPolicy": ".process", "FedAvgSettings": ".process",
+    "GossipPolicy": ".process", "GossipSettings": ".process", "IsolatedPolicy": ".process",
+    "IsolatedSettings": ".process", "policy_by_name": ".process", "policy_class": ".process",
+    "register_policy": ".process",
+    "POLICIES": ".process",
+    # typed messages
+    "Hello": ".messages", "Pull": ".messages", "Resend": ".messages", "ModelHeader": ".messages",
+    "MessageError": ".messages",
     # the runtime and its networks
-    "World": ".experiment", "Node": ".process", "build_world": ".experiment", "run": ".experiment",
-    "SimNetwork": ".network.sim", "UdpNetwork": ".network.udp", "NetworkChange": ".network.sim",
-    "build_topology": ".network.topology",
+    "World": ".runtime", "build_world": ".runtime", "run": ".runtime", "topology_of": ".runtime",
+    "check_policy": ".runtime",
+    "Network": ".network.base", "NetworkChange": ".network.base",
+    "SimNetwork": ".network.sim", "UdpNetwork": ".network.udp", "build_topology": ".network.topology",
     # scenarios and results
-    "Scenario": ".scenario", "ScenarioError": ".scenario", "PolicySettings": ".scenario",
-    "load_scenario": ".scenario", "RunResult": ".metrics",
+    "Scenario": ".scenario", "ScenarioError": ".scenario", "load_scenario": ".scenario",
+    "RunResult": ".metrics",
 }
 # names whose defining module calls them something else
-_RENAMED = {"PolicySettings": "Policy", "load_scenario": "load"}
+_RENAMED = {"load_scenario": "load"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -14,9 +14,10 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-POLICIES = ("isolated", "fedavg", "gossip", "mfd", "mfd-travel")
+from .process import (POLICIES, FedAvgSettings, GossipSettings, IsolatedSettings, MFDSettings, PolicySettings,
+                      SharingPolicy, Transport, TravellingSettings, policy_class)
 
 
 class ScenarioError(ValueError):
@@ -74,42 +75,110 @@ class Learner(_Strict):
     local_steps: int = Field(10, ge=1, description="minibatch steps between sharing decisions")
 
 
+# the [policy] table's sub-tables: one per built-in policy, holding that policy's settings
+POLICY_TABLES: dict[str, tuple[str, type[PolicySettings]]] = {
+    "isolated": ("isolated", IsolatedSettings), "fedavg": ("fedavg", FedAvgSettings),
+    "gossip": ("gossip", GossipSettings), "mfd": ("mfd", MFDSettings), "mfd_travel": ("mfd-travel", TravellingSettings),
+}
+_TABLE_OF_POLICY = {policy: table for table, (policy, _) in POLICY_TABLES.items()}
+_OWN_POLICY_KEYS = ("name", *Transport.model_fields)
+
+
+def _route_policy_keys(doc: dict[str, Any], *, override: bool) -> dict[str, Any]:
+    """Flat ``[policy]`` keys into the sub-table of every policy whose settings have them.
+
+    A file may write ``fanout = 4`` under ``[policy]`` (it goes to mfd and mfd-travel) or
+    under ``[policy.mfd]``; a key given both ways is refused in a file (``override``
+    False) and wins in :meth:`Policy.replace` (``override`` True).
+    """
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        table = _TABLE_OF_POLICY.get(key, key)
+        if key in _OWN_POLICY_KEYS:
+            out[key] = value
+        elif table in POLICY_TABLES:
+            given = value.model_dump() if isinstance(value, BaseModel) else value
+            if isinstance(given, dict) and isinstance(out.get(table), dict):
+                out[table] = {**given, **out[table]} if override else {**out[table], **given}
+            else:
+                out[table] = given
+    for key, value in doc.items():
+        if key in _OWN_POLICY_KEYS or _TABLE_OF_POLICY.get(key, key) in POLICY_TABLES:
+            continue
+        owners = [table for table, (_, settings) in POLICY_TABLES.items() if key in settings.model_fields]
+        if not owners:
+            out[key] = value  # refused below as an unknown key, with its name
+        for table in owners:
+            nested = out.setdefault(table, {})
+            if not isinstance(nested, dict):
+                continue  # a sub-table of the wrong type: refused below
+            if key in nested and not override and nested[key] != value:
+                raise ValueError(f"{key}: given both under [policy] and under [policy.{POLICY_TABLES[table][0]}]")
+            nested[key] = value
+    return out
+
+
 class Policy(_Strict):
-    name: Literal["isolated", "fedavg", "gossip", "mfd", "mfd-travel"] = "mfd"
-    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
-        "fp32", description="MFD's wire precision; auto: per link from its rate and loss (baselines send fp32)")
-    mtu: int = Field(1400, ge=256, le=65535)
-    resend: bool = Field(True, description="a receiver asks the origin once for the fragments it lacks")
-    # MFD
-    share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
-    max_silence: float = Field(10.0, gt=0, description="share anyway after this many simulated seconds")
-    fanout: int = Field(2, ge=1, description="neighbours a model is sent to per share")
-    favour_isolated: bool = Field(True, description="MFD: prefer neighbours that report few neighbours")
-    gate_tolerance: float = Field(0.15, ge=0, le=1, description="refuse models whose merge scores this much "
-                                  "below the local model on the node's own validation data")
-    serve_blend: bool = Field(True, description="MFD: serve the blend of the own model and the latest "
-                              "gate-approved neighbour models")
-    serve_max_age: float = Field(20.0, gt=0, description="neighbour models older than this (s) are not served")
-    byte_budget: float = Field(0.0, ge=0, description="bytes per simulated second a node may send (0: unlimited)")
-    hello_interval: float = Field(5.0, gt=0, description="seconds between neighbour reports")
-    bootstrap_hops: int = Field(1, ge=1, le=8, description="MFD: how many hops out a (re)joining node asks for "
-                                "models (one with fewer neighbours than fanout asks at least 2)")
-    echo_window: float = Field(0.0, ge=0, description="MFD: neighbours whose model was merged this many seconds "
-                               "ago or less are sent to last: they hold most of what would go back (0: off)")
-    merge_window: float = Field(0.0, ge=0, description="MFD: seconds a node listens after sharing for its "
-                                "neighbours' models of the round, then merges them together (0: each on arrival)")
-    share_hops: int = Field(1, ge=1, le=8, description="MFD: how many hops out a node may send its model to "
-                            "(1: neighbours only)")
-    merge_weights: Literal["samples_score", "samples"] = Field(
-        "samples_score", description="MFD: a merged model weighs its samples times its score, or its samples "
-        "alone (plain data-parallel averaging: where every score starts near 0, as an RL success rate does, "
-        "the first lucky score would otherwise outweigh the rest)")
-    travellers: int = Field(4, ge=1, description="travelling models in the fleet (mfd-travel)")
-    # FedAvg
-    server: int | None = Field(None, ge=0, description="server node (default: the most central)")
-    round_timeout: float = Field(5.0, gt=0, description="seconds a FedAvg round waits for clients")
-    # gossip
-    gossip_interval: float = Field(1.0, gt=0, description="seconds between gossip pushes")
+    """The ``[policy]`` table: which sharing policy runs, how every node talks, and each
+    policy's own settings (flat keys go to every policy that has them; a
+    ``[policy.<name>]`` sub-table sets one policy's), so one file serves a comparison."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field("mfd", description="the sharing policy: " + ", ".join(repr(p) for p in POLICIES))
+    mtu: int = Field(1400, ge=256, le=65535, description="largest datagram a node sends (bytes)")
+    resend: bool = Field(True, description="a receiver asks the origin for the fragments it lacks")
+    isolated: IsolatedSettings = IsolatedSettings()
+    fedavg: FedAvgSettings = FedAvgSettings()
+    gossip: GossipSettings = GossipSettings()
+    mfd: MFDSettings = MFDSettings()
+    mfd_travel: TravellingSettings = Field(TravellingSettings(), alias="mfd-travel")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_keys(cls, doc: Any) -> Any:
+        return _route_policy_keys(doc, override=False) if isinstance(doc, dict) else doc
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        return name
+
+    @property
+    def transport(self) -> Transport:
+        return Transport(mtu=self.mtu, resend=self.resend)
+
+    def settings_for(self, name: str | None = None) -> PolicySettings:
+        """The settings of policy ``name`` (the chosen one by default)."""
+        name = name or self.name
+        table = _TABLE_OF_POLICY.get(name)
+        return getattr(self, table) if table else policy_class(name).Settings()
+
+    @property
+    def settings(self) -> PolicySettings:
+        """The chosen policy's settings."""
+        return self.settings_for()
+
+    def make(self, name: str | None = None) -> SharingPolicy:
+        """A new policy object: ``name`` (the chosen one by default) with its settings."""
+        name = name or self.name
+        return policy_class(name)(self.settings_for(name))
+
+    def replace(self, **changes: Any) -> "Policy":
+        """A validated copy; flat keys change every policy that has them, as in a file."""
+        try:
+            doc = _route_policy_keys(self.model_dump(by_alias=True), override=False)
+            for key, value in _route_policy_keys(changes, override=True).items():
+                doc[key] = {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) \
+                    else value
+        except ValueError as err:
+            raise ScenarioError(f"policy.{err}") from None
+        try:
+            return Policy.model_validate_json(json.dumps(doc, default=_plain), strict=True)
+        except ValidationError as err:
+            raise ScenarioError(format_validation_error(err, prefix="policy")) from None
 
 
 class Fault(_Strict):
@@ -168,37 +237,59 @@ class Scenario(_Strict):
                 raise ValueError(f"faults.{i}: node_leave needs nodes or fraction")
             if fault.rejoin_at is not None and fault.rejoin_at <= fault.at:
                 raise ValueError(f"faults.{i}.rejoin_at: must come after at ({fault.at})")
-        if self.policy.server is not None and self.policy.server >= n:
-            raise ValueError(f"policy.server: node {self.policy.server} does not exist (nodes are 0..{n - 1})")
+        server = self.policy.fedavg.server
+        if server is not None and server >= n:
+            raise ValueError(f"policy.server: node {server} does not exist (nodes are 0..{n - 1})")
         if self.eval_interval > self.duration:
             raise ValueError("eval_interval: longer than the duration")
         return self
 
     def with_policy(self, name: str, **changes: Any) -> "Scenario":
-        """The same scenario under another sharing policy (what `mfd compare` runs)."""
-        return self.model_copy(update={"policy": self.policy.model_copy(update={"name": name, **changes})})
+        """The same scenario under another sharing policy (what `mfd compare` runs);
+        ``changes`` are policy settings, flat as in a file."""
+        return self.model_copy(update={"policy": self.policy.replace(name=name, **changes)})
 
     def replace(self, **changes: Any) -> "Scenario":
         """A validated copy with nested changes, e.g. ``replace(topology={"loss": 0.2})``."""
-        doc = self.model_dump()
+        doc = self.model_dump(by_alias=True)
         for key, value in changes.items():
-            if isinstance(value, dict):
+            if key == "policy" and isinstance(value, dict):
+                doc[key] = self.policy.replace(**value).model_dump(by_alias=True)
+            elif isinstance(value, dict):
                 doc[key] = {**doc[key], **value}
             else:
                 doc[key] = value
         return from_dict(doc)
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line naming every bad field ("topology.loss: ..."): for every config file of the suite."""
-    lines = []
+def format_validation_error(err: ValidationError, *, prefix: str = "") -> str:
+    """One line naming every bad field ("topology.loss: ..."): for every config file of the suite.
+
+    A flat ``[policy]`` key is checked in every policy table that has it; an error found
+    in each of them is named once, as the file wrote it (``policy.fanout``, not
+    ``policy.mfd.fanout; policy.mfd_travel.fanout``).
+    """
+    lines: list[str] = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in (prefix, *e["loc"]) if p != ""]
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{where}: {msg}" if where else msg)
+        loc = _flat_policy_loc(loc)
+        where = ".".join(loc)
+        line = f"{where}: {msg}" if where else msg
+        if line not in lines:
+            lines.append(line)
     return "; ".join(lines)
+
+
+def _flat_policy_loc(loc: list[str]) -> list[str]:
+    """``[..., "mfd", "fanout"]`` -> ``[..., "fanout"]`` where the key belongs to a policy table."""
+    for i, part in enumerate(loc[:-1]):
+        table = _TABLE_OF_POLICY.get(part, part)
+        if table in POLICY_TABLES and loc[i + 1] in POLICY_TABLES[table][1].model_fields:
+            return loc[:i] + loc[i + 1:]
+    return loc
 
 
 def _plain(value: Any) -> Any:
@@ -239,10 +330,18 @@ def reference_markdown() -> str:
              "key, a wrong type or an impossible value stops with a message naming the field.",
              "Shipped scenarios are in `apps/scenarios/` (`mfd run --list`).", "",
              "This page is generated: `python -m mfd_core.scenario > docs/scenarios.md`.", ""]
-    sections = [("(top level)", Scenario), ("[topology]", Topology), ("[data]", Data), ("[learner]", Learner),
-                ("[policy]", Policy), ("[[faults]]", Fault)]
-    for title, model in sections:
-        lines += [f"## {title}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    policy_note = ("Each sharing policy has its own settings, below. A key written directly under "
+                   "`[policy]` goes to every policy that has it (so one file serves `mfd compare`); "
+                   "a `[policy.<name>]` sub-table (e.g. `[policy.mfd]`, `[policy.mfd-travel]`) sets one "
+                   "policy's.")
+    sections = [("(top level)", Scenario, ""), ("[topology]", Topology, ""), ("[data]", Data, ""),
+                ("[learner]", Learner, ""), ("[policy]", Policy, policy_note)]
+    sections += [(f"[policy.{policy}]", settings, (settings.__doc__ or "").strip())
+                 for policy, settings in POLICY_TABLES.values()]
+    sections += [("[[faults]]", Fault, "")]
+    for title, model, note in sections:
+        lines += [f"## {title}", ""] + ([note, ""] if note else [])
+        lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, f in model.model_fields.items():
             if isinstance(f.default, BaseModel):
                 continue

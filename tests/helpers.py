@@ -3,18 +3,21 @@ the large model of the packet and reassembly batch tests."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from collections import defaultdict
 
 import numpy as np
 import torch
 
 from mfd_core import codec
-from mfd_core.experiment import World
+from mfd_core.messages import ModelHeader
+from mfd_core.runtime import World
 from mfd_core.packet import FLAG_MANIFEST, parse
 from mfd_core.reassembly import Reassembler
 from mfd_core.scenario import Scenario, from_dict
 
 KEY = b"fleet-key"
+SCENARIOS = Path(__file__).resolve().parents[1] / "apps" / "scenarios"
 
 _ids = itertools.count(1)
 
@@ -37,7 +40,7 @@ def received(world: World, origin: int, dest: int, state, *, drop: float = 0.0, 
     """``state`` cut into packets, ``drop`` of the tensor datagrams lost, the rest fed to a
     fresh Reassembler with the world's key; the message it delivers (partial after expiry)."""
     datagrams = codec.to_datagrams(
-        state, origin=origin, destination=dest, model_version=1, message_id=next(_ids), mtu=world.settings.mtu,
+        state, origin=origin, destination=dest, model_version=1, message_id=next(_ids), mtu=world.transport.mtu,
         precision="fp32", key=world.key, meta={"kind": "model", **meta},
         scaling={"family": "mlp", "ratio": 1.0})
     rng = np.random.default_rng(seed)
@@ -57,14 +60,19 @@ def same_state(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def accept(world: World, node, message):
+    """The node's policy gates and merges ``message`` (MFD's accept); its decision."""
+    return world.policy.accept(node, message, ModelHeader.decode(message.manifest.meta))
+
+
 def record_sends(world: World):
-    sends = defaultdict(list)  # node -> [(time, target, kind, score at the time)]
+    sends = defaultdict(list)  # node -> [(time, target, kind, score at the time, header fields)]
     for node in world.nodes.values():
         original = node.send_model
 
         def send(destination, *args, _node=node, _original=original, **kwargs):
-            sends[_node.id].append((world.env.now, destination, kwargs.get("kind", "model"),
-                                    _node.learner_score(), dict(kwargs.get("meta") or {})))
+            header = kwargs.get("header") or _node.header()
+            sends[_node.id].append((world.env.now, destination, header.kind, _node.score(), header.encode()))
             return _original(destination, *args, **kwargs)
 
         node.send_model = send

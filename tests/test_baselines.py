@@ -8,11 +8,13 @@ import torch
 
 from mfd_core import codec
 from mfd_core.datasets import load_digits, train_val_test_split
-from mfd_core.experiment import World, build_world, policy_by_name
+from mfd_core.process import policy_by_name
+from mfd_core.runtime import World, build_world
 from mfd_core.learners import TorchSupervisedLearner
 from mfd_core.reassembly import Reassembler
 from mfd_core.scaling import MLPFamily
-from mfd_core.scenario import Policy, Scenario
+from mfd_core.network.sim import SimNetwork
+from mfd_core.scenario import Scenario
 
 from tests import helpers
 from tests.helpers import same_state
@@ -58,7 +60,7 @@ def test_fedavg_with_one_node_is_local_training() -> None:
     x, y = torch.from_numpy(data.inputs[test]), torch.from_numpy(data.labels[test])
     results, states = {}, {}
     for name in ("fedavg", "isolated"):
-        world = World(nx.Graph(graph), {0: learner()}, settings=Policy(name=name), seed=0, duration=3.0,
+        world = World(SimNetwork(nx.Graph(graph), seed=0), {0: learner()}, policy=policy_by_name(name), seed=0, duration=3.0,
                       eval_interval=0.5, local_steps=5, evaluate=lambda _n, l: l.evaluate(x, y))
         results[name] = world.run()
         states[name] = world.nodes[0].learner.get_state()
@@ -103,9 +105,9 @@ def test_fedavg_counts_every_byte_on_every_link_it_crosses() -> None:
     world.run()
     rounds = [e for e in world.result.events if e["event"] == "fedavg_round"]
     assert len(rounds) >= 3 and all(e["updates"] == 4 for e in rounds)
-    near, far = world.net.link_stats(0, 1)["bytes"], world.net.link_stats(1, 2)["bytes"]
+    near, far = world.network.link_stats(0, 1)["bytes"], world.network.link_stats(1, 2)["bytes"]
     assert far > 0 and near / far == pytest.approx(2.0, rel=0.02)
-    assert world.net.link_stats(0, 1)["bytes"] == pytest.approx(world.net.link_stats(0, 4)["bytes"], rel=0.02)
+    assert world.network.link_stats(0, 1)["bytes"] == pytest.approx(world.network.link_stats(0, 4)["bytes"], rel=0.02)
 
 
 # --------------------------------------------------------------------------- gossip
@@ -123,7 +125,7 @@ def test_gossip_averages_whatever_arrives() -> None:
                                    key=world.key, meta={"kind": "gossip"})
     reassembler = Reassembler(key=world.key)
     (message,) = [m for m in (reassembler.receive(d, now=0.0) for d in datagrams) if m is not None]
-    world.policy.on_message(node, message, 1)
+    node.deliver(message, 1)
     after = node.learner.get_state()
     assert node.counters.accepted == 1
     for k in before:

@@ -89,7 +89,7 @@ def test_radio_field_at_top_level_says_where_it_belongs(tmp_path):
 
 def test_env_preset_name_works_with_app_defaults():
     sc = load_app_scenario("hotspot")
-    assert sc.env.n_small_cells == 7 and sc.sharing.precision == "fp16"
+    assert sc.env.n_small_cells == 7 and sc.sharing.mfd.precision == "fp16"
 
 
 # -- learners, packets, gate ------------------------------------------------------------

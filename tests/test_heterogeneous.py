@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from mfd_core import codec, scenario
-from mfd_core.experiment import World, build_world
+from mfd_core.messages import ModelHeader
+from mfd_core.runtime import World, build_world
 from mfd_core.knowledge import merge_same_family
 from mfd_core.reassembly import Reassembler
 from mfd_core.scaling import MLPFamily, extract
@@ -107,10 +108,10 @@ def test_half_width_model_through_node_accept_changes_only_the_slice() -> None:
     node = world.nodes[2]  # widths round-robin: node 2 is full width
     assert node.learner.width == 1.0
     before = node.learner.get_state()
-    local_weight = node.learner.num_samples * max(world.cached_score(node), 1e-3)
+    local_weight = node.learner.num_samples * max(node.score(), 1e-3)
     sent = MLP.build(0.5, seed=1).state_dict()
     message = through_packets(sent, ratio=0.5)
-    decision = node.accept(message)
+    decision = world.policy.accept(node, message, ModelHeader.decode(message.manifest.meta))
     assert decision.accepted and node.counters.accepted == 1
     after = node.learner.get_state()
     expected = merge_same_family(before, [(sent, 100 * 0.8)], local_weight=local_weight)
@@ -155,15 +156,15 @@ def test_int8_sub_model_merges_within_half_a_quantisation_step() -> None:
 def _record_absorbed(world: World) -> list[tuple]:
     """(time, receiver, manifest scaling, manifest meta, action, shapes) of every model a node absorbs."""
     seen: list[tuple] = []
-    original = world.absorb
+    for node in world.nodes.values():
+        def absorb_all(messages, *, _node=node, _original=node.absorb_all, **kwargs):
+            outcomes = _original(messages, **kwargs)
+            for message, outcome in zip(messages, outcomes):
+                seen.append((world.env.now, _node.id, dict(message.manifest.scaling), dict(message.manifest.meta),
+                             outcome.action, {k: tuple(v.shape) for k, v in message.state.items()}))
+            return outcomes
 
-    def absorb(node, message, **kwargs):
-        outcome = original(node, message, **kwargs)
-        seen.append((world.env.now, node.id, dict(message.manifest.scaling), dict(message.manifest.meta),
-                     outcome.action, {k: tuple(v.shape) for k, v in message.state.items()}))
-        return outcome
-
-    world.absorb = absorb
+        node.absorb_all = absorb_all
     return seen
 
 
@@ -197,7 +198,7 @@ def test_two_architectures_distil_and_no_sample_leaves_its_node() -> None:
             assert scaling["family"] == families[receiver]
     taught = {families[r] for _, r, _, _, a, _ in seen if a == "distilled"}
     assert taught == {"mlp", "cnn"}, "both directions: MLP taught by CNN and CNN by MLP"
-    assert "data" not in world.net.stats()["kinds"]
+    assert "data" not in world.network.stats()["kinds"]
     assert result.data_bytes[-1] == 0 and result.model_bytes[-1] > 0
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mfd_core import knowledge
-from mfd_core.experiment import build_world
+from mfd_core.runtime import build_world
 
 from tests.helpers import model_shares, received, record_sends, same_state, tiny
 
@@ -22,17 +22,17 @@ def test_held_models_merge_together_in_one_average() -> None:
     messages = [received(world, origin, 0, peer.learner.get_state(), score=0.5, samples=100)
                 for origin, peer in ((1, a), (4, b))]
     for message in messages:
-        world.policy.on_message(node, message, None)
+        node.deliver(message, None)
     assert same_state(node.learner.get_state(), before)  # held, not merged on arrival
     assert set(node.held) == {1, 4}
-    local_weight = node.learner.num_samples * max(node.learner_score(), 1e-3)
-    node.accept_held()
+    local_weight = node.learner.num_samples * max(node.score(), 1e-3)
+    world.policy.accept_held(node)
     expected = knowledge.merge_same_family(before, [(m.state, 50.0) for m in messages], local_weight=local_weight)
     after = node.learner.get_state()
     assert all(torch.allclose(after[k], expected[k], atol=1e-6) for k in expected)
     assert node.counters.accepted == 2 and not node.held
     # the score the gate gave the installed state is the node's score: not measured again
-    assert world.cached_score(node) == pytest.approx(node.learner.score())
+    assert node.score() == pytest.approx(node.learner.score())
 
 
 def test_a_node_holds_the_latest_model_of_each_origin() -> None:
@@ -40,10 +40,10 @@ def test_a_node_holds_the_latest_model_of_each_origin() -> None:
     node = world.nodes[0]
     state = world.nodes[1].learner.get_state()
     old, new = (received(world, 1, 0, state, score=0.5, samples=10) for _ in range(2))
-    node.hold(old)
-    node.hold(new)
+    world.policy.hold(node, old)
+    world.policy.hold(node, new)
     assert node.held[1] is new  # same version: the later one
-    node.hold(dataclasses.replace(old, model_version=old.model_version - 1))
+    world.policy.hold(node, dataclasses.replace(old, model_version=old.model_version - 1))
     assert node.held[1] is new  # an older version (a straggler) does not replace it
 
 
@@ -87,9 +87,9 @@ def test_merge_weights_samples_leaves_scores_out_and_never_asks_for_one() -> Non
     def no_score() -> float:
         raise AssertionError("the score was asked for")
 
-    by_score = build_world(tiny(), seed=0).nodes[0]
+    by_score = build_world(tiny(), seed=0).policy
     assert by_score.merge_weight(12, lambda: 0.5) == 6.0
     assert by_score.merge_weight(12, lambda: 0.0) == 12 * 1e-3  # a floor: a model scoring 0 still counts a little
-    by_samples = build_world(tiny(policy={"merge_weights": "samples"}), seed=0).nodes[0]
+    by_samples = build_world(tiny(policy={"merge_weights": "samples"}), seed=0).policy
     assert by_samples.merge_weight(12, no_score) == 12.0
     assert by_samples.merge_weight(12, lambda: 0.5) == by_samples.merge_weight(12, lambda: 0.0)

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from mfd_core.datasets import load_digits, train_val_test_split
-from mfd_core.experiment import World, build_world
+from mfd_core.runtime import World, build_world
 from mfd_core.learners import TorchSupervisedLearner
 from mfd_core.scaling import MLPFamily
-from mfd_core.scenario import Policy
 
-from tests.helpers import model_shares, received, record_sends, same_state, tiny
+from tests.helpers import accept, model_shares, received, record_sends, same_state, tiny
 
 # --------------------------------------------------------------------------- the gate
 
@@ -35,7 +34,7 @@ def test_gate_refuses_random_weights_and_accepts_a_better_model() -> None:
     noise = {k: torch.randn(v.shape, generator=gen) for k, v in before.items()}
     poisoned = received(world, 3, 0, noise, score=1.0, samples=100 * trained.learner.num_samples)
     assert poisoned.complete
-    decision = trained.accept(poisoned)
+    decision = accept(world, trained, poisoned)
     assert not decision.accepted and decision.candidate_score < decision.local_score - 0.02
     assert same_state(trained.learner.get_state(), before)
     assert trained.counters.refused == 1 and trained.counters.accepted == 0
@@ -44,7 +43,7 @@ def test_gate_refuses_random_weights_and_accepts_a_better_model() -> None:
     score_before = fresh.learner.score()
     good = received(world, 1, 2, teacher.learner.get_state(), score=teacher.learner.score(),
                     samples=teacher.learner.num_samples)
-    decision = fresh.accept(good)
+    decision = accept(world, fresh, good)
     assert decision.accepted
     assert fresh.learner.score() > score_before + 0.3
     assert fresh.counters.accepted == 1 and 1 in fresh.neighbour_models
@@ -60,8 +59,8 @@ def test_gate_on_the_network_path_refuses_random_weights() -> None:
     before = receiver.learner.get_state()
     gen = torch.Generator().manual_seed(3)
     noise = {k: torch.randn(v.shape, generator=gen) for k, v in before.items()}
-    world.nodes[1].send_model(0, state=noise, meta={"score": 1.0, "samples": 10_000})
-    world.net.run(until=1.0)
+    world.nodes[1].send_model(0, header=world.nodes[1].header(score=1.0, samples=10_000), state=noise)
+    world.network.run(until=1.0)
     assert receiver.counters.refused == 1 and receiver.counters.accepted == 0
     assert same_state(receiver.learner.get_state(), before)
 
@@ -80,7 +79,7 @@ def test_partial_model_merges_only_what_arrived() -> None:
     arrived = sum(int(m.sum()) for m in message.masks.values())
     total = sum(m.numel() for m in message.masks.values())
     assert 0.4 < arrived / total < 0.95
-    assert node.accept(message).accepted
+    assert accept(world, node, message).accepted
     after = node.learner.get_state()
     changed = 0
     for name, mask in message.masks.items():
@@ -126,7 +125,7 @@ def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, s
             times = [t for t, _ in model_shares(records)]
             assert all(b - a >= silence - 1e-9 for a, b in zip(times, times[1:]))
     # what goes on the air is models and control messages; never raw data
-    kinds = world.net.stats()["kinds"]
+    kinds = world.network.stats()["kinds"]
     assert set(kinds) <= {"model", "control"}
     assert result.summary()["data_bytes"] == 0 and all(b == 0 for b in result.data_bytes)
 
@@ -138,8 +137,8 @@ def _joiner_world(policy: str, joiner: int, at: float) -> World:
     scenario = tiny(policy, duration=8.0, data={"split": "iid"},
                     topology={"compute": 500.0}, policy={"gate_tolerance": 0.05})
     world = build_world(scenario, seed=0)
-    world.net.leave(joiner)  # not there at the start
-    world.net.schedule_join(joiner, at)
+    world.network.leave(joiner)  # not there at the start
+    world.network.schedule_join(joiner, at)
     return world
 
 
@@ -179,7 +178,7 @@ def test_a_node_with_few_neighbours_bootstraps_from_two_hops_and_weighs_blends_b
     # a blend stands for its origin's samples and those of the models it blends
     blended = [o for o in answers if node.neighbour_samples.get(o, 0) > world.nodes[o].learner.num_samples]
     assert blended, {o: node.neighbour_samples.get(o) for o in answers}
-    assert not node.bootstrapping()
+    assert not world.policy.bootstrapping(node)
 
 
 def test_a_node_still_bootstrapping_does_not_answer_pulls() -> None:
@@ -189,11 +188,11 @@ def test_a_node_still_bootstrapping_does_not_answer_pulls() -> None:
     node.joined_at = 0.0
     pull = received(world, asker.id, node.id, {}, kind="pull")
     sent = node.bytes_sent
-    world.policy.world = world
-    world.policy.on_message(node, pull, asker.id)
+    world.policy.runtime = world
+    node.deliver(pull, asker.id)
     assert node.bytes_sent == sent  # stale: no answer
     node.neighbour_models[2] = (node.learner.get_state(), None, 1.0, 0.5)  # merged something since
-    world.policy.on_message(node, pull, asker.id)
+    node.deliver(pull, asker.id)
     assert node.bytes_sent > sent
 
 
@@ -202,7 +201,7 @@ def test_a_neighbour_heard_from_a_moment_ago_is_sent_to_last() -> None:
     would go back) yields its place to one not heard from; without, both take turns."""
     def targets(echo_window: float) -> set[int]:
         world = build_world(tiny(policy={"fanout": 1, "echo_window": echo_window}), seed=0)
-        world.policy.world = world
+        world.policy.runtime = world
         node = world.nodes[0]  # a ring of 5: neighbours 1 and 4
         node.neighbour_models[1] = (node.learner.get_state(), None, 1.0, world.env.now)
         return {nbr for _ in range(40) for nbr in world.policy.choose_targets(node, 1)}
@@ -272,8 +271,8 @@ def test_a_traveller_that_lost_fragments_is_trained_and_travels_on() -> None:
                        traveller=0, seen=[], visits=3)
     message.manifest.meta["kind"] = "travel"
     assert not message.complete
-    world.policy.on_message(holder, message, None)
-    world.net.run(until=1.0)
+    holder.deliver(message)
+    world.network.run(until=1.0)
     hop = next((target, meta) for _, target, kind, _, meta in sends[0] if kind == "travel")
     assert hop[0] in (1, 4) and hop[1]["visits"] == 4 and hop[1]["traveller"] == 0
     assert len(hop[1]["seen"]) == 10 and sum(hop[1]["seen"]) > 0

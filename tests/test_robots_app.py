@@ -102,7 +102,7 @@ def _success(learner, fleet, node, episodes=10):
 def test_fleet_starts_from_one_initialisation(fleet):
     states = [fleet.learners[n].get_state() for n in (1, 2)]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    assert not fleet.world.net.is_up(2)  # the joiner is absent until it joins
+    assert not fleet.world.network.is_up(2)  # the joiner is absent until it joins
 
 
 def test_policy_packet_from_one_robot_loads_into_another(fleet, good_panda):

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from envs.basestation import SCENARIO_NAMES, BaseStationConfig, ConfigError, load_scenario
-from mfd_core.scenario import Policy
+from mfd_core.scenario import Policy, ScenarioError, format_validation_error
 
 __all__ = ["AppScenario", "AppScenarioError", "TrainingSettings", "X2Link", "load_app_scenario",
            "shipped_scenarios", "SCENARIO_DIR"]
@@ -152,9 +152,11 @@ class AppScenario:
         return AppScenario(self.name, env, self.training, self.x2, self.sharing, self.source)
 
     def with_sharing(self, **changes: Any) -> "AppScenario":
-        doc = {**self.sharing.model_dump(), **changes}
-        return AppScenario(self.name, self.env, self.training, self.x2, _model(Policy, doc, "sharing"),
-                           self.source)
+        try:
+            sharing = self.sharing.replace(**changes)
+        except ScenarioError as err:
+            raise AppScenarioError(f"sharing.{str(err).removeprefix('policy.')}") from None
+        return AppScenario(self.name, self.env, self.training, self.x2, sharing, self.source)
 
 
 def _model(cls: type[BaseModel], doc: Any, where: str):
@@ -163,12 +165,7 @@ def _model(cls: type[BaseModel], doc: Any, where: str):
     try:
         return cls.model_validate(doc)
     except ValidationError as err:
-        parts = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-            parts.append(f"{where}.{loc}: {msg}" if loc else f"{where}: {msg}")
-        raise AppScenarioError("; ".join(parts)) from None
+        raise AppScenarioError(format_validation_error(err, prefix=where)) from None
 
 
 def shipped_scenarios() -> list[str]:
@@ -245,10 +242,11 @@ def from_dict(doc: dict[str, Any], source: str = "") -> AppScenario:
         raise AppScenarioError(f"sharing: expected a table, got {type(sharing_doc).__name__}")
     sharing = _model(Policy, {**DEFAULT_SHARING, **sharing_doc}, "sharing")
     n = env.n_stations
-    if sharing.server is not None and not 0 <= sharing.server < n:
-        raise AppScenarioError(f"sharing.server: station {sharing.server} does not exist (0..{n - 1})")
-    if sharing.server is not None and sharing.server in env.outage_stations:
-        raise AppScenarioError(f"sharing.server: station {sharing.server} is in outage_stations")
+    server = sharing.fedavg.server
+    if server is not None and not 0 <= server < n:
+        raise AppScenarioError(f"sharing.server: station {server} does not exist (0..{n - 1})")
+    if server is not None and server in env.outage_stations:
+        raise AppScenarioError(f"sharing.server: station {server} is in outage_stations")
     name = doc.get("name", env.name if env.name != "custom" else (preset or "custom"))
     if not isinstance(name, str) or not name or "/" in name:
         raise AppScenarioError(f"name: expected a non-empty name without '/', got {name!r}")

@@ -1,4 +1,4 @@
-"""Training the stations: one MFD :class:`~mfd_core.experiment.World` over the X2 graph.
+"""Training the stations: one MFD :class:`~mfd_core.runtime.World` over the X2 graph.
 
 Every station that is on is a node with its own :class:`StationLearner`; the nodes'
 graph is the X2 graph of the scenario (links with the backhaul's bandwidth and
@@ -26,9 +26,8 @@ import networkx as nx
 import numpy as np
 import torch
 
-from mfd_core.baselines import GossipPolicy, IsolatedPolicy
-from mfd_core.experiment import World, policy_by_name
-from mfd_core.process import MFDPolicy, Node, SharingPolicy
+from mfd_core import (GossipPolicy, IsolatedPolicy, MFDPolicy, ModelHeader, Node, PolicySettings, SharingPolicy,
+                      SimNetwork, World, policy_by_name)
 
 from .config import AppScenario
 from .learner import RadioCommons, StationLearner, bias_towards_static, make_ppo, single_thread
@@ -91,23 +90,23 @@ class DeployingMFD(_Deploying, MFDPolicy):
 
     name = "mfd"
 
-    def on_message(self, node: Node, message, from_node: int | None) -> None:
-        if message.manifest.meta.get("kind") == "model" and message.complete:
+    def on_model(self, node: Node, message, header: ModelHeader, from_node: int | None) -> None:
+        if header.kind == "model" and message.complete:
             if node.learner.observe_peer(message.origin, message.state):
-                self.world.invalidate_score(node)
-        super().on_message(node, message, from_node)
+                node.invalidate_score()
+        super().on_model(node, message, header, from_node)
 
 
 class DeployingGossip(_Deploying, GossipPolicy):
     name = "gossip"
 
 
-def sharing_policy(name: str, deploy: str) -> SharingPolicy:
+def sharing_policy(name: str, deploy: str, settings: PolicySettings | None = None) -> SharingPolicy:
     """The core's policy of that name; with ``deploy="if_better"`` its stations deploy
     through their twins (FedAvg clients always run the global model, as in FL)."""
     if deploy == "if_better" and name != "fedavg":
-        return {"isolated": DeployingIsolated, "mfd": DeployingMFD, "gossip": DeployingGossip}[name]()
-    return policy_by_name(name)
+        return {"isolated": DeployingIsolated, "mfd": DeployingMFD, "gossip": DeployingGossip}[name](settings)
+    return policy_by_name(name, settings)
 
 
 def build_world(scenario: AppScenario, policy: str, seed: int = 0) -> World:
@@ -120,18 +119,18 @@ def build_world(scenario: AppScenario, policy: str, seed: int = 0) -> World:
     # One initialisation for the fleet (seed): averages of models that started apart
     # mix unrelated features (McMahan et al. 2017, fig. 1).
     learners = {i: StationLearner(commons, i, t, seed=seed) for i in sorted(graph.nodes)}
-    settings = scenario.sharing.model_copy(update={"name": policy})
-    world = World(graph, learners, settings=settings, seed=seed, duration=float(t.rounds),
+    world = World(SimNetwork(graph, seed=seed), learners, seed=seed, duration=float(t.rounds),
                   eval_interval=min(float(t.eval_interval), float(t.rounds)), local_steps=t.chunk_steps,
                   evaluate=lambda _node, learner: learner.test_score(), name=scenario.name,
-                  policy=sharing_policy(policy, t.deploy))
+                  policy=sharing_policy(policy, t.deploy, scenario.sharing.settings_for(policy)),
+                  transport=scenario.sharing.transport)
     world.commons = commons  # type: ignore[attr-defined]
     return world
 
 
 def _deployed_state(world: World, node_id: int) -> dict[str, torch.Tensor]:
     node = world.nodes[node_id]
-    served = node.served_state() if world.settings.serve_blend else None
+    served = world.policy.served_state(node)
     return served if served is not None else node.learner.deployed_state()
 
 
@@ -158,7 +157,7 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
         "station_test_scores": {f"bs_{n}": s for n, s in finals.items()},
         "counters": {k: v for k, v in result.extra.items() if isinstance(v, (int, float))},
         "wall_seconds": round(time.perf_counter() - started, 2),
-        "precision": scenario.sharing.precision if policy == "mfd" else "fp32",
+        "precision": scenario.sharing.mfd.precision if policy == "mfd" else "fp32",
     }
     if out is not None:
         folder = Path(out) / scenario.name / policy

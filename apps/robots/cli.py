@@ -137,7 +137,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise SystemExit("mfd robots compare: --policies names no policy")
-    from mfd_core.experiment import policy_by_name
+    from mfd_core import policy_by_name
 
     for name in policies:
         try:

@@ -141,8 +141,9 @@ class RobotsScenario(_Strict):
             raise ValueError("robots: at least one robot must be there from the start (join_at absent)")
         if self.eval_interval > self.duration:
             raise ValueError("eval_interval: longer than the duration")
-        if self.policy.server is not None and self.policy.server >= len(self.robots):
-            raise ValueError(f"policy.server: robot {self.policy.server} does not exist")
+        server = self.policy.fedavg.server
+        if server is not None and server >= len(self.robots):
+            raise ValueError(f"policy.server: robot {server} does not exist")
         return self
 
     @property
@@ -155,13 +156,17 @@ class RobotsScenario(_Strict):
 
     def replace(self, **changes: Any) -> "RobotsScenario":
         """A validated copy with nested changes, e.g. ``replace(learner={"local_steps": 100})``."""
-        doc = self.model_dump()
+        doc = self.model_dump(by_alias=True)
         for key, value in changes.items():
-            doc[key] = {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) else value
+            if key == "policy" and isinstance(value, dict):
+                doc[key] = self.policy.replace(**value).model_dump(by_alias=True)
+            else:
+                doc[key] = {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) \
+                    else value
         return from_dict(doc)
 
     def with_policy(self, name: str) -> "RobotsScenario":
-        return self.model_copy(update={"policy": self.policy.model_copy(update={"name": name})})
+        return self.model_copy(update={"policy": self.policy.replace(name=name)})
 
 
 def from_dict(doc: dict[str, Any]) -> RobotsScenario:

@@ -1,4 +1,4 @@
-"""A fleet of robot cells on a radio network, as an MFD :class:`~mfd_core.experiment.World`.
+"""A fleet of robot cells on a radio network, as an MFD :class:`~mfd_core.runtime.World`.
 
 Each robot is one node: its own PyBullet cell (arm, table, goal region: its experience is
 its own), its own SB3 agent (TD3 or SAC with HER) wrapped in
@@ -28,7 +28,7 @@ import torch
 
 import envs.robots  # noqa: F401  (registers mfd/*)
 from envs.robots import CellConfig, silenced_output
-from mfd_core.experiment import World, policy_by_name
+from mfd_core import SimNetwork, World, policy_class
 from mfd_core.learners.sb3 import SB3Learner, SB3PolicyFamily
 from mfd_core.network.topology import random_geometric
 from mfd_core.scaling import merge_overlapping
@@ -146,14 +146,14 @@ def radio_graph(scenario: RobotsScenario, seed: int) -> nx.Graph:
 def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) -> Fleet:
     """The world of a robots scenario under ``policy`` (default: the scenario's)."""
     s = scenario if policy is None or policy == scenario.policy.name else scenario.with_policy(policy)
-    policy_by_name(s.policy.name)  # unknown names fail before anything is built
+    policy_class(s.policy.name)  # unknown names fail before anything is built
     graph = radio_graph(s, seed)
-    if s.policy.name == "fedavg" and s.policy.server is None:
+    if s.policy.name == "fedavg" and s.policy.fedavg.server is None:
         # FedAvg's server: the most central robot of those there from the start (one that
         # joins later would hold every round until it comes)
         closeness = nx.closeness_centrality(graph.subgraph(s.founders), distance="latency")
         server = max(sorted(closeness), key=lambda n: closeness[n])
-        s = s.model_copy(update={"policy": s.policy.model_copy(update={"server": server})})
+        s = s.model_copy(update={"policy": s.policy.replace(server=int(server))})
     share = ("actor", "critic") if s.learner.share_critic else ("actor",)
     if s.learner.share_targets:
         share = share + tuple(f"{name}_target" for name in share)
@@ -202,12 +202,13 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
 
     def evaluate(node_id: int, learner: SB3Learner) -> float:
         world = holder["world"]
-        if not world.net.is_up(node_id):
+        if not world.network.is_up(node_id):
             return math.nan
         return learner.evaluate_episodes(test_envs[node_id], s.eval_episodes, _TEST_SEED + 1000 * node_id,
                                          metric="success")
 
-    world = World(graph, learners, settings=s.policy, seed=seed, duration=s.duration,
+    world = World(SimNetwork(graph, seed=seed), learners, policy=s.policy.make(), transport=s.policy.transport,
+                  seed=seed, duration=s.duration,
                   eval_interval=s.eval_interval, local_steps=s.learner.local_steps, evaluate=evaluate,
                   families=families, faults=faults, name=s.name)
     holder["world"] = world

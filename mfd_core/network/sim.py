@@ -25,8 +25,7 @@ import gc
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -36,6 +35,8 @@ from simpy.events import Timeout
 from .. import packet
 from ..packet import BROADCAST, MAX_NODE_ID, NEIGHBOURS, PacketError
 from . import topology
+from .base import (DEDUP_WINDOW, DEFAULT_KIND, TTL_OFFSET, Datagram, Handler, NetworkChange,
+                   broadcast_fingerprint)
 
 try:  # scipy comes with scikit-learn; without it routes are computed in pure Python
     from scipy.sparse import csr_matrix as _csr_matrix
@@ -43,57 +44,33 @@ try:  # scipy comes with scikit-learn; without it routes are computed in pure Py
 except ImportError:  # pragma: no cover - exercised by forcing _dijkstra = None in tests
     _csr_matrix = _dijkstra = None
 
-Datagram = bytes | memoryview
-Handler = Callable[[Datagram, int], None]
-
-DEFAULT_KIND = "other"
 DROP_REASONS = ("loss", "ttl", "down", "no_route")
-# A broadcast fingerprint is remembered this long (simulated seconds). A flood is over
-# in TTL x the slowest hop, far less on any topology we build; a datagram repeated on
-# purpose (a manifest copy) within the window is suppressed where the first arrived,
-# which is what the copy is for.
-DEDUP_WINDOW = 600.0
 # Ties between equally fast paths go to the one with fewer hops.
 _HOP_TIEBREAK = 1e-9
 # Drawing uniforms from numpy one at a time costs ~0.5 us each; a batch turned into a
 # Python list costs ~20 ns each and gives the same sequence for the same seed.
 _RANDOM_BATCH = 4096
-_TTL_OFFSET = 36  # bytes 0..35: covered header; 36, 37: TTL, hops; 38..41: CRC32C
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkChange:
-    """What changed, as told to :meth:`SimNetwork.on_change` listeners.
-
-    ``kind`` is ``"leave"``, ``"join"``, ``"link_down"``, ``"link_up"`` or ``"move"``;
-    ``peer`` is the other end of a link; ``pos`` the new position of a moved node.
-    """
-
-    kind: str
-    time: float
-    node: int
-    peer: int | None = None
-    pos: tuple[float, float] | None = None
 
 
 class _Tally:
     """Counters of one traffic kind."""
 
     __slots__ = ("air_bytes", "air_packets", "sent_bytes", "sent_packets", "delivered_bytes",
-                 "delivered_packets", "dropped_bytes", "dropped_packets", "latency_sum")
+                 "delivered_packets", "dropped_bytes", "dropped_packets", "latency_sum", "kind")
 
-    def __init__(self) -> None:
-        for name in self.__slots__:
+    def __init__(self, kind: str = "") -> None:
+        for name in self.__slots__[:-1]:
             setattr(self, name, 0)
+        self.kind = kind
 
     def as_dict(self) -> dict[str, float]:
-        out = {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__[:-1]}
         out["mean_latency"] = self.latency_sum / self.delivered_packets if self.delivered_packets else 0.0
         return out
 
 
 class _Node:
-    __slots__ = ("id", "up", "handler", "out", "busy_until", "compute_time", "sent_bytes",
+    __slots__ = ("id", "up", "hosted", "handler", "out", "busy_until", "compute_time", "sent_bytes",
                  "sent_packets", "received_bytes", "received_packets", "forwarded_bytes",
                  "forwarded_packets", "dropped_bytes", "dropped_packets", "duplicates")
 
@@ -101,9 +78,10 @@ class _Node:
                 "forwarded_bytes", "forwarded_packets", "dropped_bytes", "dropped_packets",
                 "duplicates", "compute_time")
 
-    def __init__(self, node: int, up: bool) -> None:
+    def __init__(self, node: int, up: bool, hosted: bool = True) -> None:
         self.id = node
         self.up = up
+        self.hosted = hosted
         self.handler: Handler | None = None
         self.out: dict[int, _Dir] = {}  # neighbour -> this node's sending side of the link
         self.busy_until = 0.0
@@ -143,13 +121,6 @@ class _Dir:
         self.busy_until = 0.0
 
 
-def broadcast_fingerprint(datagram: Datagram) -> bytes:
-    """What identifies a broadcast datagram however far it has travelled: the covered
-    header (origin, message, fragment, ...) and the CRC of the payload, i.e. everything
-    but TTL and hop count, which each forwarder rewrites."""
-    return bytes(datagram[:_TTL_OFFSET]) + bytes(datagram[_TTL_OFFSET + 2:_TTL_OFFSET + 6])
-
-
 def _link_key(u: int, v: int) -> tuple[int, int]:
     return (u, v) if u <= v else (v, u)
 
@@ -167,12 +138,24 @@ class SimNetwork:
         same drops.
     :param env: a ``simpy.Environment`` to share with the nodes' processes; a new one
         if None.
+    :param hosted: the nodes this instance runs (default: all). A datagram whose next link
+        leads to a node hosted elsewhere is not scheduled here but put in :attr:`outbox`
+        with its arrival time, for the instance that hosts it (:meth:`deliver_remote`):
+        the Ray driver runs one such partition per actor. Every instance keeps the whole
+        overlay, so routes, neighbours and faults are the same in all of them.
     """
 
-    def __init__(self, graph: nx.Graph, *, seed: int, env: simpy.Environment | None = None) -> None:
+    def __init__(self, graph: nx.Graph, *, seed: int | Sequence[int], env: simpy.Environment | None = None,
+                 hosted: Iterable[int] | None = None) -> None:
         if not isinstance(graph, nx.Graph) or graph.is_directed() or graph.is_multigraph():
             raise ValueError("graph must be an undirected networkx.Graph (links carry traffic both ways)")
         self.graph = graph
+        self._hosted = None if hosted is None else frozenset(hosted)
+        if self._hosted is not None and not self._hosted <= set(graph.nodes):
+            raise ValueError(f"hosted nodes {sorted(self._hosted - set(graph.nodes))} are not in the graph")
+        # (arrival time, from node, to node, datagram, destination, kind, sent at): datagrams
+        # on links into nodes hosted elsewhere, collected by the driver that owns this partition
+        self.outbox: list[tuple[float, int, int, bytes, int, str, float]] = []
         self.env = env if env is not None else simpy.Environment()
         self._rng = np.random.default_rng(seed)
         self._uniforms: list[float] = []
@@ -208,7 +191,7 @@ class SimNetwork:
             attrs.setdefault(key, value)
         topology.check_node_attrs(attrs["compute"], attrs["memory"], where=f"node {node}: ")
         up = attrs.pop("up", True)
-        state = self._nodes[node] = _Node(node, bool(up))
+        state = self._nodes[node] = _Node(node, bool(up), self._hosted is None or node in self._hosted)
         return state
 
     def _add_link(self, u: int, v: int, attrs: dict[str, Any]) -> _Link:
@@ -236,6 +219,13 @@ class SimNetwork:
     @property
     def now(self) -> float:
         return self.env.now
+
+    def hosts(self, node: int) -> bool:
+        return self._node(node).hosted
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": "sim", "processes": 1,
+                "nodes": {str(n): "in-process" for n, state in self._nodes.items() if state.hosted}}
 
     def attach(self, node: int, handler: Handler) -> None:
         """Call ``handler(datagram, from_node)`` for each datagram delivered to ``node``."""
@@ -555,8 +545,25 @@ class SimNetwork:
         if link.corruption and self._uniform() < link.corruption:
             link.corrupted += 1
             datagram = self._flip_bit(datagram, size)
+        if not out.dst_node.hosted:
+            self.outbox.append((now + wait + on_wire + link.latency, out.src, out.dst, bytes(datagram), dest,
+                                tally.kind, sent_at))
+            return
         Timeout(self.env, wait + on_wire + link.latency,
                 (out, datagram, size, dest, tally, sent_at)).callbacks.append(self._arrive)
+
+    def deliver_remote(self, arrivals: Iterable[tuple[float, int, int, bytes, int, str, float]]) -> None:
+        """Datagrams that another partition's links carry into nodes hosted here (its
+        :attr:`outbox` entries), each arriving at its time as if this instance had sent it."""
+        now = self.env.now
+        for at, src, dst, datagram, dest, kind, sent_at in arrivals:
+            link = self._links.get(_link_key(src, dst))
+            tally = self._kinds.get(kind) or self._tally(kind)
+            if link is None or not self._nodes[dst].hosted:
+                self._drop(None, "no_route", len(datagram), tally)
+                continue
+            Timeout(self.env, max(at - now, 0.0),
+                    (link.ends[src], datagram, len(datagram), dest, tally, sent_at)).callbacks.append(self._arrive)
 
     def _arrive(self, event: simpy.Event) -> None:
         out, datagram, size, dest, tally, sent_at = event._value
@@ -619,7 +626,7 @@ class SimNetwork:
             return
         else:
             seen.add(node.id)
-        if datagram[_TTL_OFFSET]:
+        if datagram[TTL_OFFSET]:
             onward = packet.forwarded(datagram)
             for out in self._up_out.get(node.id) or self._compute_up_out(node.id):
                 if out.dst != sender:
@@ -662,7 +669,7 @@ class SimNetwork:
     def _tally(self, kind: str) -> _Tally:
         if not isinstance(kind, str):
             raise ValueError(f"kind must be a string, got {kind!r}")
-        tally = self._kinds[kind] = _Tally()
+        tally = self._kinds[kind] = _Tally(kind)
         return tally
 
     def _node(self, node: int) -> _Node:
