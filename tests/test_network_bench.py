@@ -73,21 +73,26 @@ def gossip(n: int, pattern: str, period: float, horizon: float, size: int = 600,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def test_the_cost_per_hop_stays_small() -> None:
+def test_neighbour_gossip_reaches_every_neighbour_and_loses_what_the_links_lose() -> None:
     result = gossip(200, "neighbours", period=1.0, horizon=20.0)
-    assert result["hops"] > 20_000
-    # Measured ~2-3 us per hop here; 30 us would mean a per-packet process or
-    # route computation crept into the hot path.
-    assert result["us_per_hop"] < 30, result
+    # 200 nodes x 20 sends x 6 neighbours go on the air; 1 % of them are lost on the links
+    assert result["hops"] == 200 * 20 * 6
+    assert 0.97 * result["hops"] < result["delivered"] < 0.999 * result["hops"]
 
 
 @pytest.mark.slow
-def test_unicast_and_broadcast_scale_to_a_thousand_nodes() -> None:
-    for pattern in ("unicast", "broadcast"):
-        period = 5.0 if pattern == "unicast" else 1000.0  # 10 floods of ~6,000 hops
-        result = gossip(1000, pattern, period=period, horizon=10.0)
-        # includes the first route computation to each of 1,000 destinations (~0.15 ms each)
-        assert result["delivered"] > 0 and result["us_per_hop"] < 150, result
+def test_unicast_and_broadcast_scale_to_a_thousand_nodes(monkeypatch) -> None:
+    """Routes are computed once per destination, not per packet (the regression that
+    once made the simulator 10x slower); broadcasts reach the whole fleet. The cost per
+    hop is a benchmark (``python tests/test_network_bench.py``), not an assertion."""
+    computed = []
+    original = SimNetwork._compute_routes
+    monkeypatch.setattr(SimNetwork, "_compute_routes",
+                        lambda self, dest: computed.append(dest) or original(self, dest))
+    unicast = gossip(1000, "unicast", period=5.0, horizon=10.0)
+    assert unicast["delivered"] > 0.9 * 1000 * 2 and len(computed) == len(set(computed)) <= 1000
+    flood = gossip(1000, "broadcast", period=1000.0, horizon=10.0)
+    assert flood["delivered"] > 0.98 * 10 * 999  # ten floods in 10 s, each to (nearly) all 999 others
 
 
 def main(argv: list[str]) -> None:

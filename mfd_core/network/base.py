@@ -14,9 +14,10 @@ process on sockets, a share of the fleet per Ray actor. It still knows the whole
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import networkx as nx
+import numpy as np
 import simpy
 
 Datagram = bytes | memoryview
@@ -52,6 +53,38 @@ def broadcast_fingerprint(datagram: Datagram) -> bytes:
     header (origin, message, fragment, ...) and the CRC of the payload, i.e. everything
     but TTL and hop count, which each forwarder rewrites."""
     return bytes(datagram[:TTL_OFFSET]) + bytes(datagram[TTL_OFFSET + 2:TTL_OFFSET + 6])
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser (Steele et al. 2014): a 64-bit bijection that scrambles well."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def seed_key(seed: int | Sequence[int]) -> int:
+    """A 64-bit key from a run's seed (an int or numpy-style sequence of ints)."""
+    return int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
+
+
+class LinkDraws:
+    """The uniform numbers one direction of one link draws, in order: a counter-based
+    stream keyed by the run's seed and the link's two ends, so the n-th datagram on a
+    link meets the same luck whichever process or actor simulates it."""
+
+    __slots__ = ("_stream", "count")
+
+    def __init__(self, key: int, src: int, dst: int) -> None:
+        self._stream = _mix64(key ^ _mix64(((src & 0xFFFFFFFF) << 32) | (dst & 0xFFFFFFFF)))
+        self.count = 0
+
+    def uniform(self) -> float:
+        self.count += 1
+        return (_mix64((self._stream + self.count) & _MASK64) >> 11) * (1.0 / (1 << 53))
 
 
 @runtime_checkable

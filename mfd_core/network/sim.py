@@ -35,8 +35,8 @@ from simpy.events import Timeout
 from .. import packet
 from ..packet import BROADCAST, MAX_NODE_ID, NEIGHBOURS, PacketError
 from . import topology
-from .base import (DEDUP_WINDOW, DEFAULT_KIND, TTL_OFFSET, Datagram, Handler, NetworkChange,
-                   broadcast_fingerprint)
+from .base import (DEDUP_WINDOW, DEFAULT_KIND, TTL_OFFSET, Datagram, Handler, LinkDraws, NetworkChange,
+                   broadcast_fingerprint, seed_key)
 
 try:  # scipy comes with scikit-learn; without it routes are computed in pure Python
     from scipy.sparse import csr_matrix as _csr_matrix
@@ -47,9 +47,6 @@ except ImportError:  # pragma: no cover - exercised by forcing _dijkstra = None 
 DROP_REASONS = ("loss", "ttl", "down", "no_route")
 # Ties between equally fast paths go to the one with fewer hops.
 _HOP_TIEBREAK = 1e-9
-# Drawing uniforms from numpy one at a time costs ~0.5 us each; a batch turned into a
-# Python list costs ~20 ns each and gives the same sequence for the same seed.
-_RANDOM_BATCH = 4096
 
 
 class _Tally:
@@ -113,12 +110,13 @@ class _Link:
 class _Dir:
     """One direction of a link: a FIFO transmitter (one datagram on the wire at a time)."""
 
-    __slots__ = ("link", "src", "dst", "dst_node", "busy_until")
+    __slots__ = ("link", "src", "dst", "dst_node", "busy_until", "draws")
 
-    def __init__(self, link: _Link, src: int, dst: int, dst_node: _Node) -> None:
+    def __init__(self, link: _Link, src: int, dst: int, dst_node: _Node, key: int) -> None:
         self.link = link
         self.src, self.dst, self.dst_node = src, dst, dst_node
         self.busy_until = 0.0
+        self.draws = LinkDraws(key, src, dst)  # its losses and bit flips
 
 
 def _link_key(u: int, v: int) -> tuple[int, int]:
@@ -135,7 +133,8 @@ class SimNetwork:
         can draw it; change link attributes through :meth:`set_link`. A node attribute
         ``up=False`` makes a node start absent (it can :meth:`join` later).
     :param seed: seeds losses and bit flips: the same seed and the same sends give the
-        same drops.
+        same drops. Each link direction draws from its own counter-based stream, so the
+        n-th datagram on a link is lost or not whichever partition simulates it.
     :param env: a ``simpy.Environment`` to share with the nodes' processes; a new one
         if None.
     :param hosted: the nodes this instance runs (default: all). A datagram whose next link
@@ -157,9 +156,7 @@ class SimNetwork:
         # on links into nodes hosted elsewhere, collected by the driver that owns this partition
         self.outbox: list[tuple[float, int, int, bytes, int, str, float]] = []
         self.env = env if env is not None else simpy.Environment()
-        self._rng = np.random.default_rng(seed)
-        self._uniforms: list[float] = []
-        self._next_uniform = 0
+        self._key = seed_key(seed)
         self._link_defaults = dict(graph.graph.get("link_defaults") or {
             "bandwidth": topology.DEFAULT_BANDWIDTH, "latency": topology.DEFAULT_LATENCY,
             "loss": 0.0, "corruption": 0.0})
@@ -205,7 +202,7 @@ class SimNetwork:
         link = self._links.get(key)
         if link is None:
             link = self._links[key] = _Link(key[0], key[1], attrs)
-            link.ends = {u: _Dir(link, u, v, self._nodes[v]), v: _Dir(link, v, u, self._nodes[u])}
+            link.ends = {u: _Dir(link, u, v, self._nodes[v], self._key), v: _Dir(link, v, u, self._nodes[u], self._key)}
         else:  # back in range: same counters, fresh attributes
             link.set(attrs)
             link.present = True
@@ -538,13 +535,13 @@ class SimNetwork:
         link.packets += 1
         tally.air_bytes += size
         tally.air_packets += 1
-        if link.loss and self._uniform() < link.loss:
+        if link.loss and out.draws.uniform() < link.loss:
             link.drops += 1
             self._drop(None, "loss", size, tally)
             return
-        if link.corruption and self._uniform() < link.corruption:
+        if link.corruption and out.draws.uniform() < link.corruption:
             link.corrupted += 1
-            datagram = self._flip_bit(datagram, size)
+            datagram = self._flip_bit(datagram, size, out.draws.uniform())
         if not out.dst_node.hosted:
             self.outbox.append((now + wait + on_wire + link.latency, out.src, out.dst, bytes(datagram), dest,
                                 tally.kind, sent_at))
@@ -637,16 +634,9 @@ class SimNetwork:
 
     # ------------------------------------------------------------ helpers
 
-    def _uniform(self) -> float:
-        i = self._next_uniform
-        if i == len(self._uniforms):
-            self._uniforms = self._rng.random(_RANDOM_BATCH).tolist()
-            i = 0
-        self._next_uniform = i + 1
-        return self._uniforms[i]
-
-    def _flip_bit(self, datagram: Datagram, size: int) -> bytes:
-        bit = min(int(self._uniform() * size * 8), size * 8 - 1)
+    @staticmethod
+    def _flip_bit(datagram: Datagram, size: int, uniform: float) -> bytes:
+        bit = min(int(uniform * size * 8), size * 8 - 1)
         flipped = bytearray(datagram)
         flipped[bit >> 3] ^= 1 << (bit & 7)
         return bytes(flipped)

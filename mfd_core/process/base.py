@@ -37,7 +37,7 @@ class Runtime(Protocol):
     network: Network
     nodes: Mapping[int, Node]  # the nodes hosted here
     node_ids: Sequence[int]  # every node of the run, hosted here or elsewhere
-    rng: np.random.Generator
+    rng: np.random.Generator  # for run-level draws, the same in every process (nodes have their own)
     local_steps: int  # minibatch (or env) steps per training chunk
     idle_poll: float  # seconds between checks of a node that is away
     extra: dict[str, Any]  # run-level facts for the record (FedAvg's server, ...)

@@ -38,7 +38,7 @@ class GossipPolicy(SharingPolicy):
         if not neighbours:
             return
         # the draw rng.choice(neighbours) makes, without its conversion to an array (3x the cost)
-        target = neighbours[int(self.runtime.rng.integers(len(neighbours)))]
+        target = neighbours[int(node.rng.integers(len(neighbours)))]
         node.send_model(target, header=node.header("gossip"), precision="fp32")
         node.counters.shares += 1
         self._last_push[node.id] = now

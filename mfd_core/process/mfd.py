@@ -78,7 +78,7 @@ class MFDPolicy(SharingPolicy):
         runtime = self.runtime
         interval = self.settings.hello_interval
         # stagger the first hellos so a fleet does not speak all at once
-        yield runtime.env.timeout(float(runtime.rng.uniform(0, min(interval, 0.5))))
+        yield runtime.env.timeout(float(node.rng.uniform(0, min(interval, 0.5))))
         while True:
             if node.is_up():
                 node.hello()
@@ -131,7 +131,7 @@ class MFDPolicy(SharingPolicy):
         Neighbours not yet heard from count as needing help (score 0) so a fleet starts
         mixing before the first reports arrive.
         """
-        runtime, net = self.runtime, node.network
+        net = node.network
         neighbours = net.neighbours(node.id)
         if not neighbours:
             return []
@@ -153,7 +153,7 @@ class MFDPolicy(SharingPolicy):
                 # a neighbour with few neighbours of its own has few other sources
                 need *= 1.0 + 2.0 / report.degree
             # a little noise so equal neighbours take turns
-            scored.append((need * quality * float(runtime.rng.uniform(0.5, 1.0)), nbr))
+            scored.append((need * quality * float(node.rng.uniform(0.5, 1.0)), nbr))
         scored.sort(reverse=True)
         if self.settings.echo_window > 0:
             # a neighbour whose model this node merged a moment ago holds most of what it

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,6 +71,7 @@ class NodeServices:
     key: bytes | None = None
     families: Mapping[str, ModelFamily] = field(default_factory=dict)
     log: Callable[..., None] = lambda kind, **fields: None
+    seed: int = 0  # each node draws from its own generator, seeded by (seed, node id)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class Node:
         self._score: tuple[int, float] | None = None  # (model version, validation score)
         self._debt = 0  # work done outside training chunks, paid with the next one
         self._trainable: list[str] | None = None
+        self._rng: np.random.Generator | None = None
         self.network.attach(node_id, self._on_datagram)
 
     # -- what the node is -----------------------------------------------------------
@@ -157,6 +160,14 @@ class Node:
     @property
     def memory(self) -> float:
         return float(self.network.graph.nodes[self.id].get("memory", 0.0))
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The node's own random generator: its draws do not depend on which other nodes
+        share its process, so a run cut over processes or actors draws what one would."""
+        if self._rng is None:
+            self._rng = np.random.default_rng([self.services.seed, self.id])
+        return self._rng
 
     def is_up(self) -> bool:
         return self.network.is_up(self.id)

@@ -77,7 +77,7 @@ class TravellingPolicy(MFDPolicy):
             self._forward(node, visitor.get_state(), onward)
 
     def _forward(self, node: Node, state: Mapping[str, torch.Tensor], header: ModelHeader) -> None:
-        runtime, net = self.runtime, node.network
+        net = node.network
         neighbours = net.neighbours(node.id)
         if not neighbours:
             return
@@ -92,7 +92,7 @@ class TravellingPolicy(MFDPolicy):
             else:
                 gain = 1.0
             link = net.link(node.id, nbr)
-            gain *= (1.0 - link["loss"]) * float(runtime.rng.uniform(0.8, 1.0))
+            gain *= (1.0 - link["loss"]) * float(node.rng.uniform(0.8, 1.0))
             if gain > best_gain:
                 best, best_gain = nbr, gain
         node.send_model(best, header=header, state=state, precision=self.settings.precision)

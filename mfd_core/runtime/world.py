@@ -62,7 +62,7 @@ class World:
             network.leave(n)
         self.policy = policy
         self.families: dict[str, ModelFamily] = dict(families or {})
-        services = NodeServices(network, self.transport, key, self.families, self.log)
+        services = NodeServices(network, self.transport, key, self.families, self.log, seed)
         self.nodes: dict[int, Node] = {}
         for node_id, learner in learners.items():
             node = Node(node_id, learner, services, policy)
