@@ -39,11 +39,18 @@ def _load(name_or_path: str):
         raise SystemExit(f"mfd: invalid scenario: {err}") from None
 
 
-def run_policies(scenario, policies: list[str], out: Path, seeds: list[int] | None = None, quiet: bool = False):
-    """Run every policy on every seed with one progress bar; save each run under out/policy/seedK."""
+def run_policies(scenario, policies: list[str], out: Path, seeds: list[int] | None = None, quiet: bool = False,
+                 network: str = "sim", workers: int = 2, ray_address: str | None = None):
+    """Run every policy on every seed with one progress bar; save each run under out/policy/seedK.
+
+    ``network``: ``sim`` (one process, simulated), ``udp`` (a process per node on real
+    sockets) or ``ray`` (the simulator over ``workers`` Ray actors).
+    """
     from tqdm import tqdm
 
-    from mfd_core.runtime import build_world, check_policy
+    from mfd_core.runtime import check_policy
+    from mfd_core.runtime.launch import run_on
+    from mfd_core.runtime.recipe import scenario_recipe
 
     for name in policies:
         try:
@@ -66,8 +73,9 @@ def run_policies(scenario, policies: list[str], out: Path, seeds: list[int] | No
                     bar.update(t - done[0])
                     done[0] = t
 
-                world = build_world(scenario.with_policy(name), seed)
-                result = world.run(progress)
+                recipe = scenario_recipe(scenario.with_policy(name), seed)
+                result = run_on(recipe, network, progress=progress, workers=workers, ray_address=ray_address,
+                                workdir=out / name / f"seed{seed}" / "nodes" if network == "udp" else None)
                 bar.update(scenario.duration - done[0])
                 result.save(out / name / f"seed{seed}")
                 results.append(result)
@@ -93,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     scenario = _load(args.scenario)
     policy = args.policy or scenario.policy.name
     out = Path(args.out or f"runs/{scenario.name}-{policy}-{time.strftime('%Y%m%d-%H%M%S')}")
-    results = run_policies(scenario, [policy], out, args.seeds)
+    results = run_policies(scenario, [policy], out, args.seeds, network=args.network, workers=args.workers,
+                           ray_address=args.ray_address)
     _print_table(results)
     print(f"results in {out}  (draw them: mfd report {out})")
     return 0
@@ -105,13 +114,57 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not policies:
         raise SystemExit("mfd compare: --policies names no policy")
     out = Path(args.out or f"runs/{scenario.name}-compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    results = run_policies(scenario, policies, out, args.seeds)
+    results = run_policies(scenario, policies, out, args.seeds, network=args.network, workers=args.workers,
+                           ray_address=args.ray_address)
     _print_table(results)
     from mfd_core.report import write_report
 
     page = write_report(out)
     print(f"report: {page}")
     return 0
+
+
+def add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """``--network`` and its options, the same on every command that runs nodes."""
+    p.add_argument("--network", choices=("sim", "udp", "ray"), default="sim",
+                   help="where the nodes run: sim = one process, simulated network (default); udp = one OS "
+                        "process per node on real UDP sockets (loopback), in real time; ray = the simulator "
+                        "spread over Ray actors")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (--network ray; default 2)")
+    p.add_argument("--ray-address", help="an existing Ray cluster to join (--network ray; default: start Ray here)")
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from mfd_core.runtime.node_process import parse_nodes, read_peers, serve
+    from mfd_core.runtime.recipe import scenario_recipe
+
+    scenario = _load(args.scenario)
+    try:
+        hosted = parse_nodes(args.node)
+        peers = read_peers(args.peers)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"mfd node: {err}") from None
+    unknown = [n for n in hosted if not 0 <= n < scenario.topology.nodes]
+    if unknown:
+        raise SystemExit(f"mfd node: node(s) {unknown} not in the scenario (nodes 0..{scenario.topology.nodes - 1})")
+    if not args.speed > 0:
+        raise SystemExit(f"mfd node: --speed must be > 0, got {args.speed}")
+    seed = scenario.seeds[0] if args.seed is None else args.seed
+    out = Path(args.out or f"runs/{scenario.name}-node-{args.node}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"hosting node(s) {hosted} of {scenario.name} (seed {seed}) for {scenario.duration:g} simulated s "
+          f"at {args.speed:g}x; record in {out}", flush=True)
+    try:
+        doc = serve(scenario_recipe(scenario, seed), hosted, peers, out, speed=args.speed,
+                    emulate=not args.no_emulate, quiet=False)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"mfd node: {err}") from None
+    from mfd_core.metrics import RunResult
+
+    result = RunResult.from_dict(doc)
+    result.save(out)
+    print(f"final mean score of node(s) {hosted}: {result.final_mean_score:.4f}; results in {out}")
+    return 130 if result.extra.get("interrupted") else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -193,6 +246,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the scenario's)")
     p.add_argument("--out", help="results folder (default runs/NAME-POLICY-TIME)")
     p.add_argument("--list", action="store_true", help="list the shipped scenarios")
+    add_network_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run one scenario under several policies, same seeds, and report",
@@ -201,7 +255,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the scenario's)")
     p.add_argument("--out", help="results folder (default runs/NAME-compare-TIME)")
+    add_network_arguments(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("node", help="run some nodes of a scenario on real UDP sockets (one machine of many)",
+                       description="Host the given nodes of a scenario in this process, each on its own UDP "
+                                   "socket at the address the peers file gives it, and run in real time. Start "
+                                   "one such process per machine (docs/networks.md has a two-terminal recipe).")
+    p.add_argument("scenario", help="scenario file or shipped name")
+    p.add_argument("--node", required=True, help="the node ids this process hosts: 3, 0-9 or 0,2,5-7")
+    p.add_argument("--peers", required=True, help="TOML file: [nodes] id = \"host:port\" for every node")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the scenario's first)")
+    p.add_argument("--out", help="folder for this process's record (default runs/NAME-node-IDS-TIME)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
+    p.add_argument("--no-emulate", action="store_true",
+                   help="do not impose the scenario's link loss, latency and rate at the sockets")
+    p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("report", help="draw results (PNG) and write an HTML page with a summary table")
     p.add_argument("results", help="a results folder written by mfd run / compare")

@@ -89,6 +89,53 @@ class RunResult:
             **self.extra,
         }
 
+    # -- across processes -------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-able): what a node process or a Ray actor hands back."""
+        doc = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        doc["scores"] = [_clean(row) for row in self.scores]
+        return json.loads(json.dumps(doc, default=_jsonable))
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "RunResult":
+        result = cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+        result.scores = [[math.nan if v is None else float(v) for v in row] for row in result.scores]
+        result.node_ids = [int(n) for n in result.node_ids]
+        return result
+
+    @classmethod
+    def merge(cls, parts: list["RunResult"]) -> "RunResult":
+        """One run from the records of its parts (each hosted some of the nodes).
+
+        Times are the measurement times of the part that measured longest; a part that
+        stopped early (a killed process) has no score after its last row (NaN) and its
+        traffic counts as it last stood. Traffic is summed (each part counts what its own
+        nodes put on the links); counters are summed; events are merged in time order.
+        """
+        if not parts:
+            raise ValueError("no parts to merge")
+        first = parts[0]
+        longest = max(parts, key=lambda p: len(p.times))
+        merged = cls(first.scenario, first.policy, first.seed, sorted(n for p in parts for n in p.node_ids))
+        merged.times = list(longest.times)
+        column = {n: (p, p.node_ids.index(n)) for p in parts for n in p.node_ids}
+        for i in range(len(merged.times)):
+            merged.scores.append([column[n][0].scores[i][column[n][1]] if i < len(column[n][0].scores)
+                                  else math.nan for n in merged.node_ids])
+            for series in ("bytes", "model_bytes", "data_bytes", "packets"):
+                getattr(merged, series).append(sum(
+                    getattr(p, series)[min(i, len(getattr(p, series)) - 1)] for p in parts if getattr(p, series)))
+        merged.events = sorted((e for p in parts for e in p.events), key=lambda e: e.get("t", 0.0))
+        for p in parts:
+            for key, value in p.extra.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "server":
+                    merged.extra[key] = merged.extra.get(key, 0) + value
+                else:
+                    merged.extra.setdefault(key, value)
+        merged.wall_seconds = max(p.wall_seconds for p in parts)
+        return merged
+
     # -- files ----------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:

@@ -47,6 +47,9 @@ except ImportError:  # pragma: no cover - exercised by forcing _dijkstra = None 
 DROP_REASONS = ("loss", "ttl", "down", "no_route")
 # Ties between equally fast paths go to the one with fewer hops.
 _HOP_TIEBREAK = 1e-9
+# Each link direction's latency gains a fixed share of a nanosecond (see _Dir.jitter).
+MAX_JITTER_S = 1e-9
+_JITTER_KEY = 0x6A09E667F3BCC908
 
 
 class _Tally:
@@ -110,13 +113,19 @@ class _Link:
 class _Dir:
     """One direction of a link: a FIFO transmitter (one datagram on the wire at a time)."""
 
-    __slots__ = ("link", "src", "dst", "dst_node", "busy_until", "draws")
+    __slots__ = ("link", "src", "dst", "dst_node", "busy_until", "draws", "jitter")
 
     def __init__(self, link: _Link, src: int, dst: int, dst_node: _Node, key: int) -> None:
         self.link = link
         self.src, self.dst, self.dst_node = src, dst, dst_node
         self.busy_until = 0.0
         self.draws = LinkDraws(key, src, dst)  # its losses and bit flips
+        # Under a nanosecond added to the link's latency, different for every link
+        # direction: two datagrams from different senders never arrive at a node at the
+        # very same instant, nor with a local event, so the order in which a node hears
+        # things does not depend on which process simulated the senders (SimPy breaks
+        # ties by creation order, which partitions do not share).
+        self.jitter = LinkDraws(key ^ _JITTER_KEY, src, dst).uniform() * MAX_JITTER_S
 
 
 def _link_key(u: int, v: int) -> tuple[int, int]:
@@ -542,11 +551,11 @@ class SimNetwork:
         if link.corruption and out.draws.uniform() < link.corruption:
             link.corrupted += 1
             datagram = self._flip_bit(datagram, size, out.draws.uniform())
+        delay = wait + on_wire + link.latency + out.jitter
         if not out.dst_node.hosted:
-            self.outbox.append((now + wait + on_wire + link.latency, out.src, out.dst, bytes(datagram), dest,
-                                tally.kind, sent_at))
+            self.outbox.append((now + delay, out.src, out.dst, bytes(datagram), dest, tally.kind, sent_at))
             return
-        Timeout(self.env, wait + on_wire + link.latency,
+        Timeout(self.env, delay,
                 (out, datagram, size, dest, tally, sent_at)).callbacks.append(self._arrive)
 
     def deliver_remote(self, arrivals: Iterable[tuple[float, int, int, bytes, int, str, float]]) -> None:

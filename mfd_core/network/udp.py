@@ -11,7 +11,15 @@ The clock is SimPy's real-time environment, so node code written for
 :class:`~mfd_core.network.sim.SimNetwork` (``env.timeout``, ``compute``, ``attach`` /
 ``send``) runs unchanged; sockets are polled every ``poll`` seconds from a SimPy
 callback, so handlers run in the thread that calls :meth:`run`. Several processes each
-host some nodes and exchange :attr:`addresses` (``add_peers``) before running.
+host some nodes and exchange :attr:`addresses` (``add_peers``) before running, or bind
+the addresses a peers file gives them (``bind``).
+
+Two options replay a simulated scenario on real sockets: ``emulate`` imposes each
+overlay link's loss, latency and rate at the sending socket (a datagram is dropped with
+the link's loss probability, else sent once the link is free and its latency has
+passed, as :class:`~mfd_core.network.sim.SimNetwork` charges it), and ``pace`` makes
+training take the simulated time it costs (``work / compute``), so a node on sockets
+trains as much per second as it would in the simulator.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import math
 import selectors
 import socket
 from collections import deque
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import simpy
@@ -28,7 +36,7 @@ import simpy.rt
 
 from .. import packet
 from ..packet import BROADCAST, NEIGHBOURS, PacketError
-from .sim import DEDUP_WINDOW, DEFAULT_KIND, Datagram, Handler, NetworkChange, broadcast_fingerprint
+from .base import DEDUP_WINDOW, DEFAULT_KIND, Datagram, Handler, LinkDraws, NetworkChange, broadcast_fingerprint, seed_key
 
 Address = tuple[str, int]
 # The largest UDP payload over IPv4, and the packet layer's MTU bound.
@@ -38,10 +46,13 @@ _COUNTERS = ("sent_bytes", "sent_packets", "received_bytes", "received_packets",
 
 
 class _Local:
-    __slots__ = ("sock", "handler", "up", *_COUNTERS)
+    __slots__ = ("id", "sock", "handler", "up", "busy_until", "draws", *_COUNTERS)
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, node: int, sock: socket.socket) -> None:
+        self.id = node
         self.sock = sock
+        self.busy_until: dict[int, float] = {}  # emulated links: when each is free again
+        self.draws: dict[int, LinkDraws] = {}  # emulated links: their losses
         self.handler: Handler | None = None
         self.up = True
         for name in _COUNTERS:
@@ -57,12 +68,18 @@ class UdpNetwork:
     :param env: a SimPy environment; default a non-strict real-time one (``factor``
         wall seconds per simulated second).
     :param host: where hosted nodes bind (an ephemeral port each). Loopback by default.
+    :param bind: fixed addresses for hosted nodes (a peers file's), instead of ``host``.
     :param poll: seconds between socket polls: the added receive delay, at most.
+    :param emulate: impose the overlay links' loss, latency and rate at the sockets.
+    :param pace: training takes ``work / compute`` seconds, as in the simulator.
+    :param seed: seeds the emulated losses.
     """
 
     def __init__(self, graph: nx.Graph, *, nodes: Iterable[int] | None = None,
                  peers: Mapping[int, Address] | None = None, env: simpy.Environment | None = None,
-                 host: str = "127.0.0.1", factor: float = 1.0, poll: float = 0.001) -> None:
+                 host: str = "127.0.0.1", factor: float = 1.0, poll: float = 0.001,
+                 bind: Mapping[int, Address] | None = None, emulate: bool = False, pace: bool = False,
+                 seed: int | Sequence[int] = 0) -> None:
         if not isinstance(graph, nx.Graph) or graph.is_directed() or graph.is_multigraph():
             raise ValueError("graph must be an undirected networkx.Graph")
         if not (isinstance(poll, (int, float)) and 0 < poll < math.inf):
@@ -79,15 +96,23 @@ class UdpNetwork:
         self._seen_expiry: deque[tuple[float, bytes]] = deque()
         self._listeners: list[Callable[[NetworkChange], None]] = []
         self._kinds: dict[str, dict[str, int]] = {}
-        self._drops = {reason: [0, 0] for reason in ("ttl", "down", "no_route", "foreign", "error")}
+        self._drops = {reason: [0, 0] for reason in ("ttl", "down", "no_route", "foreign", "error", "loss")}
         self._closed = False
+        self._emulate, self._pace = emulate, pace
+        self._key = seed_key(seed)
+        self._down_remote: set[int] = set()  # nodes hosted elsewhere that are away
+        self._links_down: set[frozenset[int]] = set()
         try:
             for node in (graph.nodes if nodes is None else nodes):
                 if node not in graph:
                     raise ValueError(f"node {node!r} is not in the graph")
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self._local[node] = _Local(sock)
-                sock.bind((host, 0))
+                self._local[node] = _Local(node, sock)
+                address = (bind or {}).get(node, (host, 0))
+                try:
+                    sock.bind((str(address[0]), int(address[1])))
+                except OSError as err:
+                    raise OSError(f"node {node}: cannot bind {address[0]}:{address[1]}: {err.strerror}") from None
                 sock.setblocking(False)
                 self._selector.register(sock, selectors.EVENT_READ, node)
                 self._register(node, sock.getsockname()[:2])
@@ -102,6 +127,13 @@ class UdpNetwork:
     @property
     def now(self) -> float:
         return self.env.now
+
+    def hosts(self, node: int) -> bool:
+        return node in self._local
+
+    def describe(self) -> dict[str, Any]:
+        return {"driver": "udp", "processes": 1,
+                "nodes": {str(n): f"{host}:{port}" for n, (host, port) in self.addresses.items() if n in self._local}}
 
     def add_peers(self, peers: Mapping[int, Address]) -> None:
         """Where nodes hosted by other processes listen (their :attr:`addresses`)."""
@@ -129,7 +161,7 @@ class UdpNetwork:
             self._drop(local, "down", size)
             return
         if next_hop is not None:
-            hops = [next_hop] if self.graph.has_edge(src, next_hop) else []
+            hops = [next_hop] if next_hop in self.neighbours(src) else []
         elif dest == NEIGHBOURS or dest == BROADCAST:
             hops = self.neighbours(src)
         elif dest == src:
@@ -151,9 +183,14 @@ class UdpNetwork:
                 tally["sent_packets"] += 1
 
     def compute(self, node: int, work: float) -> simpy.Event:
-        """Fires at once: on real sockets the learner's training takes real time itself."""
+        """Fires at once: on real sockets the learner's training takes real time itself;
+        with ``pace``, after the ``work / compute`` seconds the simulator would charge."""
         self._hosted(node)
-        return self.env.timeout(0, work)
+        if not self._pace:
+            return self.env.timeout(0, work)
+        if isinstance(work, bool) or not isinstance(work, (int, float)) or not 0 <= work < math.inf:
+            raise ValueError(f"work must be a finite number >= 0, got {work!r}")
+        return self.env.timeout(work / float(self.graph.nodes[node].get("compute", 1.0)), work)
 
     def run(self, until: float | simpy.Event | None = None) -> None:
         self.env.run(until=until)
@@ -181,36 +218,83 @@ class UdpNetwork:
 
     def is_up(self, node: int) -> bool:
         local = self._local.get(node)
-        return local.up if local is not None else node in self.addresses
+        if local is not None:
+            return local.up
+        return node in self.addresses and node not in self._down_remote
 
     def neighbours(self, node: int) -> list[int]:
-        """Graph neighbours that have an address (and are up, where hosted here)."""
+        """Graph neighbours that have an address, over links that are up (and are up,
+        where hosted here; not known to be away, where hosted elsewhere)."""
         if not self.is_up(node):
             return []
-        return [peer for peer in self.graph.neighbors(node) if self.is_up(peer)]
+        return [peer for peer in self.graph.neighbors(node)
+                if self.is_up(peer) and frozenset((node, peer)) not in self._links_down]
 
     def link(self, u: int, v: int) -> dict[str, Any]:
         if not self.graph.has_edge(u, v):
             raise ValueError(f"no link between {u!r} and {v!r}")
-        return dict(self.graph.edges[u, v], up=self.is_up(u) and self.is_up(v))
+        up = self.is_up(u) and self.is_up(v) and frozenset((u, v)) not in self._links_down
+        return dict(self.graph.edges[u, v], up=up)
+
+    def route(self, src: int, dest: int) -> list[int] | None:
+        """The path unicast from ``src`` to ``dest`` takes now, or None if unreachable."""
+        path = [src]
+        while path[-1] != dest:
+            hop = self._next_hop(path[-1], dest)
+            if hop is None or len(path) > self.graph.number_of_nodes():
+                return None
+            path.append(hop)
+        return path
+
+    def set_link(self, u: int, v: int, **attrs: float) -> None:
+        """Change what an emulated link imposes (loss, latency, bandwidth)."""
+        if not self.graph.has_edge(u, v):
+            raise ValueError(f"no link between {u!r} and {v!r}")
+        self.graph.edges[u, v].update(attrs)
+        self._routes.clear()
+
+    def link_down(self, u: int, v: int) -> None:
+        if frozenset((u, v)) not in self._links_down:
+            self._links_down.add(frozenset((u, v)))
+            self._routes.clear()
+            self._tell(NetworkChange("link_down", self.env.now, u, v))
+
+    def link_up(self, u: int, v: int) -> None:
+        if frozenset((u, v)) in self._links_down:
+            self._links_down.discard(frozenset((u, v)))
+            self._routes.clear()
+            self._tell(NetworkChange("link_up", self.env.now, u, v))
 
     def on_change(self, callback: Callable[[NetworkChange], None]) -> None:
         self._listeners.append(callback)
 
     def leave(self, node: int) -> None:
-        """A hosted node stops sending and receiving (its socket stays bound)."""
-        local = self._hosted(node)
-        if local.up:
+        """A hosted node stops sending and receiving (its socket stays bound); a node
+        hosted elsewhere is taken as away (routed around) until it joins again."""
+        local = self._local.get(node)
+        if local is None:
+            if node not in self.addresses or node in self._down_remote:
+                return
+            self._down_remote.add(node)
+        elif local.up:
             local.up = False
-            self._routes.clear()
-            self._tell(NetworkChange("leave", self.env.now, node))
+        else:
+            return
+        self._routes.clear()
+        self._tell(NetworkChange("leave", self.env.now, node))
 
     def join(self, node: int) -> None:
-        local = self._hosted(node)
-        if not local.up:
+        local = self._local.get(node)
+        if local is None:
+            if node not in self._down_remote:
+                return
+            self._down_remote.discard(node)
+        elif not local.up:
             local.up = True
-            self._routes.clear()
-            self._tell(NetworkChange("join", self.env.now, node))
+        else:
+            return
+        self._routes.clear()
+        self._tell(NetworkChange("join", self.env.now, node))
 
     def stats(self) -> dict[str, Any]:
         """Totals, drops, per-node counters; per-kind counts of what origins sent (kinds
@@ -251,6 +335,38 @@ class UdpNetwork:
         address = self.addresses.get(hop)
         if address is None:
             self._drop(local, "no_route", len(datagram))
+            return False
+        if self._emulate and self.graph.has_edge(local.id, hop):
+            return self._emulated(local, datagram, hop, address)
+        return self._transmit(local, datagram, address)
+
+    def _emulated(self, local: _Local, datagram: Datagram, hop: int, address: Address) -> bool:
+        """The link's rate, latency and loss, as the simulator charges them: the datagram
+        waits for the link, takes ``size / bandwidth`` on it, then ``latency``; lost with
+        the link's loss probability (it used the link all the same)."""
+        link = self.graph.edges[local.id, hop]
+        size = len(datagram)
+        now = self.env.now
+        free = local.busy_until.get(hop, 0.0)
+        wait = free - now if free > now else 0.0
+        on_wire = size / float(link.get("bandwidth", math.inf))
+        local.busy_until[hop] = now + wait + on_wire
+        loss = float(link.get("loss", 0.0))
+        draws = local.draws.get(hop)
+        if draws is None:
+            draws = local.draws[hop] = LinkDraws(self._key, local.id, hop)
+        if loss and draws.uniform() < loss:
+            self._drop(local, "loss", size)
+            return True  # sent: the link carried it and lost it
+        delay = wait + on_wire + float(link.get("latency", 0.0))
+        if delay <= 0:
+            return self._transmit(local, datagram, address)
+        data = bytes(datagram)
+        self.env.timeout(delay).callbacks.append(lambda _: self._transmit(local, data, address))
+        return True
+
+    def _transmit(self, local: _Local, datagram: Datagram, address: Address) -> bool:
+        if self._closed:
             return False
         try:
             local.sock.sendto(datagram, address)
@@ -344,7 +460,8 @@ class UdpNetwork:
         if table is None:
             table = self._routes[dest] = {}
             if dest in self.graph and self.is_up(dest):
-                usable = nx.subgraph_view(self.graph, filter_node=self.is_up)
+                usable = nx.subgraph_view(self.graph, filter_node=self.is_up,
+                                          filter_edge=lambda u, v: frozenset((u, v)) not in self._links_down)
                 preds = nx.dijkstra_predecessor_and_distance(
                     usable, dest, weight=lambda u, v, a: a.get("latency", 1.0) + 1e-9)[0]
                 for node, pred in preds.items():
