@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import signal
 import sys
@@ -147,6 +148,8 @@ def serve(recipe: Recipe, hosted: Iterable[int], peers: dict[int, tuple[str, int
 def _listen(news: queue.Queue) -> None:
     for line in sys.stdin:
         news.put(line.strip())
+    # stdin closed: the launcher is gone, and nobody will collect this run; stop with what we have
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
