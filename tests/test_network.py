@@ -233,10 +233,12 @@ def test_unicast_to_oneself_is_delivered_without_air_time() -> None:
 
 def test_routes_prefer_low_latency_and_the_python_fallback_agrees(monkeypatch) -> None:
     graph = topology.ring(6, latency=0.01)
-    graph.edges[0, 1]["latency"] = 1.0  # 0 -> 1 is faster the long way round
+    graph.edges[0, 1]["latency"] = 1.0  # 0 -> 2 is faster the long way round
     net = SimNetwork(graph, seed=0)
-    assert net.route(0, 1) == [0, 5, 4, 3, 2, 1]
+    assert net.route(0, 2) == [0, 5, 4, 3, 2]
     assert net.route(0, 3) == [0, 5, 4, 3]
+    # a neighbour is reached over the link to it, as IP prefers a connected route (no table)
+    assert net.route(0, 1) == [0, 1]
     big = SimNetwork(topology.small_world(200, 4, 0.2, seed=3, latency=0.01), seed=0)
     fast = {d: big.route(0, d) for d in range(200)}
     monkeypatch.setattr(sim_module, "_dijkstra", None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -47,6 +47,10 @@ except ImportError:  # pragma: no cover - exercised by forcing _dijkstra = None 
 DROP_REASONS = ("loss", "ttl", "down", "no_route")
 # Ties between equally fast paths go to the one with fewer hops.
 _HOP_TIEBREAK = 1e-9
+# Route tables (one int32 array of next hops per destination, 4 bytes a node) are kept
+# for the destinations used most recently, up to this many bytes: linear in nodes, where
+# a table for every destination is quadratic (0.98M entries at 1,000 nodes, 8.8M at 3,000).
+MAX_ROUTE_BYTES = 32 << 20
 # Each link direction's latency gains a fixed share of a nanosecond (see _Dir.jitter).
 MAX_JITTER_S = 1e-9
 _JITTER_KEY = 0x6A09E667F3BCC908
@@ -184,7 +188,8 @@ class SimNetwork:
         self._seen_expiry: deque[tuple[float, bytes]] = deque()
         self._listeners: list[Callable[[NetworkChange], None]] = []
         self._version = 0
-        self._routes: dict[int, dict[int, int]] = {}  # destination -> {node: next hop}
+        # destination -> next hop of every node (indices of the route graph's nodes; < 0: none)
+        self._routes: OrderedDict[int, np.ndarray] = OrderedDict()
         self._up_out: dict[int, tuple[_Dir, ...]] = {}
         self._route_graph: tuple[int, dict[int, int], list[int], Any] | None = None
 
@@ -276,14 +281,14 @@ class SimNetwork:
             self.env.timeout(0, (None, datagram, size, src, tally, now)).callbacks.append(self._loopback)
             return
         else:
-            table = self._routes.get(dest)
-            if table is None:
-                table = self._compute_routes(dest)
-            hop = table.get(src)
-            if hop is None:
-                self._drop(node, "no_route", size, tally)
-                return
-            targets = (node.out[hop],)
+            out = node.out.get(dest)
+            if out is None or not (out.link.up and out.dst_node.up):  # beyond the neighbours: routed
+                hop = self._next_hop(src, dest)
+                if hop is None:
+                    self._drop(node, "no_route", size, tally)
+                    return
+                out = node.out[hop]
+            targets = (out,)
         if dest == BROADCAST:
             self._expire_seen(now)
             fingerprint = broadcast_fingerprint(datagram)
@@ -367,10 +372,11 @@ class SimNetwork:
         """The path unicast from ``src`` to ``dest`` takes now, or None if unreachable."""
         self._node(src)
         path = [src]
-        table = self._routes.get(dest) or self._compute_routes(dest)
         while path[-1] != dest:
-            hop = table.get(path[-1])
-            if hop is None:
+            here = self._nodes[path[-1]]
+            out = here.out.get(dest)
+            hop = dest if out is not None and out.link.up and out.dst_node.up else self._next_hop(path[-1], dest)
+            if hop is None or len(path) > len(self._nodes):
                 return None
             path.append(hop)
         return path
@@ -583,13 +589,13 @@ class SimNetwork:
         elif dest == BROADCAST:
             self._flood(node, out.src, datagram, size, tally, sent_at)
         else:
-            table = self._routes.get(dest)
-            if table is None:
-                table = self._compute_routes(dest)
-            hop = table.get(here)
-            if hop is None:
-                self._drop(node, "no_route", size, tally)
-                return
+            onward = node.out.get(dest)
+            if onward is None or not (onward.link.up and onward.dst_node.up):
+                hop = self._next_hop(here, dest)
+                if hop is None:
+                    self._drop(node, "no_route", size, tally)
+                    return
+                onward = node.out[hop]
             try:
                 datagram = packet.forwarded(datagram)
             except PacketError:
@@ -597,7 +603,7 @@ class SimNetwork:
                 return
             node.forwarded_bytes += size
             node.forwarded_packets += 1
-            self._transmit(node.out[hop], datagram, size, dest, tally, sent_at)
+            self._transmit(onward, datagram, size, dest, tally, sent_at)
 
     def _deliver(self, node: _Node, datagram: Datagram, size: int, tally: _Tally, sent_at: float,
                  sender: int) -> None:
@@ -706,25 +712,38 @@ class SimNetwork:
         self._up_out[node] = outs
         return outs
 
-    def _compute_routes(self, dest: int) -> dict[int, int]:
+    def _next_hop(self, here: int, dest: int) -> int | None:
+        """The neighbour ``here`` forwards to on the shortest path (by latency) to ``dest``."""
+        table = self._routes.get(dest)
+        if table is None:
+            table = self._compute_routes(dest)
+        else:
+            self._routes.move_to_end(dest)
+        _, index, nodes, _ = self._route_graph
+        i = index.get(here)
+        if i is None:
+            return None
+        hop = int(table[i])
+        return nodes[hop] if hop >= 0 else None
+
+    def _compute_routes(self, dest: int) -> np.ndarray:
         """Next hop towards ``dest`` from every node that can reach it: Dijkstra from
         ``dest`` by latency (links are symmetric), cached until the topology changes."""
-        table: dict[int, int] = {}
-        self._routes[dest] = table
-        target = self._nodes.get(dest) if isinstance(dest, int) else None
-        if target is None or not target.up:
-            return table
-        if _dijkstra is None:
-            return self._python_routes(dest, table)
         if self._route_graph is None or self._route_graph[0] != self._version:
             self._route_graph = (self._version, *self._up_matrix())
         _, index, nodes, matrix = self._route_graph
-        # scipy's C Dijkstra: ~0.15 ms from one source on 1,000 nodes, 20x the pure-Python loop;
-        # the table is filled from arrays (a loop over 1,000 predecessors cost 4x the search).
-        pred = _dijkstra(matrix, directed=True, indices=index[dest], return_predecessors=True)[1]
-        ids = np.asarray(nodes)
-        reached = pred >= 0
-        table.update(zip(ids[reached].tolist(), ids[pred[reached]].tolist()))
+        target = self._nodes.get(dest) if isinstance(dest, int) else None
+        if target is None or not target.up or dest not in index:
+            table = np.full(len(nodes), -1, dtype=np.int32)
+        elif _dijkstra is None:
+            table = self._python_routes(dest, index)
+        else:
+            # scipy's C Dijkstra: ~0.15 ms from one source on 1,000 nodes, 20x the pure-Python loop
+            table = _dijkstra(matrix, directed=True, indices=index[dest], return_predecessors=True)[1]
+            table = table.astype(np.int32, copy=False)
+        self._routes[dest] = table
+        while len(self._routes) > max(16, MAX_ROUTE_BYTES // max(4 * len(nodes), 1)):
+            self._routes.popitem(last=False)
         return table
 
     def _up_matrix(self) -> tuple[dict[int, int], list[int], Any]:
@@ -744,8 +763,9 @@ class SimNetwork:
         matrix = _csr_matrix((weights, (rows, cols)), shape=(len(nodes), len(nodes)))
         return index, nodes, matrix
 
-    def _python_routes(self, dest: int, table: dict[int, int]) -> dict[int, int]:
+    def _python_routes(self, dest: int, index: dict[int, int]) -> np.ndarray:
         """The same Dijkstra in pure Python, where scipy is missing."""
+        table = np.full(len(index), -1, dtype=np.int32)
         dist = {dest: 0.0}
         done: set[int] = set()
         heap: list[tuple[float, int, int]] = [(0.0, 0, dest)]
@@ -761,7 +781,7 @@ class SimNetwork:
                 nd = d + out.link.latency + _HOP_TIEBREAK
                 if y not in done and nd < dist.get(y, math.inf):
                     dist[y] = nd
-                    table[y] = x
+                    table[index[y]] = index[x]
                     heapq.heappush(heap, (nd, counter, y))
                     counter += 1
         return table
