@@ -359,6 +359,7 @@ def absorb_knowledge(
     local_state = learner.get_state()
     same = [i for i, m in enumerate(models) if m.family == learner.family]
     accepted: list[int] = []
+    candidates: dict[int, dict[str, Tensor]] = {}
     for i in same:
         inc = models[i]
         problem = _shape_mismatch(local_state, inc)
@@ -372,8 +373,10 @@ def absorb_knowledge(
         outcomes[i] = Outcome(inc, "merged" if decision.accepted else "refused", decision)
         if decision.accepted:
             accepted.append(i)
+            candidates[i] = candidate
     if accepted:
-        merged = merge_same_family(
+        # one model: its gated candidate is the merge (no second average of the same inputs)
+        merged = candidates[accepted[0]] if len(accepted) == 1 else merge_same_family(
             local_state,
             [(models[i].state, models[i].weight) for i in accepted],
             [models[i].masks for i in accepted],

@@ -47,7 +47,11 @@ class MFDSettings(PolicySettings):
                               "gate-approved neighbour models")
     serve_max_age: float = Field(20.0, gt=0, description="neighbour models older than this (s) are not served")
     byte_budget: float = Field(0.0, ge=0, description="bytes per second a node may send (0: unlimited)")
-    hello_interval: float = Field(5.0, gt=0, description="seconds between neighbour reports")
+    hello_interval: float = Field(5.0, gt=0, description="seconds between a node's looks at whether to report "
+                                  "itself to its neighbours (it does when its profile changed or a new neighbour "
+                                  "spoke)")
+    hello_refresh: float = Field(60.0, ge=0, description="seconds after which a node reports itself even if "
+                                 "nothing changed (a keep-alive; 0: at every hello_interval)")
     bootstrap_hops: int = Field(1, ge=1, le=8, description="how many hops out a (re)joining node asks for "
                                 "models (one with fewer neighbours than fanout asks at least 2)")
     echo_window: float = Field(0.0, ge=0, description="neighbours whose model was merged this many seconds "
@@ -75,13 +79,21 @@ class MFDPolicy(SharingPolicy):
             runtime.env.process(self._hello_loop(node))
 
     def _hello_loop(self, node: Node) -> Iterator:
+        """Report the node to its neighbours when there is news: its profile changed (score
+        to 0.01, samples, width, memory, degree, ...), a neighbour it had not heard from
+        spoke, or ``hello_refresh`` passed. At 1,000 nodes training every 30 s, hellos
+        every 5 s were 72,000 of 76,000 datagrams; most said what the last one said."""
         runtime = self.runtime
-        interval = self.settings.hello_interval
+        interval, refresh = self.settings.hello_interval, self.settings.hello_refresh
         # stagger the first hellos so a fleet does not speak all at once
         yield runtime.env.timeout(float(node.rng.uniform(0, min(interval, 0.5))))
+        said, said_at = None, -math.inf
         while True:
             if node.is_up():
-                node.hello()
+                profile = node.profile()
+                if profile != said or node.heard_new_neighbour or node.now - said_at >= refresh:
+                    node.hello()
+                    said, said_at = profile, node.now
             yield runtime.env.timeout(interval)
 
     # -- the node's life --------------------------------------------------------------

@@ -138,6 +138,7 @@ class Node:
         # origin -> the latest model it sent, held until the node merges what a round brought
         self.held: dict[int, ReceivedModel] = {}
         self.joined_at = -math.inf  # time of the last (re)join; -inf: there from the start
+        self.heard_new_neighbour = False  # a neighbour it had no report of spoke since its last hello
         self._expiry_pending = False
         self._sent: OrderedDict[int, list] = OrderedDict()  # message id -> its datagrams
         self._asked: OrderedDict[tuple[int, int], int] = OrderedDict()  # requests made per message
@@ -304,10 +305,16 @@ class Node:
         return sent
 
     def hello(self) -> None:
+        self.heard_new_neighbour = False
         self.send_control(NEIGHBOURS, Hello(
             score=self.score(), samples=self.learner.num_samples, compute=self.compute, memory=self.memory,
             family=self.learner.family, width=self.learner.width, version=self.version,
             labels=self.label_profile, degree=len(self.network.neighbours(self.id))))
+
+    def profile(self) -> tuple:
+        """What a hello would tell the neighbours, to the precision they act on."""
+        return (round(self.score(), 2), self.learner.num_samples, self.compute, self.memory, self.learner.family,
+                self.learner.width, self.label_profile, len(self.network.neighbours(self.id)))
 
     # -- receiving ------------------------------------------------------------------
 
@@ -374,6 +381,8 @@ class Node:
         if isinstance(record, Resend):
             self._resend(message.origin, record)
         elif isinstance(record, Hello):
+            if message.origin not in self.reports:
+                self.heard_new_neighbour = True  # it has not heard this node either, likely
             self.reports[message.origin] = Report.from_hello(record, self.network.env.now)
         elif isinstance(record, ModelHeader):
             self.policy.on_model(self, message, record, from_node)
