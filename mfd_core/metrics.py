@@ -33,10 +33,15 @@ class RunResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    # more per-node measurements beside the score, by name: [time][node] (env steps, ...)
+    node_metrics: dict[str, list[list[float]]] = field(default_factory=dict)
 
-    def record(self, t: float, scores: list[float], stats: dict[str, Any]) -> None:
+    def record(self, t: float, scores: list[float], stats: dict[str, Any],
+               measures: dict[str, list[float]] | None = None) -> None:
         self.times.append(float(t))
         self.scores.append([float(s) for s in scores])
+        for name, values in (measures or {}).items():
+            self.node_metrics.setdefault(name, []).append([float(v) for v in values])
         kinds = stats.get("kinds", {})
         self.bytes.append(int(stats.get("air_bytes", 0)))
         self.model_bytes.append(int(kinds.get("model", {}).get("air_bytes", 0)))
@@ -95,12 +100,15 @@ class RunResult:
         """Plain data (JSON-able): what a node process or a Ray actor hands back."""
         doc = {name: getattr(self, name) for name in self.__dataclass_fields__}
         doc["scores"] = [_clean(row) for row in self.scores]
+        doc["node_metrics"] = {name: [_clean(row) for row in rows] for name, rows in self.node_metrics.items()}
         return json.loads(json.dumps(doc, default=_jsonable))
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "RunResult":
         result = cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
         result.scores = [[math.nan if v is None else float(v) for v in row] for row in result.scores]
+        result.node_metrics = {name: [[math.nan if v is None else float(v) for v in row] for row in rows]
+                               for name, rows in result.node_metrics.items()}
         result.node_ids = [int(n) for n in result.node_ids]
         return result
 
@@ -123,6 +131,10 @@ class RunResult:
         for i in range(len(merged.times)):
             merged.scores.append([column[n][0].scores[i][column[n][1]] if i < len(column[n][0].scores)
                                   else math.nan for n in merged.node_ids])
+            for name in {m for p in parts for m in p.node_metrics}:
+                merged.node_metrics.setdefault(name, []).append([
+                    column[n][0].node_metrics[name][i][column[n][1]]
+                    if i < len(column[n][0].node_metrics.get(name, [])) else math.nan for n in merged.node_ids])
             for series in ("bytes", "model_bytes", "data_bytes", "packets"):
                 getattr(merged, series).append(sum(
                     getattr(p, series)[min(i, len(getattr(p, series)) - 1)] for p in parts if getattr(p, series)))

@@ -46,8 +46,29 @@ class Topology(_Strict):
     memory: int = Field(64_000_000, gt=0, description="bytes of model memory per node")
 
 
+# "package.module:function": a hook to a user's own data or model, imported when a run is built.
+HOOK = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _hook_or(names: tuple[str, ...], what: str):
+    def check(value: str) -> str:
+        import re
+
+        if value in names or re.match(HOOK, value):
+            return value
+        raise ValueError(f"{value!r} is not {', '.join(map(repr, names))} or a 'package.module:function' {what}")
+    return check
+
+
 class Data(_Strict):
-    dataset: Literal["digits"] = "digits"
+    dataset: str = Field("digits", description="'digits' (scikit-learn's, bundled), or 'package.module:function' "
+                         "returning (inputs, labels) arrays or an mfd_core.datasets.Dataset: your own data")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _hook_or(("digits",), "data hook")(value)
+
     split: Literal["dirichlet", "iid"] = "dirichlet"
     alpha: float = Field(0.3, gt=0, description="Dirichlet concentration: lower is more non-IID")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out global test set")
@@ -55,7 +76,8 @@ class Data(_Strict):
 
 
 class Learner(_Strict):
-    kind: Literal["mlp", "cnn"] = "mlp"
+    kind: str = Field("mlp", description="'mlp', 'cnn', or 'package.module:function' that takes (features, "
+                      "classes) and returns a torch.nn.Module: your own model (one width: it is not sliced)")
     hidden: tuple[int, ...] = Field((64, 64), min_length=1)
     width: float = Field(1.0, gt=0, le=1)
     widths: tuple[float, ...] = Field((), description="capacity tiers: width ratios dealt round-robin over nodes")
@@ -71,6 +93,11 @@ class Learner(_Strict):
                                      "a narrow slice of a wide initialisation learns slower at the wide "
                                      "model's step size; 0 trains every width at lr")
     lr: float = Field(0.005, gt=0, le=10)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return _hook_or(("mlp", "cnn"), "model hook")(value)
     batch_size: int = Field(32, ge=1)
     local_steps: int = Field(10, ge=1, description="minibatch steps between sharing decisions")
 
@@ -195,7 +222,8 @@ class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
     seeds: tuple[int, ...] = Field((0,), min_length=1)
-    duration: float = Field(60.0, gt=0, allow_inf_nan=False, description="simulated seconds")
+    # a simulated day: a run longer than that does not end in a working day on one machine
+    duration: float = Field(60.0, gt=0, le=86_400, allow_inf_nan=False, description="simulated seconds")
     eval_interval: float = Field(2.0, gt=0, description="simulated seconds between measurements")
     topology: Topology = Topology()
     data: Data = Data()
@@ -223,6 +251,8 @@ class Scenario(_Strict):
             for v in getattr(self.learner, name):
                 if not 0 < v <= 1:
                     raise ValueError(f"learner.{name}: {v} is not in (0, 1]")
+        if ":" in self.learner.kind and (self.learner.width != 1 or self.learner.widths or self.learner.kinds):
+            raise ValueError("learner.kind: a model of your own runs at one width (no width, widths or kinds)")
         for i, fault in enumerate(self.faults):
             for node in fault.nodes:
                 if not 0 <= node < n:

@@ -62,12 +62,32 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 
 
 def _results(tmp_path: Path) -> Path:
-    folder = tmp_path / "results"
+    """A run folder of three policies x two seeds, written as `mfd compare` writes it."""
+    from mfd_core.runfolder import RunFolder
+
+    folder = RunFolder(tmp_path / "results", "core", command=["mfd", "compare"], scenario={"name": "synthetic"},
+                       plan=[(p, s) for p in ("fedavg", "mfd", "isolated") for s in (0, 1)],
+                       info={"name": "synthetic", "score_name": "test accuracy"})
     for policy, slope, rate in (("fedavg", 0.06, 5000), ("mfd", 0.05, 1500), ("isolated", 0.02, 0)):
         for seed in (0, 1):
-            synthetic(policy, seed, slope=slope + 0.001 * seed, bytes_per_s=rate,
-                      away=(1, 4.0, 7.0) if policy == "mfd" else None).save(folder / policy / f"seed{seed}")
-    return folder
+            folder.finish_run(synthetic(policy, seed, slope=slope + 0.001 * seed, bytes_per_s=rate,
+                                        away=(1, 4.0, 7.0) if policy == "mfd" else None))
+    folder.finish()
+    return folder.path
+
+
+def test_a_run_folder_reads_back_as_the_runs_it_holds(tmp_path: Path) -> None:
+    from mfd_core.runfolder import read_results
+
+    folder = _results(tmp_path)
+    runs = {(r.policy, r.seed): r for r in read_results(folder)}
+    assert len(runs) == 6
+    original = synthetic("mfd", 1, slope=0.051, bytes_per_s=1500, away=(1, 4.0, 7.0))
+    back = runs[("mfd", 1)]
+    assert back.times == original.times and back.bytes == original.bytes and back.node_ids == [0, 1, 2]
+    for a, b in zip(back.scores, original.scores):
+        assert all((math.isnan(x) and math.isnan(y)) or x == pytest.approx(y) for x, y in zip(a, b))
+    assert back.events == original.events
 
 
 def test_report_draws_every_plot_and_a_page_with_the_summary_table(tmp_path: Path) -> None:
@@ -81,29 +101,32 @@ def test_report_draws_every_plot_and_a_page_with_the_summary_table(tmp_path: Pat
         assert f'src="{name}"' in page.read_text()
     html = page.read_text()
     assert html.count("<tr>") == 1 + 3  # header and one row per policy
+    assert "speed-up vs isolated" in html and "bytes vs FedAvg" in html and "total_MB" not in html
     rows = json.loads((page.parent / "summary.json").read_text())
     assert [r["policy"] for r in rows] == ["fedavg", "isolated", "mfd"]
     assert all(r["seeds"] == 2 for r in rows)
-    fedavg = rows[0]
-    assert fedavg["total_MB"] == pytest.approx(0.05) and fedavg["final_mean_score"] == pytest.approx(0.715)
+    fedavg, _, mfd = rows
+    assert fedavg["total_MB"]["median"] == pytest.approx(0.05)
+    assert fedavg["final_mean_score"]["median"] == pytest.approx(0.715)
+    assert fedavg["final_mean_score"]["min"] < fedavg["final_mean_score"]["max"]  # the spread over seeds
+    # isolated learning ends at 0.1 + 0.2 * ... : MFD's slope reaches it sooner
+    assert mfd["speedup_vs_isolated"]["median"] > 1 and mfd["bytes_over_fedavg"]["median"] == pytest.approx(0.3)
     assert all(r["data_bytes"] == 0 for r in rows)
-    # a second report over the same folder ignores the first one's summary.json
-    assert len(find_runs(folder)) == 6
     write_report(folder, tmp_path / "elsewhere", title="Mine")
     assert "<title>Mine</title>" in (tmp_path / "elsewhere" / "index.html").read_text()
 
 
-def test_report_of_one_run_folder(tmp_path: Path) -> None:
+def test_report_of_an_older_results_folder(tmp_path: Path) -> None:
     synthetic("mfd", 0, slope=0.05, bytes_per_s=100).save(tmp_path / "one")
     page = write_report(tmp_path / "one")
     assert (page.parent / "per_node_mfd.png").exists()
 
 
-def test_summary_rows_over_seeds() -> None:
+def test_summary_rows_give_median_and_range_over_seeds() -> None:
     rows = summary_rows([synthetic("mfd", s, slope=0.05 + 0.01 * s, bytes_per_s=1000) for s in range(2)])
     (row,) = rows
-    assert row["final_mean_score"] == pytest.approx((0.61 + 0.71) / 2)
-    assert row["final_score_std"] == pytest.approx(0.05)
+    assert row["final_mean_score"]["median"] == pytest.approx((0.61 + 0.71) / 2)
+    assert (row["final_mean_score"]["min"], row["final_mean_score"]["max"]) == pytest.approx((0.61, 0.71))
 
 
 def test_report_errors_name_the_folder(tmp_path: Path) -> None:

@@ -46,7 +46,8 @@ Progress = Callable[[float], None]
 
 def run_on(recipe: Recipe, network: str = "sim", *, progress: Progress | None = None, workers: int = 2,
            ray_address: str | None = None, workdir: str | Path | None = None, speed: float = 1.0,
-           emulate: bool = True, on_start: Callable[[dict[int, int]], None] | None = None) -> RunResult:
+           emulate: bool = True, on_start: Callable[[dict[int, int]], None] | None = None,
+           observe: Callable[[RunResult], None] | None = None) -> RunResult:
     """Run ``recipe``'s world on ``network``.
 
     :param workers: Ray actors (``ray``).
@@ -55,21 +56,38 @@ def run_on(recipe: Recipe, network: str = "sim", *, progress: Progress | None = 
     :param speed: simulated seconds per wall second (``udp``).
     :param emulate: impose the scenario's link loss, latency and rate at the sockets (``udp``).
     :param on_start: called with {node: pid} once the node processes run (``udp``).
+    :param observe: called with the run's record as it grows: after every measurement on
+        the simulator (the same object each time, so a caller that is interrupted holds
+        what was measured), once at the end elsewhere.
     """
+    if network not in NETWORKS:
+        raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
     if network == "sim":
-        return _run_sim(recipe, progress)
+        return _run_sim(recipe, progress, observe)
     if network == "ray":
-        return _run_ray(recipe, workers, ray_address, progress)
-    if network == "udp":
-        return _run_udp(recipe, progress, workdir, speed, emulate, on_start)
-    raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
+        result = _run_ray(recipe, workers, ray_address, progress)
+    else:
+        result = _run_udp(recipe, progress, workdir, speed, emulate, on_start)
+    if observe is not None:
+        observe(result)
+    return result
 
 
-def _run_sim(recipe: Recipe, progress: Progress | None) -> RunResult:
+def _run_sim(recipe: Recipe, progress: Progress | None, observe: Callable[[RunResult], None] | None) -> RunResult:
     builder = recipe.build()
     network = SimNetwork(builder.graph(), seed=builder.seed)
-    result = builder.world(network).run(progress)
-    result.extra["network"] = network.describe()
+    world = builder.world(network)
+    world.result.extra["network"] = network.describe()
+
+    def measured(t: float) -> None:
+        if observe is not None:
+            observe(world.result)
+        if progress is not None:
+            progress(t)
+
+    result = world.run(measured)
+    if observe is not None:
+        observe(result)
     return result
 
 

@@ -6,13 +6,15 @@ nodes, one torch model per node (all from one initialisation), a held-out test s
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import networkx as nx
 import numpy as np
 import torch
+from torch import nn
 
-from ..datasets import class_counts, dirichlet_split, load_digits, train_val_test_split
+from ..datasets import Dataset, class_counts, dirichlet_split, load_digits, train_val_test_split
 from ..learners.base import Learner
 from ..learners.torch_supervised import TorchSupervisedLearner
 from ..network.base import Network
@@ -43,6 +45,61 @@ def topology_of(scenario: Scenario, seed: int) -> nx.Graph:
     return build_topology(t.kind, n=t.nodes, **link)
 
 
+def _hook(spec: str, what: str):
+    module_name, _, attribute = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{what} {spec!r} cannot be imported: {err}") from None
+
+
+def load_dataset(name: str) -> Dataset:
+    """The scenario's data: the bundled digits, or what a ``package.module:function``
+    hook returns (a :class:`~mfd_core.datasets.Dataset`, or ``(inputs, labels)`` arrays:
+    float features of shape ``(n, features)`` and integer labels ``0..classes-1``)."""
+    if name == "digits":
+        return load_digits()
+    made = _hook(name, "data.dataset")()
+    if isinstance(made, Dataset):
+        inputs, labels = made.inputs, made.labels
+    elif isinstance(made, tuple) and len(made) == 2:
+        inputs, labels = made
+    else:
+        raise ValueError(f"data.dataset {name!r} returned {type(made).__name__}; expected a Dataset or "
+                         "(inputs, labels)")
+    inputs = np.asarray(inputs, dtype=np.float32)
+    labels = np.asarray(labels)
+    if inputs.ndim != 2 or labels.ndim != 1 or len(inputs) != len(labels) or not len(labels):
+        raise ValueError(f"data.dataset {name!r}: inputs must be (n, features) and labels (n,), got "
+                         f"{inputs.shape} and {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError(f"data.dataset {name!r}: labels must be integers 0..classes-1")
+    if isinstance(made, Dataset):
+        return Dataset(inputs, labels.astype(np.int64), made.image_shape, made.num_classes)
+    return Dataset(inputs, labels.astype(np.int64), (1, 1, inputs.shape[1]), int(labels.max()) + 1)
+
+
+def dataset_size(name: str) -> int:
+    """How many samples the scenario's data has (to check a fleet is not larger than it)."""
+    return 1797 if name == "digits" else len(load_dataset(name))
+
+
+class HookFamily(ModelFamily):
+    """A user's own model (``learner.kind = "package.module:function"``): one width only."""
+
+    def __init__(self, spec: str, features: int, classes: int) -> None:
+        self.name, self._make_model = spec, _hook(spec, "learner.kind")
+        self.features, self.classes, self.input_shape = features, classes, (features,)
+
+    def _make(self, ratio: float) -> nn.Module:
+        if ratio != 1.0:
+            raise ValueError(f"{self.name} is a model of its own: it has one width")
+        model = self._make_model(self.features, self.classes)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"learner.kind {self.name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+
 def build_world(scenario: Scenario, seed: int, network: Network | None = None, *, key: bytes | None = None,
                 policy: SharingPolicy | None = None) -> World:
     """The world of a digits scenario on ``network`` (default: the simulator on the
@@ -55,12 +112,17 @@ def build_world(scenario: Scenario, seed: int, network: Network | None = None, *
     if network is None:
         network = SimNetwork(topology_of(s, seed), seed=seed)
     graph = network.graph
-    data = load_digits()
+    data = load_dataset(s.data.dataset)
     features, num_classes = data.inputs.shape[1], data.num_classes
-    families: dict[str, ModelFamily] = {
-        "mlp": MLPFamily(features, s.learner.hidden, num_classes, name="mlp"),
-        "cnn": SmallCNNFamily(out_dim=num_classes, name="cnn"),
-    }
+    families: dict[str, ModelFamily] = {"mlp": MLPFamily(features, s.learner.hidden, num_classes, name="mlp")}
+    if data.image_shape == (1, 8, 8):  # the small CNN reads 8x8 images
+        families["cnn"] = SmallCNNFamily(out_dim=num_classes, name="cnn")
+    if ":" in s.learner.kind:
+        families[s.learner.kind] = HookFamily(s.learner.kind, features, num_classes)
+    missing = {s.learner.kind, *s.learner.kinds} - set(families)
+    if missing:
+        raise ValueError(f"learner.kind: {sorted(missing)} cannot read {s.data.dataset} inputs "
+                         f"(images of {data.image_shape}); use mlp")
     pool, _, test = train_val_test_split(len(data), val_fraction=0.0, test_fraction=s.data.test_fraction, seed=seed)
     test_x, test_y = torch.from_numpy(data.inputs[test]), torch.from_numpy(data.labels[test])
     nodes = sorted(graph.nodes)

@@ -40,6 +40,8 @@ class World:
     :param families: model families by name, to build teachers of other architectures.
     :param faults: :class:`mfd_core.scenario.Fault` entries, in fractions of ``duration``.
     :param node_ids: every node of the run, hosted here or not (default: the learners').
+    :param measures: more per-node measurements to record beside the score at every
+        measurement, ``name -> f(node)`` (e.g. a robot's env steps); NaN while a node is away.
     """
 
     idle_poll = 0.5  # seconds between checks of a node that is away
@@ -49,13 +51,15 @@ class World:
                  transport: Transport | None = None, families: Mapping[str, ModelFamily] | None = None,
                  faults: Sequence[Fault] = (), name: str = "run", key: bytes | None = None,
                  label_profiles: Mapping[int, Sequence[float]] | None = None,
-                 node_ids: Sequence[int] | None = None) -> None:
+                 node_ids: Sequence[int] | None = None,
+                 measures: Mapping[str, Callable[[Node], float]] | None = None) -> None:
         self.network = network
         self.env = network.env
         self.key = key
         self.transport = transport or Transport()
         self.seed, self.duration, self.eval_interval, self.local_steps = seed, duration, eval_interval, local_steps
         self.faults, self.evaluate = tuple(faults), evaluate
+        self.measures = dict(measures or {})
         self.node_ids = list(node_ids) if node_ids is not None else list(learners)
         self.rng = np.random.default_rng(seed)
         for n in initially_absent(self.faults):
@@ -115,7 +119,7 @@ class World:
     def finish(self) -> RunResult:
         """The final measurement and the counters: the run's record."""
         if not self.result.times or self.result.times[-1] < self.duration - 1e-9:
-            self.result.record(self.env.now, self._scores_now(), self.network.stats())
+            self.result.record(self.env.now, self._scores_now(), self.network.stats(), self._measures_now())
         self.result.wall_seconds = time.perf_counter() - self._started
         self.extra.update(self._counters())
         return self.result
@@ -124,7 +128,7 @@ class World:
         interval = self.eval_interval
         while True:
             scores = self._scores_now()
-            self.result.record(self.env.now, scores, self.network.stats())
+            self.result.record(self.env.now, scores, self.network.stats(), self._measures_now())
             if self._progress:
                 self._progress(self.env.now)
             yield self.env.timeout(interval)
@@ -138,6 +142,10 @@ class World:
         # a node that is away serves nothing: NaN, a gap in its curve, left out of means
         return [self.score_served(self.nodes[n]) if self.network.is_up(n) else math.nan
                 for n in self.result.node_ids]
+
+    def _measures_now(self) -> dict[str, list[float]]:
+        return {name: [float(f(self.nodes[n])) if self.network.is_up(n) else math.nan for n in self.result.node_ids]
+                for name, f in self.measures.items()}
 
     def served_state(self, node: Node) -> dict[str, torch.Tensor]:
         """The model ``node`` serves (deploys): what its policy says, or its own."""
