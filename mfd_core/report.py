@@ -83,7 +83,8 @@ def plot_score_vs_time(runs: list[RunResult], path: Path, *, fault_times: list[f
 def plot_score_vs_bytes(runs: list[RunResult], path: Path, *, score_name: str = "test accuracy") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     _policy_lines(ax, runs, lambda run: np.asarray(run.bytes, dtype=float) / 1e6)
-    ax.set_xscale("symlog", linthresh=0.1)
+    if max((max(run.bytes) for run in runs if run.bytes), default=0) > 1e6:
+        ax.set_xscale("symlog", linthresh=0.1)  # isolated's zero beside MB of the others
     return _finish(fig, ax, path, xlabel="bytes on all links so far (MB)", ylabel=f"mean {score_name} over nodes",
                    title="Score per byte sent")
 
