@@ -215,7 +215,7 @@ def _parse_spec(i: int, entry: Any) -> TensorSpec:
         raise PacketError(f"{where} ({name}): more than 2^32-1 elements")
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise PacketError(f"{where} ({name}): unknown dtype {dtype!r}")
-    if (not isinstance(encoding, str) or encoding not in ENCODING_CODE or encoding == "manifest"
+    if (not isinstance(encoding, str) or encoding not in ENCODING_CODE or encoding in ("manifest", "control")
             or not _encoding_fits(dtype, encoding)):
         raise PacketError(f"{where} ({name}): encoding {encoding!r} cannot carry dtype {dtype}")
     scale, zero_point = 1.0, 0

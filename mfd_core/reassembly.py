@@ -4,9 +4,10 @@ Sans-IO: the owner of the clock passes ``now`` (simulated or wall seconds) to
 :meth:`Reassembler.receive` and :meth:`Reassembler.expire`. A message whose fragments
 all arrive is delivered complete; one still open after ``timeout`` is delivered
 *partial*, with a boolean mask per tensor of the elements that arrived, so the
-receiver keeps its own values everywhere else. Memory is bounded: every limit is a
-named constant, bytes are charged before they are allocated, and the oldest open
-message is evicted first when a limit is reached.
+receiver keeps its own values everywhere else. A control datagram is a whole message
+on its own and comes out at once as a :class:`ReceivedControl`. Memory is bounded:
+every limit is a named constant, bytes are charged before they are allocated, and the
+oldest open message is evicted first when a limit is reached.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import torch
 
 from .codec import (_MANIFEST_PREFIX, MANIFEST_ZLIB, MAX_MANIFEST_BYTES, Manifest, decode, decode_tensor,
                     manifest_body_length, manifest_from_stream)
-from .packet import (ENCODING_CODE, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, FLAG_QUANT, MAX_PAYLOAD, AuthError,
-                     LimitError, Packet, PacketError, _parse, batch_checksums, check_key)
+from .packet import (ENCODING_CODE, ENCODING_CONTROL, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, FLAG_QUANT,
+                     MAX_PAYLOAD, AuthError, LimitError, Packet, PacketError, _parse, batch_checksums, check_key)
 
 # Linux waits 30 s for the fragments of an IP datagram (net.ipv4.ipfrag_time); a model
 # message is larger but our links are simulated or local, so the same default serves.
@@ -97,6 +98,19 @@ class ReceivedModel:
         return self.fragments_received / self.fragment_count
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedControl:
+    """A control datagram as delivered: the header fields the layer above needs and its
+    payload, whose bytes that layer defines (see :func:`mfd_core.packet.build_control`)."""
+
+    origin: int
+    destination: int
+    message_id: int
+    model_version: int
+    payload: bytes
+    hops: int
+
+
 class _Open:
     """One message being reassembled."""
 
@@ -127,10 +141,14 @@ class _Open:
 
 
 class Reassembler:
-    """Turns a stream of datagrams from many origins into :class:`ReceivedModel` objects.
+    """Turns a stream of datagrams from many origins into :class:`ReceivedModel` objects
+    (and :class:`ReceivedControl` ones for control datagrams).
 
     A message is named by (origin, message id); its fragments may arrive in any order,
-    interleaved with other messages, duplicated or not at all.
+    interleaved with other messages, duplicated or not at all. A control datagram is a
+    message of its own, delivered as it arrives: it opens nothing and holds no state but
+    its name among the recently finished messages (so that a late copy is not delivered
+    twice) and, with a key, the replay record of its origin.
 
     :param key: fleet key; when set, unsigned, forged and replayed packets are refused.
         A replay is a packet that would start a message with an older model version than
@@ -139,9 +157,9 @@ class Reassembler:
         whose own manifest is lost can still be placed by them (unless it carries int8
         tensors, whose quantisation parameters change with every message).
 
-    ``stats`` counts what happened: ``fragments`` placed, ``duplicates``, ``late``
-    (fragments of a message already delivered or dropped), ``complete``, ``partial``,
-    ``evicted``, ``superseded``, ``lost_manifest``, and every refusal by its
+    ``stats`` counts what happened: ``fragments`` placed, ``control`` datagrams delivered,
+    ``duplicates``, ``late`` (datagrams of a message already delivered or dropped),
+    ``complete``, ``partial``, ``evicted``, ``superseded``, ``lost_manifest``, and every refusal by its
     :attr:`PacketError.reason`: ``malformed``, ``corrupted``, ``unsigned``, ``forged``,
     ``replayed``, ``contradictions``, ``over_limit``.
     """
@@ -163,8 +181,9 @@ class Reassembler:
 
     # -- public API -------------------------------------------------------------------
 
-    def receive(self, datagram: bytes | memoryview, now: float) -> ReceivedModel | None:
-        """Take one datagram; returns the message it completes, if any.
+    def receive(self, datagram: bytes | memoryview, now: float) -> ReceivedModel | ReceivedControl | None:
+        """Take one datagram; returns the message it completes, if any: a
+        :class:`ReceivedModel`, or a :class:`ReceivedControl` for a control datagram.
 
         :raises PacketError: for a malformed, corrupted, unauthenticated, replayed,
             contradictory or over-limit packet, counted in :attr:`stats` under its
@@ -173,7 +192,7 @@ class Reassembler:
         return self._take(datagram, now, None)
 
     def receive_many(self, datagrams: Iterable[bytes | memoryview], now: float, *,
-                     errors: list[tuple[int, PacketError]] | None = None) -> list[ReceivedModel]:
+                     errors: list[tuple[int, PacketError]] | None = None) -> list[ReceivedModel | ReceivedControl]:
         """Take a batch of datagrams (what one ``recvmmsg`` or one tick of a simulated link
         brings), all at time ``now``; returns the messages they complete, in that order.
 
@@ -205,10 +224,12 @@ class Reassembler:
                 out.append(message)
         return out
 
-    def _take(self, datagram, now: float, crc: int | None) -> ReceivedModel | None:
+    def _take(self, datagram, now: float, crc: int | None) -> ReceivedModel | ReceivedControl | None:
         """:meth:`receive`, with the datagram's CRC32C when :meth:`receive_many` computed it."""
         try:
             pkt = _parse(datagram, self.key, crc)
+            if pkt.encoding == ENCODING_CONTROL:  # most of a fleet's datagrams: hellos
+                return self._control(pkt)
             # Fast path: the next tensor fragment of an open message whose manifest is
             # known. The checks are _place_tensor_chunk's; anything else (manifest
             # slices, early fragments, new messages, duplicates, contradictions, a
@@ -246,9 +267,11 @@ class Reassembler:
             self.stats[exc.reason] += 1
             raise
 
-    def receive_packet(self, pkt: Packet, now: float) -> ReceivedModel | None:
+    def receive_packet(self, pkt: Packet, now: float) -> ReceivedModel | ReceivedControl | None:
         """Like :meth:`receive`, for a packet already parsed with this reassembler's key."""
         try:
+            if pkt.encoding == ENCODING_CONTROL:
+                return self._control(pkt)
             return self._receive(pkt, now)
         except PacketError as exc:
             self.stats[exc.reason] += 1
@@ -356,6 +379,38 @@ class Reassembler:
         if msg.received == msg.ident[0]:
             return self._finish(key, msg, complete=True)
         return None
+
+    def _control(self, pkt: Packet) -> ReceivedControl | None:
+        """A control datagram: checked like the first datagram of a message, delivered at once."""
+        (flags, _, message_id, _, _, model_version, origin, destination, _, _, _, _, hops, payload, _, _) = pkt
+        if self.key is not None and not flags & FLAG_AUTH:
+            raise AuthError("unsigned packet refused: this receiver requires the fleet key", reason="unsigned")
+        key = (origin, message_id)
+        if key in self._open:  # the name of a message being reassembled
+            msg = self._open[key]
+            if model_version <= msg.ident[2]:
+                raise PacketError(f"control datagram {message_id} from origin {origin} names an open message",
+                                  reason="contradictions")
+            self.stats["superseded"] += 1  # the sender reused the message id for a newer version
+            self._drop(key, remember=True)
+        name = (origin, message_id, model_version)
+        if name in self._recent:
+            self.stats["late"] += 1
+            return None
+        if self.key is not None:
+            newest = self._newest_version.get(origin, -1)
+            if model_version < newest:
+                raise AuthError(f"replayed packet refused: model version {model_version} from "
+                                f"origin {origin} is older than {newest}", reason="replayed")
+            self._newest_version[origin] = model_version
+        self._remember(name)
+        self.stats["control"] += 1
+        return ReceivedControl(origin, destination, message_id, model_version, bytes(payload), hops)
+
+    def _remember(self, name: tuple[int, int, int]) -> None:
+        self._recent[name] = None
+        if len(self._recent) > RECENT_MEMORY:
+            self._recent.popitem(last=False)
 
     def _whole_control_message(self, pkt: Packet) -> ReceivedModel | None:
         """A message that is one datagram holding its whole manifest and no tensor

@@ -36,6 +36,12 @@ PARAMS = {
     "v4": dict(origin=1, destination=2, model_version=10, message_id=45, mtu=256, key=None,  # packed int8,
                precision="int8"),  # deflated manifest
 }
+CONTROL_PARAMS = {  # section 4.4: one datagram each, the payload opaque
+    "v5": dict(payload=b"hello, neighbours", origin=1, destination=0xFFFFFFFE, model_version=10, message_id=46,
+               ttl=0, key=None),
+    "v6": dict(payload=b"\x01\x02\x03", origin=7, destination=0xFFFFFFFF, model_version=11, message_id=47,
+               ttl=16, key=VECTOR_KEY),
+}
 
 
 def spec_vectors() -> dict[str, list[bytes]]:
@@ -49,12 +55,14 @@ def spec_vectors() -> dict[str, list[bytes]]:
 VECTORS = spec_vectors()
 
 
-def test_the_page_has_all_four_vectors():
-    assert set(VECTORS) == {"v1", "v2", "v3", "v4"}
+def test_the_page_has_all_six_vectors():
+    assert set(VECTORS) == {"v1", "v2", "v3", "v4", "v5", "v6"}
     assert [len(d) for d in VECTORS["v1"]] == [256, 49, 66, 53]
     assert [len(d) for d in VECTORS["v2"]] == [256, 81, 82, 69]
     assert [len(d) for d in VECTORS["v3"]] == [217, 78]
     assert [len(d) for d in VECTORS["v4"]] == [202, 51]
+    assert [len(d) for d in VECTORS["v5"]] == [59]
+    assert [len(d) for d in VECTORS["v6"]] == [61]
 
 
 # -- 1. the reference encoder reproduces the page ----------------------------------------
@@ -69,6 +77,29 @@ def test_reference_encoder_matches_byte_for_byte(name):
     model = {k: torch.tensor(v, dtype=torch.float32).reshape(shape) for k, (shape, v) in MODEL.items()}
     datagrams = codec.to_datagrams(model, ttl=16, **PARAMS[name])
     assert [bytes(d).hex() for d in datagrams] == [d.hex() for d in VECTORS[name]]
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL_PARAMS))
+def test_reference_encoder_matches_the_control_vectors(name):
+    from mfd_core import packet
+
+    assert [packet.build_control(**CONTROL_PARAMS[name]).hex()] == [d.hex() for d in VECTORS[name]]
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL_PARAMS))
+def test_both_decoders_read_the_control_vectors(name):
+    from mfd_core import reassembly
+
+    params = CONTROL_PARAMS[name]
+    [datagram] = VECTORS[name]
+    ours = reassembly.Reassembler(key=params["key"]).receive(datagram, 0.0)
+    theirs = read_datagram(datagram, params["key"])
+    assert theirs["control"] and theirs["payload"] == ours.payload == params["payload"]
+    for field in ("origin", "destination", "model_version", "message_id"):
+        assert getattr(ours, field) == params[field]
+    assert (theirs["origin"], theirs["destination"], theirs["version"], theirs["message"], theirs["ttl"]) == (
+        params["origin"], params["destination"], params["model_version"], params["message_id"], params["ttl"])
+    assert ours.hops == theirs["hops"] == 0
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -117,7 +148,7 @@ class Refused(Exception):
 ENCODINGS = {  # code: (name, size, struct code)
     0: ("fp32", 4, "f"), 1: ("fp16", 2, "e"), 2: ("bf16", 2, "H"), 3: ("int8", 1, "b"), 4: ("fp64", 8, "d"),
     5: ("int64", 8, "q"), 6: ("int32", 4, "i"), 7: ("int16", 2, "h"), 8: ("uint8", 1, "B"), 9: ("bool", 1, "B"),
-    10: ("manifest", 1, "B"), 11: ("int8raw", 1, "b"),
+    10: ("manifest", 1, "B"), 11: ("int8raw", 1, "b"), 12: ("control", 1, "B"),
 }
 
 
@@ -131,7 +162,7 @@ def read_datagram(d: bytes, key: bytes | None) -> dict:
     fragment_count = int.from_bytes(d[27:30], "big")
     element_start, payload_len, ttl, hops, checksum = struct.unpack(">IHBBI", d[30:42])
     flags = vf & 0xF
-    if magic != 0x4D or vf >> 4 != 1 or flags & 0x8:
+    if magic != 0x4D or vf >> 4 != 2 or flags & 0x8:
         raise Refused("magic/version/reserved")
     if header_len != (50 if flags & 0x2 else 42):
         raise Refused("header_len")
@@ -144,6 +175,9 @@ def read_datagram(d: bytes, key: bytes | None) -> dict:
     manifest = bool(flags & 0x1)
     if not manifest == (tensor_index == 0xFFFF) == (encoding == 10):
         raise Refused("manifest flag")
+    control = encoding == 12  # section 4.4: one whole datagram
+    if control and (fragment_index, fragment_count, tensor_index, family_id, element_start) != (0, 1, 0, 0, 0):
+        raise Refused("control fields")
     size = ENCODINGS[encoding][1]
     if not fragment_index < fragment_count or payload_len == 0 or payload_len % size:
         raise Refused("fragment/payload")
@@ -161,7 +195,7 @@ def read_datagram(d: bytes, key: bytes | None) -> dict:
         tag = hmac.new(key, d[:36] + d[42:end], hashlib.sha256).digest()[:16]
         if not hmac.compare_digest(tag, d[end:]):
             raise Refused("forged")
-    return dict(manifest=manifest, encoding=encoding, tensor=tensor_index, family=family_id, version=version,
+    return dict(manifest=manifest, control=control, encoding=encoding, tensor=tensor_index, family=family_id, version=version,
                 origin=origin, destination=destination, message=message_id, index=fragment_index,
                 count=fragment_count, start=element_start, payload=d[header_len:end], scale=scale,
                 zero_point=zero_point, ttl=ttl, hops=hops)
@@ -280,7 +314,7 @@ def test_both_decoders_refuse_the_same_corruptions():
 
     rng = random.Random(5)
     for name, datagrams in VECTORS.items():
-        key = PARAMS[name]["key"]
+        key = {**PARAMS, **CONTROL_PARAMS}[name]["key"]
         for d, offset in itertools.product(datagrams, range(0, 256, 3)):
             if offset >= len(d):
                 continue

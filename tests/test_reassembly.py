@@ -296,6 +296,68 @@ def test_one_datagram_control_messages_take_a_short_path_to_the_same_results(mon
                                                                             "empty tensor"]
 
 
+def control(payload=b"hello", *, origin=1, message_id=1, version=1, key=None, destination=packet.NEIGHBOURS,
+            ttl=0) -> bytes:
+    return packet.build_control(payload, origin=origin, destination=destination, message_id=message_id,
+                                model_version=version, ttl=ttl, key=key)
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_a_control_datagram_comes_out_as_it_arrives_and_holds_nothing(key):
+    receiver = Reassembler(key=key)
+    got = receiver.receive(control(b"\x00hello", origin=9, message_id=77, version=3, key=key), 0.0)
+    assert got == reassembly.ReceivedControl(origin=9, destination=packet.NEIGHBOURS, message_id=77, model_version=3,
+                                             payload=b"\x00hello", hops=0)
+    assert type(got.payload) is bytes
+    with pytest.raises(AttributeError):
+        got.origin = 1  # frozen
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+    assert receiver.stats == {"control": 1}
+    assert receiver.receive(control(b"\x00hello", origin=9, message_id=77, version=3, key=key), 1.0) is None
+    assert receiver.stats["late"] == 1  # a copy of what was delivered is not delivered again
+    hopped = packet.forwarded(packet.forwarded(control(b"x", origin=9, message_id=78, version=3, key=key,
+                                                       destination=packet.BROADCAST, ttl=5)))
+    assert receiver.receive(hopped, 2.0).hops == 2
+
+
+def test_control_datagrams_and_models_in_one_batch():
+    receiver = Reassembler()
+    stream = [control(b"a", origin=2, message_id=1)] + send(model(), message_id=5) + [b"junk",
+                                                                                     control(b"b", origin=2, message_id=2)]
+    errors = []
+    out = receiver.receive_many(stream, 0.0, errors=errors)
+    assert [type(m).__name__ for m in out] == ["ReceivedControl", "ReceivedModel", "ReceivedControl"]
+    assert [m.payload for m in out if isinstance(m, reassembly.ReceivedControl)] == [b"a", b"b"]
+    assert [position for position, _ in errors] == [len(stream) - 2]
+
+
+def test_control_datagrams_are_checked_like_any_with_a_key():
+    receiver = Reassembler(key=KEY)
+    refused(receiver, [control()], "unsigned", "unsigned")
+    refused(receiver, [control(key=b"another key")], "forged", "forged")
+    forged = bytearray(control(b"pull", key=KEY))
+    forged[43] ^= 1
+    refused(receiver, [reseal(forged)], "forged", "forged")
+    assert receiver.receive(control(b"new", version=5, message_id=2, key=KEY), 0.0).model_version == 5
+    refused(receiver, [control(b"old", version=4, message_id=3, key=KEY)], "replayed", "replayed")
+    assert receiver.stats["control"] == 1
+
+
+def test_a_control_datagram_naming_an_open_message():
+    receiver = Reassembler()
+    datagrams = send(model(), message_id=4, version=2)
+    feed(receiver, datagrams[:2])
+    refused(receiver, [control(message_id=4, version=2)], "names an open message")
+    assert receiver.open_messages == 1  # the open message is not harmed
+    assert receiver.receive(control(b"newer", message_id=4, version=3), 0.0).payload == b"newer"
+    assert receiver.open_messages == 0 and receiver.stats["superseded"] == 1
+
+
+def test_receive_packet_takes_control_datagrams_too():
+    receiver = Reassembler()
+    assert receiver.receive_packet(packet.parse(control(b"p")), 0.0).payload == b"p"
+
+
 B = {"name": "b", "shape": [3], "dtype": "float32", "encoding": "fp32"}
 EMPTY = {"name": "e", "shape": [0], "dtype": "float32", "encoding": "fp32"}
 COUNTER = {"name": "n", "shape": [], "dtype": "int64", "encoding": "int64"}
@@ -560,6 +622,8 @@ def test_any_stream_gives_models_or_packet_errors(seed, key):
                          key=key if rng.random() < 0.9 else None, precision=rng.choice(["fp32", "int8"]))
     pool += craft([W, Q], [f32(0, 1, 2, 3), f32(2, 4, 5, 6), Fragment(1, INT8, 1, b"\x03\x05\x01\x04", 0.5, 3)],
                   origin=3, key=key)
+    pool += [packet.build_control(b"hi", origin=origin, destination=2, message_id=message_id, model_version=version,
+                                  key=key) for origin, message_id, version in ((1, 1, 1), (1, 3, 2), (4, 1, 1))]
     limits = Limits(open_per_origin=rng.randint(1, 3), open_total=rng.randint(1, 4),
                     bytes_per_origin=rng.choice([2_000, 50_000]), early_fragments=rng.randint(0, 4))
     receiver = Reassembler(key=key, limits=limits)
@@ -577,7 +641,7 @@ def test_any_stream_gives_models_or_packet_errors(seed, key):
             d = bytearray(reseal(d, key))
         try:
             got = receiver.receive(bytes(d), step * 0.5)
-            assert got is None or isinstance(got, reassembly.ReceivedModel)
+            assert got is None or isinstance(got, (reassembly.ReceivedModel, reassembly.ReceivedControl))
         except PacketError as exc:
             assert receiver.stats[exc.reason] > 0
         check_accounting(receiver)
