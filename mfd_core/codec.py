@@ -240,14 +240,42 @@ def _encoding_fits(dtype: str, encoding: str) -> bool:
 
 
 def layout_fingerprint(layout: Sequence[tuple[str, Sequence[int], str]] | Any) -> int:
-    """32-bit fingerprint of an architecture: tensor names, shapes and dtypes, in order."""
+    """32-bit fingerprint of an architecture: tensor names, shapes and dtypes, in order
+    (the family id of docs/packet-format.md §4.3).
+
+    :raises ValueError: for a layout no message could carry (a name that is not UTF-8
+        text of at most 65,535 bytes, more than 255 dimensions, a dimension past 2^32-1).
+    """
     return _fingerprint(tuple((name, tuple(shape), dtype) for name, shape, dtype in layout))
+
+
+_NAME_LENGTH = struct.Struct(">H")
+_DIMS = [struct.Struct(f">B{n}IB") for n in range(MAX_DIMS + 1)]
+
+
+def family_bytes(layout: Sequence[tuple[str, Sequence[int], str]]) -> bytes:
+    """What the family id hashes: per tensor, its UTF-8 name after its length (uint16),
+    its dimension count (uint8), each dimension (uint32), then its dtype's name after
+    its length (uint8); all big-endian. Every field is length-prefixed, so two layouts
+    never give the same bytes (version 1 joined names, shapes and dtypes with ':', ','
+    and newlines, which a name may itself contain)."""
+    out = bytearray()
+    try:
+        for name, shape, dtype in layout:
+            encoded = name.encode("utf-8")  # strict: a lone surrogate is no text (codec refuses such names)
+            out += _NAME_LENGTH.pack(len(encoded))
+            out += encoded
+            dims = _DIMS[len(shape)] if len(shape) <= MAX_DIMS else struct.Struct(f">B{len(shape)}IB")
+            out += dims.pack(len(shape), *shape, len(dtype))
+            out += dtype.encode("ascii")
+    except (struct.error, UnicodeError) as exc:
+        raise ValueError(f"a layout no message can carry: {exc}") from None
+    return bytes(out)
 
 
 @functools.lru_cache(maxsize=1024)  # a fleet sends few layouts, over and over
 def _fingerprint(layout: tuple[tuple[str, tuple[int, ...], str], ...]) -> int:
-    text = "\n".join(f"{name}:{','.join(map(str, shape))}:{dtype}" for name, shape, dtype in layout)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    return int.from_bytes(hashlib.sha256(family_bytes(layout)).digest()[:4], "big")
 
 
 @functools.lru_cache(maxsize=1024)

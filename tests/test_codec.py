@@ -351,6 +351,42 @@ def test_family_id_follows_names_shapes_and_dtypes_not_encodings():
     assert a == codec.state_fingerprint({"w": torch.ones(2, 3)})
 
 
+def test_family_ids_of_names_that_hold_the_old_separators_do_not_collide():
+    """Issue 17, item 6: version 1 hashed 'name:dims:dtype' lines joined by newlines, so one
+    tensor named 'w:2,3:float32\\nb' of shape [3] had the family id of {w: [2, 3], b: [3]}."""
+    two = [("w", (2, 3), "float32"), ("b", (3,), "float32")]
+    assert codec.layout_fingerprint([("w:2,3:float32\nb", (3,), "float32")]) != codec.layout_fingerprint(two)
+    assert codec.layout_fingerprint([("a", (), "float32"), ("b", (), "float32")]) != codec.layout_fingerprint(
+        [("a::float32\nb", (), "float32")])
+    assert codec.layout_fingerprint([("a", (12,), "int8")]) != codec.layout_fingerprint([("a", (1, 2), "int8")])
+
+
+def read_family_bytes(data: bytes) -> list[tuple[str, tuple[int, ...], str]]:
+    """docs/packet-format.md §4.3 backwards: the records are length-prefixed, so they parse."""
+    out, at = [], 0
+    while at < len(data):
+        (n,) = struct.unpack_from(">H", data, at)
+        name = data[at + 2:at + 2 + n].decode("utf-8")
+        at += 2 + n
+        dims = struct.unpack_from(f">{data[at]}I", data, at + 1)
+        at += 1 + 4 * len(dims)
+        dtype = data[at + 1:at + 1 + data[at]].decode("ascii")
+        at += 1 + data[at]
+        out.append((name, dims, dtype))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet=st.sampled_from("ab:,\n\u00e9\U0001f600"), min_size=1, max_size=6),
+                          st.lists(st.integers(0, 2**32 - 1), max_size=3).map(tuple),
+                          st.sampled_from(["float32", "int8", "bool"])), max_size=4))
+def test_family_bytes_say_exactly_one_layout(layout):
+    """Injective: the hashed bytes give back the layout they came from, so two layouts
+    can only share a family id by a SHA-256 collision of 4 bytes (1 in 2^32), never by
+    construction."""
+    assert read_family_bytes(codec.family_bytes(layout)) == layout
+
+
 def test_decode_refuses_buffers_that_do_not_fit():
     enc = codec.encode({"w": torch.ones(4), "m": torch.tensor([True, False])})
     assert torch.equal(codec.decode(enc.manifest, enc.buffers)["w"], torch.ones(4))

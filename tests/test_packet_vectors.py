@@ -201,6 +201,26 @@ def read_datagram(d: bytes, key: bytes | None) -> dict:
                 zero_point=zero_point, ttl=ttl, hops=hops)
 
 
+def family_id(tensors: list[dict]) -> int:
+    """Section 4.3: SHA-256 over length-prefixed names, dimensions and dtypes."""
+    records = bytearray()
+    for t in tensors:
+        name = t["name"].encode("utf-8")
+        records += struct.pack(">H", len(name)) + name + struct.pack(">B", len(t["shape"]))
+        records += b"".join(struct.pack(">I", d) for d in t["shape"])
+        records += struct.pack(">B", len(t["dtype"])) + t["dtype"].encode("ascii")
+    return int.from_bytes(hashlib.sha256(bytes(records)).digest()[:4], "big")
+
+
+def test_family_id_bytes_from_the_page():
+    text = SPEC.read_text()
+    block = re.search(r"Family id \(§4.3\): the SHA-256 of the 36 bytes\n\n(.*?)\n\n", text, re.S).group(1)
+    hashed = bytes.fromhex(block)
+    assert len(hashed) == 36 and hashlib.sha256(hashed).digest()[:4] == bytes.fromhex("a97c5030")
+    assert family_id([{"name": "w", "shape": [2, 3], "dtype": "float32"},
+                      {"name": "b", "shape": [3], "dtype": "float32"}]) == 0xA97C5030
+
+
 def binary32(x: float) -> float:
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
@@ -230,8 +250,7 @@ def independent_decode(datagrams, key=None) -> dict[str, tuple[list[int], list]]
         assert len(body) <= 4 << 20 and inflater.eof and not inflater.unused_data and not inflater.unconsumed_tail
     doc = json.loads(body.decode("utf-8"))
     assert doc["format"] == 1
-    lines = "\n".join(f"{t['name']}:{','.join(map(str, t['shape']))}:{t['dtype']}" for t in doc["tensors"])
-    assert int.from_bytes(hashlib.sha256(lines.encode()).digest()[:4], "big") == first["family"]
+    assert family_id(doc["tensors"]) == first["family"]
     tensors = doc["tensors"]
     values = [[None] * math.prod(t["shape"]) for t in tensors]
     for p in (p for p in packets.values() if not p["manifest"]):
@@ -285,7 +304,7 @@ def test_independent_decoder_reads_the_vectors(name):
     first = read_datagram(datagrams[0], key)
     assert (first["origin"], first["destination"], first["version"], first["message"]) == (
         PARAMS[name]["origin"], PARAMS[name]["destination"], PARAMS[name]["model_version"], PARAMS[name]["message_id"])
-    assert (first["ttl"], first["hops"], first["family"]) == (16, 0, 0x6F93C623)
+    assert (first["ttl"], first["hops"], first["family"]) == (16, 0, 0xA97C5030)
 
 
 def test_independent_decoder_agrees_on_refusals():

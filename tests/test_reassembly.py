@@ -188,6 +188,16 @@ def test_lost_manifest_is_dropped_unless_the_layout_is_known():
     assert not got.masks["flags"].all() or not got.masks["layer.weight"].all()
 
 
+def test_a_lost_manifest_is_not_placed_by_a_layout_whose_names_it_imitates():
+    """Issue 17, item 6: a tensor named 'w:2,3:float32\\nb' had the family id of {w, b}, so
+    a receiver that knew {w, b} placed the message, manifest lost, as w = [7, 7, 7, 0, 0, 0]."""
+    known = codec.encode({"w": torch.zeros(2, 3), "b": torch.zeros(3)}).manifest
+    receiver = Reassembler(known_layouts={known.family_id: known})
+    datagrams = send({"w:2,3:float32\nb": torch.full((3,), 7.0)})
+    assert feed(receiver, [d for d in datagrams if not is_manifest(d)]) == []
+    assert receiver.expire(1e9) == [] and receiver.stats["lost_manifest"] == 1
+
+
 # -- lies: manifests and fragments that contradict each other ------------------------------
 
 
