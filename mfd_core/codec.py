@@ -208,6 +208,8 @@ def _parse_spec(i: int, entry: Any) -> TensorSpec:
     name, shape, dtype, encoding = entry.get("name"), entry.get("shape"), entry.get("dtype"), entry.get("encoding")
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
         raise PacketError(f"{where}: name must be a string of 1 to {MAX_NAME_LENGTH} characters")
+    if not name.isascii() and not _is_text(name):
+        raise PacketError(f"{where}: name holds a lone surrogate ({ascii(name)[:80]}), which no UTF-8 text can")
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= packet.MAX_ELEMENTS for d in shape)):
         raise PacketError(f"{where} ({name}): shape must be a list of at most {MAX_DIMS} non-negative integers")
@@ -231,6 +233,16 @@ def _parse_spec(i: int, entry: Any) -> TensorSpec:
         if not isinstance(zero_point, int) or isinstance(zero_point, bool) or not -128 <= zero_point <= 127:
             raise PacketError(f"{where} ({name}): int8 zero_point must be an integer in -128..127")
     return _spec(name, tuple(shape), dtype, encoding, scale, zero_point)
+
+
+def _is_text(name: str) -> bool:
+    """Whether ``name`` is Unicode text: JSON's ``\\ud800`` escapes give Python strings with
+    lone surrogates, which have no UTF-8 form (the family id hashes a name's UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _encoding_fits(dtype: str, encoding: str) -> bool:
@@ -385,8 +397,8 @@ def encode(
         raise ValueError(f"a message carries at most {packet.MAX_TENSORS} tensors, got {len(state)}")
     specs, buffers = [], []
     for name, tensor in state.items():
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
-            raise ValueError(f"tensor names must be strings of 1 to {MAX_NAME_LENGTH} characters, got {name!r}")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH or not _is_text(name):
+            raise ValueError(f"tensor names must be UTF-8 text of 1 to {MAX_NAME_LENGTH} characters, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(tensor).__name__}")
         if tensor.dim() > MAX_DIMS or tensor.numel() > packet.MAX_ELEMENTS:

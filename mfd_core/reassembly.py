@@ -161,7 +161,8 @@ class Reassembler:
     ``duplicates``, ``late`` (datagrams of a message already delivered or dropped),
     ``complete``, ``partial``, ``evicted``, ``superseded``, ``lost_manifest``, and every refusal by its
     :attr:`PacketError.reason`: ``malformed``, ``corrupted``, ``unsigned``, ``forged``,
-    ``replayed``, ``contradictions``, ``over_limit``.
+    ``replayed``, ``contradictions``, ``over_limit`` (and ``internal``, a bug of ours
+    rather than a peer's: any other exception, turned into a refusal of its datagram).
     """
 
     def __init__(self, *, key: bytes | None = None, limits: Limits = Limits(),
@@ -226,6 +227,7 @@ class Reassembler:
 
     def _take(self, datagram, now: float, crc: int | None) -> ReceivedModel | ReceivedControl | None:
         """:meth:`receive`, with the datagram's CRC32C when :meth:`receive_many` computed it."""
+        pkt = None
         try:
             pkt = _parse(datagram, self.key, crc)
             if pkt.encoding == ENCODING_CONTROL:  # most of a fleet's datagrams: hellos
@@ -266,6 +268,8 @@ class Reassembler:
         except PacketError as exc:
             self.stats[exc.reason] += 1
             raise
+        except Exception as exc:
+            raise self._internal(exc, pkt) from exc
 
     def receive_packet(self, pkt: Packet, now: float) -> ReceivedModel | ReceivedControl | None:
         """Like :meth:`receive`, for a packet already parsed with this reassembler's key."""
@@ -276,6 +280,8 @@ class Reassembler:
         except PacketError as exc:
             self.stats[exc.reason] += 1
             raise
+        except Exception as exc:
+            raise self._internal(exc, pkt) from exc
 
     def expire(self, now: float) -> list[ReceivedModel]:
         """Deliver, as partial, every message that has had no new fragment for ``timeout_s``.
@@ -299,6 +305,8 @@ class Reassembler:
                 out.append(self._finish(key, msg, complete=False))
             except PacketError as exc:
                 self.stats[exc.reason] += 1
+            except Exception as exc:  # one message's failure must not cost the others theirs
+                self._internal(exc, msg.first)
         return out
 
     def quiet(self, now: float, after: float) -> list[tuple[int, int, list[int]]]:
@@ -327,6 +335,16 @@ class Reassembler:
         return self._bytes_total
 
     # -- internals ----------------------------------------------------------------------
+
+    def _internal(self, exc: Exception, pkt: Packet | None) -> PacketError:
+        """A refusal for an exception other than :class:`PacketError`: a bug of this module,
+        not a peer's doing (benchmarks/fuzz.py counts them, and finds none). The datagram is
+        still only refused, as any other: the message it belongs to is dropped so that no
+        half-placed state stays, it is counted as ``internal``, and a batch goes on."""
+        if pkt is not None:
+            self._drop((pkt.origin, pkt.message_id), remember=True)
+        self.stats["internal"] += 1
+        return PacketError(f"internal error on this datagram: {type(exc).__name__}: {exc}", reason="internal")
 
     def _receive(self, pkt: Packet, now: float) -> ReceivedModel | None:
         if self.key is not None and not pkt.flags & FLAG_AUTH:

@@ -198,6 +198,52 @@ def test_a_lost_manifest_is_not_placed_by_a_layout_whose_names_it_imitates():
     assert receiver.expire(1e9) == [] and receiver.stats["lost_manifest"] == 1
 
 
+# -- one error type, and a batch is never lost ----------------------------------------------
+
+SURROGATE = {"name": "\ud800", "shape": [1], "dtype": "float32", "encoding": "fp32"}
+
+
+def test_a_name_with_a_lone_surrogate_is_a_packet_error_and_the_batch_goes_on():
+    """Issue 17, item 3: '\\ud800' in a name raised UnicodeEncodeError from receive() when the
+    family id was computed; receive_many lost the rest of its batch and the message stayed open."""
+    raw = b'{"format":1,"meta":{},"scaling":{},"tensors":[{"dtype":"float32","encoding":"fp32","name":"\\ud800",' \
+          b'"shape":[1]}]}'
+    assert json.loads(raw)["tensors"][0]["name"] == "\ud800"
+    [bad] = craft([SURROGATE], [], fam=0, manifest_frags=stream_fragments(raw, chunk=1000))
+    receiver = Reassembler()
+    with pytest.raises(PacketError, match="surrogate") as err:
+        receiver.receive(bad, 0.0)
+    assert err.value.reason == "malformed" and receiver.open_messages == 0
+    [again] = craft([SURROGATE], [], fam=0, manifest_frags=stream_fragments(raw, chunk=1000), message_id=2)
+    errors = []
+    out = receiver.receive_many([again] + send(model(), origin=5), 0.0, errors=errors)
+    assert len(out) == 1 and out[0].origin == 5 and [p for p, _ in errors] == [0]
+    with pytest.raises(ValueError, match="UTF-8"):
+        codec.encode({"\udfff": torch.ones(1)})
+
+
+def test_any_other_exception_is_refused_as_internal_and_costs_nothing_else(monkeypatch):
+    """A bug of ours (here made on purpose) is a refusal like any other: counted, the message
+    it hit dropped, the batch taken on, expire() delivering the other messages."""
+    receiver = Reassembler()
+    feed(receiver, send(model(1), origin=1, message_id=1)[:2])
+    feed(receiver, send(model(2), origin=2, message_id=1)[:2])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Reassembler, "_open_buffers", broken)
+    errors = []
+    out = receiver.receive_many(send(model(3), origin=3) + [control(b"still here", origin=4)], 0.0, errors=errors)
+    assert [type(m).__name__ for m in out] == ["ReceivedControl"]
+    assert errors and all(e.reason == "internal" for _, e in errors) and receiver.stats["internal"] == len(errors)
+    assert (3, 1) not in receiver._open
+    check_accounting(receiver)
+    monkeypatch.setattr(Reassembler, "_finish", broken)
+    assert receiver.expire(1e9) == [] and receiver.open_messages == 0
+    assert receiver.stats["internal"] == len(errors) + 2
+
+
 # -- lies: manifests and fragments that contradict each other ------------------------------
 
 
