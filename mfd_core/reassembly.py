@@ -41,6 +41,14 @@ MAX_BYTES_TOTAL = 1 << 30
 MAX_EARLY_FRAGMENTS = 4096
 # Recently finished messages, remembered so a late duplicate is not taken for a new one.
 RECENT_MEMORY = 1024
+# With a key, the message ids of one origin's newest model version that are remembered
+# below the newest one (a sliding window, as IPsec's anti-replay window, RFC 4303 §3.4.3,
+# whose recommended minimum is 64): reordering across more messages of one origin than
+# this is refused as a replay. 1,024 bits is 128 bytes per origin of the fleet.
+REPLAY_WINDOW = 1024
+# Message ids are 16-bit serial numbers (RFC 1982): one is newer than another when it is
+# 1 to 32,767 ahead of it, modulo 65,536.
+_SERIAL_HALF = 1 << 15
 # Bookkeeping charged per fragment a message declares, before anything else is taken:
 # one bit of the received-bitmap plus the (tensor, start, count) int64 triple each
 # arrival records, rounded up. A first packet that declares 2^24 fragments is thereby
@@ -151,8 +159,9 @@ class Reassembler:
     twice) and, with a key, the replay record of its origin.
 
     :param key: fleet key; when set, unsigned, forged and replayed packets are refused.
-        A replay is a packet that would start a message with an older model version than
-        one this reassembler already accepted from the same origin.
+        A replay is a packet that would start a message this reassembler accepted already
+        from the same origin, or one older than it can tell: an older model version, or at
+        the newest version a message id more than :data:`REPLAY_WINDOW` behind the newest.
     :param known_layouts: manifests this node already knows, by family id: a message
         whose own manifest is lost can still be placed by them (unless it carries int8
         tensors, whose quantisation parameters change with every message).
@@ -174,9 +183,11 @@ class Reassembler:
         self.stats: Counter[str] = Counter()
         self._open: OrderedDict[tuple[int, int], _Open] = OrderedDict()  # oldest first
         self._recent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
-        # Newest model version accepted per origin; only authenticated origins enter it,
-        # so it grows with the fleet, not with what an attacker sends.
-        self._newest_version: dict[int, int] = {}
+        # With a key, per origin: [newest model version accepted, newest message id at that
+        # version, bitmap of the ids accepted (bit k: newest - k)]. Only origins whose
+        # datagrams carried a valid tag enter it, so it grows with the fleet, not with what
+        # an attacker sends.
+        self._replay: dict[int, list[int]] = {}
         self._bytes_by_origin: Counter[int] = Counter()
         self._bytes_total = 0
 
@@ -366,13 +377,8 @@ class Reassembler:
                 self.stats["late"] += 1
                 return None
             if self.key is not None:
-                newest = self._newest_version.get(pkt.origin, -1)
-                if pkt.model_version < newest:
-                    raise AuthError(f"replayed packet refused: model version {pkt.model_version} from "
-                                    f"origin {pkt.origin} is older than {newest}", reason="replayed")
+                self._check_replay(pkt.origin, pkt.model_version, pkt.message_id)
             msg = self._start(key, pkt, now)
-            if self.key is not None:
-                self._newest_version[pkt.origin] = pkt.model_version
         index = pkt.fragment_index
         byte, bit = index >> 3, 1 << (index & 7)
         if msg.seen[byte] & bit:
@@ -416,14 +422,45 @@ class Reassembler:
             self.stats["late"] += 1
             return None
         if self.key is not None:
-            newest = self._newest_version.get(origin, -1)
-            if model_version < newest:
-                raise AuthError(f"replayed packet refused: model version {model_version} from "
-                                f"origin {origin} is older than {newest}", reason="replayed")
-            self._newest_version[origin] = model_version
+            self._check_replay(origin, model_version, message_id)
         self._remember(name)
         self.stats["control"] += 1
         return ReceivedControl(origin, destination, message_id, model_version, bytes(payload), hops)
+
+    def _replayed(self, origin: int, version: int, message_id: int) -> str | None:
+        """Why a datagram that would start message ``message_id`` of ``version`` from
+        ``origin`` is a replay, or None if it is not (docs/packet-format.md §5.3)."""
+        record = self._replay.get(origin)
+        if record is None:
+            return None
+        newest_version, newest_id, seen = record
+        if version != newest_version:
+            return None if version > newest_version else f"model version {version} is older than {newest_version}"
+        ahead = (message_id - newest_id) & 0xFFFF
+        if 0 < ahead < _SERIAL_HALF:
+            return None
+        behind = (newest_id - message_id) & 0xFFFF
+        if behind >= REPLAY_WINDOW:
+            return f"message {message_id} is {behind} behind the newest of version {version}, past the window"
+        if seen >> behind & 1:
+            return f"message {message_id} of version {version} was accepted already"
+        return None
+
+    def _check_replay(self, origin: int, version: int, message_id: int) -> None:
+        """Refuse a replay (:class:`AuthError`), or record the message as accepted."""
+        why = self._replayed(origin, version, message_id)
+        if why is not None:
+            raise AuthError(f"replayed packet refused from origin {origin}: {why}", reason="replayed")
+        record = self._replay.get(origin)
+        if record is None or version > record[0]:
+            self._replay[origin] = [version, message_id, 1]
+            return
+        ahead = (message_id - record[1]) & 0xFFFF
+        if ahead < _SERIAL_HALF:  # newer: the window moves on
+            record[1] = message_id
+            record[2] = ((record[2] << ahead) | 1) & ((1 << REPLAY_WINDOW) - 1)
+        else:
+            record[2] |= 1 << ((record[1] - message_id) & 0xFFFF)
 
     def _remember(self, name: tuple[int, int, int]) -> None:
         self._recent[name] = None
@@ -446,7 +483,7 @@ class Reassembler:
         name = (pkt.origin, pkt.message_id, pkt.model_version)
         if name in self._recent:
             return None  # late: counted by the general path
-        if self.key is not None and pkt.model_version < self._newest_version.get(pkt.origin, -1):
+        if self.key is not None and self._replayed(pkt.origin, pkt.model_version, pkt.message_id):
             return None  # replayed: refused by the general path
         try:
             manifest = manifest_from_stream(payload)
@@ -455,10 +492,8 @@ class Reassembler:
         if manifest.nbytes or manifest.family_id != pkt.family_id:
             return None
         if self.key is not None:
-            self._newest_version[pkt.origin] = pkt.model_version
-        self._recent[name] = None
-        while len(self._recent) > RECENT_MEMORY:
-            self._recent.popitem(last=False)
+            self._check_replay(pkt.origin, pkt.model_version, pkt.message_id)
+        self._remember(name)
         self.stats["fragments"] += 1
         self.stats["complete"] += 1
         state = {spec.name: decode_tensor(spec, b"") for spec in manifest.tensors}

@@ -657,6 +657,42 @@ def test_reordering_across_versions_is_not_a_replay():
     assert got.model_version == 1 and receiver.stats["replayed"] == 0
 
 
+def tiny(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((3,), float(seed))}
+
+
+def test_a_replay_is_refused_however_many_messages_finished_since():
+    """Issue 17, item 5: a signed message replayed once 1,024 others had finished was
+    delivered again: its version equalled the origin's newest, and only older were refused."""
+    receiver = Reassembler(key=KEY)
+    first = send(tiny(), key=KEY, version=5, message_id=1)
+    assert len(feed(receiver, first)) == 1
+    for message_id in range(2, 2 + reassembly.RECENT_MEMORY + 1):
+        feed(receiver, send(tiny(message_id), key=KEY, version=5, message_id=message_id))
+    refused(receiver, first[:1], "replayed packet refused", "replayed")
+    hello = control(b"hi", message_id=2000, version=5, key=KEY)
+    assert receiver.receive(hello, 0.0) is not None
+    for message_id in range(2001, 2001 + reassembly.RECENT_MEMORY + 1):
+        receiver.receive(control(b"x", message_id=message_id, version=5, key=KEY), 0.0)
+    refused(receiver, [hello], "replayed packet refused", "replayed")
+
+
+def test_the_replay_window_takes_reordering_and_wrapping_ids():
+    receiver = Reassembler(key=KEY)
+    got = lambda message_id, version=1: receiver.receive(control(b"x", message_id=message_id, version=version,
+                                                                 key=KEY), 0.0)
+    assert got(10) and got(7) and got(9) and got(65_530)  # 65,530 is 16 behind 10 (mod 2^16)
+    for message_id in (10, 7, 65_530):
+        receiver._recent.clear()  # as if 1,024 messages had finished since: only the window remembers
+        refused(receiver, [control(b"x", message_id=message_id, version=1, key=KEY)], "accepted already", "replayed")
+    assert got(8) and got(10 + 32_767)  # one not seen yet in the window; the furthest ahead that is newer
+    refused(receiver, [control(b"x", message_id=10 + 32_767 - reassembly.REPLAY_WINDOW, version=1, key=KEY)],
+            "past the window", "replayed")
+    assert got(5, version=2)  # a newer version starts a new window
+    refused(receiver, [control(b"x", message_id=11, version=1, key=KEY)], "older", "replayed")
+    assert got(3, version=2) and got(65_535, version=2) and got(4, version=2)  # below 5, wrapped, each once
+
+
 def test_receive_packet_checks_the_tag_flag_too():
     receiver = Reassembler(key=KEY)
     with pytest.raises(AuthError, match="unsigned"):
