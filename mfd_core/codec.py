@@ -135,7 +135,7 @@ class Manifest:
     def from_bytes(cls, raw: bytes | memoryview) -> "Manifest":
         """Parse and validate a received manifest. :raises PacketError: on anything malformed."""
         if len(raw) > MAX_MANIFEST_BYTES:
-            raise PacketError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+            raise LimitError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
         raw = bytes(raw)
         try:
             doc = json.loads(raw.decode("utf-8"))
@@ -185,7 +185,7 @@ def _parse_specs(tensors: list) -> tuple[TensorSpec, ...]:
         total += spec.nbytes
         specs.append(spec)
     if total > MAX_MESSAGE_BYTES:
-        raise PacketError(f"manifest declares {total} bytes of tensors, over the limit of {MAX_MESSAGE_BYTES}")
+        raise LimitError(f"manifest declares {total} bytes of tensors, over the limit of {MAX_MESSAGE_BYTES}")
     return tuple(specs)
 
 

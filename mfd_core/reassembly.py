@@ -128,7 +128,8 @@ class _Open:
 
     def __init__(self, first: Packet, started: float) -> None:
         self.first = first  # the fields every other fragment must agree with
-        self.ident = (first.fragment_count, first.family_id, first.model_version)
+        # what every datagram of the message must repeat (docs/packet-format.md §4)
+        self.ident = (first.fragment_count, first.family_id, first.model_version, first.destination)
         self.started = started
         self.last = started  # when its latest fragment arrived
         self.seen = bytearray((first.fragment_count + 7) >> 3)  # bitmap of fragment indices
@@ -247,11 +248,11 @@ class Reassembler:
             # known. The checks are _place_tensor_chunk's; anything else (manifest
             # slices, early fragments, new messages, duplicates, contradictions, a
             # missing tag) takes the general path, which says what was wrong.
-            (flags, encoding, message_id, tensor_index, family_id, model_version, origin, _, index,
+            (flags, encoding, message_id, tensor_index, family_id, model_version, origin, destination, index,
              fragment_count, start, _, hops, payload, scale, zero_point) = pkt
             msg = self._open.get((origin, message_id))
             if (msg is not None and msg.tensors is not None and not flags & FLAG_MANIFEST
-                    and msg.ident == (fragment_count, family_id, model_version)
+                    and msg.ident == (fragment_count, family_id, model_version, destination)
                     and (self.key is None or flags & FLAG_AUTH) and tensor_index < len(msg.tensors)):
                 seen = msg.seen
                 byte, bit = index >> 3, 1 << (index & 7)
@@ -363,12 +364,13 @@ class Reassembler:
                             reason="unsigned")
         key = (pkt.origin, pkt.message_id)
         msg = self._open.get(key)
-        if msg is None or msg.ident != (pkt.fragment_count, pkt.family_id, pkt.model_version):
+        if msg is None or msg.ident != (pkt.fragment_count, pkt.family_id, pkt.model_version, pkt.destination):
             if msg is not None:
                 if pkt.model_version <= msg.ident[2]:
                     raise PacketError(
                         f"fragment contradicts message {pkt.message_id} from origin {pkt.origin}: "
-                        f"count/family/version {(pkt.fragment_count, pkt.family_id, pkt.model_version)} "
+                        f"count/family/version/destination "
+                        f"{(pkt.fragment_count, pkt.family_id, pkt.model_version, pkt.destination)} "
                         f"vs {msg.ident}", reason="contradictions")
                 # the sender reused the message id for a newer model: the old one is moot
                 self.stats["superseded"] += 1

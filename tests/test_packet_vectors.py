@@ -350,3 +350,85 @@ def test_both_decoders_refuse_the_same_corruptions():
             except packet.PacketError:
                 theirs = False
             assert ours == theirs == (offset in (36, 37)), (name, offset)
+
+
+# -- where the page and the code once disagreed (issue 17, item 7) -----------------------------
+
+def section(number: str) -> str:
+    """The text of section ``number`` (e.g. "5.2") of the page, up to the next heading."""
+    text = SPEC.read_text()
+    start = re.search(rf"^#+ {re.escape(number)} .*$", text, re.M)
+    end = re.search(r"^#+ ", text[start.end():], re.M)
+    return text[start.end():start.end() + end.start()] if end else text[start.end():]
+
+
+def test_the_timeout_counts_quiet_time_on_the_page_and_in_the_code():
+    """7b: the page said a message expires 30 s after its first datagram; the code counts
+    quiet time since the last new fragment, which a model streaming over a slow link needs."""
+    import torch
+
+    from mfd_core import codec, reassembly
+
+    assert "counts quiet time" in " ".join(section("5.2").split())
+    datagrams = codec.to_datagrams({"w": torch.ones(400)}, origin=1, destination=2, model_version=1, message_id=1,
+                                   mtu=256)
+    receiver = reassembly.Reassembler()
+    receiver.receive(datagrams[0], 0.0)
+    receiver.receive(datagrams[1], 25.0)
+    receiver.receive(datagrams[1], 29.0)  # a duplicate brings nothing new: it does not count
+    assert receiver.expire(54.9) == []  # 31 s after the first datagram: still streaming
+    [partial] = receiver.expire(55.0)
+    assert not partial.complete
+
+
+def test_the_scale_is_written_as_the_page_says():
+    """7d: the page said 'the shortest decimal that reads back as the 32-bit value'; the
+    reference writes the binary64 repr of the binary32 value, as the vectors show."""
+    import torch
+
+    from mfd_core import codec
+
+    row = " ".join(section("4.2").split())
+    assert "shortest decimal that reads back as that binary64 value" in row
+    assert '"scale":0.013725490309298038' in SPEC.read_text()  # vector 1's manifest
+    rng = random.Random(7)
+    for _ in range(200):
+        values = torch.tensor([rng.uniform(-1e3, 1e3) * 10 ** rng.randint(-30, 30) for _ in range(3)])
+        enc = codec.encode({"x": values}, "int8")
+        scale = enc.manifest.tensors[0].scale
+        assert binary32(scale) == scale
+        assert f'"scale":{scale!r}' in enc.manifest.to_bytes().decode()
+        assert binary32(float(repr(scale))) == scale  # what a receiver reads back
+
+
+def test_the_shortest_datagram_is_43_bytes():
+    """7e: section 1 said at least 43 bytes, check 1 of section 5.1 says 42: both hold, and
+    section 1 now says which check refuses a 42-byte one."""
+    from mfd_core import packet
+
+    assert "at least 43" in " ".join(section("1.").split())
+    shortest = packet.build_control(b"x", origin=1, destination=2, message_id=1)
+    assert len(shortest) == 43 and read_datagram(shortest, None)["payload"] == b"x"
+    empty = bytearray(shortest[:42])
+    empty[34:36] = b"\0\0"
+    struct.pack_into(">I", empty, 38, crc32c(bytes(empty[:36])))
+    with pytest.raises(packet.PacketError, match="empty payload"):
+        packet.parse(bytes(empty))
+    with pytest.raises(Refused):
+        read_datagram(bytes(empty), None)
+    with pytest.raises(packet.PacketError, match="truncated"):
+        packet.parse(shortest[:41])
+
+
+def test_dimensions_past_32_bits_are_refused_even_with_no_elements():
+    """7e: the code refused a dimension over 2^32-1 in a tensor of 0 elements, the page
+    allowed any integer >= 0: the page now bounds each dimension (the family id writes
+    each as a uint32)."""
+    from mfd_core import codec, packet
+
+    assert "each 0..2^32-1" in " ".join(section("4.2").split())
+    doc = {"format": 1, "meta": {}, "scaling": {}, "tensors": [
+        {"name": "e", "shape": [0, 2**32], "dtype": "float32", "encoding": "fp32"}]}
+    with pytest.raises(packet.PacketError, match="shape") as err:
+        codec.Manifest.from_bytes(json.dumps(doc).encode())
+    assert err.value.reason == "malformed"

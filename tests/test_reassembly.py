@@ -519,7 +519,10 @@ def test_lying_manifest_declaring_a_gigantic_tensor_allocates_nothing():
     assert peak < 8 << 20, peak  # refused before anything near 800 MB was allocated
     assert receiver.buffered_bytes == 0 and receiver.open_messages == 0
     beyond = [{"name": "g", "shape": [2**31], "dtype": "float32", "encoding": "fp32"}]  # 8 GiB
-    refused(Reassembler(), craft(beyond, [f32(0, 1.0)]), "over the limit", "malformed")
+    # issue 17, item 7e: past the format's 1 GiB a limit is reached (§5.4), nothing malformed
+    refused(Reassembler(), craft(beyond, [f32(0, 1.0)]), "over the limit", "over_limit")
+    many = [{"name": f"g{i}", "shape": [(1 << 27) + i], "dtype": "float32", "encoding": "fp32"} for i in range(2)]
+    refused(Reassembler(), craft(many, [f32(0, 1.0)]), "over the limit", "over_limit")  # 1 GiB and 4 bytes
 
 
 def test_first_datagram_claiming_2_to_the_24_fragments_is_refused():
@@ -546,6 +549,23 @@ def test_contradicting_header_does_not_kill_the_open_message():
         liar[field] = value
         refused(receiver, [reseal(liar)], "contradicts")
     [got] = feed(receiver, datagrams[3:])
+    assert_same(state, got.state)
+
+
+@pytest.mark.parametrize("other", [packet.BROADCAST, packet.NEIGHBOURS, 3])
+def test_every_datagram_of_a_message_names_its_one_destination(other):
+    """Issue 17, item 7c: fragments saying 2 and 0xFFFFFFFF were delivered as one message,
+    reporting 2. A datagram naming another destination is refused; the message goes on."""
+    state = model()
+    to_two = send(state, version=5)
+    elsewhere = [bytes(d) for d in codec.to_datagrams(state, origin=1, destination=other, model_version=5,
+                                                      message_id=1, mtu=256)]
+    receiver = Reassembler()
+    feed(receiver, to_two[:3])
+    for d in elsewhere[3:6]:
+        refused(receiver, [d], "destination")
+    [got] = feed(receiver, to_two[3:])
+    assert got.destination == 2 and got.complete
     assert_same(state, got.state)
 
 
