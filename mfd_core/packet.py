@@ -724,14 +724,16 @@ def _fast_kinds() -> dict[int, tuple[int, int, int, bool, bool, bool]]:
 _FAST_KINDS = _fast_kinds()
 
 
-def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) -> Packet:
+def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None, *, crc: int | None = None) -> Packet:
     """Parse and check one datagram.
 
     :param key: the fleet key; when given, unsigned and forged packets are refused with
         :class:`AuthError` (replay needs state: the reassembler checks it).
+    :param crc: the datagram's CRC32C as :func:`batch_checksums` computed it, compared in
+        place of computing it again; None computes it.
     :raises PacketError: for anything that is not a well-formed, intact MFD packet.
     """
-    return _parse(datagram, key, None)
+    return _parse(datagram, key, crc)
 
 
 def _parse(datagram: bytes | bytearray | memoryview, key: bytes | None, crc: int | None) -> Packet:

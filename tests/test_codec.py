@@ -287,9 +287,9 @@ def test_a_tiny_model_travels_in_two_datagrams():
     assert len(sent({**tiny, "fits": torch.zeros(249)})) == 2  # 339 floats: 1,356 of 1,358 payload bytes
 
 
-def _outcome(raw: bytes):
+def _outcome(raw: bytes, layouts: codec.LayoutCache | None = None):
     try:
-        m = Manifest.from_bytes(raw)
+        m = Manifest.from_bytes(raw, layouts=layouts)
     except PacketError as exc:
         return type(exc)
     return m.tensors, dict(m.scaling), dict(m.meta)
@@ -297,27 +297,45 @@ def _outcome(raw: bytes):
 
 def test_a_layout_sent_again_reuses_its_validated_tensor_list():
     model = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
-    first = Manifest.from_bytes(codec.encode(model, meta={"score": 0.5}).manifest.to_bytes())
-    again = Manifest.from_bytes(codec.encode(model, meta={"score": 0.75}).manifest.to_bytes())
+    layouts = codec.LayoutCache()
+    first = Manifest.from_bytes(codec.encode(model, meta={"score": 0.5}).manifest.to_bytes(), layouts=layouts)
+    again = Manifest.from_bytes(codec.encode(model, meta={"score": 0.75}).manifest.to_bytes(), layouts=layouts)
     assert again.tensors is first.tensors and again.meta == {"score": 0.75}
-    other = Manifest.from_bytes(codec.encode({"w": torch.zeros(3, 3)}).manifest.to_bytes())
-    assert [t.shape for t in other.tensors] == [(3, 3)]
+    assert again.family_id == codec.encode(model).manifest.family_id and again.nbytes == 32
+    other = Manifest.from_bytes(codec.encode({"w": torch.zeros(3, 3)}).manifest.to_bytes(), layouts=layouts)
+    assert [t.shape for t in other.tensors] == [(3, 3)] and len(layouts) == 2
+    alone = Manifest.from_bytes(codec.encode(model).manifest.to_bytes())  # no cache: nothing is kept
+    assert alone.tensors == first.tensors and alone.tensors is not first.tensors
+
+
+def test_a_layout_cache_is_bounded_in_entries_and_bytes():
+    layouts = codec.LayoutCache(entries=3, nbytes=10_000)
+    for width in range(1, 8):
+        Manifest.from_bytes(codec.encode({"w": torch.zeros(width)}).manifest.to_bytes(), layouts=layouts)
+        assert len(layouts) <= 3 and 0 < layouts.nbytes <= 10_000
+    big = {f"t{i}": torch.zeros(1) for i in range(30)}  # 30 tensors: 15 kB of charges, more than it may hold
+    Manifest.from_bytes(codec.encode(big).manifest.to_bytes(), layouts=layouts)
+    assert len(layouts) == 3 and layouts.nbytes <= 10_000
+    assert layouts.shrink(1) > 0 and len(layouts) == 2
+    layouts.clear()
+    assert len(layouts) == 0 and layouts.nbytes == 0
 
 
 def test_the_cached_tensor_list_is_only_taken_where_json_would_take_it():
+    layouts = codec.LayoutCache()
     valid = codec.encode({"w": torch.zeros(3, 2)}, meta={"k": 1}).manifest.to_bytes()
-    Manifest.from_bytes(valid)  # its tail is now cached
+    Manifest.from_bytes(valid, layouts=layouts)  # its tail is now cached
     tail = valid[valid.rfind(b',"tensors":'):]
     bad_list = tail[1:-1].replace(b"[3,2]", b"[3.0,2]")
     # two "tensors" keys: json keeps the last, so the cached valid one decides...
-    assert _outcome(b'{"format":1,' + bad_list + tail)[0] == _outcome(valid)[0]
+    assert _outcome(b'{"format":1,' + bad_list + tail, layouts)[0] == _outcome(valid)[0]
     # ...and where the invalid one is last, it is refused as without the cache
     with pytest.raises(PacketError, match="shape"):
-        Manifest.from_bytes(valid[:-1] + b"," + bad_list + b"}")
+        Manifest.from_bytes(valid[:-1] + b"," + bad_list + b"}", layouts=layouts)
     # the cached bytes inside a string are not a tensor list
     inside = b'{"format":1,' + bad_list + b',"x":"' + tail[:-1].replace(b'"', b'\\"') + b'"}'
     with pytest.raises(PacketError, match="shape"):
-        Manifest.from_bytes(inside)
+        Manifest.from_bytes(inside, layouts=layouts)
 
 
 def test_mutated_manifests_decode_the_same_with_and_without_the_cache():
@@ -336,10 +354,10 @@ def test_mutated_manifests_decode_the_same_with_and_without_the_cache():
                 raw.insert(at, rng.choice(alphabet))
             else:
                 del raw[at]
-        codec._SPECS_BY_TAIL.clear()
         cold = _outcome(bytes(raw))
-        Manifest.from_bytes(valid)  # warm: the valid tail is cached
-        assert _outcome(bytes(raw)) == cold
+        layouts = codec.LayoutCache()
+        Manifest.from_bytes(valid, layouts=layouts)  # warm: the valid tail is cached
+        assert _outcome(bytes(raw), layouts) == cold
 
 
 def test_family_id_follows_names_shapes_and_dtypes_not_encodings():

@@ -242,12 +242,12 @@ def independent_decode(datagrams, key=None) -> dict[str, tuple[list[int], list]]
         stream += p["payload"]
     (prefix,) = struct.unpack(">I", stream[:4])
     length = prefix & 0x7FFFFFFF
-    assert length <= 4 << 20 and len(stream) == 4 + length
+    assert length <= 512 << 10 and len(stream) == 4 + length
     body = bytes(stream[4:])
     if prefix & 0x80000000:  # section 4.2: deflated (zlib), at most 4 MiB once inflated, nothing after it
         inflater = zlib.decompressobj()
-        body = inflater.decompress(body, (4 << 20) + 1)
-        assert len(body) <= 4 << 20 and inflater.eof and not inflater.unused_data and not inflater.unconsumed_tail
+        body = inflater.decompress(body, (512 << 10) + 1)
+        assert len(body) <= 512 << 10 and inflater.eof and not inflater.unused_data and not inflater.unconsumed_tail
     doc = json.loads(body.decode("utf-8"))
     assert doc["format"] == 1
     assert family_id(doc["tensors"]) == first["family"]
@@ -432,3 +432,35 @@ def test_dimensions_past_32_bits_are_refused_even_with_no_elements():
     with pytest.raises(packet.PacketError, match="shape") as err:
         codec.Manifest.from_bytes(json.dumps(doc).encode())
     assert err.value.reason == "malformed"
+
+
+def test_the_limits_on_the_page_are_the_codes():
+    from mfd_core import codec, packet, reassembly
+
+    rows = {}
+    for line in section("5.4").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("Limit", "-------"):
+            rows[cells[0]] = cells[1]
+    assert rows["manifest JSON (`L`, and inflated)"] == "512 KiB" and codec.MAX_MANIFEST_BYTES == 512 << 10
+    assert rows["tensors per message"] == "4,096" and codec.MAX_MESSAGE_TENSORS == 4096
+    assert rows["tensor bytes per message"] == "1 GiB" and codec.MAX_MESSAGE_BYTES == 1 << 30
+    assert rows["datagram size"] == "65,535 bytes" and packet.MAX_DATAGRAM == 65_535
+    assert rows["open messages per origin"] == "8" and reassembly.MAX_OPEN_PER_ORIGIN == 8
+    assert rows["bytes per origin"] == "256 MiB" and reassembly.MAX_BYTES_PER_ORIGIN == 256 << 20
+    assert rows["open messages in all"] == "256" and reassembly.MAX_OPEN_TOTAL == 256
+    assert rows["bytes in all"] == "1 GiB" and reassembly.MAX_BYTES_TOTAL == 1 << 30
+    assert rows["fragments held before the manifest"] == "4,096 per message" and reassembly.MAX_EARLY_FRAGMENTS == 4096
+    assert rows["finished messages remembered"] == "1,024" and reassembly.RECENT_MEMORY == 1024
+    assert reassembly.REPLAY_WINDOW == 1024 and reassembly.DEFAULT_TIMEOUT_S == 30.0
+    text = " ".join(section("5.4").split())
+    for constant, words in ((reassembly.OPEN_MESSAGE_BYTES, "records (2 KiB)"),
+                            (reassembly.EARLY_FRAGMENT_BYTES, "its payload and 256 bytes"),
+                            (reassembly.STREAM_BYTES_PER_BYTE, "(3 bytes per byte)"),
+                            (reassembly.PARSE_BYTES_PER_JSON_BYTE, "40 bytes per byte of JSON"),
+                            (reassembly.TENSOR_BYTES, "entry (256 bytes)"), (reassembly.EXPIRE_WORK, "about 4,096"),
+                            (reassembly.QUIET_MISSING, "at most 4,096 missing")):
+        assert words in text, words
+    assert (reassembly.OPEN_MESSAGE_BYTES, reassembly.EARLY_FRAGMENT_BYTES, reassembly.STREAM_BYTES_PER_BYTE,
+            reassembly.PARSE_BYTES_PER_JSON_BYTE, reassembly.TENSOR_BYTES, reassembly.EXPIRE_WORK,
+            reassembly.QUIET_MISSING) == (2048, 256, 3, 40, 256, 4096, 4096)
