@@ -29,17 +29,25 @@ from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, LimitEr
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp64")
 MANIFEST_FORMAT = 1
 # Tensors per message. The state_dicts we know have up to ~1k entries (ResNet-152 and the
-# larger LLMs a 1 GiB message can carry, ~700-1,000); 4,096 leaves 4x. The bound is on
-# CPU: a receiver validates and delivers every tensor of a message in one call, ~5 us
-# each in Python, and no tensor need carry a byte (version 1 allowed 65,535: 2-4 s in
-# one expire(), issue 17).
-MAX_MESSAGE_TENSORS = 4096
-# A manifest's JSON (inflated): 512 KiB holds 4,096 tensors with names of ~60 characters
-# and their meta. The bound is on what one datagram can make a receiver parse (a
-# deflated stream inflates ~1,000-fold): json.loads and validation of 512 KiB take
-# 10-25 ms here, and the Python objects they make weigh up to ~25x the JSON's bytes,
-# all of which a receiver charges before parsing (version 1 allowed 4 MiB).
+# larger LLMs a 1 GiB message can carry, ~700-1,000); 2,048 leaves 2x. The bound is on
+# CPU: a receiver validates, then delivers, every tensor of a message in one call (~6 us
+# each in Python on this 2-core box under load, where a datagram may take 50 ms), and no
+# tensor need carry a byte. 4,096 tensors took 23 ms to validate and 55 ms to deliver in
+# the worst call measured (benchmarks/fuzz.py, load ~4); version 1 allowed 65,535: 2-4 s
+# in one expire(), issue 17.
+MAX_MESSAGE_TENSORS = 2048
+# A manifest's JSON (inflated): 512 KiB holds 2,048 tensors with names of up to ~200
+# characters and their meta. The bound is on what one datagram can make a receiver parse
+# (a deflated stream inflates ~1,000-fold): json.loads and validation of 512 KiB take
+# 10-25 ms here, and the Python objects they make weigh up to ~37x the JSON's bytes, all
+# of which a receiver charges before parsing (version 1 allowed 4 MiB).
 MAX_MANIFEST_BYTES = 512 << 10
+# JSON arrays and objects in a manifest, counted as the '[' and '{' bytes of its text
+# (strings included: a bound that needs no parse). 2,048 tensors take 4,096 (an object
+# and a shape each); the rest is meta's. Each container is an object the garbage collector
+# scans until it is freed: 512 KiB of '[[[]]]' would be 260,000 of them, 20-40 ms of
+# collection in whichever call next allocates (benchmarks/fuzz.py), where 16,384 take ~2.
+MAX_MANIFEST_CONTAINERS = 16_384
 # One message may carry at most 1 GiB of tensor data: a 250M-parameter fp32 model.
 # The reassembler's per-origin budget is the tighter, configurable bound.
 MAX_MESSAGE_BYTES = 1 << 30
@@ -94,7 +102,7 @@ class TensorSpec:
     strides: tuple[int, ...] = field(init=False, repr=False, compare=False)  # row-major, in elements
     # Layouts are looked up by their tuple of specs (manifest JSON, family id) once per
     # message: the generated __hash__ would hash all six fields each time. Computed on the
-    # first hash (a receiver makes specs it never hashes: 4,096 in one call at most).
+    # first hash (a receiver makes specs it never hashes: 2,048 in one call at most).
     _hash: int | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -176,6 +184,10 @@ class Manifest:
         """
         if len(raw) > MAX_MANIFEST_BYTES:
             raise LimitError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+        raw = bytes(raw)
+        containers = raw.count(b"[") + raw.count(b"{")
+        if containers > MAX_MANIFEST_CONTAINERS:
+            raise LimitError(f"manifest holds {containers} '[' and '{{', over the limit of {MAX_MANIFEST_CONTAINERS}")
         # The garbage collector is held off meanwhile: JSON and the specs made from it hold
         # no reference cycles, so a collection finds nothing to free, yet a manifest of many
         # small containers triggers several, each scanning every object of the process
@@ -184,7 +196,7 @@ class Manifest:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            return cls._from_json(bytes(raw), layouts)
+            return cls._from_json(raw, layouts)
         finally:
             if collecting:
                 gc.enable()
@@ -350,7 +362,7 @@ def _tensors_json(tensors: tuple[TensorSpec, ...]) -> bytes:
 
 def _parse_spec(i: int, entry: Any) -> TensorSpec:
     # Checked with type() rather than isinstance: json.loads makes exactly these types
-    # (bool apart from int), and a manifest may hold 4,096 entries to check in one call.
+    # (bool apart from int), and a manifest may hold 2,048 entries to check in one call.
     if type(entry) is not dict:
         raise PacketError(f"manifest tensor {i} is not an object")
     name, shape, dtype, encoding = entry.get("name"), entry.get("shape"), entry.get("dtype"), entry.get("encoding")
@@ -780,6 +792,8 @@ def manifest_stream(manifest: Manifest, *, deflate: bool = True) -> bytes:
     raw = manifest.to_bytes()
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ValueError(f"manifest of {len(raw)} bytes exceeds the limit of {MAX_MANIFEST_BYTES}")
+    if raw.count(b"[") + raw.count(b"{") > MAX_MANIFEST_CONTAINERS:
+        raise ValueError(f"manifest holds more than {MAX_MANIFEST_CONTAINERS} '[' and '{{': meta too nested or long")
     if deflate and manifest.nbytes:
         packed = zlib.compress(raw, 9)
         if len(packed) < len(raw):

@@ -82,10 +82,10 @@ TENSOR_BYTES = 256
 # - a (tensor, start, count) triple recorded beyond one per fragment (a packed fragment
 #   records one per tensor it reaches).
 RANGE_BYTES = 24
-# expire() delivers at most about this much work per call (tensors, plus element ranges
-# / 8), and at least one message: the rest, due too, are delivered by the next call.
-# 4,096 tensors take ~10-20 ms to decode here.
-EXPIRE_WORK = 4096
+# expire() delivers at most this much work per call (tensors, plus element ranges / 8),
+# and at least one message: the rest, due too, are delivered by the next call. 2,048
+# tensors (a message at the limit) take ~15 ms to deliver here.
+EXPIRE_WORK = 2048
 # quiet() names at most this many missing fragments per message (the first ones): a
 # request for them fits a few datagrams, and the next call names the rest.
 QUIET_MISSING = 4096
@@ -375,8 +375,8 @@ class Reassembler:
         A message whose manifest never arrived (and whose family this node does not
         know) cannot be placed and is dropped, counted as ``lost_manifest``.
 
-        One call delivers the messages due, the longest quiet first, until it has decoded
-        about :data:`EXPIRE_WORK` tensors (one message at least): a call's time stays
+        One call delivers the messages due, the longest quiet first, as long as their
+        tensors stay within :data:`EXPIRE_WORK` (one message at least): a call's time stays
         bounded however many are due, and those left, still open and due, are delivered
         by the next call (as long as :attr:`open_messages` is not 0, a caller calls again).
         """
@@ -384,9 +384,10 @@ class Reassembler:
                       if now - msg.last >= self.limits.timeout_s), key=lambda item: item[0])
         out, work = [], 0
         for _, key in due:
-            if out and work >= EXPIRE_WORK:
-                break
             msg = self._open[key]
+            cost = len(msg.tensors or ()) + len(msg.ranges) // 24
+            if out and work + cost > EXPIRE_WORK:
+                break
             if msg.tensors is None and not self._adopt_known_layout(msg):
                 self.stats["lost_manifest"] += 1
                 self._drop(key, remember=True)

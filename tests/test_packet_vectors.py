@@ -443,7 +443,8 @@ def test_the_limits_on_the_page_are_the_codes():
         if len(cells) == 3 and cells[0] not in ("Limit", "-------"):
             rows[cells[0]] = cells[1]
     assert rows["manifest JSON (`L`, and inflated)"] == "512 KiB" and codec.MAX_MANIFEST_BYTES == 512 << 10
-    assert rows["tensors per message"] == "4,096" and codec.MAX_MESSAGE_TENSORS == 4096
+    assert rows["tensors per message"] == "2,048" and codec.MAX_MESSAGE_TENSORS == 2048
+    assert rows["arrays and objects in a manifest's JSON"].startswith("16,384") and codec.MAX_MANIFEST_CONTAINERS == 16_384
     assert rows["tensor bytes per message"] == "1 GiB" and codec.MAX_MESSAGE_BYTES == 1 << 30
     assert rows["datagram size"] == "65,535 bytes" and packet.MAX_DATAGRAM == 65_535
     assert rows["open messages per origin"] == "8" and reassembly.MAX_OPEN_PER_ORIGIN == 8
@@ -458,9 +459,9 @@ def test_the_limits_on_the_page_are_the_codes():
                             (reassembly.EARLY_FRAGMENT_BYTES, "its payload and 256 bytes"),
                             (reassembly.STREAM_BYTES_PER_BYTE, "(3 bytes per byte)"),
                             (reassembly.PARSE_BYTES_PER_JSON_BYTE, "40 bytes per byte of JSON"),
-                            (reassembly.TENSOR_BYTES, "entry (256 bytes)"), (reassembly.EXPIRE_WORK, "about 4,096"),
+                            (reassembly.TENSOR_BYTES, "entry (256 bytes)"), (reassembly.EXPIRE_WORK, "go past 2,048 tensors"),
                             (reassembly.QUIET_MISSING, "at most 4,096 missing")):
         assert words in text, words
     assert (reassembly.OPEN_MESSAGE_BYTES, reassembly.EARLY_FRAGMENT_BYTES, reassembly.STREAM_BYTES_PER_BYTE,
             reassembly.PARSE_BYTES_PER_JSON_BYTE, reassembly.TENSOR_BYTES, reassembly.EXPIRE_WORK,
-            reassembly.QUIET_MISSING) == (2048, 256, 3, 40, 256, 4096, 4096)
+            reassembly.QUIET_MISSING) == (2048, 256, 3, 40, 256, 2048, 4096)
