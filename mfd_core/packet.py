@@ -48,7 +48,8 @@ NEIGHBOURS = 0xFFFF_FFFE  # every direct neighbour of the sender, never forwarde
 MAX_NODE_ID = 0xFFFF_FFFD
 
 MANIFEST_TENSOR = 0xFFFF  # tensor_index of manifest fragments
-MAX_TENSORS = MANIFEST_TENSOR  # tensor indices 0 .. 0xFFFE
+# What the tensor index field can name, 0 .. 0xFFFE (a manifest lists at most codec.MAX_MESSAGE_TENSORS).
+MAX_TENSORS = MANIFEST_TENSOR
 
 # Big-endian ("network order") fixed header. 3-byte fragment index/count are split
 # into a 16-bit high part and an 8-bit low part because struct has no 24-bit code.
