@@ -280,10 +280,13 @@ class LayoutCache:
     by every receiver held 1.3 GiB after 150 delivered manifests).
     """
 
-    # What an entry holds, beyond its tail's bytes: the specs (~400 bytes each with
-    # their names, shapes and the tuple's slot) and the entry itself (measured with
-    # tracemalloc, tests/test_codec.py).
-    BYTES_PER_TENSOR = 512
+    # What an entry holds, beyond its tail's bytes: per spec, its object, dtype and
+    # encoding strings, scale and the tuple's slot (~700 bytes), its name (up to 4 bytes a
+    # character), its shape and strides (a tuple slot and an int of up to 36 bytes per
+    # dimension, each); and the entry itself (measured with tracemalloc, tests/test_codec.py).
+    BYTES_PER_TENSOR = 768
+    BYTES_PER_NAME_CHARACTER = 4
+    BYTES_PER_DIMENSION = 96
     BYTES_PER_ENTRY = 512
 
     def __init__(self, *, entries: int = 64, nbytes: int = 4 << 20, tail_bytes: int = 64 << 10) -> None:
@@ -312,7 +315,9 @@ class LayoutCache:
 
     @classmethod
     def cost(cls, tail: bytes, layout: Layout) -> int:
-        return len(tail) + cls.BYTES_PER_ENTRY + cls.BYTES_PER_TENSOR * len(layout.tensors)
+        return len(tail) + cls.BYTES_PER_ENTRY + sum(
+            cls.BYTES_PER_TENSOR + cls.BYTES_PER_NAME_CHARACTER * len(t.name) + cls.BYTES_PER_DIMENSION * len(t.shape)
+            for t in layout.tensors)
 
     def shrink(self, nbytes: int) -> int:
         """Drop entries, oldest first, until ``nbytes`` are freed or none is left; returns

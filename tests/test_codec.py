@@ -321,6 +321,29 @@ def test_a_layout_cache_is_bounded_in_entries_and_bytes():
     assert len(layouts) == 0 and layouts.nbytes == 0
 
 
+@pytest.mark.parametrize("name_length, dims", [(1, 0), (40, 4), (200, 16)])
+def test_a_layout_cache_charges_what_its_entries_hold(name_length, dims):
+    """LayoutCache.cost covers what an entry keeps alive: the specs, their names and shapes."""
+    import gc
+    import tracemalloc
+
+    raws = []
+    for j in range(12):
+        tensors = [{"name": f"{j}.{i}".ljust(name_length, "n"), "shape": [2**31 + i] * (dims - 1) + [0] if dims else [],
+                    "dtype": "float32", "encoding": "fp32"} for i in range(40)]
+        raws.append(json.dumps({"format": 1, "meta": {}, "scaling": {}, "tensors": tensors}, separators=(",", ":")).encode())
+    layouts = codec.LayoutCache(tail_bytes=1 << 20, nbytes=1 << 30)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for raw in raws:
+        Manifest.from_bytes(raw, layouts=layouts)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(layouts) == 12 and held <= layouts.nbytes, (held, layouts.nbytes)
+
+
 def test_the_cached_tensor_list_is_only_taken_where_json_would_take_it():
     layouts = codec.LayoutCache()
     valid = codec.encode({"w": torch.zeros(3, 2)}, meta={"k": 1}).manifest.to_bytes()
