@@ -316,18 +316,115 @@ class Calls:
 
 # -- part 1: the attack shapes ----------------------------------------------------------------
 
-def issue_shapes(calls: Calls, rng: random.Random, quick: bool, freeze: bool = True) -> dict[str, dict]:
-    """Each defect of issue 17 as it was reported, on a fresh receiver, at the default limits
-    but for the first two (whose RSS is compared with a 64 MiB budget... and the default)."""
-    out: dict[str, dict] = {}
+def attack_plans(rng: random.Random, quick: bool) -> dict[str, Callable[[Calls], tuple]]:
+    """Each defect of issue 17 as it was reported, and at this version's limits, by name: a
+    function that builds (title, receiver, feed, byte limit), feed() feeding the receiver
+    the shape and saying what it saw. Each runs in a process of its own (see
+    :func:`issue_shapes`): the memory one frees would hide the next one's growth."""
+    reps = 4 if quick else 1
+    cap = getattr(codec, "MAX_MESSAGE_TENSORS", 65_535 // reps)
+    plans: dict[str, Callable[[Calls], tuple]] = {}
 
-    def measured(name: str, receiver: Reassembler, feed: Callable[[], Any], limit: int) -> dict:
+    # 1. manifests of 65,535 one-element tensors, 68 of them open (the issue's), and at the limit
+    def many_tensors(n: int, count: int) -> Callable[[Calls], tuple]:
+        def plan(calls: Calls) -> tuple:
+            tensors = [entry(f"t{i}") for i in range(n)]
+            messages = [message(tensors, [Fragment(0, BOOL, 0, b"\0")], origin=o)[:-1] for o in range(count)]
+            receiver = Reassembler()
+
+            def feed():
+                for ds in messages:
+                    for d in ds:
+                        calls("datagram", "many-tensor manifest", receiver.receive, d, 0.0)
+                return {"tensors": n, "messages": len(messages), "datagrams_each": len(messages[0]),
+                        "stream_bytes": sum(len(d) for d in messages[0])}
+            return f"item 1: {count} x {n}-tensor manifests", receiver, feed, receiver.limits.bytes_total
+        return plan
+
+    for n in dict.fromkeys((65_535 // reps, cap)):
+        plans[f"item1_{n}_tensor_manifests_x{68 // reps}"] = many_tensors(n, 68 // reps)
+
+    # 2. 150 manifest-only messages with new layouts, delivered and discarded
+    def layouts(n: int) -> Callable[[Calls], tuple]:
+        def plan(calls: Calls) -> tuple:
+            messages = [message([entry(f"m{j}.{i}", (0,)) for i in range(n)], origin=j % 100, message_id=j)
+                        for j in range(150 // reps)]
+            receiver = Reassembler()
+
+            def feed():
+                delivered = 0
+                for ds in messages:
+                    for d in ds:
+                        got = calls("datagram", "manifest-only message", receiver.receive, d, 0.0)
+                        delivered += isinstance(got, reassembly.ReceivedModel)
+                return {"tensors": n, "messages": len(messages), "delivered": delivered,
+                        "stream_bytes": sum(len(d) for d in messages[0])}
+            return f"item 2: {150 // reps} manifest-only x {n} tensors", receiver, feed, receiver.limits.bytes_total
+        return plan
+
+    for n in dict.fromkeys((20_000 // reps, min(4096, cap))):
+        plans[f"item2_{n}_tensor_layouts_x{150 // reps}"] = layouts(n)
+
+    # 4. expire() over open many-tensor messages; 1,000 packed fragments across empty tensors
+    def cpu(n: int) -> Callable[[Calls], tuple]:
+        def plan(calls: Calls) -> tuple:
+            tensors = [entry(f"t{i}") for i in range(n)]
+            messages = [message(tensors, [Fragment(0, BOOL, 0, b"\0")], origin=o)[:-1] for o in range(2)]
+            run_on = [entry("a")] + [entry(f"e{i}", (0,)) for i in range(n - 2)] + [entry("z")]
+            runs = message(run_on, [Fragment(0, BOOL, 0, b"\1\1") for _ in range(1001)], origin=9)
+            receiver = Reassembler()
+
+            def feed():
+                for ds in messages:
+                    for d in ds:
+                        calls("datagram", "many-tensor manifest", receiver.receive, d, 0.0)
+                got = calls("expire", "2 many-tensor messages", receiver.expire, 1e6)
+                calls("datagram", "run-on manifest", receiver.receive, runs[0], 0.0)
+                began = time.thread_time()
+                for d in runs[1:-1]:
+                    calls("run-on", "a 44-byte fragment across empty tensors", receiver.receive, d, 0.0)
+                return {"tensors": n, "expire_delivered": len(got) if isinstance(got, list) else str(got),
+                        "run_on_fragments": len(runs) - 2, "run_on_bytes": len(runs[1]),
+                        "run_on_total_cpu_s": round(time.thread_time() - began, 3)}
+            return f"item 4: CPU at {n} tensors", receiver, feed, receiver.limits.bytes_total
+        return plan
+
+    for n in dict.fromkeys((65_535 // reps, cap)):
+        plans[f"item4_cpu_{n}_tensors"] = cpu(n)
+
+    # the byte budget filled with bytes that are really held: 4 MB messages from 40 origins,
+    # a tenth of each lost, none expired
+    def budget(limit: int) -> Callable[[Calls], tuple]:
+        def plan(calls: Calls) -> tuple:
+            large = Large(rng)
+            messages = [large.datagrams(rng) for _ in range(40 // reps)]
+            receiver = Reassembler(limits=Limits(bytes_total=limit, bytes_per_origin=limit))
+
+            def feed():
+                for ds in messages:
+                    for d in ds:
+                        calls("datagram", "4 MB model", receiver.receive, d, 0.0)
+                return {"messages": len(messages), "datagrams_each": len(messages[0])}
+            return f"a {limit >> 20} MiB budget filled with 4 MB models", receiver, feed, limit
+        return plan
+
+    for limit in (64 << 20, 16 << 20):
+        plans[f"budget_filled_{limit >> 20}_mib"] = budget(limit)
+    return plans
+
+
+def measure_attack(name: str, seed: int, quick: bool, freeze: bool) -> dict:
+    """One attack shape, in this process: what the receiver did, its slowest calls, what
+    it charged, and how much this process's RSS grew meanwhile."""
+    calls = Calls()
+    try:
+        if name == "other_defects":
+            return other_defects(calls)
+        title, receiver, feed, limit = attack_plans(random.Random(seed), quick)[name](calls)
         gc.collect()
         if freeze:
             gc.freeze()  # the datagrams made to be fed are no full collection's to scan
         before = rss()
-        slowest = {}
-        calls.slowest = {}
         try:
             detail = feed()
         finally:
@@ -335,89 +432,30 @@ def issue_shapes(calls: Calls, rng: random.Random, quick: bool, freeze: bool = T
                 gc.unfreeze()
         gc.collect()
         growth = rss() - before
-        for kind, figure in calls.slowest.items():
-            slowest[kind] = figure
-        result = {"slowest": slowest, "charged_mib": round((receiver.buffered_bytes + getattr(
-            receiver, "cached_bytes", 0)) / 2**20, 2), "open": receiver.open_messages,
-            "rss_growth_mib": round(growth / 2**20, 1), "limit_mib": round(limit / 2**20, 1),
-            "rss_over_limit": round(growth / limit, 3), "stats": dict(receiver.stats), **(detail or {})}
-        print(f"  {name}: {json.dumps(result)}", flush=True)
-        return result
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        return {"title": title, "slowest": calls.slowest, "charged_mib": round(
+            (receiver.buffered_bytes + getattr(receiver, "cached_bytes", 0)) / 2**20, 2),
+            "open": receiver.open_messages, "rss_growth_mib": round(growth / 2**20, 1),
+            "rss_peak_growth_mib": round(peak / 2**20, 1), "limit_mib": round(limit / 2**20, 1),
+            "rss_peak_over_limit": round(peak / limit, 3), "stats": dict(receiver.stats), **(detail or {})}
+    finally:
+        calls.close()
 
-    reps = 4 if quick else 1
-    # 1. manifests of 65,535 one-element tensors, 68 of them open (the issue's), and at the limit
-    for n, count in dict.fromkeys(((65_535 // reps, 68 // reps),
-                                   (getattr(codec, "MAX_MESSAGE_TENSORS", 65_535 // reps), 68 // reps))):
-        tensors = [entry(f"t{i}") for i in range(n)]
-        messages = [message(tensors, [Fragment(0, BOOL, 0, b"\0")], origin=o)[:-1] for o in range(count)]
-        receiver = Reassembler()
 
-        def feed(receiver=receiver, messages=messages):
-            for ds in messages:
-                for d in ds:
-                    calls("datagram", "many-tensor manifest", receiver.receive, d, 0.0)
-            return {"tensors": n, "messages": len(messages), "datagrams_each": len(messages[0]),
-                    "stream_bytes": sum(len(d) for d in messages[0])}
-        out[f"item1_{n}_tensor_manifests_x{count}"] = measured(f"item 1: {count} x {n}-tensor manifests", receiver,
-                                                              feed, receiver.limits.bytes_total)
-        del messages, receiver
-    # 2. 150 manifest-only messages with new layouts, delivered and discarded
-    for n in dict.fromkeys((20_000 // reps, min(4096, getattr(codec, "MAX_MESSAGE_TENSORS", 4096)))):
-        messages = [message([entry(f"m{j}.{i}", (0,)) for i in range(n)], origin=j % 100, message_id=j)
-                    for j in range(150 // reps)]
-        receiver = Reassembler()
-
-        def feed(receiver=receiver, messages=messages):
-            delivered = 0
-            for ds in messages:
-                for d in ds:
-                    got = calls("datagram", "manifest-only message", receiver.receive, d, 0.0)
-                    delivered += isinstance(got, reassembly.ReceivedModel)
-            return {"tensors": n, "messages": len(messages), "delivered": delivered,
-                    "stream_bytes": sum(len(d) for d in messages[0])}
-        out[f"item2_{n}_tensor_layouts_x150"] = measured(f"item 2: 150 manifest-only x {n} tensors", receiver, feed,
-                                                         receiver.limits.bytes_total)
-        del messages, receiver
-    # 4. expire() over open many-tensor messages; packed fragments across empty tensors
-    for n in dict.fromkeys((65_535 // reps, getattr(codec, "MAX_MESSAGE_TENSORS", 65_535 // reps))):
-        tensors = [entry(f"t{i}") for i in range(n)]
-        messages = [message(tensors, [Fragment(0, BOOL, 0, b"\0")], origin=o)[:-1] for o in range(2)]
-        run_on = [entry("a")] + [entry(f"e{i}", (0,)) for i in range(n - 2)] + [entry("z")]
-        runs = message(run_on, [Fragment(0, BOOL, 0, b"\1\1") for _ in range(1001)], origin=9)
-        receiver = Reassembler()
-
-        def feed(receiver=receiver, messages=messages, runs=runs):
-            for ds in messages:
-                for d in ds:
-                    calls("datagram", "many-tensor manifest", receiver.receive, d, 0.0)
-            got = calls("expire", "2 many-tensor messages", receiver.expire, 1e6)
-            calls("datagram", "run-on manifest", receiver.receive, runs[0], 0.0)
-            calls.slowest.pop("run-on", None)
-            began = time.thread_time()
-            for d in runs[1:-1]:
-                calls("run-on", "a 44-byte fragment across empty tensors", receiver.receive, d, 0.0)
-            return {"tensors": n, "expire_delivered": len(got) if isinstance(got, list) else str(got),
-                    "run_on_fragments": len(runs) - 2, "run_on_bytes": len(runs[1]),
-                    "run_on_total_cpu_s": round(time.thread_time() - began, 3)}
-        out[f"item4_cpu_{n}_tensors"] = measured(f"item 4: CPU at {n} tensors", receiver, feed,
-                                                 receiver.limits.bytes_total)
-        del messages, receiver, runs
-    out.update(other_defects(calls))
-    # the byte budget filled with bytes that are really held: 4 MB messages from 40 origins,
-    # a tenth of each lost, none expired, into a receiver of 64 MiB
-    large = Large(rng)
-    messages = [large.datagrams(rng) for _ in range(40 // reps)]
-    for limit in (64 << 20, 16 << 20):
-        receiver = Reassembler(limits=Limits(bytes_total=limit, bytes_per_origin=limit))
-
-        def feed(receiver=receiver, messages=messages):
-            for ds in messages:
-                for d in ds:
-                    calls("datagram", "4 MB model", receiver.receive, d, 0.0)
-            return {"messages": len(messages), "datagrams_each": len(messages[0])}
-        out[f"budget_filled_{limit >> 20}_mib"] = measured(f"a {limit >> 20} MiB budget filled with 4 MB models",
-                                                            receiver, feed, limit)
-        del receiver
+def issue_shapes(seed: int, quick: bool, freeze: bool = True) -> dict[str, dict]:
+    """Every attack shape in a fresh process of this interpreter and environment (so with
+    whichever mfd_core PYTHONPATH names): its RSS is its own."""
+    out = {}
+    for name in [*attack_plans(random.Random(seed), quick), "other_defects"]:
+        command = [sys.executable, str(Path(__file__).resolve()), "--attack", name, "--seed", str(seed)]
+        command += ["--quick"] if quick else []
+        command += [] if freeze else ["--no-gc-freeze"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            out[name] = {"failed": done.stderr[-2000:]}
+        else:
+            out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {name}: {json.dumps(out[name])}", flush=True)
     return out
 
 
@@ -506,7 +544,6 @@ def other_defects(calls: Calls) -> dict[str, Any]:
         doc = {"format": 1, "tensors": [{"name": "a", "shape": shape, "dtype": "float32", "encoding": "fp32"}]}
         out[label] = outcome(codec.Manifest.from_bytes, json.dumps(doc).encode())
     out["version_byte"] = VERSION
-    print(f"  items 3, 5, 6, 7: {json.dumps(out)}", flush=True)
     return out
 
 
@@ -726,7 +763,6 @@ def fuzz(inputs: int, seed: int, calls: Calls, *, quick: bool, freeze: bool = Tr
 def run(inputs: int, seed: int = 0, *, quick: bool = False, attacks: bool = True, freeze: bool = True) -> dict:
     """Everything but the printing and the file: what the test suite's short run calls."""
     calls = Calls()
-    rng = random.Random(seed)
     try:
         figures: dict[str, Any] = {"version": VERSION}
         if inputs:  # first: its peak RSS is measured from its start
@@ -741,9 +777,8 @@ def run(inputs: int, seed: int = 0, *, quick: bool = False, attacks: bool = True
                             "objects_tracked_at_end": len(gc.get_objects())}
             figures["fuzz"] = result
         if attacks:
-            calls.slowest, calls.over, calls.count = {}, {}, {}
-            print("attack shapes of issue 17:", flush=True)
-            figures["attacks"] = issue_shapes(calls, rng, quick, freeze)
+            print("attack shapes of issue 17, each in a process of its own:", flush=True)
+            figures["attacks"] = issue_shapes(seed, quick, freeze)
         return figures
     finally:
         calls.close()
@@ -759,11 +794,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="leave the objects made at start-up to every full garbage collection (by default "
                              "gc.freeze() puts them aside before the fuzz, as a long-running node would)")
+    parser.add_argument("--attack", default=None, help=argparse.SUPPRESS)  # one shape, in this process
     parser.add_argument("--note", default=None, help="recorded with the results (e.g. which mfd_core was measured)")
     parser.add_argument("--out", type=Path, default=RESULTS / "fuzz.json")
     args = parser.parse_args(argv)
     if args.inputs < 0:
         parser.error("--inputs must be at least 0")
+    if args.attack:  # a child of issue_shapes: one shape, its figures as the last line
+        print(json.dumps(measure_attack(args.attack, args.seed, args.quick, not args.no_gc_freeze)))
+        return 0
     load_start = os.getloadavg()[0]
     began = time.perf_counter()
     figures = run(0 if args.attacks_only else args.inputs, args.seed, quick=args.quick, freeze=not args.no_gc_freeze)
