@@ -8,20 +8,22 @@ to its neighbours), :class:`Pull` (a (re)joining node asks for models), :class:`
 and raises :class:`MessageError` on anything else (a hostile or broken peer costs a
 dropped message, never an exception elsewhere).
 
-On the wire the records ride in the manifest's ``meta`` object (docs/packet-format.md,
-section 4.2), keyed by ``"kind"``.
+On the wire a model's header rides in its manifest's ``meta`` object
+(docs/packet-format.md, section 4.2); a control record is the whole payload of one control
+datagram (section 4.4): no manifest, no JSON, no reassembly.
 """
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Union
 
-# A resend request is read up to this many fragment ranges (a message has at most 2^24
-# fragments; a request naming more ranges than its message has fragments is nonsense).
-MAX_RESEND_RANGES = 1 << 16
+# A resend request names at most this many fragment ranges: it must fit one datagram
+# (8 bytes a range); the fragments it leaves out are asked for in the next round.
+MAX_RESEND_RANGES = 1024
 # A data profile names at most this many classes (the share of each in a node's data).
-MAX_LABELS = 1024
+MAX_LABELS = 256
 MAX_NAME = 128
 
 
@@ -65,12 +67,55 @@ def _floats(meta: Mapping[str, Any], key: str) -> tuple[float, ...]:
 
 
 # -- control messages ---------------------------------------------------------------------
+# A control record is the payload of one control datagram (docs/packet-format.md, section
+# 4.4): a kind byte, then big-endian fields; nothing else to parse, no JSON.
+#
+#   Hello   'H' score f64, samples u32, compute f64, memory f64, width f64, version u32,
+#           degree u16, family (u8 length + UTF-8), labels (u16 count + count x f32)
+#   Pull    'P'
+#   Resend  'R' message_id u16, count u16, count x (start u32, stop u32)
+
+_HELLO = struct.Struct(">dIdddIH")
+_RESEND = struct.Struct(">HH")
+_RANGE = struct.Struct(">II")
+
+
+class _Reader:
+    """Reads a record's fields; running past its end or leaving bytes over is a MessageError."""
+
+    def __init__(self, payload: bytes, kind: str) -> None:
+        self.data, self.at, self.kind = memoryview(payload), 1, kind
+
+    def take(self, fmt: struct.Struct) -> tuple:
+        if self.at + fmt.size > len(self.data):
+            raise MessageError(f"{self.kind}: the record is cut short")
+        values = fmt.unpack_from(self.data, self.at)
+        self.at += fmt.size
+        return values
+
+    def bytes(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise MessageError(f"{self.kind}: the record is cut short")
+        out = bytes(self.data[self.at:self.at + n])
+        self.at += n
+        return out
+
+    def end(self) -> None:
+        if self.at != len(self.data):
+            raise MessageError(f"{self.kind}: {len(self.data) - self.at} bytes after the record")
+
+
+def _finite(kind: str, **values: float) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise MessageError(f"{kind}.{name}: expected a finite number, got {value!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Hello:
     """What a node says about itself to its neighbours: no data, only a profile."""
 
-    KIND: ClassVar[str] = "hello"
+    KIND: ClassVar[bytes] = b"H"
     score: float
     samples: int
     compute: float
@@ -81,31 +126,47 @@ class Hello:
     labels: tuple[float, ...] = ()  # class shares of its data (travelling models route on them)
     degree: int = 0  # how many neighbours it hears from: a node with few gets little
 
-    def encode(self) -> dict[str, Any]:
-        return {"kind": self.KIND, "score": self.score, "samples": self.samples, "compute": self.compute,
-                "memory": self.memory, "family": self.family, "width": self.width, "version": self.version,
-                "labels": list(self.labels), "degree": self.degree}
+    def encode(self) -> bytes:
+        family = self.family.encode("utf-8")
+        if len(family) > 255 or len(self.labels) > MAX_LABELS:
+            raise ValueError(f"a hello carries a family name of at most 255 bytes and at most {MAX_LABELS} labels")
+        head = _HELLO.pack(float(self.score), int(self.samples) & 0xFFFFFFFF, float(self.compute),
+                           float(self.memory), float(self.width), int(self.version) & 0xFFFFFFFF,
+                           min(int(self.degree), 0xFFFF))
+        labels = struct.pack(f">H{len(self.labels)}f", len(self.labels), *self.labels)
+        return self.KIND + head + bytes([len(family)]) + family + labels
 
     @classmethod
-    def decode(cls, meta: Mapping[str, Any]) -> "Hello":
-        return cls(score=_float(meta, "score", 0.0), samples=_int(meta, "samples", 0),
-                   compute=_float(meta, "compute", 0.0), memory=_float(meta, "memory", 0.0),
-                   family=_str(meta, "family", ""), width=_float(meta, "width", 1.0),
-                   version=_int(meta, "version", 0), labels=_floats(meta, "labels"),
-                   degree=_int(meta, "degree", 0))
+    def decode(cls, payload: bytes) -> "Hello":
+        r = _Reader(payload, "hello")
+        score, samples, compute, memory, width, version, degree = r.take(_HELLO)
+        try:
+            family = r.bytes(r.take(_U8)[0]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageError("hello.family: not UTF-8") from None
+        (count,) = r.take(_U16)
+        if count > MAX_LABELS:
+            raise MessageError(f"hello.labels: {count} labels, at most {MAX_LABELS}")
+        labels = r.take(struct.Struct(f">{count}f"))
+        r.end()
+        _finite("hello", score=score, compute=compute, memory=memory, width=width)
+        _finite("hello", **{f"labels[{i}]": v for i, v in enumerate(labels)})
+        return cls(score=score, samples=samples, compute=compute, memory=memory, family=family, width=width,
+                   version=version, labels=tuple(labels), degree=degree)
 
 
 @dataclass(frozen=True, slots=True)
 class Pull:
     """A node that (re)joined asks for the current models around it."""
 
-    KIND: ClassVar[str] = "pull"
+    KIND: ClassVar[bytes] = b"P"
 
-    def encode(self) -> dict[str, Any]:
-        return {"kind": self.KIND}
+    def encode(self) -> bytes:
+        return self.KIND
 
     @classmethod
-    def decode(cls, meta: Mapping[str, Any]) -> "Pull":
+    def decode(cls, payload: bytes) -> "Pull":
+        _Reader(payload, "pull").end()
         return cls()
 
 
@@ -113,25 +174,25 @@ class Pull:
 class Resend:
     """Send again these fragments of message ``message_id``: half-open ranges [start, stop)."""
 
-    KIND: ClassVar[str] = "resend"
+    KIND: ClassVar[bytes] = b"R"
     message_id: int
     fragments: tuple[tuple[int, int], ...]
 
-    def encode(self) -> dict[str, Any]:
-        return {"kind": self.KIND, "message_id": self.message_id, "fragments": [list(r) for r in self.fragments]}
+    def encode(self, max_bytes: int | None = None) -> bytes:
+        """The record; with ``max_bytes``, only the first ranges that fit (the rest are
+        asked for again next round)."""
+        fit = len(self.fragments) if max_bytes is None else max(0, (max_bytes - 1 - _RESEND.size) // _RANGE.size)
+        ranges = self.fragments[:min(fit, MAX_RESEND_RANGES)]
+        return self.KIND + _RESEND.pack(self.message_id, len(ranges)) + b"".join(
+            _RANGE.pack(a, b) for a, b in ranges)
 
     @classmethod
-    def decode(cls, meta: Mapping[str, Any]) -> "Resend":
-        ranges = meta.get("fragments", [])
-        if not isinstance(ranges, list):
-            raise MessageError("fragments: expected a list of [start, stop) pairs")
-        pairs = []
-        for pair in ranges[:MAX_RESEND_RANGES]:
-            if not (isinstance(pair, list) and len(pair) == 2 and all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in pair)):
-                raise MessageError(f"fragments: {pair!r} is not a [start, stop) pair of integers")
-            pairs.append((pair[0], pair[1]))
-        return cls(message_id=_int(meta, "message_id", high=0xFFFF), fragments=tuple(pairs))
+    def decode(cls, payload: bytes) -> "Resend":
+        r = _Reader(payload, "resend")
+        message_id, count = r.take(_RESEND)
+        ranges = tuple(r.take(_RANGE) for _ in range(count))
+        r.end()
+        return cls(message_id=message_id, fragments=ranges)
 
     @staticmethod
     def ranges(indices: list[int]) -> tuple[tuple[int, int], ...]:
@@ -145,8 +206,18 @@ class Resend:
         return tuple((a, b) for a, b in out)
 
 
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
 Control = Union[Hello, Pull, Resend]
-CONTROLS: dict[str, type] = {cls.KIND: cls for cls in (Hello, Pull, Resend)}
+CONTROLS: dict[bytes, type] = {cls.KIND: cls for cls in (Hello, Pull, Resend)}
+
+
+def decode_control(payload: bytes) -> Control:
+    """The control record a control datagram carries. :raises MessageError: on anything else."""
+    control = CONTROLS.get(bytes(payload[:1]))
+    if control is None:
+        raise MessageError(f"control: unknown record kind {bytes(payload[:1])!r}")
+    return control.decode(payload)
 
 
 # -- model messages -----------------------------------------------------------------------
@@ -206,12 +277,8 @@ class ModelHeader:
                    round=None if meta.get("round") is None else _int(meta, "round"), travel=travel)
 
 
-def decode(meta: Mapping[str, Any]) -> Control | ModelHeader:
-    """The record a message's meta holds. :raises MessageError: on anything else."""
+def decode(meta: Mapping[str, Any]) -> ModelHeader:
+    """The header a model message's meta holds. :raises MessageError: on anything else."""
     if not isinstance(meta, Mapping):
         raise MessageError("meta: expected an object")
-    kind = meta.get("kind")
-    control = CONTROLS.get(kind) if isinstance(kind, str) else None
-    if control is not None:
-        return control.decode(meta)
     return ModelHeader.decode(meta)

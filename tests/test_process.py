@@ -13,6 +13,7 @@ import networkx as nx
 import pytest
 import torch
 
+from mfd_core.messages import Pull
 from mfd_core.datasets import load_digits, train_val_test_split
 from mfd_core.runtime import World, build_world
 from mfd_core.learners import TorchSupervisedLearner
@@ -186,13 +187,12 @@ def test_a_node_still_bootstrapping_does_not_answer_pulls() -> None:
     world = build_world(tiny(), seed=0)
     node, asker = world.nodes[0], world.nodes[1]
     node.joined_at = 0.0
-    pull = received(world, asker.id, node.id, {}, kind="pull")
     sent = node.bytes_sent
     world.policy.runtime = world
-    node.deliver(pull, asker.id)
+    world.policy.on_control(node, Pull(), asker.id)
     assert node.bytes_sent == sent  # stale: no answer
     node.neighbour_models[2] = (node.learner.get_state(), None, 1.0, 0.5)  # merged something since
-    node.deliver(pull, asker.id)
+    world.policy.on_control(node, Pull(), asker.id)
     assert node.bytes_sent > sent
 
 

@@ -14,6 +14,7 @@ socket, or in a Ray actor.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,10 +25,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import codec, knowledge
-from ..messages import Hello, MessageError, ModelHeader, Pull, Resend, decode
+from .. import packet
+from ..messages import Hello, MessageError, ModelHeader, Pull, Resend, decode, decode_control
 from ..network.base import Network
 from ..packet import NEIGHBOURS, PacketError
-from ..reassembly import Limits, Reassembler, ReceivedModel
+from ..reassembly import Limits, Reassembler, ReceivedControl, ReceivedModel
 from ..scaling import ModelFamily, activated_parameters
 
 if TYPE_CHECKING:
@@ -286,14 +288,19 @@ class Node:
 
     def send_control(self, destination: int, record: Hello | Pull | Resend, next_hop: int | None = None,
                      ttl: int = 16) -> int:
-        """A control message (no tensors, the same packets and checks).
+        """A control message: one control datagram (no manifest, JSON or reassembly),
+        checked and signed like any other.
 
         ``ttl``: forwards a ``BROADCAST`` may still take (0: the neighbours only).
         """
-        datagrams = codec.to_datagrams({}, origin=self.id, destination=destination, model_version=self.version,
-                                       message_id=self._next_message_id(), mtu=self.services.transport.mtu,
-                                       key=self.services.key, meta=record.encode(), ttl=ttl)
-        return self._send(datagrams, next_hop=next_hop, kind="control")
+        room = self.services.transport.mtu - packet.HEADER_SIZE - (packet.TAG_SIZE if self.services.key else 0)
+        payload = record.encode(room) if isinstance(record, Resend) else record.encode()
+        if len(payload) > room and isinstance(record, Hello) and record.labels:
+            payload = dataclasses.replace(record, labels=()).encode()  # the profile without the class shares
+        datagram = packet.build_control(payload, origin=self.id, destination=destination,
+                                        message_id=self._next_message_id(), model_version=self.version & 0xFFFFFFFF,
+                                        ttl=ttl, key=self.services.key)
+        return self._send((datagram,), next_hop=next_hop, kind="control")
 
     def _send(self, datagrams, *, next_hop: int | None, kind: str) -> int:
         sent = 0
@@ -326,10 +333,29 @@ class Node:
             message = self.reassembler.receive(datagram, self.network.env.now)
         except PacketError:
             return  # counted in the reassembler's stats; nothing else to do
+        if type(message) is ReceivedControl:
+            self._control(message)
+            return
         if self.reassembler.open_messages > opened:
             self._schedule_expiry()
         if message is not None:
             self.deliver(message, from_node)
+
+    def _control(self, received: ReceivedControl) -> None:
+        try:
+            record = decode_control(received.payload)
+        except MessageError:
+            self.counters.malformed += 1
+            return
+        origin = received.origin
+        if type(record) is Hello:
+            if origin not in self.reports:
+                self.heard_new_neighbour = True  # it has not heard this node either, likely
+            self.reports[origin] = Report.from_hello(record, self.network.env.now)
+        elif type(record) is Resend:
+            self._resend(origin, record)
+        else:
+            self.policy.on_control(self, record, origin)
 
     def _schedule_expiry(self) -> None:
         """One pending look at the open messages per node, however many are open."""
@@ -371,20 +397,11 @@ class Node:
         self.counters.resent += len(wanted)
 
     def deliver(self, message: ReceivedModel, from_node: int | None = None) -> None:
-        """Hand a reassembled message to what handles its record: the node itself (hello,
-        resend) or its policy (models, pulls). A record that does not decode is dropped."""
+        """Hand a reassembled model message to the policy, with its decoded header; a
+        header that does not decode (a broken or hostile peer) drops the message."""
         try:
-            record = decode(message.manifest.meta)
+            header = decode(message.manifest.meta)
         except MessageError:
             self.counters.malformed += 1
             return
-        if isinstance(record, Resend):
-            self._resend(message.origin, record)
-        elif isinstance(record, Hello):
-            if message.origin not in self.reports:
-                self.heard_new_neighbour = True  # it has not heard this node either, likely
-            self.reports[message.origin] = Report.from_hello(record, self.network.env.now)
-        elif isinstance(record, ModelHeader):
-            self.policy.on_model(self, message, record, from_node)
-        else:
-            self.policy.on_control(self, record, message.origin)
+        self.policy.on_model(self, message, header, from_node)
