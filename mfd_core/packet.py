@@ -9,6 +9,10 @@ Every datagram carries enough to be routed (destination, TTL), placed (message i
 fragment index/count, tensor index, element range, encoding) and checked (CRC32C, and
 optionally a truncated HMAC-SHA256) on its own. Parsing any byte string returns a
 :class:`Packet` or raises :class:`PacketError` with a message saying what was wrong.
+
+A *control* datagram (:func:`build_control`) is a whole message in one datagram: the
+same header, and a payload of opaque bytes that the layer above defines (a hello, a
+pull, a resend request); no manifest, no reassembly.
 """
 from __future__ import annotations
 
@@ -27,13 +31,16 @@ import numpy as np
 from crc32c import crc32c
 
 MAGIC = 0x4D  # "M"
-VERSION = 1
+# Version 2 (docs/packet-format.md): control datagrams, packed runs and deflated
+# manifests, length-prefixed family ids. Version-1 datagrams are refused: every node of a
+# fleet runs the same build, and a decoder of both would have to keep two family ids.
+VERSION = 2
 
 # Flags: the low nibble of byte 1 (the high nibble is the protocol version).
 FLAG_MANIFEST = 0x1  # the payload is a slice of the message's manifest stream
 FLAG_QUANT = 0x2  # an 8-byte quantisation extension follows the fixed header
 FLAG_AUTH = 0x4  # a 16-byte HMAC-SHA256 tag follows the payload
-FLAG_RESERVED = 0x8  # must be zero in version 1
+FLAG_RESERVED = 0x8  # must be zero
 
 # Destinations that are not a single node.
 BROADCAST = 0xFFFF_FFFF  # every node, forwarded until the TTL runs out
@@ -41,7 +48,8 @@ NEIGHBOURS = 0xFFFF_FFFE  # every direct neighbour of the sender, never forwarde
 MAX_NODE_ID = 0xFFFF_FFFD
 
 MANIFEST_TENSOR = 0xFFFF  # tensor_index of manifest fragments
-MAX_TENSORS = MANIFEST_TENSOR  # tensor indices 0 .. 0xFFFE
+# What the tensor index field can name, 0 .. 0xFFFE (a manifest lists at most codec.MAX_MESSAGE_TENSORS).
+MAX_TENSORS = MANIFEST_TENSOR
 
 # Big-endian ("network order") fixed header. 3-byte fragment index/count are split
 # into a 16-bit high part and an 8-bit low part because struct has no 24-bit code.
@@ -69,6 +77,8 @@ MAX_MTU = 65_535
 MAX_PAYLOAD = MAX_MTU - HEADER_SIZE  # the most payload bytes any datagram can carry
 MAX_DATAGRAM = MAX_MTU  # build never makes a longer one, so parse refuses longer input
 MAX_FRAGMENTS = 0xFF_FFFF  # 24-bit fragment index/count
+# A control datagram is one whole datagram: its payload is what is left of the largest.
+MAX_CONTROL_PAYLOAD = MAX_DATAGRAM - HEADER_SIZE
 MAX_ELEMENTS = 0xFFFF_FFFF  # 32-bit element_start: one tensor holds at most 2^32-1 elements
 
 # Payload encodings: the code, the numpy dtype string (little-endian on the wire) and the
@@ -86,10 +96,12 @@ ENCODINGS: dict[int, tuple[str, str, int]] = {
     9: ("bool", "<u1", 1),  # one byte per element, 0 or 1
     10: ("manifest", "<u1", 1),  # bytes of the manifest stream (uint32 length + JSON)
     11: ("int8raw", "<i1", 1),  # an int8 tensor sent as it is (no quantisation)
+    12: ("control", "<u1", 1),  # a control datagram's payload: opaque bytes of the layer above
 }
 ENCODING_CODE = {name: code for code, (name, _, _) in ENCODINGS.items()}
 ENCODING_INT8 = ENCODING_CODE["int8"]
 ENCODING_MANIFEST = ENCODING_CODE["manifest"]
+ENCODING_CONTROL = ENCODING_CODE["control"]
 # Item size by code, as a tuple so the per-packet paths index instead of hashing.
 _ITEMSIZE = tuple(ENCODINGS[code][2] if code in ENCODINGS else 0 for code in range(256))
 
@@ -192,6 +204,10 @@ class Packet(NamedTuple):
     @property
     def authenticated(self) -> bool:
         return bool(self.flags & FLAG_AUTH)
+
+    @property
+    def is_control(self) -> bool:
+        return self.encoding == ENCODING_CONTROL
 
     @property
     def element_count(self) -> int:
@@ -451,6 +467,8 @@ def _check_fragment(item: Fragment | Run) -> tuple[int, int]:
         raise ValueError("every fragment carries at least one byte of payload")
     if nbytes % itemsize or chunk % itemsize:
         raise ValueError(f"payload is not a whole number of {enc[0]} elements")
+    if item.encoding == ENCODING_CONTROL:
+        raise ValueError("a control payload is a datagram of its own: see build_control")
     manifest = item.tensor_index == MANIFEST_TENSOR
     if manifest != (item.encoding == ENCODING_MANIFEST) or not 0 <= item.tensor_index <= MANIFEST_TENSOR:
         raise ValueError("tensor index 0xFFFF and the manifest encoding go together; tensors are 0..0xFFFE")
@@ -622,6 +640,48 @@ def _build_small(plan: list, total: int, count: int, family_id: int, model_versi
     return [readonly[start:end] for start, end in spans]
 
 
+def build_control(payload: bytes | bytearray | memoryview, *, origin: int, destination: int, message_id: int,
+                  model_version: int = 0, ttl: int = 0, key: bytes | None = None) -> bytes:
+    """One control datagram: a whole message of ``payload`` bytes that the layer above
+    defines (a hello, a pull, a resend request), with no manifest and no reassembly.
+
+    The header is a model datagram's, with encoding ``control`` and ``tensor_index``,
+    ``family_id``, ``fragment_index`` and ``element_start`` 0 and ``fragment_count`` 1;
+    routing (destination, TTL), checksum and tag are the same (docs/packet-format.md §4.4).
+
+    :param payload: 1 to :data:`MAX_CONTROL_PAYLOAD` bytes (16 fewer when signed); a
+        link's MTU is the caller's to respect.
+    :param destination: a node id, :data:`NEIGHBOURS` or :data:`BROADCAST`.
+    :param ttl: forwards it may still take; 0 (the default) keeps it to the sender's links.
+    :param key: the fleet key; when given, the datagram carries a tag.
+    :raises ValueError: for anything a receiver would refuse.
+    """
+    check_key(key)
+    check_node_id("origin", origin)
+    check_node_id("destination", destination, special_ok=True)
+    for name, value, bits in (("model_version", model_version, 32), ("message_id", message_id, 16), ("ttl", ttl, 8)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+            raise ValueError(f"{name} must fit {bits} bits unsigned, got {value!r}")
+    try:
+        body = memoryview(payload).cast("B")
+    except TypeError:
+        raise TypeError(f"a control payload is a byte string, got {type(payload).__name__}") from None
+    tag_size = TAG_SIZE if key else 0
+    size = len(body)
+    if not 1 <= size <= MAX_CONTROL_PAYLOAD - tag_size:
+        raise ValueError(f"a control payload holds 1 to {MAX_CONTROL_PAYLOAD - tag_size} bytes, got {size}")
+    payload_end = HEADER_SIZE + size
+    out = bytearray(payload_end + tag_size)
+    _HEADER.pack_into(out, 0, MAGIC, (VERSION << 4) | (FLAG_AUTH if key else 0), HEADER_SIZE, ENCODING_CONTROL,
+                      message_id, 0, 0, model_version, origin, destination, 0, 0, 0, 1, 0, size, ttl, 0, 0)
+    out[HEADER_SIZE:payload_end] = body
+    flat = memoryview(out)
+    if key:
+        out[payload_end:] = _tag(key, flat, payload_end)
+    _CRC.pack_into(out, _CHECKSUM_OFFSET, crc32c(flat[HEADER_SIZE:], crc32c(flat[:_COVERED_PREFIX])))
+    return bytes(out)
+
+
 def _as_bytes_view(datagram) -> memoryview:
     """Any byte string (bytes, bytearray, memoryview, array, ndarray) as a flat byte view."""
     try:
@@ -646,8 +706,8 @@ _FAST_HEADER = struct.Struct(">IHHIIIIHBHBIHBBI")
 assert _FAST_HEADER.size == HEADER_SIZE
 
 
-def _fast_kinds() -> dict[int, tuple[int, int, int, bool, bool]]:
-    """lead word -> (itemsize, header length, tag size, manifest, quantised), valid ones only."""
+def _fast_kinds() -> dict[int, tuple[int, int, int, bool, bool, bool]]:
+    """lead word -> (itemsize, header length, tag size, manifest, quantised, control), valid ones only."""
     kinds = {}
     for encoding, (_, _, itemsize) in ENCODINGS.items():
         for flags in range(8):  # bit 3 is reserved
@@ -657,21 +717,24 @@ def _fast_kinds() -> dict[int, tuple[int, int, int, bool, bool]]:
                 continue
             header_len = HEADER_SIZE + (QUANT_SIZE if quantised else 0)
             lead = (MAGIC << 24) | (((VERSION << 4) | flags) << 16) | (header_len << 8) | encoding
-            kinds[lead] = (itemsize, header_len, TAG_SIZE if auth else 0, manifest, quantised)
+            kinds[lead] = (itemsize, header_len, TAG_SIZE if auth else 0, manifest, quantised,
+                           encoding == ENCODING_CONTROL)
     return kinds
 
 
 _FAST_KINDS = _fast_kinds()
 
 
-def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None) -> Packet:
+def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None, *, crc: int | None = None) -> Packet:
     """Parse and check one datagram.
 
     :param key: the fleet key; when given, unsigned and forged packets are refused with
         :class:`AuthError` (replay needs state: the reassembler checks it).
+    :param crc: the datagram's CRC32C as :func:`batch_checksums` computed it, compared in
+        place of computing it again; None computes it.
     :raises PacketError: for anything that is not a well-formed, intact MFD packet.
     """
-    return _parse(datagram, key, None)
+    return _parse(datagram, key, crc)
 
 
 def _parse(datagram: bytes | bytearray | memoryview, key: bytes | None, crc: int | None) -> Packet:
@@ -691,14 +754,15 @@ def _parse(datagram: bytes | bytearray | memoryview, key: bytes | None, crc: int
              fcnt_hi, fcnt_lo, element_start, payload_len, ttl, hops, checksum) = _FAST_HEADER.unpack_from(buf)
             kind = _FAST_KINDS.get(lead)
             if kind is not None:
-                itemsize, header_len, tag_size, manifest, quantised = kind
+                itemsize, header_len, tag_size, manifest, quantised, control = kind
                 fragment_index = (fidx_hi << 8) | fidx_lo
                 fragment_count = (fcnt_hi << 8) | fcnt_lo
                 payload_end = header_len + payload_len
                 if (len(buf) == payload_end + tag_size <= MAX_DATAGRAM and fragment_index < fragment_count and payload_len
                         and not payload_len % itemsize and (tensor_index == MANIFEST_TENSOR) == manifest
                         and origin <= MAX_NODE_ID and element_start + payload_len // itemsize <= MAX_ELEMENTS
-                        and not quantised):
+                        and not quantised
+                        and (not control or not (tensor_index | family_id | element_start) and fragment_count == 1)):
                     if crc is None:
                         crc = crc32c(buf[HEADER_SIZE:], crc32c(buf[:_COVERED_PREFIX]))
                     if crc != checksum:
@@ -753,6 +817,10 @@ def _parse_checked(datagram: bytes | bytearray | memoryview, key: bytes | None =
         raise PacketError("manifest flag, tensor index 0xFFFF and manifest encoding must go together")
     fragment_index = (fidx_hi << 8) | fidx_lo
     fragment_count = (fcnt_hi << 8) | fcnt_lo
+    if encoding == ENCODING_CONTROL and (fragment_index or fragment_count != 1 or tensor_index or family_id
+                                         or element_start):
+        raise PacketError("a control datagram is fragment 0 of 1, with tensor index, family id and element "
+                          "start 0")
     if fragment_count == 0:
         raise PacketError("fragment count is zero")
     if fragment_index >= fragment_count:
@@ -802,7 +870,7 @@ def peek_route(datagram: bytes | memoryview) -> tuple[int, int, int]:
                 return destination, ttl, hops
     buf = _as_bytes_view(datagram)
     if len(buf) < HEADER_SIZE or buf[0] != MAGIC or buf[1] >> 4 != VERSION:
-        raise PacketError("not an MFD version-1 packet")
+        raise PacketError(f"not an MFD version-{VERSION} packet")
     destination = int.from_bytes(buf[_DESTINATION_OFFSET:_DESTINATION_OFFSET + 4], "big")
     return destination, buf[_TTL_OFFSET], buf[_TTL_OFFSET + 1]
 

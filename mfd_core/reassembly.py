@@ -4,13 +4,15 @@ Sans-IO: the owner of the clock passes ``now`` (simulated or wall seconds) to
 :meth:`Reassembler.receive` and :meth:`Reassembler.expire`. A message whose fragments
 all arrive is delivered complete; one still open after ``timeout`` is delivered
 *partial*, with a boolean mask per tensor of the elements that arrived, so the
-receiver keeps its own values everywhere else. Memory is bounded: every limit is a
-named constant, bytes are charged before they are allocated, and the oldest open
-message is evicted first when a limit is reached.
+receiver keeps its own values everywhere else. A control datagram is a whole message
+on its own and comes out at once as a :class:`ReceivedControl`. Memory is bounded:
+every limit is a named constant, bytes are charged before they are allocated, and the
+oldest open message is evicted first when a limit is reached.
 """
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -18,10 +20,10 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from .codec import (_MANIFEST_PREFIX, MANIFEST_ZLIB, MAX_MANIFEST_BYTES, Manifest, decode, decode_tensor,
-                    manifest_body_length, manifest_from_stream)
-from .packet import (ENCODING_CODE, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, FLAG_QUANT, MAX_PAYLOAD, AuthError,
-                     LimitError, Packet, PacketError, _parse, batch_checksums, check_key)
+from .codec import (MANIFEST_PREFIX, MANIFEST_ZLIB, MAX_MANIFEST_BYTES, Layout, LayoutCache, Manifest, TensorSpec,
+                    decode_block, decode_tensor, delivery_nbytes, manifest_body_length, manifest_extras, manifest_json)
+from .packet import (ENCODING_CODE, ENCODING_CONTROL, ENCODING_INT8, FLAG_AUTH, FLAG_MANIFEST, FLAG_QUANT,
+                     MAX_PAYLOAD, AuthError, LimitError, Packet, PacketError, batch_checksums, check_key, parse)
 
 # Linux waits 30 s for the fragments of an IP datagram (net.ipv4.ipfrag_time); a model
 # message is larger but our links are simulated or local, so the same default serves.
@@ -40,14 +42,62 @@ MAX_BYTES_TOTAL = 1 << 30
 MAX_EARLY_FRAGMENTS = 4096
 # Recently finished messages, remembered so a late duplicate is not taken for a new one.
 RECENT_MEMORY = 1024
+# With a key, the message ids of one origin's newest model version that are remembered
+# below the newest one (a sliding window, as IPsec's anti-replay window, RFC 4303 §3.4.3,
+# whose recommended minimum is 64): reordering across more messages of one origin than
+# this is refused as a replay. 1,024 bits is 128 bytes per origin of the fleet.
+REPLAY_WINDOW = 1024
+# Message ids are 16-bit serial numbers (RFC 1982): one is newer than another when it is
+# 1 to 32,767 ahead of it, modulo 65,536.
+_SERIAL_HALF = 1 << 15
 # Bookkeeping charged per fragment a message declares, before anything else is taken:
 # one bit of the received-bitmap plus the (tensor, start, count) int64 triple each
 # arrival records, rounded up. A first packet that declares 2^24 fragments is thereby
 # charged ~420 MB and refused under the default per-origin budget instead of pinning it.
 BOOKKEEPING_BYTES_PER_FRAGMENT = 25
+
+# What else a peer makes a receiver hold is charged too, by these measured costs
+# (tracemalloc, CPython 3.11; tests/test_reassembly.py checks the charges cover what is
+# held, for the attack shapes of issue 17):
+# - an open message's own objects (its record, the table entries, the header it keeps);
+OPEN_MESSAGE_BYTES = 2048
+# - a fragment held before its manifest, beyond its payload (a tuple of its fields);
+EARLY_FRAGMENT_BYTES = 256
+# - a manifest slice's bytes, while the stream is assembled: the stream, a byte of
+#   coverage each, and the copy that is parsed;
+STREAM_BYTES_PER_BYTE = 3
+# - a manifest's JSON while it is parsed: json.loads makes up to ~37 bytes of objects
+#   per byte of text (nested one-key objects, {"":{"":{}}}; lists of empty lists ~32, a
+#   tensor list ~11), and ~1 more while it runs. The objects are not kept: an open
+#   message holds its manifest as the stream it came in (and tables of plain tuples), and
+#   parses it again to deliver it. Held, they would be the garbage collector's to scan at
+#   every full collection of the process, however many a peer made (a 1 GiB budget of
+#   small lists is ~19 million objects: seconds per collection);
+PARSE_BYTES_PER_JSON_BYTE = 40
+# - zlib's state while a deflated manifest is inflated (its 32 KiB window and tables);
+INFLATE_BYTES = 64 << 10
+# - each tensor's entry in a message's tables (a tuple of 6 numbers, a list slot, its
+#   name's str beyond the bytes it took in the JSON, which are charged too);
+TENSOR_BYTES = 256
+# - a (tensor, start, count) triple recorded beyond one per fragment (a packed fragment
+#   records one per tensor it reaches).
+RANGE_BYTES = 24
+# expire() delivers at most this much work per call (tensors, plus element ranges / 8),
+# and at least one message: the rest, due too, are delivered by the next call. 2,048
+# tensors (a message at the limit) take ~15 ms to deliver here.
+EXPIRE_WORK = 2048
+# quiet() names at most this many missing fragments per message (the first ones): a
+# request for them fits a few datagrams, and the next call names the rest.
+QUIET_MISSING = 4096
 # Tensors of a message share one buffer, each at an offset aligned for any dtype (and
 # a cache line).
 _ALIGN = 64
+# A manifest stream is at most this long (§4.2: a 4-byte prefix and the JSON).
+_STREAM_LIMIT = MAX_MANIFEST_BYTES + MANIFEST_PREFIX.size
+_ONES = b"\x01" * 65_536  # coverage marks for a manifest slice (at most a datagram long)
+_ENCODING_BOOL = ENCODING_CODE["bool"]
+_FALSE_TRUE = b"\x00\x01"  # the only bytes a bool element may be (§3)
+_EMPTY = memoryview(b"")
 
 
 @dataclass(frozen=True)
@@ -97,53 +147,97 @@ class ReceivedModel:
         return self.fragments_received / self.fragment_count
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedControl:
+    """A control datagram as delivered: the header fields the layer above needs and its
+    payload, whose bytes that layer defines (see :func:`mfd_core.packet.build_control`)."""
+
+    origin: int
+    destination: int
+    message_id: int
+    model_version: int
+    payload: bytes
+    hops: int
+
+
 class _Open:
     """One message being reassembled."""
 
-    __slots__ = ("first", "ident", "started", "last", "seen", "received", "max_hops", "nbytes",
-                 "manifest_chunks", "manifest_length", "manifest_have", "manifest_stream",
-                 "manifest", "buffers", "tensors", "ranges", "early", "early_bytes")
+    __slots__ = ("first", "ident", "last", "seen", "received", "max_hops", "nbytes", "stream", "covered",
+                 "stream_have", "stream_total", "manifest", "specs", "layout", "block", "view", "offsets", "tensors",
+                 "nonempty", "ranges", "early", "early_bytes")
 
     def __init__(self, first: Packet, started: float) -> None:
-        self.first = first  # the fields every other fragment must agree with
-        self.ident = (first.fragment_count, first.family_id, first.model_version)
-        self.started = started
-        self.last = started  # when its latest fragment arrived
+        self.first = first  # its header fields, without the payload (a view into a datagram)
+        # what every datagram of the message must repeat (docs/packet-format.md §4)
+        self.ident = (first.fragment_count, first.family_id, first.model_version, first.destination)
+        self.last = started  # when its latest new fragment arrived
         self.seen = bytearray((first.fragment_count + 7) >> 3)  # bitmap of fragment indices
         self.received = 0
         self.max_hops = 0
         self.nbytes = 0  # charged to the origin's and the total budget
-        self.manifest_chunks: dict[int, bytes] = {}
-        self.manifest_length: int | None = None
-        self.manifest_have = 0
-        self.manifest_stream: bytes | None = None
+        # The manifest stream while its slices arrive: the bytes, and a byte per byte that
+        # says which arrived (a slice that overlaps another is caught as it arrives, at
+        # the cost of its own length); once parsed, the stream alone, as later copies of
+        # a slice must repeat it.
+        self.stream: bytearray | bytes = bytearray()
+        self.covered: bytearray | None = bytearray()
+        self.stream_have = 0
+        self.stream_total: int | None = None  # 4 + L, once bytes 0..3 have arrived
+        # The parsed manifest, only within the call that parsed it (or a known layout): an
+        # open message keeps the stream, its tensors' fields as plain tuples (name, shape,
+        # dtype, encoding, scale, zero point) and (family id, tensor bytes), from which it
+        # is built again to be delivered.
         self.manifest: Manifest | None = None
-        self.buffers: list[np.ndarray] | None = None
-        # per tensor: (encoding code, itemsize, numel, scale, zero point, writable view)
+        self.specs: list[tuple] | None = None
+        self.layout: tuple[int, int] | None = None
+        self.block: np.ndarray | None = None  # every tensor's wire bytes
+        self.view: memoryview | None = None  # the block, writable
+        self.offsets: list[int] | None = None  # where each tensor starts in the block
+        # per tensor: (encoding code, itemsize, numel, scale, zero point, byte offset)
         self.tensors: list[tuple] | None = None
-        self.ranges = array("q")  # (tensor, start, count) per placed fragment, flattened
-        self.early: list[Packet] = []
+        self.nonempty: list[int] | None = None  # indices of tensors with elements, for packed fragments
+        self.ranges = array("q")  # (tensor, start, count) per placed range, flattened
+        # fragments that came before the manifest: (tensor, encoding, flags, start, scale,
+        # zero point, payload), plain tuples (which the garbage collector stops tracking)
+        self.early: list[tuple] = []
         self.early_bytes = 0
 
 
 class Reassembler:
-    """Turns a stream of datagrams from many origins into :class:`ReceivedModel` objects.
+    """Turns a stream of datagrams from many origins into :class:`ReceivedModel` objects
+    (and :class:`ReceivedControl` ones for control datagrams).
 
     A message is named by (origin, message id); its fragments may arrive in any order,
-    interleaved with other messages, duplicated or not at all.
+    interleaved with other messages, duplicated or not at all. A control datagram is a
+    message of its own, delivered as it arrives: it opens nothing and holds no state but
+    its name among the recently finished messages (so that a late copy is not delivered
+    twice) and, with a key, the replay record of its origin.
+
+    Whatever a peer sends, this receiver holds at most its :class:`Limits` (parsed
+    manifests, per-tensor tables and its cache of layouts included, each charged before it
+    is made), and one call does a bounded amount of work: proportional to the datagram
+    (its bytes, and the tensors a packed fragment reaches), plus, for the datagram that
+    completes a manifest or a message, that manifest's JSON (at most
+    :data:`~mfd_core.codec.MAX_MANIFEST_BYTES`) and tensors (at most
+    :data:`~mfd_core.codec.MAX_MESSAGE_TENSORS`) and the decoding of the bytes that arrived
+    (see :meth:`expire` for its share).
 
     :param key: fleet key; when set, unsigned, forged and replayed packets are refused.
-        A replay is a packet that would start a message with an older model version than
-        one this reassembler already accepted from the same origin.
+        A replay is a packet that would start a message this reassembler accepted already
+        from the same origin, or one older than it can tell: an older model version, or at
+        the newest version a message id more than :data:`REPLAY_WINDOW` behind the newest.
     :param known_layouts: manifests this node already knows, by family id: a message
         whose own manifest is lost can still be placed by them (unless it carries int8
         tensors, whose quantisation parameters change with every message).
 
-    ``stats`` counts what happened: ``fragments`` placed, ``duplicates``, ``late``
-    (fragments of a message already delivered or dropped), ``complete``, ``partial``,
-    ``evicted``, ``superseded``, ``lost_manifest``, and every refusal by its
-    :attr:`PacketError.reason`: ``malformed``, ``corrupted``, ``unsigned``, ``forged``,
-    ``replayed``, ``contradictions``, ``over_limit``.
+    ``stats`` counts what happened: ``fragments`` placed, ``control`` datagrams delivered,
+    ``duplicates``, ``late`` (datagrams of a message already delivered or dropped),
+    ``complete``, ``partial``, ``evicted``, ``superseded``, ``lost_manifest``, and every
+    refusal by its :attr:`PacketError.reason`: ``malformed``, ``corrupted``, ``unsigned``,
+    ``forged``, ``replayed``, ``contradictions``, ``over_limit`` (and ``internal``, a bug
+    of ours rather than a peer's: any other exception, turned into a refusal of its
+    datagram).
     """
 
     def __init__(self, *, key: bytes | None = None, limits: Limits = Limits(),
@@ -155,16 +249,23 @@ class Reassembler:
         self.stats: Counter[str] = Counter()
         self._open: OrderedDict[tuple[int, int], _Open] = OrderedDict()  # oldest first
         self._recent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
-        # Newest model version accepted per origin; only authenticated origins enter it,
-        # so it grows with the fleet, not with what an attacker sends.
-        self._newest_version: dict[int, int] = {}
+        # With a key, per origin: [newest model version accepted, newest message id at that
+        # version, bitmap of the ids accepted (bit k: newest - k)]. Only origins whose
+        # datagrams carried a valid tag enter it, so it grows with the fleet, not with what
+        # an attacker sends.
+        self._replay: dict[int, list[int]] = {}
         self._bytes_by_origin: Counter[int] = Counter()
-        self._bytes_total = 0
+        self._bytes_total = 0  # charged to open messages
+        # Tensor lists validated before (a fleet sends a few layouts, over and over), within
+        # a sixteenth of the budget; its bytes count against the total, and it gives them
+        # back first when messages need them.
+        self._layouts = LayoutCache(nbytes=min(4 << 20, limits.bytes_total // 16))
 
     # -- public API -------------------------------------------------------------------
 
-    def receive(self, datagram: bytes | memoryview, now: float) -> ReceivedModel | None:
-        """Take one datagram; returns the message it completes, if any.
+    def receive(self, datagram: bytes | memoryview, now: float) -> ReceivedModel | ReceivedControl | None:
+        """Take one datagram; returns the message it completes, if any: a
+        :class:`ReceivedModel`, or a :class:`ReceivedControl` for a control datagram.
 
         :raises PacketError: for a malformed, corrupted, unauthenticated, replayed,
             contradictory or over-limit packet, counted in :attr:`stats` under its
@@ -173,7 +274,7 @@ class Reassembler:
         return self._take(datagram, now, None)
 
     def receive_many(self, datagrams: Iterable[bytes | memoryview], now: float, *,
-                     errors: list[tuple[int, PacketError]] | None = None) -> list[ReceivedModel]:
+                     errors: list[tuple[int, PacketError]] | None = None) -> list[ReceivedModel | ReceivedControl]:
         """Take a batch of datagrams (what one ``recvmmsg`` or one tick of a simulated link
         brings), all at time ``now``; returns the messages they complete, in that order.
 
@@ -205,28 +306,32 @@ class Reassembler:
                 out.append(message)
         return out
 
-    def _take(self, datagram, now: float, crc: int | None) -> ReceivedModel | None:
+    def _take(self, datagram, now: float, crc: int | None) -> ReceivedModel | ReceivedControl | None:
         """:meth:`receive`, with the datagram's CRC32C when :meth:`receive_many` computed it."""
+        pkt = None
         try:
-            pkt = _parse(datagram, self.key, crc)
+            pkt = parse(datagram, self.key, crc=crc)
+            if pkt.encoding == ENCODING_CONTROL:  # most of a fleet's datagrams: hellos
+                return self._control(pkt)
             # Fast path: the next tensor fragment of an open message whose manifest is
             # known. The checks are _place_tensor_chunk's; anything else (manifest
             # slices, early fragments, new messages, duplicates, contradictions, a
             # missing tag) takes the general path, which says what was wrong.
-            (flags, encoding, message_id, tensor_index, family_id, model_version, origin, _, index,
+            (flags, encoding, message_id, tensor_index, family_id, model_version, origin, destination, index,
              fragment_count, start, _, hops, payload, scale, zero_point) = pkt
             msg = self._open.get((origin, message_id))
             if (msg is not None and msg.tensors is not None and not flags & FLAG_MANIFEST
-                    and msg.ident == (fragment_count, family_id, model_version)
+                    and msg.ident == (fragment_count, family_id, model_version, destination)
                     and (self.key is None or flags & FLAG_AUTH) and tensor_index < len(msg.tensors)):
                 seen = msg.seen
                 byte, bit = index >> 3, 1 << (index & 7)
-                code, item, numel, tensor_scale, tensor_zero_point, view = msg.tensors[tensor_index]
+                code, item, numel, tensor_scale, tensor_zero_point, offset = msg.tensors[tensor_index]
                 count = len(payload) // item
                 if (not seen[byte] & bit and encoding == code and start + count <= numel
                         and (code != ENCODING_INT8 or not flags & FLAG_QUANT
-                             or (scale == tensor_scale and zero_point == tensor_zero_point))):
-                    view[start * item:(start + count) * item] = payload
+                             or (scale == tensor_scale and zero_point == tensor_zero_point))
+                        and (code != _ENCODING_BOOL or not payload.tobytes().translate(None, _FALSE_TRUE))):
+                    msg.view[offset + start * item:offset + (start + count) * item] = payload
                     msg.ranges.extend((tensor_index, start, count))
                     seen[byte] |= bit
                     msg.received += 1
@@ -245,17 +350,23 @@ class Reassembler:
         except PacketError as exc:
             self.stats[exc.reason] += 1
             raise
+        except Exception as exc:
+            raise self._internal(exc, pkt) from exc
 
-    def receive_packet(self, pkt: Packet, now: float) -> ReceivedModel | None:
+    def receive_packet(self, pkt: Packet, now: float) -> ReceivedModel | ReceivedControl | None:
         """Like :meth:`receive`, for a packet already parsed with this reassembler's key."""
         try:
+            if pkt.encoding == ENCODING_CONTROL:
+                return self._control(pkt)
             return self._receive(pkt, now)
         except PacketError as exc:
             self.stats[exc.reason] += 1
             raise
+        except Exception as exc:
+            raise self._internal(exc, pkt) from exc
 
     def expire(self, now: float) -> list[ReceivedModel]:
-        """Deliver, as partial, every message that has had no new fragment for ``timeout_s``.
+        """Deliver, as partial, messages that have had no new fragment for ``timeout_s``.
 
         Quiet time rather than age (Linux's ipfrag_time counts from the first fragment):
         a large model on a slow link may stream for longer than the timeout, and what
@@ -263,19 +374,31 @@ class Reassembler:
 
         A message whose manifest never arrived (and whose family this node does not
         know) cannot be placed and is dropped, counted as ``lost_manifest``.
+
+        One call delivers the messages due, the longest quiet first, as long as their
+        tensors stay within :data:`EXPIRE_WORK` (one message at least): a call's time stays
+        bounded however many are due, and those left, still open and due, are delivered
+        by the next call (as long as :attr:`open_messages` is not 0, a caller calls again).
         """
-        out = []
-        for key, msg in list(self._open.items()):
-            if now - msg.last < self.limits.timeout_s:
-                continue
-            if msg.manifest is None and not self._adopt_known_layout(msg):
+        due = sorted(((msg.last, key) for key, msg in self._open.items()
+                      if now - msg.last >= self.limits.timeout_s), key=lambda item: item[0])
+        out, work = [], 0
+        for _, key in due:
+            msg = self._open[key]
+            cost = len(msg.tensors or ()) + len(msg.ranges) // 24
+            if out and work + cost > EXPIRE_WORK:
+                break
+            if msg.tensors is None and not self._adopt_known_layout(msg):
                 self.stats["lost_manifest"] += 1
                 self._drop(key, remember=True)
                 continue
+            work += len(msg.tensors) + len(msg.ranges) // 24
             try:
                 out.append(self._finish(key, msg, complete=False))
             except PacketError as exc:
                 self.stats[exc.reason] += 1
+            except Exception as exc:  # one message's failure must not cost the others theirs
+                self._internal(exc, msg.first)
         return out
 
     def quiet(self, now: float, after: float) -> list[tuple[int, int, list[int]]]:
@@ -283,14 +406,15 @@ class Reassembler:
 
         :return: ``(origin, message_id, missing fragment indices)`` per message, so the
             receiver can ask the origin for just those (selective repeat) before the
-            timeout delivers it as partial.
+            timeout delivers it as partial; at most :data:`QUIET_MISSING` per message, the
+            first ones (a later call names the rest).
         """
         out = []
         for (origin, message_id), msg in self._open.items():
             if now - msg.last < after:
                 continue
-            seen, count = msg.seen, msg.ident[0]
-            missing = [i for i in range(count) if not seen[i >> 3] & (1 << (i & 7))]
+            bits = np.unpackbits(np.frombuffer(msg.seen, dtype=np.uint8), bitorder="little")[:msg.ident[0]]
+            missing = np.flatnonzero(bits == 0)[:QUIET_MISSING].tolist()
             out.append((origin, message_id, missing))
         return out
 
@@ -300,10 +424,28 @@ class Reassembler:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes charged to open messages: buffers, early fragments, bookkeeping."""
+        """Bytes charged to open messages: buffers, manifests, tables, early fragments,
+        bookkeeping. With :attr:`cached_bytes`, at most ``limits.bytes_total``."""
         return self._bytes_total
 
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes charged to the layouts this receiver validated before and keeps (a sixteenth
+        of ``limits.bytes_total`` at most, 4 MiB by default; given back first when open
+        messages need room)."""
+        return self._layouts.nbytes
+
     # -- internals ----------------------------------------------------------------------
+
+    def _internal(self, exc: Exception, pkt: Packet | None) -> PacketError:
+        """A refusal for an exception other than :class:`PacketError`: a bug of this module,
+        not a peer's doing (benchmarks/fuzz.py counts them, and finds none). The datagram is
+        still only refused, as any other: the message it belongs to is dropped so that no
+        half-placed state stays, it is counted as ``internal``, and a batch goes on."""
+        if pkt is not None:
+            self._drop((pkt.origin, pkt.message_id), remember=True)
+        self.stats["internal"] += 1
+        return PacketError(f"internal error on this datagram: {type(exc).__name__}: {exc}", reason="internal")
 
     def _receive(self, pkt: Packet, now: float) -> ReceivedModel | None:
         if self.key is not None and not pkt.flags & FLAG_AUTH:
@@ -311,12 +453,13 @@ class Reassembler:
                             reason="unsigned")
         key = (pkt.origin, pkt.message_id)
         msg = self._open.get(key)
-        if msg is None or msg.ident != (pkt.fragment_count, pkt.family_id, pkt.model_version):
+        if msg is None or msg.ident != (pkt.fragment_count, pkt.family_id, pkt.model_version, pkt.destination):
             if msg is not None:
                 if pkt.model_version <= msg.ident[2]:
                     raise PacketError(
                         f"fragment contradicts message {pkt.message_id} from origin {pkt.origin}: "
-                        f"count/family/version {(pkt.fragment_count, pkt.family_id, pkt.model_version)} "
+                        f"count/family/version/destination "
+                        f"{(pkt.fragment_count, pkt.family_id, pkt.model_version, pkt.destination)} "
                         f"vs {msg.ident}", reason="contradictions")
                 # the sender reused the message id for a newer model: the old one is moot
                 self.stats["superseded"] += 1
@@ -325,13 +468,8 @@ class Reassembler:
                 self.stats["late"] += 1
                 return None
             if self.key is not None:
-                newest = self._newest_version.get(pkt.origin, -1)
-                if pkt.model_version < newest:
-                    raise AuthError(f"replayed packet refused: model version {pkt.model_version} from "
-                                    f"origin {pkt.origin} is older than {newest}", reason="replayed")
+                self._check_replay(pkt.origin, pkt.model_version, pkt.message_id)
             msg = self._start(key, pkt, now)
-            if self.key is not None:
-                self._newest_version[pkt.origin] = pkt.model_version
         index = pkt.fragment_index
         byte, bit = index >> 3, 1 << (index & 7)
         if msg.seen[byte] & bit:
@@ -343,7 +481,8 @@ class Reassembler:
             elif msg.tensors is None:
                 self._hold_early(msg, pkt)
             else:
-                self._place_tensor_chunk(msg, pkt)
+                self._place_tensor_chunk(msg, (pkt.tensor_index, pkt.encoding, pkt.flags, pkt.element_start,
+                                               pkt.scale, pkt.zero_point, pkt.payload))
         except PacketError:
             self._drop(key, remember=True)
             raise
@@ -355,37 +494,104 @@ class Reassembler:
         self.stats["fragments"] += 1
         if msg.received == msg.ident[0]:
             return self._finish(key, msg, complete=True)
+        msg.manifest = None  # still open: it keeps the stream, not the objects parsed from it
         return None
+
+    def _control(self, pkt: Packet) -> ReceivedControl | None:
+        """A control datagram: checked like the first datagram of a message, delivered at once."""
+        (flags, _, message_id, _, _, model_version, origin, destination, _, _, _, _, hops, payload, _, _) = pkt
+        if self.key is not None and not flags & FLAG_AUTH:
+            raise AuthError("unsigned packet refused: this receiver requires the fleet key", reason="unsigned")
+        key = (origin, message_id)
+        if key in self._open:  # the name of a message being reassembled
+            msg = self._open[key]
+            if model_version <= msg.ident[2]:
+                raise PacketError(f"control datagram {message_id} from origin {origin} names an open message",
+                                  reason="contradictions")
+            self.stats["superseded"] += 1  # the sender reused the message id for a newer version
+            self._drop(key, remember=True)
+        name = (origin, message_id, model_version)
+        if name in self._recent:
+            self.stats["late"] += 1
+            return None
+        if self.key is not None:
+            self._check_replay(origin, model_version, message_id)
+        self._remember(name)
+        self.stats["control"] += 1
+        return ReceivedControl(origin, destination, message_id, model_version, bytes(payload), hops)
+
+    def _replayed(self, origin: int, version: int, message_id: int) -> str | None:
+        """Why a datagram that would start message ``message_id`` of ``version`` from
+        ``origin`` is a replay, or None if it is not (docs/packet-format.md §5.3)."""
+        record = self._replay.get(origin)
+        if record is None:
+            return None
+        newest_version, newest_id, seen = record
+        if version != newest_version:
+            return None if version > newest_version else f"model version {version} is older than {newest_version}"
+        ahead = (message_id - newest_id) & 0xFFFF
+        if 0 < ahead < _SERIAL_HALF:
+            return None
+        behind = (newest_id - message_id) & 0xFFFF
+        if behind >= REPLAY_WINDOW:
+            return f"message {message_id} is {behind} behind the newest of version {version}, past the window"
+        if seen >> behind & 1:
+            return f"message {message_id} of version {version} was accepted already"
+        return None
+
+    def _check_replay(self, origin: int, version: int, message_id: int) -> None:
+        """Refuse a replay (:class:`AuthError`), or record the message as accepted."""
+        why = self._replayed(origin, version, message_id)
+        if why is not None:
+            raise AuthError(f"replayed packet refused from origin {origin}: {why}", reason="replayed")
+        record = self._replay.get(origin)
+        if record is None or version > record[0]:
+            self._replay[origin] = [version, message_id, 1]
+            return
+        ahead = (message_id - record[1]) & 0xFFFF
+        if ahead < _SERIAL_HALF:  # newer: the window moves on
+            record[1] = message_id
+            record[2] = ((record[2] << ahead) | 1) & ((1 << REPLAY_WINDOW) - 1)
+        else:
+            record[2] |= 1 << ((record[1] - message_id) & 0xFFFF)
+
+    def _remember(self, name: tuple[int, int, int]) -> None:
+        self._recent[name] = None
+        if len(self._recent) > RECENT_MEMORY:
+            self._recent.popitem(last=False)
+
+    # A one-datagram manifest message takes the short path only when its manifest is
+    # plain JSON this short (a hello is ~300 bytes): what parsing it makes for a moment
+    # is then too small to charge. Anything else takes the general, charged path.
+    _WHOLE_MESSAGE_BYTES = 4096
 
     def _whole_control_message(self, pkt: Packet) -> ReceivedModel | None:
         """A message that is one datagram holding its whole manifest and no tensor
-        elements (a hello, a pull, a resend request: most of an MFD fleet's datagrams),
-        delivered without opening, charging and closing a message. None: anything else
-        (including anything refused), which the general path handles and explains."""
+        elements (a hello, a pull, a resend request: most of an MFD fleet's datagrams
+        before control datagrams), delivered without opening, charging and closing a
+        message. None: anything else (including anything refused), which the general path
+        handles and explains."""
         payload = pkt.payload
-        if pkt.element_start or len(payload) < _MANIFEST_PREFIX.size:
+        if pkt.element_start or not MANIFEST_PREFIX.size <= len(payload) <= self._WHOLE_MESSAGE_BYTES:
             return None
-        (prefix,) = _MANIFEST_PREFIX.unpack_from(payload)
-        length = prefix & ~MANIFEST_ZLIB
-        if _MANIFEST_PREFIX.size + length != len(payload) or len(payload) > min(self.limits.bytes_per_origin,
-                                                                                self.limits.bytes_total):
+        (prefix,) = MANIFEST_PREFIX.unpack_from(payload)
+        if prefix & MANIFEST_ZLIB or MANIFEST_PREFIX.size + prefix != len(payload):
             return None
         name = (pkt.origin, pkt.message_id, pkt.model_version)
         if name in self._recent:
             return None  # late: counted by the general path
-        if self.key is not None and pkt.model_version < self._newest_version.get(pkt.origin, -1):
+        if self.key is not None and self._replayed(pkt.origin, pkt.model_version, pkt.message_id):
             return None  # replayed: refused by the general path
         try:
-            manifest = manifest_from_stream(payload)
+            manifest = Manifest.from_bytes(payload[MANIFEST_PREFIX.size:], layouts=self._layouts)
         except PacketError:
             return None
+        self._trim_cache()
         if manifest.nbytes or manifest.family_id != pkt.family_id:
             return None
         if self.key is not None:
-            self._newest_version[pkt.origin] = pkt.model_version
-        self._recent[name] = None
-        while len(self._recent) > RECENT_MEMORY:
-            self._recent.popitem(last=False)
+            self._check_replay(pkt.origin, pkt.model_version, pkt.message_id)
+        self._remember(name)
         self.stats["fragments"] += 1
         self.stats["complete"] += 1
         state = {spec.name: decode_tensor(spec, b"") for spec in manifest.tensors}
@@ -394,7 +600,7 @@ class Reassembler:
 
     def _start(self, key: tuple[int, int], pkt: Packet, now: float) -> _Open:
         limits = self.limits
-        bookkeeping = pkt.fragment_count * BOOKKEEPING_BYTES_PER_FRAGMENT
+        bookkeeping = pkt.fragment_count * BOOKKEEPING_BYTES_PER_FRAGMENT + OPEN_MESSAGE_BYTES
         if bookkeeping > min(limits.bytes_per_origin, limits.bytes_total):
             raise LimitError(f"a message of {pkt.fragment_count} fragments needs more bookkeeping "
                              f"than one origin may use ({limits.bytes_per_origin} bytes)")
@@ -403,7 +609,7 @@ class Reassembler:
             self._evict(same_origin.pop(0))
         while len(self._open) >= limits.open_total:
             self._evict(next(iter(self._open)))
-        msg = _Open(pkt, now)
+        msg = _Open(pkt._replace(payload=_EMPTY), now)
         self._open[key] = msg
         try:
             self._charge(msg, bookkeeping)
@@ -415,59 +621,80 @@ class Reassembler:
     def _hold_early(self, msg: _Open, pkt: Packet) -> None:
         if len(msg.early) >= self.limits.early_fragments:
             raise LimitError(f"more than {self.limits.early_fragments} fragments arrived before the manifest")
-        size = len(pkt.payload)
+        size = len(pkt.payload) + EARLY_FRAGMENT_BYTES
         self._charge(msg, size)
         msg.early_bytes += size
-        # copy: the view may point into a buffer the driver reuses
-        msg.early.append(pkt._replace(payload=memoryview(bytes(pkt.payload))))
+        # the payload copied: the view may point into a buffer the driver reuses
+        msg.early.append((pkt.tensor_index, pkt.encoding, pkt.flags, pkt.element_start, pkt.scale, pkt.zero_point,
+                          bytes(pkt.payload)))
 
     def _place_manifest_chunk(self, msg: _Open, pkt: Packet) -> None:
-        offset, data = pkt.element_start, bytes(pkt.payload)
-        if msg.manifest is not None:  # a repeat of a slice: it must agree with what we parsed
-            stream = msg.manifest_stream
-            if stream is None or offset + len(data) > len(stream) or stream[offset:offset + len(data)] != data:
+        offset, data = pkt.element_start, pkt.payload
+        end = offset + len(data)
+        if msg.tensors is not None:  # a repeat of a slice: it must agree with what we parsed
+            stream = msg.stream
+            if end > len(stream) or stream[offset:end] != data:
                 raise PacketError(f"manifest fragment at offset {offset} contradicts the manifest",
                                   reason="contradictions")
             return
-        stream_limit = MAX_MANIFEST_BYTES + _MANIFEST_PREFIX.size
-        if offset + len(data) > stream_limit:
-            raise PacketError(f"manifest fragment at offset {offset} runs past any manifest "
-                              f"({stream_limit} bytes)", reason="contradictions")
-        if offset in msg.manifest_chunks:
-            raise PacketError(f"two fragments carry the manifest slice at offset {offset}",
-                              reason="contradictions")
-        if offset == 0:
-            if len(data) < _MANIFEST_PREFIX.size:
-                raise PacketError("first manifest fragment is shorter than its length prefix")
-            (prefix,) = _MANIFEST_PREFIX.unpack_from(data)
-            msg.manifest_length = manifest_body_length(prefix)  # deflated or not; LimitError past 4 MiB
-        self._charge(msg, len(data))
-        msg.manifest_chunks[offset] = data
-        msg.manifest_have += len(data)
-        if msg.manifest_length is None:
-            return
-        total = msg.manifest_length + _MANIFEST_PREFIX.size
-        if msg.manifest_have < total:
-            return
-        stream = bytearray(total)
-        covered = 0
-        for off, chunk in sorted(msg.manifest_chunks.items()):
-            if off != covered or off + len(chunk) > total:
-                raise PacketError("manifest fragments overlap, leave a gap or run past the declared length",
+        stream, covered = msg.stream, msg.covered
+        if covered.find(1, offset, end) >= 0:  # any cut is allowed; an overlap is not (§4.1)
+            raise PacketError(f"manifest fragment at offset {offset} overlaps another", reason="contradictions")
+        if end > (msg.stream_total or _STREAM_LIMIT):
+            raise PacketError(f"manifest fragment at offset {offset} runs past the manifest stream "
+                              f"({msg.stream_total or _STREAM_LIMIT} bytes)", reason="contradictions")
+        if end > len(stream):
+            self._charge(msg, STREAM_BYTES_PER_BYTE * (end - len(stream)))
+            covered += bytes(end - len(covered))
+            stream += bytes(end - len(stream))
+        stream[offset:end] = data
+        covered[offset:end] = _ONES[:end - offset]
+        msg.stream_have += end - offset
+        if msg.stream_total is None:
+            if covered[:MANIFEST_PREFIX.size] != _ONES[:MANIFEST_PREFIX.size]:
+                return  # the length prefix has not all arrived (a slice may be 1 byte)
+            (prefix,) = MANIFEST_PREFIX.unpack_from(stream)
+            msg.stream_total = MANIFEST_PREFIX.size + manifest_body_length(prefix)  # LimitError past the limit
+            if len(stream) > msg.stream_total:
+                raise PacketError(f"manifest fragments run past the stream's {msg.stream_total} bytes",
                                   reason="contradictions")
-            stream[off:off + len(chunk)] = chunk
-            covered += len(chunk)
-        manifest = manifest_from_stream(stream)
-        self._open_buffers(msg, manifest, total)
-        # the slices' bytes stay charged, as the assembled stream later slices are checked against
-        msg.manifest_chunks = {}
-        msg.manifest_stream = bytes(stream)
+        if msg.stream_have == msg.stream_total:  # no overlap, nothing past the end: all there, once
+            self._parse_manifest(msg)
 
-    def _open_buffers(self, msg: _Open, manifest: Manifest, stream_len: int | None) -> None:
+    def _parse_manifest(self, msg: _Open) -> None:
+        stream = bytes(msg.stream)
+        total = len(stream)
+        msg.stream, msg.covered = stream, None
+        self._uncharge(msg, (STREAM_BYTES_PER_BYTE - 1) * total)  # the stream alone stays
+        reserved = [INFLATE_BYTES]
+        self._charge(msg, INFLATE_BYTES)
+
+        def reserve(nbytes: int) -> None:  # what inflating makes, charged as it grows
+            self._charge(msg, nbytes)
+            reserved.append(nbytes)
+
+        try:
+            raw = manifest_json(stream, reserve=reserve)
+        finally:
+            self._uncharge(msg, sum(reserved))
+        deflated = MANIFEST_PREFIX.unpack_from(stream)[0] & MANIFEST_ZLIB
+        # what parsing it makes, now and again to deliver it (kept charged till then)
+        parsing = PARSE_BYTES_PER_JSON_BYTE * len(raw) + ((INFLATE_BYTES + 2 * len(raw)) if deflated else 0)
+        self._charge(msg, parsing)  # refuses (LimitError) before json.loads makes its objects
+        try:
+            manifest = Manifest.from_bytes(raw, layouts=self._layouts)
+        except PacketError:
+            self._uncharge(msg, parsing)
+            raise
+        self._trim_cache()
+        self._open_buffers(msg, manifest, total, len(raw))
+
+    def _open_buffers(self, msg: _Open, manifest: Manifest, stream_len: int | None, names_bytes: int) -> None:
         first = msg.first
         if manifest.family_id != first.family_id:
             raise PacketError(f"manifest layout (family {manifest.family_id:#010x}) does not match the "
                               f"family id in the headers ({first.family_id:#010x})", reason="contradictions")
+        specs = manifest.tensors
         nbytes = manifest.nbytes
         count = first.fragment_count
         # Every fragment carries at least one byte and at most MAX_PAYLOAD: a count that
@@ -478,75 +705,90 @@ class Reassembler:
         if stream_len is not None and count > stream_len + nbytes:
             raise PacketError(f"{count} fragments for {stream_len + nbytes} bytes: some would be empty",
                               reason="contradictions")
-        self._charge(msg, nbytes)  # refuses (LimitError) before anything is allocated
-        msg.manifest = manifest
-        # One allocation for the whole message, each tensor at a 64-byte aligned offset.
-        # Not zeroed: a complete message overwrites every byte, and a partial delivery
-        # zeroes what did not arrive (see _finish).
+        # One block for the whole message, each tensor at a 64-byte aligned offset; what
+        # delivering it may make besides (the tensors decoded into new memory, a mask of
+        # what arrived) is charged with it, before anything is allocated.
         offsets, end = [], 0
-        for spec in manifest.tensors:
+        for spec in specs:
             offsets.append(end)
             end += -(-spec.nbytes // _ALIGN) * _ALIGN
-        block = np.empty(end, dtype=np.uint8)
-        msg.buffers = [block[off:off + spec.nbytes] for off, spec in zip(offsets, manifest.tensors)]
-        msg.tensors = [(ENCODING_CODE[spec.encoding], spec.itemsize, spec.numel, spec.scale,
-                        spec.zero_point, memoryview(buf)) for spec, buf in zip(manifest.tensors, msg.buffers)]
+        self._charge(msg, names_bytes + end + delivery_nbytes(specs) + TENSOR_BYTES * len(specs))  # LimitError first
+        msg.manifest = manifest
+        msg.specs = [(spec.name, spec.shape, spec.dtype, spec.encoding, spec.scale, spec.zero_point) for spec in specs]
+        msg.layout = (manifest.family_id, nbytes)
+        # Not zeroed: a complete message overwrites every byte, and a partial delivery
+        # zeroes what did not arrive (see _finish).
+        msg.block = np.empty(end, dtype=np.uint8)
+        msg.view = memoryview(msg.block)
+        msg.offsets = offsets
+        msg.tensors = [(ENCODING_CODE[spec.encoding], spec.itemsize, spec.numel, spec.scale, spec.zero_point, offset)
+                       for spec, offset in zip(specs, offsets)]
         early, msg.early = msg.early, []
-        for pkt in early:
-            self._place_tensor_chunk(msg, pkt)
+        for fragment in early:
+            self._place_tensor_chunk(msg, fragment)
         self._uncharge(msg, msg.early_bytes)
         msg.early_bytes = 0
 
-    def _place_tensor_chunk(self, msg: _Open, pkt: Packet) -> None:
+    def _place_tensor_chunk(self, msg: _Open, fragment: tuple) -> None:
+        """Place ``fragment``: (tensor index, encoding, flags, element start, scale, zero
+        point, payload)."""
+        index, encoding, flags, start, fragment_scale, fragment_zero_point, payload = fragment
         tensors = msg.tensors
-        index = pkt.tensor_index
         if index >= len(tensors):
             raise PacketError(f"tensor index {index} is beyond the manifest's {len(tensors)} tensors",
                               reason="contradictions")
-        code, item, numel, scale, zero_point, view = tensors[index]
-        if pkt.encoding != code:
-            raise PacketError(f"fragment encoding {pkt.encoding} contradicts the manifest ({code}) for "
-                              f"{msg.manifest.tensors[index].name}", reason="contradictions")
+        code, item, numel, scale, zero_point, offset = tensors[index]
+        if encoding != code:
+            raise PacketError(f"fragment encoding {encoding} contradicts the manifest ({code}) for "
+                              f"{msg.specs[index][0]}", reason="contradictions")
         # int8 with the extension: its parameters must be the manifest's, and its range stays
         # within the tensor. Without it (a packed run), each element decodes with the
         # parameters the manifest gives the tensor it lands in.
-        quantised = code == ENCODING_INT8 and pkt.flags & FLAG_QUANT
-        if quantised and (pkt.scale != scale or pkt.zero_point != zero_point):
+        quantised = code == ENCODING_INT8 and flags & FLAG_QUANT
+        if quantised and (fragment_scale != scale or fragment_zero_point != zero_point):
             raise PacketError(f"fragment quantisation parameters contradict the manifest for "
-                              f"{msg.manifest.tensors[index].name}", reason="contradictions")
-        start = pkt.element_start
-        payload = pkt.payload
+                              f"{msg.specs[index][0]}", reason="contradictions")
+        if code == _ENCODING_BOOL and bytes(payload).translate(None, _FALSE_TRUE):
+            raise PacketError(f"a bool fragment of {msg.specs[index][0]} holds a byte other than 0 and 1")
         count = len(payload) // item
+        view = msg.view
         if start + count <= numel:
-            view[start * item:(start + count) * item] = payload
+            view[offset + start * item:offset + (start + count) * item] = payload
             msg.ranges.extend((index, start, count))
             return
         # A fragment of a packed run (a small model's tensors back to back): the elements
         # past this tensor's end continue into the next tensors that have any, in manifest
         # order, each of the same encoding; int8 only without the extension, whose single
-        # scale could not be right for two tensors.
+        # scale could not be right for two tensors. Tensors without elements are passed
+        # over by the list of those with some: the work is one step per tensor reached,
+        # each of which takes an element of the fragment.
         if start >= numel or quantised:
-            raise PacketError(f"elements {start}..{start + count} run past {msg.manifest.tensors[index].name}'s "
-                              f"{numel}", reason="contradictions")
+            raise PacketError(f"elements {start}..{start + count} run past {msg.specs[index][0]}'s {numel}",
+                              reason="contradictions")
+        nonempty = msg.nonempty
+        if nonempty is None:
+            nonempty = msg.nonempty = [i for i, entry in enumerate(tensors) if entry[2]]
+        position = bisect_left(nonempty, index)
         placed = []
         done = 0
         while done < count:
-            if index >= len(tensors):
+            if position >= len(nonempty):
                 raise PacketError(f"a packed fragment's {count} elements run past the last tensor",
                                   reason="contradictions")
-            code_here, _, numel_here, _, _, view_here = tensors[index]
+            index = nonempty[position]
+            code_here, _, numel_here, _, _, offset_here = tensors[index]
+            if code_here != code:
+                raise PacketError(f"a packed fragment runs into {msg.specs[index][0]}, which travels in another "
+                                  f"encoding", reason="contradictions")
             n = min(count - done, numel_here - start)
-            if n > 0:
-                if code_here != code:
-                    raise PacketError(f"a packed fragment runs into {msg.manifest.tensors[index].name}, "
-                                      f"which travels in another encoding", reason="contradictions")
-                placed.append((view_here, start, n, done, index))
-                done += n
-            index += 1
+            placed.append((offset_here, start, n, done, index))
+            done += n
+            position += 1
             start = 0
-        # placed only once the whole fragment is known to fit: a refused one leaves nothing
-        for view_here, start, n, offset, index in placed:
-            view_here[start * item:(start + n) * item] = payload[offset * item:(offset + n) * item]
+        # charged and placed only once the whole fragment is known to fit: a refused one leaves nothing
+        self._charge(msg, RANGE_BYTES * (len(placed) - 1))
+        for offset_here, start, n, at, index in placed:
+            view[offset_here + start * item:offset_here + (start + n) * item] = payload[at * item:(at + n) * item]
             msg.ranges.extend((index, start, n))
 
     def _adopt_known_layout(self, msg: _Open) -> bool:
@@ -557,43 +799,46 @@ class Reassembler:
         if layout is None or any(spec.encoding == "int8" for spec in layout.tensors):
             return False
         try:
-            self._open_buffers(msg, layout, None)
+            self._open_buffers(msg, layout, None, 0)
         except PacketError as exc:
             self.stats[exc.reason] += 1
             return False
         return True
 
     def _finish(self, key: tuple[int, int], msg: _Open, *, complete: bool) -> ReceivedModel:
-        self._drop(key, remember=True)
-        manifest = msg.manifest
-        if manifest is None:
+        if msg.tensors is None:
+            self._drop(key, remember=True)
             raise PacketError(f"all {msg.ident[0]} fragments arrived but they do not make up a manifest",
                               reason="contradictions")
         if complete:
-            bad = _first_uncovered(msg.ranges, [spec.numel for spec in manifest.tensors])
+            bad = _first_uncovered(msg.ranges, [entry[2] for entry in msg.tensors])
             if bad is not None:
-                raise PacketError(f"all fragments arrived but they do not cover {manifest.tensors[bad].name} "
-                                  f"exactly once", reason="contradictions")
-            state = decode(manifest, msg.buffers)
+                self._drop(key, remember=True)
+                raise PacketError(f"all fragments arrived but they do not cover {msg.specs[bad][0]} exactly once",
+                                  reason="contradictions")
+        try:
+            manifest = msg.manifest if msg.manifest is not None else self._parse_again(msg)
+        finally:
+            self._drop(key, remember=True)
+        if complete:
+            state, masks = decode_block(manifest, msg.block, msg.offsets, bools_checked=True)
             self.stats["complete"] += 1
-            return self._delivery(msg, state, None)
-        masks_np = [np.zeros(spec.numel, dtype=bool) for spec in manifest.tensors]
-        ranges = msg.ranges
-        for i in range(0, len(ranges), 3):
-            masks_np[ranges[i]][ranges[i + 1]:ranges[i + 1] + ranges[i + 2]] = True
-        state, masks = {}, {}
-        for spec, buf, mask in zip(manifest.tensors, msg.buffers, masks_np):
-            buf.reshape(spec.numel, spec.itemsize)[~mask] = 0  # what did not arrive reads as 0 bytes
-            state[spec.name] = decode_tensor(spec, buf)
-            masks[spec.name] = torch.from_numpy(mask).reshape(spec.shape)
-        self.stats["partial"] += 1
-        return self._delivery(msg, state, masks)
-
-    def _delivery(self, msg: _Open, state, masks) -> ReceivedModel:
+        else:
+            state, masks = decode_block(manifest, msg.block, msg.offsets, _runs(msg.ranges, len(manifest.tensors)),
+                                        bools_checked=True)
+            self.stats["partial"] += 1
         first = msg.first
         return ReceivedModel(first.origin, first.message_id, first.model_version, first.family_id,
-                             first.destination, msg.manifest, state, masks, msg.received,
-                             first.fragment_count, msg.max_hops)
+                             first.destination, manifest, state, masks, msg.received, first.fragment_count,
+                             msg.max_hops)
+
+    def _parse_again(self, msg: _Open) -> Manifest:
+        """The manifest of an open message, to deliver it: its tensors from the fields it
+        kept (validated already), the rest from its stream again, within what
+        _open_buffers charged for that."""
+        scaling, meta = manifest_extras(manifest_json(msg.stream))
+        specs = tuple(TensorSpec(*fields) for fields in msg.specs)
+        return Manifest(specs, scaling, meta, Layout(specs, *msg.layout))
 
     def _charge(self, msg: _Open, nbytes: int) -> None:
         limits = self.limits
@@ -607,7 +852,10 @@ class Reassembler:
                     self._evict(k)
                     if self._bytes_by_origin[origin] + nbytes <= limits.bytes_per_origin:
                         break
-        while self._bytes_total + nbytes > limits.bytes_total:
+        over = self._bytes_total + self._layouts.nbytes + nbytes - limits.bytes_total
+        if over > 0:  # what the cache holds goes first: it is cheap to make again
+            self._layouts.shrink(over)
+        while self._bytes_total + self._layouts.nbytes + nbytes > limits.bytes_total:
             victim = next((k for k, m in self._open.items() if m is not msg), None)
             if victim is None:
                 raise LimitError(f"the reassembler's {limits.bytes_total} bytes are spent")
@@ -621,6 +869,12 @@ class Reassembler:
         msg.nbytes -= nbytes
         self._bytes_by_origin[origin] -= nbytes
         self._bytes_total -= nbytes
+
+    def _trim_cache(self) -> None:
+        """The cache of layouts grew as a manifest was parsed: within the total, always."""
+        over = self._bytes_total + self._layouts.nbytes - self.limits.bytes_total
+        if over > 0:
+            self._layouts.shrink(over)
 
     def _evict(self, key: tuple[int, int]) -> None:
         self.stats["evicted"] += 1
@@ -638,9 +892,40 @@ class Reassembler:
         msg.nbytes = 0
         if remember:
             first = msg.first
-            self._recent[(first.origin, first.message_id, first.model_version)] = None
-            while len(self._recent) > RECENT_MEMORY:
-                self._recent.popitem(last=False)
+            self._remember((first.origin, first.message_id, first.model_version))
+
+
+def _runs(ranges: array, tensors: int) -> list[list[tuple[int, int]]]:
+    """Per tensor, the sorted, disjoint ``(start, end)`` element ranges that ``ranges`` (the
+    (tensor, start, count) triples of a message's fragments, in arrival order) cover.
+    Overlapping or touching ranges are merged; the work is a sort of the triples."""
+    out: list[list[tuple[int, int]]] = [[] for _ in range(tensors)]
+    if len(ranges) <= 3 * 256:  # few fragments: plain Python beats numpy's call overhead
+        for tensor, start, count in sorted(zip(ranges[0::3], ranges[1::3], ranges[2::3])):
+            spans = out[tensor]
+            if spans and start <= spans[-1][1]:
+                if start + count > spans[-1][1]:
+                    spans[-1] = (spans[-1][0], start + count)
+            else:
+                spans.append((start, start + count))
+        return out
+    table = np.frombuffer(ranges, dtype=np.int64).reshape(-1, 3)
+    # one line for every tensor, 2^33 apart (a tensor has fewer than 2^32 elements): no
+    # range of one tensor can touch another's
+    begin = (table[:, 0] << 33) + table[:, 1]
+    order = np.argsort(begin, kind="stable")
+    begin = begin[order]
+    end = begin + table[order, 2]
+    reach = np.maximum.accumulate(end)
+    fresh = np.ones(len(begin), dtype=bool)
+    fresh[1:] = begin[1:] > reach[:-1]  # a gap before it: a new run starts
+    starts = begin[fresh]
+    stops = np.maximum.reduceat(end, np.flatnonzero(fresh))
+    tensor = starts >> 33
+    for index, start, stop in zip(tensor.tolist(), (starts - (tensor << 33)).tolist(),
+                                  (stops - (tensor << 33)).tolist()):
+        out[index].append((start, stop))
+    return out
 
 
 def _first_uncovered(ranges: array, numels: list[int]) -> int | None:

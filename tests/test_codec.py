@@ -287,9 +287,9 @@ def test_a_tiny_model_travels_in_two_datagrams():
     assert len(sent({**tiny, "fits": torch.zeros(249)})) == 2  # 339 floats: 1,356 of 1,358 payload bytes
 
 
-def _outcome(raw: bytes):
+def _outcome(raw: bytes, layouts: codec.LayoutCache | None = None):
     try:
-        m = Manifest.from_bytes(raw)
+        m = Manifest.from_bytes(raw, layouts=layouts)
     except PacketError as exc:
         return type(exc)
     return m.tensors, dict(m.scaling), dict(m.meta)
@@ -297,27 +297,68 @@ def _outcome(raw: bytes):
 
 def test_a_layout_sent_again_reuses_its_validated_tensor_list():
     model = {"w": torch.zeros(3, 2), "b": torch.zeros(2)}
-    first = Manifest.from_bytes(codec.encode(model, meta={"score": 0.5}).manifest.to_bytes())
-    again = Manifest.from_bytes(codec.encode(model, meta={"score": 0.75}).manifest.to_bytes())
+    layouts = codec.LayoutCache()
+    first = Manifest.from_bytes(codec.encode(model, meta={"score": 0.5}).manifest.to_bytes(), layouts=layouts)
+    again = Manifest.from_bytes(codec.encode(model, meta={"score": 0.75}).manifest.to_bytes(), layouts=layouts)
     assert again.tensors is first.tensors and again.meta == {"score": 0.75}
-    other = Manifest.from_bytes(codec.encode({"w": torch.zeros(3, 3)}).manifest.to_bytes())
-    assert [t.shape for t in other.tensors] == [(3, 3)]
+    assert again.family_id == codec.encode(model).manifest.family_id and again.nbytes == 32
+    other = Manifest.from_bytes(codec.encode({"w": torch.zeros(3, 3)}).manifest.to_bytes(), layouts=layouts)
+    assert [t.shape for t in other.tensors] == [(3, 3)] and len(layouts) == 2
+    alone = Manifest.from_bytes(codec.encode(model).manifest.to_bytes())  # no cache: nothing is kept
+    assert alone.tensors == first.tensors and alone.tensors is not first.tensors
+
+
+def test_a_layout_cache_is_bounded_in_entries_and_bytes():
+    layouts = codec.LayoutCache(entries=3, nbytes=10_000)
+    for width in range(1, 8):
+        Manifest.from_bytes(codec.encode({"w": torch.zeros(width)}).manifest.to_bytes(), layouts=layouts)
+        assert len(layouts) <= 3 and 0 < layouts.nbytes <= 10_000
+    big = {f"t{i}": torch.zeros(1) for i in range(30)}  # 30 tensors: 15 kB of charges, more than it may hold
+    Manifest.from_bytes(codec.encode(big).manifest.to_bytes(), layouts=layouts)
+    assert len(layouts) == 3 and layouts.nbytes <= 10_000
+    assert layouts.shrink(1) > 0 and len(layouts) == 2
+    layouts.clear()
+    assert len(layouts) == 0 and layouts.nbytes == 0
+
+
+@pytest.mark.parametrize("name_length, dims", [(1, 0), (40, 4), (200, 16)])
+def test_a_layout_cache_charges_what_its_entries_hold(name_length, dims):
+    """LayoutCache.cost covers what an entry keeps alive: the specs, their names and shapes."""
+    import gc
+    import tracemalloc
+
+    raws = []
+    for j in range(12):
+        tensors = [{"name": f"{j}.{i}".ljust(name_length, "n"), "shape": [2**31 + i] * (dims - 1) + [0] if dims else [],
+                    "dtype": "float32", "encoding": "fp32"} for i in range(40)]
+        raws.append(json.dumps({"format": 1, "meta": {}, "scaling": {}, "tensors": tensors}, separators=(",", ":")).encode())
+    layouts = codec.LayoutCache(tail_bytes=1 << 20, nbytes=1 << 30)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for raw in raws:
+        Manifest.from_bytes(raw, layouts=layouts)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(layouts) == 12 and held <= layouts.nbytes, (held, layouts.nbytes)
 
 
 def test_the_cached_tensor_list_is_only_taken_where_json_would_take_it():
+    layouts = codec.LayoutCache()
     valid = codec.encode({"w": torch.zeros(3, 2)}, meta={"k": 1}).manifest.to_bytes()
-    Manifest.from_bytes(valid)  # its tail is now cached
+    Manifest.from_bytes(valid, layouts=layouts)  # its tail is now cached
     tail = valid[valid.rfind(b',"tensors":'):]
     bad_list = tail[1:-1].replace(b"[3,2]", b"[3.0,2]")
     # two "tensors" keys: json keeps the last, so the cached valid one decides...
-    assert _outcome(b'{"format":1,' + bad_list + tail)[0] == _outcome(valid)[0]
+    assert _outcome(b'{"format":1,' + bad_list + tail, layouts)[0] == _outcome(valid)[0]
     # ...and where the invalid one is last, it is refused as without the cache
     with pytest.raises(PacketError, match="shape"):
-        Manifest.from_bytes(valid[:-1] + b"," + bad_list + b"}")
+        Manifest.from_bytes(valid[:-1] + b"," + bad_list + b"}", layouts=layouts)
     # the cached bytes inside a string are not a tensor list
     inside = b'{"format":1,' + bad_list + b',"x":"' + tail[:-1].replace(b'"', b'\\"') + b'"}'
     with pytest.raises(PacketError, match="shape"):
-        Manifest.from_bytes(inside)
+        Manifest.from_bytes(inside, layouts=layouts)
 
 
 def test_mutated_manifests_decode_the_same_with_and_without_the_cache():
@@ -336,10 +377,10 @@ def test_mutated_manifests_decode_the_same_with_and_without_the_cache():
                 raw.insert(at, rng.choice(alphabet))
             else:
                 del raw[at]
-        codec._SPECS_BY_TAIL.clear()
         cold = _outcome(bytes(raw))
-        Manifest.from_bytes(valid)  # warm: the valid tail is cached
-        assert _outcome(bytes(raw)) == cold
+        layouts = codec.LayoutCache()
+        Manifest.from_bytes(valid, layouts=layouts)  # warm: the valid tail is cached
+        assert _outcome(bytes(raw), layouts) == cold
 
 
 def test_family_id_follows_names_shapes_and_dtypes_not_encodings():
@@ -349,6 +390,42 @@ def test_family_id_follows_names_shapes_and_dtypes_not_encodings():
     assert a != codec.encode({"v": torch.ones(2, 3)}).manifest.family_id
     assert a != codec.encode({"w": torch.ones(2, 3, dtype=torch.float64)}).manifest.family_id
     assert a == codec.state_fingerprint({"w": torch.ones(2, 3)})
+
+
+def test_family_ids_of_names_that_hold_the_old_separators_do_not_collide():
+    """Issue 17, item 6: version 1 hashed 'name:dims:dtype' lines joined by newlines, so one
+    tensor named 'w:2,3:float32\\nb' of shape [3] had the family id of {w: [2, 3], b: [3]}."""
+    two = [("w", (2, 3), "float32"), ("b", (3,), "float32")]
+    assert codec.layout_fingerprint([("w:2,3:float32\nb", (3,), "float32")]) != codec.layout_fingerprint(two)
+    assert codec.layout_fingerprint([("a", (), "float32"), ("b", (), "float32")]) != codec.layout_fingerprint(
+        [("a::float32\nb", (), "float32")])
+    assert codec.layout_fingerprint([("a", (12,), "int8")]) != codec.layout_fingerprint([("a", (1, 2), "int8")])
+
+
+def read_family_bytes(data: bytes) -> list[tuple[str, tuple[int, ...], str]]:
+    """docs/packet-format.md §4.3 backwards: the records are length-prefixed, so they parse."""
+    out, at = [], 0
+    while at < len(data):
+        (n,) = struct.unpack_from(">H", data, at)
+        name = data[at + 2:at + 2 + n].decode("utf-8")
+        at += 2 + n
+        dims = struct.unpack_from(f">{data[at]}I", data, at + 1)
+        at += 1 + 4 * len(dims)
+        dtype = data[at + 1:at + 1 + data[at]].decode("ascii")
+        at += 1 + data[at]
+        out.append((name, dims, dtype))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet=st.sampled_from("ab:,\n\u00e9\U0001f600"), min_size=1, max_size=6),
+                          st.lists(st.integers(0, 2**32 - 1), max_size=3).map(tuple),
+                          st.sampled_from(["float32", "int8", "bool"])), max_size=4))
+def test_family_bytes_say_exactly_one_layout(layout):
+    """Injective: the hashed bytes give back the layout they came from, so two layouts
+    can only share a family id by a SHA-256 collision of 4 bytes (1 in 2^32), never by
+    construction."""
+    assert read_family_bytes(codec.family_bytes(layout)) == layout
 
 
 def test_decode_refuses_buffers_that_do_not_fit():

@@ -207,7 +207,7 @@ def test_peek_route_reads_views_and_bytes_alike():
                 except PacketError:
                     answers.append("refused")
             assert answers[0] == answers[1]
-    for short in (memoryview(b"M\x10"), memoryview(bytes(views[0])[:41])):
+    for short in (memoryview(b"M\x20"), memoryview(bytes(views[0])[:41])):
         with pytest.raises(PacketError):
             peek_route(short)
 
@@ -253,7 +253,7 @@ def test_truncations_and_extensions_are_refused():
 
 @pytest.mark.parametrize("junk", [
     None, 3, 2.5, "M" * 60, ["M"], object(), b"", bytearray(41), memoryview(b"\x4d" * 10),
-    array.array("I", [0x4D11_2A0A] * 20), np.zeros((7, 9), np.uint8), np.zeros(100, np.uint8)[::2],
+    array.array("I", [0x4D21_2A0A] * 20), np.zeros((7, 9), np.uint8), np.zeros(100, np.uint8)[::2],
     memoryview(bytes(200))[::3], bytes(70_000),
 ])
 def test_parse_non_datagrams(junk):
@@ -282,7 +282,7 @@ def test_random_bytes(data):
     assert isinstance(parse_or_error(data, KEY), (PacketError, packet.Packet))
 
 
-def forge(magic=0x4D, version_flags=0x10, header_len=42, encoding=0, message_id=1, tensor_index=0,
+def forge(magic=0x4D, version_flags=0x20, header_len=42, encoding=0, message_id=1, tensor_index=0,
           family_id=1, model_version=1, origin=1, destination=2, fragment_index=0, fragment_count=1,
           element_start=0, payload_len=None, ttl=16, hops=0, payload=b"\0\0\0\0", extension=b"", tag=b""):
     """A datagram from raw field values, with a correct CRC: it gets past the checksum to
@@ -306,14 +306,15 @@ def test_int8_without_the_extension_parses_and_says_so():
 
 @pytest.mark.parametrize("fields, message", [
     (dict(magic=0x4E), "magic"),
-    (dict(version_flags=0x20), "version"),
-    (dict(version_flags=0x18), "reserved"),
+    (dict(version_flags=0x10), "version 1"),  # version 1 is refused (docs: version 2)
+    (dict(version_flags=0x30), "version 3"),
+    (dict(version_flags=0x28), "reserved"),
     (dict(header_len=50), "header length"),
     (dict(payload_len=8), "length mismatch"),
     (dict(payload_len=2), "length mismatch"),
-    (dict(encoding=12), "unknown payload encoding"),
-    (dict(version_flags=0x12, header_len=50, extension=struct.pack(">fi", 1.0, 0)), "quantisation"),
-    (dict(version_flags=0x11, encoding=10), "manifest"),
+    (dict(encoding=13), "unknown payload encoding"),
+    (dict(version_flags=0x22, header_len=50, extension=struct.pack(">fi", 1.0, 0)), "quantisation"),
+    (dict(version_flags=0x21, encoding=10), "manifest"),
     (dict(tensor_index=0xFFFF), "manifest"),
     (dict(encoding=10), "manifest"),
     (dict(fragment_count=0), "count is zero"),
@@ -324,15 +325,23 @@ def test_int8_without_the_extension_parses_and_says_so():
     (dict(element_start=2**32 - 1), "runs past"),
     (dict(origin=BROADCAST), "reserved address"),
     (dict(origin=NEIGHBOURS), "reserved address"),
-    (dict(version_flags=0x12, header_len=50, encoding=3, payload=b"\0",
+    (dict(version_flags=0x22, header_len=50, encoding=3, payload=b"\0",
           extension=struct.pack(">fi", float("nan"), 0)), "scale"),
-    (dict(version_flags=0x12, header_len=50, encoding=3, payload=b"\0",
+    (dict(version_flags=0x22, header_len=50, encoding=3, payload=b"\0",
           extension=struct.pack(">fi", -1.0, 0)), "scale"),
-    (dict(version_flags=0x12, header_len=50, encoding=3, payload=b"\0",
+    (dict(version_flags=0x22, header_len=50, encoding=3, payload=b"\0",
           extension=struct.pack(">fi", float("inf"), 0)), "scale"),
-    (dict(version_flags=0x12, header_len=50, encoding=3, payload=b"\0",
+    (dict(version_flags=0x22, header_len=50, encoding=3, payload=b"\0",
           extension=struct.pack(">fi", 0.5, 128)), "zero point"),
-    (dict(version_flags=0x14, tag=b"\0" * 15), "length mismatch"),
+    (dict(version_flags=0x24, tag=b"\0" * 15), "length mismatch"),
+    (dict(encoding=12, family_id=0, fragment_count=2), "control"),
+    (dict(encoding=12, family_id=0, tensor_index=1), "control"),
+    (dict(encoding=12, family_id=7), "control"),
+    (dict(encoding=12, family_id=0, element_start=4), "control"),
+    (dict(encoding=12, family_id=0, payload=b""), "empty payload"),
+    (dict(version_flags=0x21, encoding=12, family_id=0), "manifest"),
+    (dict(version_flags=0x22, header_len=50, encoding=12, family_id=0, extension=struct.pack(">fi", 1.0, 0)),
+     "quantisation"),
 ])
 def test_lying_fields_say_what_is_wrong(fields, message):
     with pytest.raises(PacketError, match=message) as err:
@@ -341,10 +350,10 @@ def test_lying_fields_say_what_is_wrong(fields, message):
 
 
 def test_forged_fields_that_are_valid_parse():
-    p = parse(forge(version_flags=0x12, header_len=50, encoding=3, payload=b"\x01\x02",
+    p = parse(forge(version_flags=0x22, header_len=50, encoding=3, payload=b"\x01\x02",
                     extension=struct.pack(">fi", 0.5, -3), fragment_index=2, fragment_count=3))
     assert (p.scale, p.zero_point, p.element_count, p.fragment_index) == (0.5, -3, 2, 2)
-    signed = forge(version_flags=0x14, tag=bytes(16))
+    signed = forge(version_flags=0x24, tag=bytes(16))
     assert parse(signed).authenticated
     with pytest.raises(AuthError, match="forged"):
         parse(signed, KEY)
@@ -352,7 +361,7 @@ def test_forged_fields_that_are_valid_parse():
 
 header_fields = st.fixed_dictionaries({
     "magic": st.sampled_from([0x4D, 0x4D, 0x4D, 0]),
-    "version_flags": st.sampled_from([0x10, 0x11, 0x12, 0x14, 0x15, 0x16, 0x18, 0x20]),
+    "version_flags": st.sampled_from([0x20, 0x21, 0x22, 0x24, 0x25, 0x26, 0x28, 0x10, 0x30]),
     "header_len": st.sampled_from([42, 42, 50, 0, 255]),
     "encoding": st.integers(0, 13),
     "tensor_index": st.sampled_from([0, 1, 0xFFFE, 0xFFFF]),
@@ -437,3 +446,78 @@ def test_checksum_error_is_a_packet_error_with_its_reason():
     with pytest.raises(ChecksumError) as err:
         parse(bytes(d))
     assert isinstance(err.value, PacketError) and err.value.reason == "corrupted"
+
+
+# -- control datagrams ------------------------------------------------------------------
+
+
+def test_a_control_datagram_is_one_whole_datagram():
+    for key in (None, KEY):
+        d = packet.build_control(b"hello", origin=5, destination=NEIGHBOURS, message_id=65535, model_version=9,
+                                 key=key)
+        assert type(d) is bytes and len(d) == 42 + 5 + (16 if key else 0)
+        p = parse(d, key)
+        assert p.is_control and not p.is_manifest and p.authenticated == (key is not None)
+        assert (p.origin, p.destination, p.message_id, p.model_version, p.ttl, p.hops) == (
+            5, NEIGHBOURS, 65535, 9, 0, 0)
+        assert (p.tensor_index, p.family_id, p.fragment_index, p.fragment_count, p.element_start) == (0, 0, 0, 1, 0)
+        assert bytes(p.payload) == b"hello"
+        assert p == packet._parse_checked(d, key)  # the fast path and the checked one agree
+    with pytest.raises(AuthError, match="unsigned"):
+        parse(packet.build_control(b"x", origin=1, destination=2, message_id=1), KEY)
+    with pytest.raises(AuthError, match="forged"):
+        parse(packet.build_control(b"x", origin=1, destination=2, message_id=1, key=b"other"), KEY)
+
+
+def test_control_datagrams_are_forwarded_like_any():
+    d = packet.build_control(b"pull", origin=1, destination=BROADCAST, message_id=2, ttl=3, key=KEY)
+    assert peek_route(d) == (BROADCAST, 3, 0)
+    p = parse(forwarded(forwarded(d)), KEY)
+    assert (p.ttl, p.hops, bytes(p.payload)) == (1, 2, b"pull")
+    with pytest.raises(PacketError, match="TTL"):
+        forwarded(packet.build_control(b"x", origin=1, destination=BROADCAST, message_id=2))  # ttl 0: one hop
+    with pytest.raises(PacketError, match="neighbours"):
+        forwarded(packet.build_control(b"x", origin=1, destination=NEIGHBOURS, message_id=2, ttl=5))
+
+
+def test_control_payloads_fill_the_largest_datagram_and_no_more():
+    for key in (None, KEY):
+        most = packet.MAX_CONTROL_PAYLOAD - (16 if key else 0)
+        d = packet.build_control(bytes(most), origin=1, destination=2, message_id=1, key=key)
+        assert len(d) == packet.MAX_DATAGRAM and len(parse(d, key).payload) == most
+        with pytest.raises(ValueError, match="1 to"):
+            packet.build_control(bytes(most + 1), origin=1, destination=2, message_id=1, key=key)
+    assert parse(packet.build_control(memoryview(b"abc"), origin=1, destination=2, message_id=1)).payload == b"abc"
+
+
+@pytest.mark.parametrize("payload, kwargs, error", [
+    (b"", {}, "1 to"),
+    ("text", {}, "byte string"),
+    (b"x", dict(origin=BROADCAST), "origin"),
+    (b"x", dict(destination=1 << 32), "destination"),
+    (b"x", dict(message_id=1 << 16), "message_id"),
+    (b"x", dict(model_version=-1), "model_version"),
+    (b"x", dict(ttl=256), "ttl"),
+    (b"x", dict(key=b""), "key"),
+])
+def test_build_control_refuses_what_a_receiver_would_refuse(payload, kwargs, error):
+    args = dict(origin=1, destination=2, message_id=1)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=error):
+        packet.build_control(payload, **args)
+
+
+def test_a_control_payload_never_rides_in_a_model_message():
+    with pytest.raises(ValueError, match="build_control"):
+        build([Fragment(0, packet.ENCODING_CONTROL, 0, b"x")], family_id=1, model_version=1, origin=1,
+              destination=2, message_id=1)
+
+
+def test_every_single_bit_flip_of_a_control_datagram_is_caught():
+    for key in (None, KEY):
+        d = packet.build_control(b"hello, neighbours", origin=3, destination=NEIGHBOURS, message_id=4, key=key)
+        for bit in range(len(d) * 8):
+            flipped = bytearray(d)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            result = parse_or_error(bytes(flipped), key)
+            assert isinstance(result, packet.Packet) == (bit // 8 in (36, 37)), bit

@@ -188,6 +188,62 @@ def test_lost_manifest_is_dropped_unless_the_layout_is_known():
     assert not got.masks["flags"].all() or not got.masks["layer.weight"].all()
 
 
+def test_a_lost_manifest_is_not_placed_by_a_layout_whose_names_it_imitates():
+    """Issue 17, item 6: a tensor named 'w:2,3:float32\\nb' had the family id of {w, b}, so
+    a receiver that knew {w, b} placed the message, manifest lost, as w = [7, 7, 7, 0, 0, 0]."""
+    known = codec.encode({"w": torch.zeros(2, 3), "b": torch.zeros(3)}).manifest
+    receiver = Reassembler(known_layouts={known.family_id: known})
+    datagrams = send({"w:2,3:float32\nb": torch.full((3,), 7.0)})
+    assert feed(receiver, [d for d in datagrams if not is_manifest(d)]) == []
+    assert receiver.expire(1e9) == [] and receiver.stats["lost_manifest"] == 1
+
+
+# -- one error type, and a batch is never lost ----------------------------------------------
+
+SURROGATE = {"name": "\ud800", "shape": [1], "dtype": "float32", "encoding": "fp32"}
+
+
+def test_a_name_with_a_lone_surrogate_is_a_packet_error_and_the_batch_goes_on():
+    """Issue 17, item 3: '\\ud800' in a name raised UnicodeEncodeError from receive() when the
+    family id was computed; receive_many lost the rest of its batch and the message stayed open."""
+    raw = b'{"format":1,"meta":{},"scaling":{},"tensors":[{"dtype":"float32","encoding":"fp32","name":"\\ud800",' \
+          b'"shape":[1]}]}'
+    assert json.loads(raw)["tensors"][0]["name"] == "\ud800"
+    [bad] = craft([SURROGATE], [], fam=0, manifest_frags=stream_fragments(raw, chunk=1000))
+    receiver = Reassembler()
+    with pytest.raises(PacketError, match="surrogate") as err:
+        receiver.receive(bad, 0.0)
+    assert err.value.reason == "malformed" and receiver.open_messages == 0
+    [again] = craft([SURROGATE], [], fam=0, manifest_frags=stream_fragments(raw, chunk=1000), message_id=2)
+    errors = []
+    out = receiver.receive_many([again] + send(model(), origin=5), 0.0, errors=errors)
+    assert len(out) == 1 and out[0].origin == 5 and [p for p, _ in errors] == [0]
+    with pytest.raises(ValueError, match="UTF-8"):
+        codec.encode({"\udfff": torch.ones(1)})
+
+
+def test_any_other_exception_is_refused_as_internal_and_costs_nothing_else(monkeypatch):
+    """A bug of ours (here made on purpose) is a refusal like any other: counted, the message
+    it hit dropped, the batch taken on, expire() delivering the other messages."""
+    receiver = Reassembler()
+    feed(receiver, send(model(1), origin=1, message_id=1)[:2])
+    feed(receiver, send(model(2), origin=2, message_id=1)[:2])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Reassembler, "_open_buffers", broken)
+    errors = []
+    out = receiver.receive_many(send(model(3), origin=3) + [control(b"still here", origin=4)], 0.0, errors=errors)
+    assert [type(m).__name__ for m in out] == ["ReceivedControl"]
+    assert errors and all(e.reason == "internal" for _, e in errors) and receiver.stats["internal"] == len(errors)
+    assert (3, 1) not in receiver._open
+    check_accounting(receiver)
+    monkeypatch.setattr(Reassembler, "_finish", broken)
+    assert receiver.expire(1e9) == [] and receiver.open_messages == 0
+    assert receiver.stats["internal"] == len(errors) + 2
+
+
 # -- lies: manifests and fragments that contradict each other ------------------------------
 
 
@@ -296,6 +352,68 @@ def test_one_datagram_control_messages_take_a_short_path_to_the_same_results(mon
                                                                             "empty tensor"]
 
 
+def control(payload=b"hello", *, origin=1, message_id=1, version=1, key=None, destination=packet.NEIGHBOURS,
+            ttl=0) -> bytes:
+    return packet.build_control(payload, origin=origin, destination=destination, message_id=message_id,
+                                model_version=version, ttl=ttl, key=key)
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_a_control_datagram_comes_out_as_it_arrives_and_holds_nothing(key):
+    receiver = Reassembler(key=key)
+    got = receiver.receive(control(b"\x00hello", origin=9, message_id=77, version=3, key=key), 0.0)
+    assert got == reassembly.ReceivedControl(origin=9, destination=packet.NEIGHBOURS, message_id=77, model_version=3,
+                                             payload=b"\x00hello", hops=0)
+    assert type(got.payload) is bytes
+    with pytest.raises(AttributeError):
+        got.origin = 1  # frozen
+    assert receiver.open_messages == 0 and receiver.buffered_bytes == 0
+    assert receiver.stats == {"control": 1}
+    assert receiver.receive(control(b"\x00hello", origin=9, message_id=77, version=3, key=key), 1.0) is None
+    assert receiver.stats["late"] == 1  # a copy of what was delivered is not delivered again
+    hopped = packet.forwarded(packet.forwarded(control(b"x", origin=9, message_id=78, version=3, key=key,
+                                                       destination=packet.BROADCAST, ttl=5)))
+    assert receiver.receive(hopped, 2.0).hops == 2
+
+
+def test_control_datagrams_and_models_in_one_batch():
+    receiver = Reassembler()
+    stream = [control(b"a", origin=2, message_id=1)] + send(model(), message_id=5) + [b"junk",
+                                                                                     control(b"b", origin=2, message_id=2)]
+    errors = []
+    out = receiver.receive_many(stream, 0.0, errors=errors)
+    assert [type(m).__name__ for m in out] == ["ReceivedControl", "ReceivedModel", "ReceivedControl"]
+    assert [m.payload for m in out if isinstance(m, reassembly.ReceivedControl)] == [b"a", b"b"]
+    assert [position for position, _ in errors] == [len(stream) - 2]
+
+
+def test_control_datagrams_are_checked_like_any_with_a_key():
+    receiver = Reassembler(key=KEY)
+    refused(receiver, [control()], "unsigned", "unsigned")
+    refused(receiver, [control(key=b"another key")], "forged", "forged")
+    forged = bytearray(control(b"pull", key=KEY))
+    forged[43] ^= 1
+    refused(receiver, [reseal(forged)], "forged", "forged")
+    assert receiver.receive(control(b"new", version=5, message_id=2, key=KEY), 0.0).model_version == 5
+    refused(receiver, [control(b"old", version=4, message_id=3, key=KEY)], "replayed", "replayed")
+    assert receiver.stats["control"] == 1
+
+
+def test_a_control_datagram_naming_an_open_message():
+    receiver = Reassembler()
+    datagrams = send(model(), message_id=4, version=2)
+    feed(receiver, datagrams[:2])
+    refused(receiver, [control(message_id=4, version=2)], "names an open message")
+    assert receiver.open_messages == 1  # the open message is not harmed
+    assert receiver.receive(control(b"newer", message_id=4, version=3), 0.0).payload == b"newer"
+    assert receiver.open_messages == 0 and receiver.stats["superseded"] == 1
+
+
+def test_receive_packet_takes_control_datagrams_too():
+    receiver = Reassembler()
+    assert receiver.receive_packet(packet.parse(control(b"p")), 0.0).payload == b"p"
+
+
 B = {"name": "b", "shape": [3], "dtype": "float32", "encoding": "fp32"}
 EMPTY = {"name": "e", "shape": [0], "dtype": "float32", "encoding": "fp32"}
 COUNTER = {"name": "n", "shape": [], "dtype": "int64", "encoding": "int64"}
@@ -362,8 +480,6 @@ def test_manifest_that_contradicts_the_header_family():
     # a slice after the manifest is complete that does not agree with it
     (stream_fragments(manifest_raw([W])) + [Fragment(0xFFFF, MANIFEST, 4, b"x")], "contradicts",
      "contradictions"),
-    # first slice shorter than its length prefix
-    ([Fragment(0xFFFF, MANIFEST, 0, b"\0\0")], "length prefix", "malformed"),
     # a declared manifest length over the limit
     ([Fragment(0xFFFF, MANIFEST, 0, struct.pack(">I", codec.MAX_MANIFEST_BYTES + 1))], "exceeds", "over_limit"),
     # not JSON at all
@@ -401,7 +517,10 @@ def test_lying_manifest_declaring_a_gigantic_tensor_allocates_nothing():
     assert peak < 8 << 20, peak  # refused before anything near 800 MB was allocated
     assert receiver.buffered_bytes == 0 and receiver.open_messages == 0
     beyond = [{"name": "g", "shape": [2**31], "dtype": "float32", "encoding": "fp32"}]  # 8 GiB
-    refused(Reassembler(), craft(beyond, [f32(0, 1.0)]), "over the limit", "malformed")
+    # issue 17, item 7e: past the format's 1 GiB a limit is reached (§5.4), nothing malformed
+    refused(Reassembler(), craft(beyond, [f32(0, 1.0)]), "over the limit", "over_limit")
+    many = [{"name": f"g{i}", "shape": [(1 << 27) + i], "dtype": "float32", "encoding": "fp32"} for i in range(2)]
+    refused(Reassembler(), craft(many, [f32(0, 1.0)]), "over the limit", "over_limit")  # 1 GiB and 4 bytes
 
 
 def test_first_datagram_claiming_2_to_the_24_fragments_is_refused():
@@ -428,6 +547,23 @@ def test_contradicting_header_does_not_kill_the_open_message():
         liar[field] = value
         refused(receiver, [reseal(liar)], "contradicts")
     [got] = feed(receiver, datagrams[3:])
+    assert_same(state, got.state)
+
+
+@pytest.mark.parametrize("other", [packet.BROADCAST, packet.NEIGHBOURS, 3])
+def test_every_datagram_of_a_message_names_its_one_destination(other):
+    """Issue 17, item 7c: fragments saying 2 and 0xFFFFFFFF were delivered as one message,
+    reporting 2. A datagram naming another destination is refused; the message goes on."""
+    state = model()
+    to_two = send(state, version=5)
+    elsewhere = [bytes(d) for d in codec.to_datagrams(state, origin=1, destination=other, model_version=5,
+                                                      message_id=1, mtu=256)]
+    receiver = Reassembler()
+    feed(receiver, to_two[:3])
+    for d in elsewhere[3:6]:
+        refused(receiver, [d], "destination")
+    [got] = feed(receiver, to_two[3:])
+    assert got.destination == 2 and got.complete
     assert_same(state, got.state)
 
 
@@ -467,7 +603,9 @@ def test_open_messages_in_all_evict_the_oldest():
 
 def test_bytes_per_origin_and_in_all():
     state = model(width=400)  # ~50 KB
-    size = sum(t.numel() * t.element_size() for t in state.values())
+    probe = Reassembler()
+    feed(probe, send(state, mtu=1400)[:2])
+    size = probe.buffered_bytes  # what one such message is charged, its manifest parsed
     receiver = Reassembler(limits=Limits(bytes_per_origin=int(size * 1.5)))
     first, second = send(state, message_id=1, mtu=1400), send(state, message_id=2, mtu=1400)
     feed(receiver, first[:2])
@@ -539,6 +677,42 @@ def test_reordering_across_versions_is_not_a_replay():
     assert got.model_version == 1 and receiver.stats["replayed"] == 0
 
 
+def tiny(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"w": torch.full((3,), float(seed))}
+
+
+def test_a_replay_is_refused_however_many_messages_finished_since():
+    """Issue 17, item 5: a signed message replayed once 1,024 others had finished was
+    delivered again: its version equalled the origin's newest, and only older were refused."""
+    receiver = Reassembler(key=KEY)
+    first = send(tiny(), key=KEY, version=5, message_id=1)
+    assert len(feed(receiver, first)) == 1
+    for message_id in range(2, 2 + reassembly.RECENT_MEMORY + 1):
+        feed(receiver, send(tiny(message_id), key=KEY, version=5, message_id=message_id))
+    refused(receiver, first[:1], "replayed packet refused", "replayed")
+    hello = control(b"hi", message_id=2000, version=5, key=KEY)
+    assert receiver.receive(hello, 0.0) is not None
+    for message_id in range(2001, 2001 + reassembly.RECENT_MEMORY + 1):
+        receiver.receive(control(b"x", message_id=message_id, version=5, key=KEY), 0.0)
+    refused(receiver, [hello], "replayed packet refused", "replayed")
+
+
+def test_the_replay_window_takes_reordering_and_wrapping_ids():
+    receiver = Reassembler(key=KEY)
+    got = lambda message_id, version=1: receiver.receive(control(b"x", message_id=message_id, version=version,
+                                                                 key=KEY), 0.0)
+    assert got(10) and got(7) and got(9) and got(65_530)  # 65,530 is 16 behind 10 (mod 2^16)
+    for message_id in (10, 7, 65_530):
+        receiver._recent.clear()  # as if 1,024 messages had finished since: only the window remembers
+        refused(receiver, [control(b"x", message_id=message_id, version=1, key=KEY)], "accepted already", "replayed")
+    assert got(8) and got(10 + 32_767)  # one not seen yet in the window; the furthest ahead that is newer
+    refused(receiver, [control(b"x", message_id=10 + 32_767 - reassembly.REPLAY_WINDOW, version=1, key=KEY)],
+            "past the window", "replayed")
+    assert got(5, version=2)  # a newer version starts a new window
+    refused(receiver, [control(b"x", message_id=11, version=1, key=KEY)], "older", "replayed")
+    assert got(3, version=2) and got(65_535, version=2) and got(4, version=2)  # below 5, wrapped, each once
+
+
 def test_receive_packet_checks_the_tag_flag_too():
     receiver = Reassembler(key=KEY)
     with pytest.raises(AuthError, match="unsigned"):
@@ -560,6 +734,8 @@ def test_any_stream_gives_models_or_packet_errors(seed, key):
                          key=key if rng.random() < 0.9 else None, precision=rng.choice(["fp32", "int8"]))
     pool += craft([W, Q], [f32(0, 1, 2, 3), f32(2, 4, 5, 6), Fragment(1, INT8, 1, b"\x03\x05\x01\x04", 0.5, 3)],
                   origin=3, key=key)
+    pool += [packet.build_control(b"hi", origin=origin, destination=2, message_id=message_id, model_version=version,
+                                  key=key) for origin, message_id, version in ((1, 1, 1), (1, 3, 2), (4, 1, 1))]
     limits = Limits(open_per_origin=rng.randint(1, 3), open_total=rng.randint(1, 4),
                     bytes_per_origin=rng.choice([2_000, 50_000]), early_fragments=rng.randint(0, 4))
     receiver = Reassembler(key=key, limits=limits)
@@ -577,7 +753,7 @@ def test_any_stream_gives_models_or_packet_errors(seed, key):
             d = bytearray(reseal(d, key))
         try:
             got = receiver.receive(bytes(d), step * 0.5)
-            assert got is None or isinstance(got, reassembly.ReceivedModel)
+            assert got is None or isinstance(got, (reassembly.ReceivedModel, reassembly.ReceivedControl))
         except PacketError as exc:
             assert receiver.stats[exc.reason] > 0
         check_accounting(receiver)
