@@ -46,6 +46,20 @@ def test_load_digits_shapes_and_ranges() -> None:
     assert data.image_shape == (1, 8, 8) and data.num_classes == 10
 
 
+def test_load_digits_gives_sklearns_arrays_with_or_without_its_loader(monkeypatch) -> None:
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    from mfd_core import datasets
+
+    raw = sklearn_load_digits()
+    expected = np.asarray(raw.data, dtype=np.float32) / 16.0
+    direct = load_digits()  # the file read where scikit-learn keeps it
+    monkeypatch.setattr(datasets, "_sklearn_digits_file", lambda: None)
+    fallback = datasets.load_digits()  # scikit-learn's own loader
+    for data in (direct, fallback):
+        assert np.array_equal(data.inputs, expected) and np.array_equal(data.labels, raw.target)
+
+
 @pytest.mark.parametrize("alpha", [0.05, 1.0, 100.0])
 def test_dirichlet_split_covers_every_index_once(alpha) -> None:
     labels = load_digits().labels
