@@ -455,8 +455,8 @@ class FusedAdam:
     hyperparameters, without being a ``torch.optim.Optimizer``.
 
     - Constructing any ``torch.optim.Optimizer`` imports torch's compiler stack, because
-      its ``add_param_group`` is wrapped in ``torch._disable_dynamo``: 0.6 s of a small
-      run's start-up on an idle core (2 s at load 6), for a kernel that needs none of it.
+      its ``add_param_group`` is wrapped in ``torch._disable_dynamo``: 1.1 s of CPU, as
+      much as importing torch itself, for a kernel that needs none of it.
     - ``Optimizer.step()`` wraps the kernel in hook and profiler bookkeeping and gathers the
       state anew (``_init_group``) on every call, which costs more than the update itself
       for a tiny model (~20 us a step in a 1,000-node fleet).
