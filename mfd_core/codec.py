@@ -31,10 +31,11 @@ MANIFEST_FORMAT = 1
 # Tensors per message. The state_dicts we know have up to ~1k entries (ResNet-152 and the
 # larger LLMs a 1 GiB message can carry, ~700-1,000); 2,048 leaves 2x. The bound is on
 # CPU: a receiver validates, then delivers, every tensor of a message in one call (~6 us
-# each in Python on this 2-core box under load, where a datagram may take 50 ms), and no
-# tensor need carry a byte. 4,096 tensors took 23 ms to validate and 55 ms to deliver in
-# the worst call measured (benchmarks/fuzz.py, load ~4); version 1 allowed 65,535: 2-4 s
-# in one expire(), issue 17.
+# each in Python on this 2-core box under load, where a call may take 50 ms), and no
+# tensor need carry a byte. At 4,096 the worst datagram took 54.5 ms (a manifest of empty
+# tensors validated and delivered in one call) and expire() 72 ms; at 2,048, 36.7 and
+# 35.6 ms (benchmarks/fuzz.py, 1M inputs, load 4-8). Version 1 allowed 65,535: 2.9 s in
+# one expire() (issue 17).
 MAX_MESSAGE_TENSORS = 2048
 # A manifest's JSON (inflated): 512 KiB holds 2,048 tensors with names of up to ~200
 # characters and their meta. The bound is on what one datagram can make a receiver parse

@@ -8,6 +8,7 @@ from torch import nn
 
 from mfd_core.datasets import class_counts, dirichlet_split, load_digits, train_val_test_split
 from mfd_core.learners import Learner, TorchSupervisedLearner
+from mfd_core.learners.torch_supervised import FusedAdam
 from mfd_core.scaling import MLPFamily, SmallCNNFamily, activated_parameters
 
 torch.set_num_threads(1)
@@ -43,6 +44,20 @@ def test_load_digits_shapes_and_ranges() -> None:
     assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == set(range(10))
     assert data.inputs.min() == 0.0 and data.inputs.max() == 1.0
     assert data.image_shape == (1, 8, 8) and data.num_classes == 10
+
+
+def test_load_digits_gives_sklearns_arrays_with_or_without_its_loader(monkeypatch) -> None:
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    from mfd_core import datasets
+
+    raw = sklearn_load_digits()
+    expected = np.asarray(raw.data, dtype=np.float32) / 16.0
+    direct = load_digits()  # the file read where scikit-learn keeps it
+    monkeypatch.setattr(datasets, "_sklearn_digits_file", lambda: None)
+    fallback = datasets.load_digits()  # scikit-learn's own loader
+    for data in (direct, fallback):
+        assert np.array_equal(data.inputs, expected) and np.array_equal(data.labels, raw.target)
 
 
 @pytest.mark.parametrize("alpha", [0.05, 1.0, 100.0])
@@ -141,30 +156,47 @@ def test_dropout_draws_from_the_learner_seed_and_no_model_moves_the_global_gener
         assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_the_direct_fused_adam_step_is_bit_identical_to_step(digits, monkeypatch, optimizer) -> None:
-    from mfd_core.learners import torch_supervised
+@pytest.mark.parametrize("optimizer,width", [("adam", 1.0), ("adamw", 1.0), ("adam", 0.5)])
+def test_fused_adam_updates_are_bit_identical_to_torchs_fused_adam(digits, optimizer, width) -> None:
+    """The learner steps Adam without a torch.optim.Optimizer (whose construction imports
+    torch's compiler stack); its updates must stay those of torch.optim.Adam(fused=True),
+    bit for bit: with tensors that start training late (their state made then), two
+    parameter groups (a narrow width's step size), and a clone carrying the state on."""
+    from torch.optim import Adam, AdamW
 
-    calls = []
-    direct = torch_supervised._fused_adam_step
+    def learner():
+        data, train, val, _ = digits
+        return TorchSupervisedLearner(MLP.build(width, seed=0), (data.inputs[train[:300]], data.labels[train[:300]]),
+                                      (data.inputs[val], data.labels[val]), optimizer=optimizer, lr=0.01, seed=0,
+                                      width=width, width_lr_exponent=1.5)
 
-    def recorded(opt):
-        calls.append(direct(opt))
-        return calls[-1]
-
-    monkeypatch.setattr(torch_supervised, "_fused_adam_step", recorded)
-    fast = _learner(digits, optimizer=optimizer, lr=0.01)
-    fast.train(30, trainable=["out.weight", "out.bias"])  # some tensors without a gradient
-    fast.train(30)
-    # step() makes the state on the first step, and for the first time a tensor trains
-    assert len(calls) == 60 and calls[0] is False and calls.count(True) >= 57
-    monkeypatch.setattr(torch_supervised, "_fused_adam_step", lambda opt: False)  # step() every time
-    slow = _learner(digits, optimizer=optimizer, lr=0.01)
-    slow.train(30, trainable=["out.weight", "out.bias"])
-    slow.train(30)
-    a, b = fast.get_state(), slow.get_state()
+    ours, torchs = learner(), learner()
+    assert isinstance(ours.optimizer, FusedAdam)
+    groups = ours.optimizer.param_groups
+    assert len(groups) == (2 if width < 1 else 1)
+    torch_class = AdamW if optimizer == "adamw" else Adam
+    torchs.optimizer = torch_class([{"params": list(torchs.model.parameters())[:len(g["params"])] if k == 0 else
+                                     list(torchs.model.parameters())[len(groups[0]["params"]):], "lr": g["lr"]}
+                                    for k, g in enumerate(groups)], lr=0.01, fused=True)
+    for node in (ours, torchs):
+        node.train(7, trainable=["out.weight", "out.bias"])  # the others get their state later
+        node.train(9)
+    ours, torchs = ours.clone(), torchs.clone()  # the moments travel with the copy
+    for node in (ours, torchs):
+        node.train(5)
+    a, b = ours.get_state(), torchs.get_state()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["out.weight"], _learner(digits).get_state()["out.weight"])  # it did train
+    assert not torch.equal(a["out.weight"], learner().get_state()["out.weight"])  # it did train
+    assert all(torch.equal(ours.optimizer.state[p]["exp_avg_sq"], torchs.optimizer.state[q]["exp_avg_sq"])
+               for p, q in zip(ours.model.parameters(), torchs.model.parameters()))
+
+
+def test_fused_adam_takes_cpu_float_parameters_only() -> None:
+    with pytest.raises(ValueError, match="CPU float"):
+        FusedAdam([{"params": [torch.zeros(3, dtype=torch.int64)]}], lr=0.1)
+    learner = TorchSupervisedLearner(nn.Linear(4, 2), (np.zeros((8, 4)), np.zeros(8)), (np.zeros((2, 4)), np.zeros(2)),
+                                     optimizer="sgd")
+    assert isinstance(learner.optimizer, torch.optim.SGD)  # other optimisers stay torch's own
 
 
 def test_get_and_set_state_follow_the_model_as_state_dict_does(digits) -> None:

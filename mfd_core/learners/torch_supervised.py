@@ -13,18 +13,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.optim import optimizer as _optim
 from torch.optim.adam import adam as _adam
 
 from mfd_core.knowledge import distillation_loss
 from mfd_core.learners.base import Learner
 
-__all__ = ["TorchSupervisedLearner"]
+__all__ = ["FusedAdam", "TorchSupervisedLearner"]
 
 ArrayLike = Tensor | np.ndarray
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
-_PLAIN_ADAMS = (torch.optim.Adam, torch.optim.AdamW)
 # Modules whose forward never draws from torch's global generator (exact types: a
 # subclass may override forward). A model made only of these trains without forking and
 # seeding that generator, ~20 us a chunk, a tenth of a tiny model's whole step.
@@ -227,16 +225,11 @@ class TorchSupervisedLearner(Learner):
         if len(groups) == 2:
             groups[1]["lr"] = self._lr_at(width)
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> torch.optim.Optimizer | FusedAdam:
         # A method, not a stored closure: clone() deep-copies the learner, and a closure
         # would keep pointing at the original model's parameters.
         params = list(self.model.parameters())
-        # Adam's fused kernel updates every tensor in one call: 2x faster per step than
-        # the default loop of ~10 tensor ops per parameter, which dominates for the tiny
-        # models of large simulated fleets. It needs float tensors on a device it knows.
-        fused = self._optimizer_name in ("adam", "adamw") and bool(params) and all(
-            p.is_floating_point() and p.device.type == "cpu" for p in params)
-        options = {"fused": True} if fused else {}
+        groups: list[dict] = [{"params": params}]
         if self.width_lr_exponent and (self.width < 1 or self.nested_shapes):
             # two groups: the first layer (the module of the first parameter) keeps lr,
             # the layers after it take the width's step size (_scale_lr)
@@ -245,15 +238,20 @@ class TorchSupervisedLearner(Learner):
             groups = [{"params": [p for k, p in named if k.rpartition(".")[0] == first]},
                       {"params": [p for k, p in named if k.rpartition(".")[0] != first],
                        "lr": self._lr_at(self.width)}]
-            return _OPTIMIZERS[self._optimizer_name](groups, lr=self.lr, **options)
-        return _OPTIMIZERS[self._optimizer_name](params, lr=self.lr, **options)
+        # Adam's fused kernel updates every tensor in one call: 2x faster per step than
+        # the default loop of ~10 tensor ops per parameter, which dominates for the tiny
+        # models of large simulated fleets. It needs float tensors on a device it knows.
+        if self._optimizer_name in ("adam", "adamw") and params and all(
+                p.is_floating_point() and p.device.type == "cpu" for p in params):
+            return FusedAdam(groups, lr=self.lr, decoupled_weight_decay=self._optimizer_name == "adamw")
+        return _OPTIMIZERS[self._optimizer_name](groups, lr=self.lr)
 
     def _steps(
         self,
         steps: int,
         loss_fn: Callable[[Tensor], Tensor],
         trainable: Collection[str] | None,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | FusedAdam,
     ) -> int:
         """Run ``steps`` optimiser steps of ``loss_fn(batch indices)``; return samples."""
         if steps < 0:
@@ -289,8 +287,7 @@ class TorchSupervisedLearner(Learner):
                     loss = loss_fn(idx)
                     if loss.requires_grad:
                         loss.backward()
-                        if not _fused_adam_step(optimizer):
-                            optimizer.step()
+                        optimizer.step()
                     work += idx.shape[0]
         finally:
             for p in frozen:
@@ -444,7 +441,7 @@ def _checked_prefix_shapes(model: nn.Module, shapes: Mapping[str, Sequence[int]]
     return out
 
 
-def _clear_grads(optimizer: torch.optim.Optimizer) -> None:
+def _clear_grads(optimizer: torch.optim.Optimizer | FusedAdam) -> None:
     """``optimizer.zero_grad(set_to_none=True)`` without its profiler annotation, which
     costs more than the rest of it (~20 us a step in a 1,000-node fleet)."""
     for group in optimizer.param_groups:
@@ -452,43 +449,63 @@ def _clear_grads(optimizer: torch.optim.Optimizer) -> None:
             p.grad = None
 
 
-def _fused_adam_step(optimizer: torch.optim.Optimizer) -> bool:
-    """Adam's fused update, called as ``step()`` would call it but without its per-call
-    bookkeeping (hook and profiler wrappers, the state gathering of ``_init_group``): for a
-    tiny model that bookkeeping costs more than the update. Same kernel, same arguments,
-    bit-identical results (tested). Only for a plain fused Adam or AdamW, no hooks, whose
-    state ``step()`` has already made; returns False where it did nothing (also where a
-    torch version no longer has the internals read here: step() then does the work)."""
-    unknown = object()  # an attribute another torch version may lack: then not our case
-    hooks = (getattr(optimizer, "_optimizer_step_pre_hooks", unknown),
-             getattr(optimizer, "_optimizer_step_post_hooks", unknown),
-             getattr(_optim, "_global_optimizer_pre_hooks", unknown),
-             getattr(_optim, "_global_optimizer_post_hooks", unknown))
-    if (type(optimizer) not in _PLAIN_ADAMS or any(h is unknown or h for h in hooks)
-            or getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None):
-        return False
-    state = optimizer.state
-    calls = []
-    for group in optimizer.param_groups:
-        if (not group.get("fused") or group.get("amsgrad", True) or group.get("capturable", True)
-                or group.get("differentiable", True) or group.get("maximize", True)
-                or "decoupled_weight_decay" not in group):
-            return False
-        params = [p for p in group["params"] if p.grad is not None]
-        states = [state.get(p) for p in params]
-        if (any(not s or "exp_avg" not in s for s in states) or any(p.is_complex() or p.grad.is_sparse for p in params)
-                or any(isinstance(beta, Tensor) for beta in group["betas"])):
-            return False
-        calls.append((group, params, states))
-    with torch.no_grad():
-        for group, params, states in calls:
-            if params:
-                beta1, beta2 = group["betas"]
-                _adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                      [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], fused=True, amsgrad=False,
-                      beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                      maximize=False, decoupled_weight_decay=group["decoupled_weight_decay"])
-    return True
+class FusedAdam:
+    """Adam, or AdamW with ``decoupled_weight_decay``, on CPU float parameters: what
+    ``torch.optim.Adam(groups, lr=lr, fused=True)`` (``AdamW``) does with its default
+    hyperparameters, without being a ``torch.optim.Optimizer``.
+
+    - Constructing any ``torch.optim.Optimizer`` imports torch's compiler stack, because
+      its ``add_param_group`` is wrapped in ``torch._disable_dynamo``: 1.1 s of CPU, as
+      much as importing torch itself, for a kernel that needs none of it.
+    - ``Optimizer.step()`` wraps the kernel in hook and profiler bookkeeping and gathers the
+      state anew (``_init_group``) on every call, which costs more than the update itself
+      for a tiny model (~20 us a step in a 1,000-node fleet).
+
+    The same kernel (``torch.optim.adam.adam(..., fused=True)``) with the same arguments,
+    its state made as ``_init_group`` makes it: bit-identical updates (pinned by
+    ``tests/test_learners.py``). ``param_groups`` and ``state`` are laid out as torch's, so
+    code that reads or sets a group's ``lr`` works on either.
+
+    :param groups: ``[{"params": [...], optionally "lr": ...}]``, as torch takes them.
+    :param lr: step size of the groups that name none.
+    :param decoupled_weight_decay: AdamW (decay ``1e-2``, torch's default) rather than Adam (none).
+    """
+
+    def __init__(self, groups: Sequence[Mapping], *, lr: float, decoupled_weight_decay: bool = False) -> None:
+        decay = 1e-2 if decoupled_weight_decay else 0.0
+        self.param_groups = [{"lr": lr, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": decay,
+                              "decoupled_weight_decay": decoupled_weight_decay, **group, "params": list(group["params"])}
+                             for group in groups]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not (p.is_floating_point() and p.device.type == "cpu"):
+                    raise ValueError(f"FusedAdam takes CPU float parameters, got {p.dtype} on {p.device.type}")
+        self.state: dict[Tensor, dict[str, Tensor]] = {}
+
+    def _state_of(self, p: Tensor) -> dict[str, Tensor]:
+        state = self.state.get(p)
+        if state is None:
+            if p.grad.is_sparse:
+                raise RuntimeError("Adam does not support sparse gradients")
+            # as Adam._init_group makes it for a fused group: a float32 step on the parameter's device
+            state = self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return state
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient (the others keep their values and state)."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self._state_of(p) for p in params]
+            beta1, beta2 = group["betas"]
+            _adam(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                  [], [s["step"] for s in states], fused=True, amsgrad=False, beta1=beta1, beta2=beta2,
+                  lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                  decoupled_weight_decay=group["decoupled_weight_decay"])
 
 
 def _take(outputs: Tensor | tuple[Tensor, ...], idx: Tensor) -> Tensor | tuple[Tensor, ...]:
