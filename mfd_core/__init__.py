@@ -22,7 +22,9 @@ _EXPORTS: dict[str, str] = {
     "BROADCAST": ".packet", "NEIGHBOURS": ".packet",
     "Manifest": ".codec", "TensorSpec": ".codec", "EncodedModel": ".codec",
     "encode": ".codec", "decode": ".codec", "to_datagrams": ".codec",
+    "build_control": ".packet",
     "Reassembler": ".reassembly", "Limits": ".reassembly", "ReceivedModel": ".reassembly",
+    "ReceivedControl": ".reassembly",
     "merge_partial": ".reassembly",
     # models that scale, and knowledge between them
     "ModelFamily": ".scaling", "MLPFamily": ".scaling", "SmallCNNFamily": ".scaling",
