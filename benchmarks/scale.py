@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import write_results  # noqa: E402
 
 PERIOD_S = 30.0  # one 8-sample step and one share per node every 30 simulated s
+# like for like with gossip, which pushes one model a period: MFD sends one too
+FANOUT = 1
 
 
 def node_world(n: int, policy: str, duration: float):
@@ -50,7 +52,7 @@ def node_world(n: int, policy: str, duration: float):
                                                 batch_size=8, seed=node, family="mlp")
     test_x = torch.from_numpy(rng.normal(size=(64, 8)).astype(np.float32))
     test_y = (test_x[:, 0] > 0).long()
-    settings = Policy(name=policy, gossip_interval=PERIOD_S, max_silence=PERIOD_S)
+    settings = Policy(name=policy, gossip_interval=PERIOD_S, max_silence=PERIOD_S, fanout=FANOUT)
     return World(SimNetwork(graph, seed=0), learners, policy=settings.make(), transport=settings.transport,
                  seed=0, duration=duration, eval_interval=duration, local_steps=1,
                  evaluate=lambda _n, learner: learner.evaluate(test_x, test_y), name=f"scale-{n}-{policy}")

@@ -147,6 +147,7 @@ class MFDPolicy(SharingPolicy):
         neighbours = net.neighbours(node.id)
         if not neighbours:
             return []
+        direct = set(neighbours)
         hops = self.settings.share_hops
         if hops > 1:
             # a small fleet on a chain of links: a neighbourhood average mixes the fleet
@@ -155,17 +156,18 @@ class MFDPolicy(SharingPolicy):
             neighbours = sorted(n for n, d in reach.items() if d > 0 and net.is_up(n) and net.route(node.id, n))
         own = node.score()
         scored = []
-        for nbr in neighbours:
+        # a little noise so equal neighbours take turns (drawn at once: the same numbers)
+        noise = node.rng.uniform(0.5, 1.0, size=len(neighbours)).tolist()
+        for nbr, jitter in zip(neighbours, noise):
             report = node.reports.get(nbr)
             their = report.score if report is not None else 0.0
-            link = self._first_link(node, nbr)
+            link = net.link(node.id, nbr) if nbr in direct else self._first_link(node, nbr)
             quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
             need = 1.0 + max(0.0, own - their)
             if report is not None and report.degree and self.settings.favour_isolated:
                 # a neighbour with few neighbours of its own has few other sources
                 need *= 1.0 + 2.0 / report.degree
-            # a little noise so equal neighbours take turns
-            scored.append((need * quality * float(node.rng.uniform(0.5, 1.0)), nbr))
+            scored.append((need * quality * jitter, nbr))
         scored.sort(reverse=True)
         if self.settings.echo_window > 0:
             # a neighbour whose model this node merged a moment ago holds most of what it
