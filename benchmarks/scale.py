@@ -6,7 +6,11 @@
 
 Every node holds a tiny model and 16 synthetic samples of a 2-class problem, trains one
 8-sample step and shares every 30 simulated seconds on a small-world graph (6
-neighbours): what is measured is the simulator and the protocol, not the learning.
+neighbours): what is measured is the simulator and the protocol, not the learning. So
+the nodes' learner is a logistic regression in numpy (``--learner numpy``, the default:
+one step costs microseconds, where a torch step costs about a millisecond of framework
+overhead whatever the model's size); ``--learner torch`` runs the 8-8-2 torch MLP the
+figures of earlier sessions used.
 Each run is a fresh process, so its peak RSS is its own. Reported: wall and CPU time,
 peak RSS, datagrams; the growth exponents of time and memory from 1k to 10k nodes
 (log-log slope); MFD's CPU over gossip's at 1,000 nodes, medians of interleaved repeats
@@ -29,11 +33,91 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import write_results  # noqa: E402
 
 PERIOD_S = 30.0  # one 8-sample step and one share per node every 30 simulated s
+LEARNER = "numpy"
 # like for like with gossip, which pushes one model a period: MFD sends one too
 FANOUT = 1
 
 
-def node_world(n: int, policy: str, duration: float):
+class LogisticLearner:
+    """Softmax regression in numpy, as a :class:`mfd_core.Learner`: the cheapest honest
+    learner (real gradient steps, real scores, a state of two tensors) for measuring the
+    simulator and the protocol at 10,000 nodes."""
+
+    family, width, output_kind = "logistic", 1.0, "classification"
+
+    def __init__(self, train, val, *, classes: int = 2, lr: float = 0.1, batch: int = 8, seed: int = 0) -> None:
+        import numpy as np
+
+        self.x, self.y = train
+        self.vx, self.vy = val
+        self.num_samples, self.batch, self.lr = len(self.y), batch, lr
+        self.w = np.zeros((self.x.shape[1], classes), dtype=np.float32)
+        self.b = np.zeros(classes, dtype=np.float32)
+        self.rng = np.random.default_rng(seed)
+        self.work_done = 0
+
+    def _logits(self, x, w=None, b=None):
+        return x @ (self.w if w is None else w) + (self.b if b is None else b)
+
+    def train(self, steps: int, trainable=None) -> int:
+        import numpy as np
+
+        for _ in range(steps):
+            idx = self.rng.integers(0, self.num_samples, self.batch)
+            z = self._logits(self.x[idx])
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(idx)), self.y[idx]] -= 1.0
+            self.w -= self.lr * (self.x[idx].T @ p) / len(idx)
+            self.b -= self.lr * p.mean(0)
+        self.work_done += steps * self.batch
+        return steps * self.batch
+
+    def score(self, state=None) -> float:
+        w, b = (None, None) if state is None else (state["w"].numpy(), state["b"].numpy())
+        return float((self._logits(self.vx, w, b).argmax(1) == self.vy).mean())
+
+    def evaluate(self, inputs, targets) -> float:
+        return float((self._logits(inputs.numpy()).argmax(1) == targets.numpy()).mean())
+
+    def get_state(self):
+        import torch
+
+        return {"w": torch.from_numpy(self.w.copy()), "b": torch.from_numpy(self.b.copy())}
+
+    def set_state(self, state, masks=None) -> None:
+        import numpy as np
+
+        for name in ("w", "b"):
+            if name in state:
+                value = state[name].numpy()
+                mask = None if masks is None or name not in masks else masks[name].numpy()
+                target = getattr(self, name)
+                target[...] = value if mask is None else np.where(mask, value, target)
+
+    def outputs(self, inputs):
+        import torch
+
+        return torch.from_numpy(self._logits(inputs.numpy()))
+
+    def local_inputs(self, n: int):
+        import torch
+
+        return torch.from_numpy(self.x[:n])
+
+    def distil_from(self, teacher, steps, kind, *, temperature: float = 2.0) -> float:
+        raise NotImplementedError("one family: this fleet merges, it never distils")
+
+    def score_teacher(self, teacher):
+        return None
+
+    def clone(self):
+        import copy
+
+        return copy.deepcopy(self)
+
+
+def node_world(n: int, policy: str, duration: float, learner: str = LEARNER):
     import numpy as np
     import torch
 
@@ -48,8 +132,11 @@ def node_world(n: int, policy: str, duration: float):
     for node in range(n):
         x = rng.normal(size=(16, 8)).astype(np.float32)
         y = (x[:, 0] > 0).astype(np.int64)
-        learners[node] = TorchSupervisedLearner(family.build(1.0, seed=0), (x[:12], y[:12]), (x[12:], y[12:]),
-                                                batch_size=8, seed=node, family="mlp")
+        if learner == "numpy":
+            learners[node] = LogisticLearner((x[:12], y[:12]), (x[12:], y[12:]), seed=node)
+        else:
+            learners[node] = TorchSupervisedLearner(family.build(1.0, seed=0), (x[:12], y[:12]),
+                                                    (x[12:], y[12:]), batch_size=8, seed=node, family="mlp")
     test_x = torch.from_numpy(rng.normal(size=(64, 8)).astype(np.float32))
     test_y = (test_x[:, 0] > 0).long()
     settings = Policy(name=policy, gossip_interval=PERIOD_S, max_silence=PERIOD_S, fanout=FANOUT)
@@ -58,13 +145,13 @@ def node_world(n: int, policy: str, duration: float):
                  evaluate=lambda _n, learner: learner.evaluate(test_x, test_y), name=f"scale-{n}-{policy}")
 
 
-def one(policy: str, n: int, duration: float) -> dict:
+def one(policy: str, n: int, duration: float, learner: str = LEARNER) -> dict:
     t0, cpu0 = time.perf_counter(), time.process_time()
-    world = node_world(n, policy, duration)
+    world = node_world(n, policy, duration, learner)
     built = time.perf_counter() - t0
     result = world.run()
     stats = world.network.stats()
-    return {"policy": policy, "nodes": n, "simulated_s": duration, "build_s": round(built, 2),
+    return {"policy": policy, "nodes": n, "simulated_s": duration, "learner": learner, "build_s": round(built, 2),
             "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - cpu0, 2),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "datagrams": int(stats["air_packets"]), "bytes": int(stats["air_bytes"]),
@@ -72,8 +159,8 @@ def one(policy: str, n: int, duration: float) -> dict:
             "final_accuracy": round(result.final_mean_score, 4)}
 
 
-def run_one(policy: str, n: int, duration: float) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", policy, str(n), str(duration)],
+def run_one(policy: str, n: int, duration: float, learner: str = LEARNER) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", policy, str(n), str(duration), "--learner", learner],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -90,17 +177,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000])
     parser.add_argument("--duration", type=float, default=3600.0)
     parser.add_argument("--repeats", type=int, default=7, help="interleaved MFD / gossip repeats at 1,000 nodes")
+    parser.add_argument("--learner", choices=("numpy", "torch"), default=LEARNER,
+                        help="the nodes' learner: numpy logistic regression (default) or the torch MLP")
     parser.add_argument("--one", nargs=3, metavar=("POLICY", "NODES", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one[0], int(args.one[1]), float(args.one[2]))))
+        print(json.dumps(one(args.one[0], int(args.one[1]), float(args.one[2]), args.learner)))
         return 0
     figures, detail = {}, {}
     if args.only in (None, "mfd"):
         pairs = []
         for i in range(args.repeats):
-            mfd = run_one("mfd", 1000, args.duration)
-            gossip = run_one("gossip", 1000, args.duration)
+            mfd = run_one("mfd", 1000, args.duration, args.learner)
+            gossip = run_one("gossip", 1000, args.duration, args.learner)
             pairs.append((mfd, gossip))
             print(f"  1,000 nodes, one hour, repeat {i + 1}: mfd {mfd['wall_s']:.1f} s wall / {mfd['cpu_s']:.1f} s CPU "
                   f"({mfd['datagrams']:,} datagrams, {mfd['control_datagrams']:,} control), gossip "
@@ -111,7 +200,7 @@ def main(argv: list[str]) -> int:
     if args.only in (None, "sweep"):
         sweep = []
         for n in args.sizes:
-            run = run_one("gossip", n, args.duration)
+            run = run_one("gossip", n, args.duration, args.learner)
             sweep.append(run)
             print(f"  gossip, {n:,} nodes, one hour: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU, "
                   f"peak {run['peak_rss_gb']:.2f} GB, {run['datagrams']:,} datagrams", flush=True)

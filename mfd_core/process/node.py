@@ -148,6 +148,7 @@ class Node:
         self._debt = 0  # work done outside training chunks, paid with the next one
         self._trainable: list[str] | None = None
         self._rng: np.random.Generator | None = None
+        self._attrs = self.network.graph.nodes[node_id]  # its compute, memory, ... (a live view)
         self.network.attach(node_id, self._on_datagram)
 
     # -- what the node is -----------------------------------------------------------
@@ -158,11 +159,11 @@ class Node:
 
     @property
     def compute(self) -> float:
-        return float(self.network.graph.nodes[self.id].get("compute", 1.0))
+        return float(self._attrs.get("compute", 1.0))
 
     @property
     def memory(self) -> float:
-        return float(self.network.graph.nodes[self.id].get("memory", 0.0))
+        return float(self._attrs.get("memory", 0.0))
 
     @property
     def rng(self) -> np.random.Generator:
