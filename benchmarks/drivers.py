@@ -17,6 +17,7 @@ Writes benchmarks/results/drivers.json.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import RESULTS, command, commit, load_average, write_results  # noqa: E402
 from mfd_core import load_scenario  # noqa: E402
 from mfd_core.runtime.launch import run_on  # noqa: E402
 from mfd_core.runtime.recipe import scenario_recipe  # noqa: E402
@@ -127,6 +128,18 @@ def speedup(repeats: int, duration: float, nodes: int) -> dict:
             "ratios": ratio, "overhead_us_per_datagram": over}
 
 
+def _previous() -> dict:
+    try:
+        return json.loads((RESULTS / "drivers.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _provenance() -> dict:
+    """What a part of the benchmark ran on: its command, commit and the load at its start."""
+    return {"command": command(), "commit": commit(), "load_average_1m_at_start": load_average()}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("agree", "speed"))
@@ -138,13 +151,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cnn-duration", type=float, default=20.0)
     args = parser.parse_args(argv)
     figures, detail = {}, {}
+    if args.only:
+        # one part at a time (the speed part wants an idle machine): keep the other part's
+        # figures and details from the last run, each part recording its own command and commit
+        previous = _previous()
+        other = {"agree": "agreement", "speed": "speed"}["speed" if args.only == "agree" else "agree"]
+        if other in previous:
+            detail[other] = previous[other]
+            figures.update(previous[other].get("figures", {}))
     if args.only in (None, "agree"):
         log(f"agreement: digits, MFD, seeds {args.seeds}, {args.duration:.0f} simulated s")
-        detail["agreement"] = agreement(args.seeds, args.speed, args.duration)
+        detail["agreement"] = {**_provenance(), **agreement(args.seeds, args.speed, args.duration)}
         figures.update(detail["agreement"]["figures"])
     if args.only in (None, "speed"):
         log(f"speed: {args.cnn_nodes} CNN nodes on Ray, 2 workers against 1, {args.repeats} interleaved repeats")
-        detail["speed"] = speedup(args.repeats, args.cnn_duration, args.cnn_nodes)
+        detail["speed"] = {**_provenance(), **speedup(args.repeats, args.cnn_duration, args.cnn_nodes)}
         figures.update(detail["speed"]["figures"])
     for key, value in figures.items():
         log(f"{key}: {value:.4g}")

@@ -55,6 +55,10 @@ def test_ray_runs_four_nodes_and_agrees_with_the_simulator() -> None:
     where = ray.extra["network"]
     assert where["driver"] == "ray" and where["actors"] == 2 and set(where["nodes"]) == {"0", "1", "2", "3"}
     assert len({v for v in where["nodes"].values()}) == 2  # two actors hosted them
+    # a later run in the same process that asks for more actors than the first one did
+    # gets them (the local instance was once sized for the first run: its actors waited for ever)
+    three = run_on(recipe, "ray", workers=3)
+    assert three.extra["network"]["actors"] == 3 and three.scores == sim.scores
 
 
 def test_udp_runs_four_node_processes_on_real_sockets(tmp_path) -> None:

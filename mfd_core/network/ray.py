@@ -115,13 +115,24 @@ def start_ray(address: str | None, workers: int):
         import ray
     except ImportError:
         raise RuntimeError("the ray driver needs Ray: pip install 'ray>=2.9'") from None
+    global _LOCAL_CPUS
+    if ray.is_initialized() and _LOCAL_CPUS is not None and _LOCAL_CPUS < workers:
+        # a local instance started for a smaller run: its actors (one CPU each) for this
+        # run would wait for CPUs that never come
+        ray.shutdown()
+        _LOCAL_CPUS = None
     if not ray.is_initialized():
         options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if address:
             ray.init(address=address, **options)
         else:
-            # the actors' torch threads are set to 1 by the world; Ray's own worker pool
-            # is capped at what the run asks for
+            # the actors' torch threads are set to 1 by the world; the local instance has
+            # the machine's CPUs, or more when a run asks for more actors than it has
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-            ray.init(num_cpus=max(1, workers), **options)
+            _LOCAL_CPUS = max(1, workers, os.cpu_count() or 1)
+            ray.init(num_cpus=_LOCAL_CPUS, **options)
     return ray
+
+
+# CPUs of the local Ray instance this process started (None: none, or a cluster's)
+_LOCAL_CPUS: int | None = None
