@@ -294,3 +294,45 @@ def test_same_seed_same_results_and_another_seed_differs(policy) -> None:
     assert first.bytes[-1] > 0
     other = build_world(scenario, seed=1).run()
     assert other.scores != first.scores and other.bytes != first.bytes
+
+
+# --------------------------------------------------------------------------- hellos
+
+
+def _hello_times(world: World) -> dict[int, list[float]]:
+    times = defaultdict(list)
+    for node in world.nodes.values():
+        original = node.hello
+
+        def hello(_node=node, _original=original):
+            times[_node.id].append(round(world.env.now, 6))
+            _original()
+
+        node.hello = hello
+    return times
+
+
+def test_keep_alives_back_off_while_nothing_changes_and_news_is_told_at_the_next_look() -> None:
+    scenario = tiny(duration=400.0, eval_interval=400.0,
+                    policy={"hello_interval": 1.0, "hello_refresh": 10.0, "hello_refresh_max": 80.0})
+    world = build_world(scenario, seed=0)
+    for node in world.nodes.values():
+        node.learner.train = lambda steps, trainable=None: 1  # work, but the model never changes
+    times = _hello_times(world)
+    node = world.nodes[2]
+    # something a hello tells changes at t = 200.5: the node must say so at its next look
+    world.start()
+    world.advance(200.5)
+    node.learner.num_samples += 1
+    node.news()
+    world.advance(world.duration)
+    world.finish()
+    gaps = [b - a for a, b in zip(times[0], times[0][1:])]
+    # a fixed 10 s keep-alive would have sent 40 hellos in 400 s; the back-off doubles the
+    # wait up to 80 s: 10, 20, 40, 80, 80, ...
+    assert len(times[0]) <= 9 and max(gaps) == pytest.approx(80.0, abs=1.0)
+    assert all(b >= a - 1e-9 for a, b in zip(gaps[:4], gaps[1:5]))
+    # the change is told within one look (1 s) and the keep-alive falls back to 10 s
+    after = [t for t in times[2] if t >= 200.5]
+    assert after[0] - 200.5 <= 1.0
+    assert after[1] - after[0] == pytest.approx(10.0, abs=1e-6)

@@ -126,7 +126,9 @@ class Node:
         self.network = services.network
         self.policy = policy
         self.reassembler = Reassembler(limits=Limits(timeout_s=SIM_REASSEMBLY_TIMEOUT_S), key=services.key)
-        self.version = 0
+        self._version = 0
+        # called when something a hello reports may have changed (see `news`)
+        self.on_news: Callable[[], None] | None = None
         self._message_id = 0
         self.reports: dict[int, Report] = {}
         self.counters = NodeCounters()
@@ -152,6 +154,23 @@ class Node:
         self.network.attach(node_id, self._on_datagram)
 
     # -- what the node is -----------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The own model's version: every training chunk, install or merge is a new one."""
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
+        self.news()
+
+    def news(self) -> None:
+        """Something a hello reports may have changed: the model (its score, samples,
+        width), the neighbourhood, a new neighbour heard. A policy that reports the node
+        listens here instead of looking every few seconds."""
+        if self.on_news is not None:
+            self.on_news()
 
     @property
     def now(self) -> float:
@@ -352,6 +371,7 @@ class Node:
         if type(record) is Hello:
             if origin not in self.reports:
                 self.heard_new_neighbour = True  # it has not heard this node either, likely
+                self.news()
             self.reports[origin] = Report.from_hello(record, self.network.env.now)
         elif type(record) is Resend:
             self._resend(origin, record)
