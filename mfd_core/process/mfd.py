@@ -224,11 +224,16 @@ class MFDPolicy(SharingPolicy):
         scored = []
         # a little noise so equal neighbours take turns (drawn at once: the same numbers)
         noise = node.rng.uniform(0.5, 1.0, size=len(neighbours)).tolist()
+        qualities = self._link_qualities(node)
         for nbr, jitter in zip(neighbours, noise):
             report = node.reports.get(nbr)
             their = report.score if report is not None else 0.0
-            link = net.link(node.id, nbr) if nbr in direct else self._first_link(node, nbr)
-            quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
+            quality = qualities.get(nbr) if nbr in direct else None
+            if quality is None:
+                link = net.link(node.id, nbr) if nbr in direct else self._first_link(node, nbr)
+                quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
+                if nbr in direct:
+                    qualities[nbr] = quality
             need = 1.0 + max(0.0, own - their)
             if report is not None and report.degree and self.settings.favour_isolated:
                 # a neighbour with few neighbours of its own has few other sources
@@ -243,6 +248,17 @@ class MFDPolicy(SharingPolicy):
                      if now - t <= self.settings.echo_window}
             scored.sort(key=lambda pair: pair[1] in heard)
         return [nbr for _, nbr in scored[:fanout]]
+
+    def _link_qualities(self, node: Node) -> dict[int, float]:
+        """The node's direct links' quality, kept while the topology version stands (a
+        network without versions: worked out afresh each time). Looking the links up at
+        every share was a tenth of a 1,000-node hour."""
+        version = getattr(node.network, "version", None)
+        cache = self.__dict__.setdefault("_qualities", {})
+        held = cache.get(node.id)
+        if version is None or held is None or held[0] != version:
+            held = cache[node.id] = (version, {})
+        return held[1]
 
     def fit_to_receiver(self, node: Node, target: int, state: Mapping[str, torch.Tensor] | None = None
                         ) -> tuple[dict, str, dict]:
