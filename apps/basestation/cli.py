@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import POLICIES, aggregate, evaluate, write_report
+    from .evaluation import POLICIES, aggregate, evaluate
+    from .report import write_report
     from .training import train_scenario
 
     names = _csv(args.scenarios)
