@@ -184,31 +184,90 @@ def test_station_view_is_a_gymnasium_env(fleet):
 # -- the commands -----------------------------------------------------------------------
 
 
-def test_short_train_and_evaluate_write_the_report(tiny, tmp_path, capsys):
+def _bs(*argv: str) -> tuple[int, str, str]:
+    """`mfd basestation ARGV` in this process: exit status, stdout, stderr."""
+    import contextlib
+    import io
+
     from apps.cli import main
 
-    models, report = tmp_path / "models", tmp_path / "report"
-    assert main(["basestation", "train", str(tiny), "--out", str(models), "--quiet"]) == 0
-    for policy in ("isolated", "fedavg", "mfd"):
-        assert (models / "tiny" / policy / "bs_1" / "model.zip").is_file()
-        assert not (models / "tiny" / policy / "bs_0").exists()  # the station in outage has no agent
-        assert (models / "tiny" / policy / "run" / "metrics.jsonl").is_file()
-    assert (models / "tiny" / "central" / "model.zip").is_file()
-    fedavg = json.loads((models / "tiny" / "fedavg" / "summary.json").read_text())
-    mfd = json.loads((models / "tiny" / "mfd" / "summary.json").read_text())
-    assert fedavg["model_bytes"] > 0 and mfd["model_bytes"] > 0 and fedavg["data_bytes"] == 0
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["basestation", *argv])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
-    assert main(["basestation", "evaluate", "--scenarios", str(tiny), "--models", str(models),
-                 "--out", str(report), "--quiet"]) == 0
-    for name in ("index.html", "results.json", "results.csv", "summary.csv", "pf_utility.png",
-                 "energy_kj.png", "model_mb.png", "training_scores.png"):
-        assert (report / name).is_file(), name
-    doc = json.loads((report / "results.json").read_text())
-    assert {r["policy"] for r in doc["rows"]} == {"full_power", "heuristic", "isolated", "fedavg", "mfd", "central"}
-    for row in doc["rows"]:
-        assert row["energy_kj"] > 0 and np.isfinite(row["pf_utility"])
-    assert "MFD RL" in (report / "index.html").read_text()
-    assert "report:" in capsys.readouterr().out
+
+def _tidy(folder) -> list[dict]:
+    import csv
+
+    with open(folder / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_and_evaluate_write_run_folders_and_mfd_report_rebuilds_them(tiny, tmp_path):
+    train, ev = tmp_path / "train", tmp_path / "eval"
+    code, out, err = _bs("train", str(tiny), "--seeds", "0,1", "--policies", "isolated,fedavg,mfd,central",
+                         "--set", "training.eval_interval=0.5", "--out", str(train))
+    assert code == 0, err
+    assert "\r" not in err and "[100%]" in err  # plain progress lines off a terminal
+    for seed in (0, 1):
+        for policy in ("isolated", "fedavg", "mfd"):
+            assert (train / "models" / f"seed{seed}" / "tiny" / policy / "bs_1" / "model.zip").is_file()
+            assert not (train / "models" / f"seed{seed}" / "tiny" / policy / "bs_0").exists()  # in outage
+        assert (train / "models" / f"seed{seed}" / "tiny" / "central" / "model.zip").is_file()
+    meta = json.loads((train / "run.json").read_text())
+    assert meta["kind"] == "basestation" and meta["stage"] == "train" and meta["network"] == "sim"
+    assert meta["processes"] == 1 and not meta["interrupted"] and len(meta["done"]) == 8
+    assert json.loads((train / "scenario.json").read_text())["training"]["eval_interval"] == 0.5  # --set
+    rows = _tidy(train)
+    assert list(rows[0]) == ["run", "policy", "seed", "node", "time", "metric", "value"]
+    assert {r["run"] for r in rows} == {f"{p}/seed{s}" for p in ("isolated", "fedavg", "mfd", "central")
+                                        for s in (0, 1)}
+    assert {r["time"] for r in rows if r["run"] == "mfd/seed0" and r["metric"] == "score"} == \
+        {"0.0", "0.5", "1.0", "1.5", "2.0"}
+    summary = json.loads((train / "summary.json").read_text())
+    assert summary["policies"]["mfd"]["seeds"] == 2
+    spread = summary["policies"]["fedavg"]["model_bytes"]
+    assert 0 < spread["min"] <= spread["median"] <= spread["max"]
+    assert summary["comparisons"]["mfd"]["bytes_over_fedavg"]["median"] > 0
+    assert summary["central"]["central"]["measurement_bytes"]["median"] > 0
+    assert (train / "summary.csv").read_text().count("\n") == 1 + 8
+    assert (train / "report" / "index.html").is_file() and (train / "report" / "training_scores.png").is_file()
+
+    code, out, err = _bs("evaluate", "--models", str(train), "--seeds", "1-2", "--out", str(ev), "--quiet")
+    assert code == 0, err
+    assert err == "" and "report:" in out  # --quiet: no progress
+    rows = _tidy(ev)
+    runs = {r["run"] for r in rows}
+    # the training's scenario (no --scenarios), each controller on each evaluation seed,
+    # each trained one once per training seed
+    assert {r for r in runs if "/heuristic/" in r} == {"tiny/heuristic/seed1", "tiny/heuristic/seed2"}
+    assert "tiny/mfd/train1/seed2" in runs and len(runs) == 2 * 2 + 4 * 2 * 2
+    assert {r["metric"] for r in rows} >= {"pf_utility", "energy_kj", "mean_user_rate_mbps", "model_mb"}
+    doc = json.loads((ev / "summary.json").read_text())["scenarios"]["tiny"]
+    assert doc["policies"]["mfd"]["seeds"] == 4 and doc["policies"]["heuristic"]["seeds"] == 2
+    assert doc["best_heuristic"]["pf_utility"] in ("full_power", "heuristic")
+    ref = doc["best_heuristic"]["pf_utility"]
+    assert doc["minus_best_heuristic"][ref]["pf_utility"]["median"] == 0.0
+    for policy in ("full_power", "heuristic", "isolated", "fedavg", "mfd", "central"):
+        assert (ev / "report" / "pf_utility.png").is_file() and policy in doc["policies"]
+    meta = json.loads((ev / "run.json").read_text())
+    assert meta["kind"] == "basestation" and meta["stage"] == "evaluate" and len(meta["done"]) == len(runs)
+
+    # mfd report rebuilds each stage's own page and leaves the measurements alone
+    before = (ev / "results.csv").read_bytes(), (ev / "summary.json").read_bytes()
+    (ev / "report" / "index.html").unlink()
+    from apps.cli import main
+
+    assert main(["report", str(ev)]) == 0 and main(["report", str(train)]) == 0
+    page = (ev / "report" / "index.html").read_text()
+    assert "MFD RL" in page and "minus the better heuristic" in page
+    assert "load-balancing heuristic" in page and "training_scores.png" in page
+    assert ((ev / "results.csv").read_bytes(), (ev / "summary.json").read_bytes()) == before
+    assert "final station score" in (train / "report" / "index.html").read_text()
 
 
 def test_evaluate_skips_missing_models_with_a_note(tiny, tmp_path):
@@ -220,19 +279,95 @@ def test_evaluate_skips_missing_models_with_a_note(tiny, tmp_path):
     assert len(notes) == 1 and "mfd" in notes[0]
 
 
-def test_train_refuses_an_unknown_policy(tiny):
-    from apps.cli import main
+def test_evaluate_without_models_plays_the_heuristics_and_says_so(tiny, tmp_path):
+    code, out, err = _bs("evaluate", "--scenarios", str(tiny), "--out", str(tmp_path / "e"), "--quiet")
+    assert code == 0, err
+    assert {r["policy"] for r in _tidy(tmp_path / "e")} == {"full_power", "heuristic"}
+    assert "note: no --models" in out
 
-    with pytest.raises(SystemExit, match="unknown policy"):
-        main(["basestation", "train", str(tiny), "--policies", "mfd,qlearning"])
 
-
-def test_invalid_scenario_on_the_command_line_names_the_field(tmp_path):
-    from apps.cli import main
-
+@pytest.mark.parametrize("argv, message", [
+    (["train", "TINY", "--seed", "-1"], "seeds are whole numbers"),
+    (["train", "TINY", "--seeds", "99999999999999999999"], "too large"),
+    (["train", "TINY", "--seeds", "0", "0"], "given twice"),
+    (["evaluate", "--seeds", "x"], "seeds are whole numbers"),
+    (["train", "TINY", "--policies", "mfd,qlearning"], "unknown policy qlearning"),
+    (["evaluate", "--policies", "bogus"], "unknown policy bogus"),
+    (["evaluate", "--models", "/nonexistent"], "--models /nonexistent: no such folder"),
+    (["evaluate", "--policies", "mfd"], "need --models"),
+    (["train", "TINY", "--rounds", "0"], "--rounds must be from 1"),
+    (["train", "TINY", "--rounds", "1000000"], "--rounds must be from 1"),
+    (["train", "TINY", "--network", "udp"], "share one simulated radio network"),
+    (["train", "TINY", "--network", "ray"], "cannot run as separate Ray actors"),
+    (["train", "TINY", "--set", "training.rounds=-1"], "training.rounds"),
+    (["train", "TINY", "--set", "x2.loss=2"], "x2.loss"),
+    (["train", "TINY", "--set", "nothing"], "expected KEY=VALUE"),
+    (["train", "BAD"], "training.rounds"),
+    (["evaluate", "--rounds", "3"], "goes with --train"),
+])
+def test_every_bad_input_is_one_line_before_any_work(tiny, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
     bad = _write(tmp_path, 'preset = "uniform"\n[training]\nrounds = -1\n')
-    with pytest.raises(SystemExit, match="training.rounds"):
-        main(["basestation", "train", str(bad)])
+    argv = [str(tiny) if a == "TINY" else str(bad) if a == "BAD" else a for a in argv]
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = _bs(*argv, "--out", str(tmp_path / "out"))
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mfd: error: ") and message in lines[0], err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing half-written, no folder made
+
+
+def test_an_output_folder_is_checked_and_never_reused(tiny, tmp_path, monkeypatch):
+    from apps.basestation import cli
+
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("another run")
+    code, _, err = _bs("train", str(tiny), "--out", str(tmp_path / "used"))
+    assert code == 2 and "holds files already" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = _bs("train", str(tiny), "--out", str(tmp_path / "file"))
+    assert code == 2 and "is a file" in err
+    # the default folder is a new one each time, even within the same second
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20260101-000000")
+    first = cli._default_out("basestation-tiny-train")
+    first.mkdir(parents=True)
+    second = cli._default_out("basestation-tiny-train")
+    assert second != first and not second.exists()
+
+
+def test_ctrl_c_keeps_what_was_measured(tiny, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "basestation", "train", str(tiny), "--rounds", "5000",
+                             "--policies", "mfd", "--out", str(out), "--quiet"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "results.csv").is_file() and len(_tidy(out)) > 40:  # a few measurements streamed
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mfd: interrupted") and str(out) in lines[0], stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["interrupted"] is True and meta["done"] == []
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+    times = {float(r["time"]) for r in _tidy(out) if r["metric"] == "score"}
+    assert 0.0 < max(times) < 5000  # stopped part-way, and what it measured is there
+    assert (out / "report" / "index.html").is_file()
 
 
 def test_stacked_forward_matches_sb3(fleet):

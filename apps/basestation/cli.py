@@ -64,6 +64,10 @@ def scenario_doc(scenario) -> dict[str, Any]:
 def apply_overrides(scenario, changes: dict[str, Any]):
     """``--set`` changes on an app scenario: ``training.rounds=4``, ``basestation.episode_steps=50``,
     ``sharing.fanout=3``, ``x2.loss=0.01`` or ``name=...``."""
+    from pydantic import ValidationError
+
+    from mfd_core.scenario import format_validation_error
+
     from .config import X2Link
 
     for table, value in changes.items():
@@ -83,9 +87,8 @@ def apply_overrides(scenario, changes: dict[str, Any]):
         else:
             try:
                 x2 = X2Link.model_validate({**scenario.x2.model_dump(), **value})
-            except ValueError as err:
-                raise UsageError(f"--set x2: {str(err).splitlines()[0]}: {str(err).splitlines()[-1].strip()}") \
-                    from None
+            except ValidationError as err:
+                raise UsageError(f"invalid scenario: {format_validation_error(err, prefix='x2')}") from None
             scenario = dataclasses.replace(scenario, x2=x2)
     return scenario
 
