@@ -463,3 +463,65 @@ def test_pinned_heads_keep_the_static_choice(tiny):
     assert len(np.unique(a[:, 1])) > 1  # the offset is still explored
     with pytest.raises(AppScenarioError, match="pinned"):
         load_app_scenario(tiny).with_training(pinned=("power", "cio", "sleep"))
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def synthetic_rows() -> list[dict]:
+    """Evaluation rows as `evaluate` gives them: two scenarios, three evaluation seeds,
+    MFD exactly 0.5 PF utility above the load-balancing heuristic on every seed."""
+    rows = []
+    for scen, base in (("rush_hour", 10.0), ("uniform", 20.0)):
+        for seed in (100, 101, 102):
+            wobble = (seed - 101) * 2.0  # the seeds differ far more than the controllers
+            kpis = {
+                "full_power": dict(pf=base - 1 + wobble, rate=3.9 + wobble / 10, energy=30.0, ho=4.0),
+                "heuristic": dict(pf=base + wobble, rate=3.93 + wobble / 10, energy=25.0 + seed - 101, ho=6.0),
+                "mfd": dict(pf=base + 0.5 + wobble, rate=3.95 + wobble / 10, energy=26.0, ho=5.0),
+                "fedavg": dict(pf=base - 0.2 + wobble, rate=3.91 + wobble / 10, energy=27.0, ho=7.0),
+            }
+            for policy, k in kpis.items():
+                rows.append({"scenario": scen, "policy": policy, "seed": seed, "steps": 100,
+                             "mean_user_rate_mbps": k["rate"], "p5_user_rate_mbps": k["rate"] / 4,
+                             "pf_utility": k["pf"], "energy_kj": k["energy"], "mean_power_w": k["energy"] * 10,
+                             "energy_efficiency_kbit_per_j": 100 * k["rate"] / k["energy"], "handovers": k["ho"],
+                             "sleeping_stations": 0.0, "unserved_users": 0.0,
+                             "model_mb": {"mfd": 0.2, "fedavg": 1.0}.get(policy, 0.0), "training_env_steps": 0})
+    return rows
+
+
+def test_summary_pairs_seeds_against_the_better_heuristic():
+    from apps.basestation.report import evaluation_summary
+
+    doc = evaluation_summary(synthetic_rows())["scenarios"]["uniform"]
+    assert doc["best_heuristic"]["pf_utility"] == "heuristic"
+    assert doc["best_heuristic"]["energy_kj"] == "heuristic"  # less energy is better
+    assert doc["best_heuristic"]["handovers"] == "full_power"  # fewer handovers are better
+    raw = doc["policies"]["mfd"]["pf_utility"]
+    assert raw["max"] - raw["min"] == pytest.approx(4.0) and raw["n"] == 3  # the seeds' spread
+    diff = doc["minus_best_heuristic"]["mfd"]["pf_utility"]  # ... but paired by seed MFD is always +0.5
+    assert diff["median"] == pytest.approx(0.5) and diff["min"] == pytest.approx(0.5) == diff["max"]
+    energy = doc["minus_best_heuristic"]["mfd"]["energy_kj"]
+    assert (energy["min"], energy["median"], energy["max"]) == pytest.approx((0.0, 1.0, 2.0))
+    assert doc["minus_best_heuristic"]["heuristic"]["pf_utility"]["median"] == 0.0
+
+
+def test_report_states_the_result_and_writes_tidy_summary(tmp_path):
+    import csv
+
+    from apps.basestation.report import evaluation_summary, write_report, write_summary
+
+    rows = synthetic_rows()
+    page = write_report(rows, tmp_path / "report")
+    text = page.read_text()
+    assert "MFD RL +0.5 against the load-balancing heuristic" in text  # the finding, in words
+    assert "rush hour" in text and "<h2>rush_hour" not in text
+    for key in ("pf_utility", "mean_user_rate_mbps", "energy_kj", "handovers"):
+        assert (tmp_path / "report" / f"{key}.png").read_bytes()[:4] == b"\x89PNG"
+    write_summary(evaluation_summary(rows), tmp_path)
+    with open(tmp_path / "summary.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    mfd = next(r for r in table if r["scenario"] == "uniform" and r["policy"] == "mfd" and r["metric"] == "pf_utility")
+    assert float(mfd["minus_best_heuristic_median"]) == pytest.approx(0.5) and mfd["best_heuristic"] == "heuristic"
+    assert float(mfd["min"]) < float(mfd["median"]) < float(mfd["max"])
