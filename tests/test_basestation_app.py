@@ -525,3 +525,37 @@ def test_report_states_the_result_and_writes_tidy_summary(tmp_path):
     mfd = next(r for r in table if r["scenario"] == "uniform" and r["policy"] == "mfd" and r["metric"] == "pf_utility")
     assert float(mfd["minus_best_heuristic_median"]) == pytest.approx(0.5) and mfd["best_heuristic"] == "heuristic"
     assert float(mfd["min"]) < float(mfd["median"]) < float(mfd["max"])
+
+
+def test_resume_finishes_a_stopped_training_with_the_same_figures(tiny, tmp_path, monkeypatch):
+    from apps.basestation import training
+    from apps.common import Interrupted
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    argv = ("train", str(tiny), "--policies", "mfd,fedavg,central", "--quiet")
+    assert _bs(*argv, "--out", str(whole))[0] == 0
+    real = training.train_fleet
+
+    def stop_fedavg(scenario, policy, seed, out, progress, observe=None):
+        def tick(t):
+            progress(t)
+            if t >= 1.0:
+                raise Interrupted("SIGINT")
+        return real(scenario, policy, seed, out, tick if policy == "fedavg" else progress, observe)
+
+    monkeypatch.setattr(training, "train_fleet", stop_fedavg)
+    code, _, err = _bs(*argv, "--out", str(stopped))
+    assert code == 130 and f"--resume {stopped}" in err
+    assert json.loads((stopped / "run.json").read_text())["done"] == ["mfd/seed0"]
+    assert {r["run"] for r in _tidy(stopped)} == {"mfd/seed0", "fedavg/seed0"}  # fedavg's first rounds kept
+    monkeypatch.setattr(training, "train_fleet", real)
+    code, _, err = _bs("train", "--resume", str(stopped), "--quiet")
+    assert code == 0, err
+    assert json.loads((stopped / "run.json").read_text())["interrupted"] is False
+
+    def figures(folder):
+        return sorted(tuple(r.values()) for r in _tidy(folder) if r["metric"] != "wall_seconds")
+
+    assert figures(stopped) == figures(whole)
+    assert (stopped / "models" / "seed0" / "tiny" / "fedavg" / "bs_1" / "model.zip").is_file()
+    assert _bs("train", "--resume", str(stopped), str(tiny))[0] == 2  # nothing else with --resume

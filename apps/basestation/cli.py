@@ -271,9 +271,23 @@ def _print_training(summary: dict[str, Any]) -> None:
               f"{med(f['wall_seconds'], fmt='{:.1f}'):>8}")
 
 
-def _interrupted(folder, why: Interrupted) -> int:
-    print(f"mfd: interrupted ({why}); what was measured is in {folder.path}", file=sys.stderr)
+def _interrupted(folder, why: Interrupted, resume: str = "") -> int:
+    print(f"mfd: interrupted ({why}); what was measured is in {folder.path}{resume}", file=sys.stderr)
     return 130
+
+
+def _reopen_training(path: str):
+    """A stopped training's folder, scenario, policies and seeds, to finish it."""
+    from mfd_core.runfolder import RunFolder
+
+    try:
+        folder = RunFolder.reopen(path)
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise UsageError(f"--resume: {err}") from None
+    if folder.meta.get("kind") != "basestation" or folder.meta.get("stage") != "train":
+        raise UsageError(f"--resume {path}: not a base-station training run folder")
+    scenario = load(json.loads((folder.path / "scenario.json").read_text()))
+    return folder, scenario, list(folder.meta["policies"]), list(folder.meta["seeds"])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -281,18 +295,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.network != "sim":
         raise UsageError(NETWORK_WHY.format(args.network, "OS processes" if args.network == "udp" else "Ray actors"))
-    scenario = load(args.scenario, args.rounds, args.overrides)
-    policies = _train_policies(args.policies)
-    seeds = flatten_seeds(args.seeds) or [0]
-    out = prepare_out(args.out or _default_out(f"basestation-{scenario.name}-train"), force=args.force)
-    folder = start_training(scenario, policies, seeds, out, sys.argv)
+    if args.resume:
+        if args.scenario or args.seeds or args.overrides or args.rounds or args.out:
+            raise UsageError("--resume RUNDIR takes the scenario, policies, seeds and folder from RUNDIR: "
+                             "give nothing else")
+        folder, scenario, policies, seeds = _reopen_training(args.resume)
+        left = [r for r in folder.meta["planned"] if r not in folder.done]
+        print(f"resuming {folder.path}: {len(folder.done)} run(s) done, {len(left)} to go (a stopped run starts "
+              "again from its beginning: same seed, same figures)", file=sys.stderr)
+    else:
+        if not args.scenario:
+            raise UsageError("give a scenario (mfd basestation list shows the shipped ones) or --resume RUNDIR")
+        scenario = load(args.scenario, args.rounds, args.overrides)
+        policies = _train_policies(args.policies)
+        seeds = flatten_seeds(args.seeds) or [0]
+        out = prepare_out(args.out or _default_out(f"basestation-{scenario.name}-train"), force=args.force)
+        folder = start_training(scenario, policies, seeds, out, sys.argv)
     try:
         with interruptible():
             run_training(folder, scenario, policies, seeds, quiet=args.quiet)
     except Interrupted as why:
         finish_training(folder, interrupted=True)
         rebuild_report(folder.path)
-        return _interrupted(folder, why)
+        return _interrupted(folder, why, f" (finish it: mfd basestation train --resume {folder.path})")
     summary = finish_training(folder)
     _print_training(summary)
     print(f"report: {rebuild_report(folder.path)}")
@@ -495,7 +520,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Train the stations' agents under each sharing policy (and the central "
                                    "controller) on one scenario, for each seed; the measurements stream into a "
                                    "run folder, the models go to its models/ folder.")
-    p.add_argument("scenario", help="shipped scenario name, env preset or TOML path")
+    p.add_argument("scenario", nargs="?", help="shipped scenario name, env preset or TOML path")
+    p.add_argument("--resume", metavar="RUNDIR", help="finish a stopped training: the runs not done are run")
     p.add_argument("--policies", default="isolated,fedavg,mfd,central",
                    help="comma-separated: isolated, fedavg, mfd, central (default: all)")
     p.add_argument("--rounds", type=rounds_type, help="training rounds (default: the scenario's)")

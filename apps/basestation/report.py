@@ -327,8 +327,10 @@ def _findings(summary: dict[str, Any]) -> list[str]:
             best = max(learned, key=lambda p: -learned[p]["median"] if key in LOWER_IS_BETTER
                        else learned[p]["median"])
             d = learned[best]
+            spread = "the same on every seed" if d["min"] == d["max"] else \
+                f"range over seeds {_signed(d['min'])} to {_signed(d['max'])}"
             parts.append(f"{name}: {_label(best)} {_signed(d['median'])}{units[key]} against the "
-                         f"{_label(ref)} (range over seeds {_signed(d['min'])} to {_signed(d['max'])})")
+                         f"{_label(ref)} ({spread})")
         if parts:
             lines.append(f"<b>{html.escape(_words(scen))}</b>: " + "; ".join(parts) + ".")
     return lines
