@@ -330,9 +330,9 @@ def test_an_output_folder_is_checked_and_never_reused(tiny, tmp_path, monkeypatc
     # the default folder is a new one each time, even within the same second
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20260101-000000")
-    first = cli._default_out("basestation-tiny-train")
+    first = cli.default_out("basestation-tiny-train")
     first.mkdir(parents=True)
-    second = cli._default_out("basestation-tiny-train")
+    second = cli.default_out("basestation-tiny-train")
     assert second != first and not second.exists()
 
 

@@ -108,7 +108,7 @@ def load(name: str | dict, rounds: int | None = None, overrides: list[str] = ())
         raise UsageError(f"--set: {err}") from None
 
 
-def _default_out(stem: str) -> Path:
+def default_out(stem: str) -> Path:
     """A new folder under runs/: never one that exists already."""
     base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 2
@@ -309,7 +309,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         scenario = load(args.scenario, args.rounds, args.overrides)
         policies = _train_policies(args.policies)
         seeds = flatten_seeds(args.seeds) or [0]
-        out = prepare_out(args.out or _default_out(f"basestation-{scenario.name}-train"), force=args.force)
+        out = prepare_out(args.out or default_out(f"basestation-{scenario.name}-train"), force=args.force)
         folder = start_training(scenario, policies, seeds, out, sys.argv)
     try:
         with interruptible():
@@ -410,7 +410,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              f"{', '.join(sc.name for sc in scenarios)}")
     eval_seeds = flatten_seeds(args.seeds)
     train_seeds = flatten_seeds(args.train_seeds) or [0]
-    out = prepare_out(args.out or _default_out("basestation-evaluate"), force=args.force)
+    out = prepare_out(args.out or default_out("basestation-evaluate"), force=args.force)
     training_folders: list[Path] = []
     if args.train:
         training_folders = [out / f"train-{sc.name}" for sc in scenarios]
