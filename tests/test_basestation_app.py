@@ -559,3 +559,27 @@ def test_resume_finishes_a_stopped_training_with_the_same_figures(tiny, tmp_path
     assert figures(stopped) == figures(whole)
     assert (stopped / "models" / "seed0" / "tiny" / "fedavg" / "bs_1" / "model.zip").is_file()
     assert _bs("train", "--resume", str(stopped), str(tiny))[0] == 2  # nothing else with --resume
+
+
+def test_ctrl_c_during_evaluate_keeps_the_episodes_played(tiny, tmp_path, monkeypatch):
+    from apps.basestation import evaluation
+    from apps.common import Interrupted
+
+    real, calls = evaluation.evaluate, []
+
+    def stop_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted("SIGINT")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", stop_third)
+    out = tmp_path / "e"
+    code, _, err = _bs("evaluate", "--scenarios", str(tiny), "--seeds", "1-3", "--out", str(out), "--quiet")
+    assert code == 130 and err.startswith("mfd: interrupted") and len(err.strip().splitlines()) == 1
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["interrupted"] and meta["done"] == ["tiny/full_power/seed1", "tiny/full_power/seed2"]
+    assert {r["run"] for r in _tidy(out)} == set(meta["done"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["scenarios"]["tiny"]["policies"]["full_power"]["seeds"] == 2
+    assert "Interrupted" in (out / "report" / "index.html").read_text()

@@ -429,7 +429,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              "planned": plan, "policies": list(policies), "seeds": eval_seeds,
                              "network": "sim", "processes": 1, "notes": notes,
                              "models": str(Path(args.models).resolve()) if args.models else None,
-                             "training_folders": [str(f.resolve()) for f in training_folders]})
+                             # inside this folder: relative, so the folder can move
+                             "training_folders": [f.name if args.train else str(f) for f in training_folders]})
     rows: list[dict[str, Any]] = []
     progress = Progress(len(plan), unit="episode", quiet=args.quiet)
     try:

@@ -163,8 +163,11 @@ def rebuild_report(folder: str | Path, out: str | Path | None = None) -> Path:
     title = meta.get("title")
     if meta.get("stage") == "train":
         return write_training_report(folder, out, title=title)
-    trained = [Path(p) for p in meta.get("training_folders", []) if (Path(p) / "run.json").is_file()]
+    trained = [folder / p for p in meta.get("training_folders", [])]  # relative ones are inside the folder
+    trained = [p for p in trained if (p / "run.json").is_file()]
+    models = Path(meta["models"]) if meta.get("models") and not trained else None
     return write_report(rows_from_results(folder), out, notes=meta.get("notes", ()), training=trained,
+                        models=models if models is not None and models.is_dir() else None,
                         title=title or "LM4Net: base-station coordination",
                         interrupted=bool(meta.get("interrupted")))
 
