@@ -583,3 +583,11 @@ def test_ctrl_c_during_evaluate_keeps_the_episodes_played(tiny, tmp_path, monkey
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["scenarios"]["tiny"]["policies"]["full_power"]["seeds"] == 2
     assert "Interrupted" in (out / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["list"]])
+def test_help_is_plain_words(command):
+    code, out, _ = _bs(*command, "--help")
+    assert code == 0 and "mfd basestation" in out
+    for markup in ("``", ":mod:", ":class:", ":func:", "topology.loss"):  # no reST, no other app's fields
+        assert markup not in out, markup

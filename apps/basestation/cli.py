@@ -526,7 +526,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default="isolated,fedavg,mfd,central",
                    help="comma-separated: isolated, fedavg, mfd, central (default: all)")
     p.add_argument("--rounds", type=rounds_type, help="training rounds (default: the scenario's)")
-    add_run_arguments(p, seeds_help="0", network=False)
+    add_run_arguments(p, seeds_help="0", network=False,
+                      set_example="--set training.rounds=20 --set basestation.episode_steps=50 --set sharing.fanout=3")
     p.add_argument("--network", choices=("sim", "udp", "ray"), default="sim",
                    help="sim (the default and the only one that applies: the stations share one simulated "
                         "radio network in one process); udp and ray are refused")
@@ -545,5 +546,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=rounds_type, help="with --train: training rounds")
     p.add_argument("--train-seeds", type=seeds_type, nargs="+", metavar="SEEDS",
                    help="with --train: training seeds, in the --seeds syntax (default 0)")
-    add_run_arguments(p, seeds_help="the scenario's evaluation seeds", network=False)
+    add_run_arguments(p, seeds_help="the scenario's evaluation seeds", network=False,
+                      set_example="--set training.rounds=20 --set basestation.episode_steps=50 --set sharing.fanout=3")
     p.set_defaults(func=cmd_evaluate)
