@@ -233,7 +233,8 @@ def test_train_and_evaluate_write_run_folders_and_mfd_report_rebuilds_them(tiny,
     spread = summary["policies"]["fedavg"]["model_bytes"]
     assert 0 < spread["min"] <= spread["median"] <= spread["max"]
     assert summary["comparisons"]["mfd"]["bytes_over_fedavg"]["median"] > 0
-    assert summary["central"]["central"]["measurement_bytes"]["median"] > 0
+    assert summary["controllers"]["central"]["measurement_bytes"]["median"] > 0
+    assert summary["controllers"]["central"]["env_steps"]["n"] == 2
     assert (train / "summary.csv").read_text().count("\n") == 1 + 8
     assert (train / "report" / "index.html").is_file() and (train / "report" / "training_scores.png").is_file()
 

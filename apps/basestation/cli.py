@@ -27,7 +27,8 @@ from apps.common import (Interrupted, Progress, UsageError, add_run_arguments, f
                          parse_overrides, prepare_out, seeds_type)
 
 DEFAULT_SCENARIOS = "uniform,hotspot,rush_hour,outage,night"
-LEARNED = ("isolated", "fedavg", "mfd", "central")
+# Controllers that need nothing trained: every other one is played from what train saved.
+FIXED = ("full_power", "heuristic")
 # One radio simulation is the stations' shared world (every station's actions move the
 # same users), so the stations cannot be spread over OS processes or Ray actors.
 NETWORK_WHY = ("--network {}: the stations of a base-station scenario share one simulated radio network in one "
@@ -140,11 +141,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _train_policies(text: str) -> list[str]:
-    policies = _csv(text)
-    unknown = [p for p in policies if p not in LEARNED]
+    from .training import RL_POLICIES
+
+    policies = _csv(text) if text is not None else list(RL_POLICIES)
+    unknown = [p for p in policies if p not in RL_POLICIES]
     if unknown or not policies:
         raise UsageError(f"--policies: unknown policy {unknown[0] if unknown else '(none given)'}; "
-                         f"choose from {', '.join(LEARNED)}")
+                         f"choose from {', '.join(RL_POLICIES)}")
     if len(set(policies)) != len(policies):
         raise UsageError("--policies: a policy is named twice")
     return policies
@@ -176,7 +179,7 @@ def run_training(folder, scenario, policies: list[str], seeds: list[int], *, qui
     """
     from mfd_core.runfolder import run_id
 
-    from .training import train_central, train_fleet
+    from .training import SHARING_POLICIES, train_central, train_fleet, train_scenario
 
     todo = [(p, s) for p in policies for s in seeds if run_id(p, s) not in folder.done]
     rounds = float(scenario.training.rounds)
@@ -194,14 +197,18 @@ def run_training(folder, scenario, policies: list[str], seeds: list[int], *, qui
                 progress.advance(x - done[0])
                 done[0] = x
 
-            if policy == "central":
-                summary = train_central(scenario, seed, models, advance)
-                progress.advance(_central_rounds(scenario) - done[0])
-                t = _central_rounds(scenario)
-                rid = run_id("central", seed)
-                folder.add_rows([[rid, "central", seed, "", t, "env_steps", summary["env_steps"]],
-                                 [rid, "central", seed, "", t, "measurement_bytes", summary["measurement_bytes"]],
-                                 [rid, "central", seed, "", t, "wall_seconds", summary["wall_seconds"]]], done=rid)
+            if policy not in SHARING_POLICIES:
+                # the central controller (and any other controller train_scenario knows): run-level rows
+                if policy == "central":
+                    summary = train_central(scenario, seed, models, advance)
+                else:
+                    summary = train_scenario(scenario, [policy], seed, models, quiet=True)[0]
+                t = _central_rounds(scenario) if policy == "central" else rounds
+                progress.advance(t - done[0])
+                rid = run_id(policy, seed)
+                folder.add_rows(([rid, policy, seed, "", t, k, v] for k, v in summary.items()
+                                 if k not in ("seed", "stations") and isinstance(v, (int, float))
+                                 and not isinstance(v, bool)), done=rid)
                 continue
             try:
                 summary = train_fleet(scenario, policy, seed, models, advance,
@@ -220,26 +227,36 @@ def run_training(folder, scenario, policies: list[str], seeds: list[int], *, qui
 
 
 def finish_training(folder, *, interrupted: bool = False) -> dict[str, Any]:
-    """``summary.json`` / ``summary.csv`` of a training folder, over the runs so far."""
+    """``summary.json`` / ``summary.csv`` of a training folder, over the runs so far.
+
+    The fleets (a score per station) get the core's summary: each figure's median and
+    range over seeds and bytes against FedAvg; the other controllers (the central one,
+    ...) their run-level figures (env steps, measurement bytes, ...) under "controllers".
+    """
     import csv
 
     from mfd_core.runfolder import read_results, spread, summarise
 
     folder.close(interrupted=interrupted)
     results = read_results(folder.path)
-    fleets = [r for r in results if r.policy != "central" and r.node_ids]
+    fleets = [r for r in results if r.node_ids]
     summary = summarise(fleets) if fleets else {"policies": {}, "comparisons": {}, "runs": []}
     for policy, figures in summary["policies"].items():
         figures["env_steps"] = spread(r.extra.get("env_steps") for r in fleets if r.policy == policy)
-    central_rows = {}
+    fleet_runs = {f"{r.policy}/seed{r.seed}" for r in fleets}
+    others: dict[str, dict[str, Any]] = {}
     with open(folder.path / "results.csv", newline="") as fh:
         for rec in csv.DictReader(fh):
-            if rec["policy"] == "central":
-                central_rows.setdefault(rec["run"], {"seed": int(rec["seed"])})[rec["metric"]] = float(rec["value"])
-    if central_rows:
-        runs = list(central_rows.values())
-        summary["central"] = {"central": {"seeds": len(runs), **{k: spread(r.get(k) for r in runs) for k in
-                                                                 ("env_steps", "measurement_bytes", "wall_seconds")}}}
+            if rec["run"] not in fleet_runs:
+                run = others.setdefault(rec["run"], {"run": rec["run"], "policy": rec["policy"],
+                                                     "seed": int(rec["seed"])})
+                run[rec["metric"]] = float(rec["value"]) if rec["value"] != "" else None
+    controllers: dict[str, Any] = {}
+    for policy in dict.fromkeys(r["policy"] for r in others.values()):
+        runs = [r for r in others.values() if r["policy"] == policy]
+        metrics = dict.fromkeys(k for r in runs for k in r if k not in ("run", "policy", "seed"))
+        controllers[policy] = {"seeds": len(runs), **{k: spread(r.get(k) for r in runs) for k in metrics}}
+    summary["controllers"] = controllers
     summary.update(kind="basestation", stage="train", interrupted=interrupted,
                    score_name=folder.meta.get("score_name"))
     (folder.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -248,11 +265,8 @@ def finish_training(folder, *, interrupted: bool = False) -> dict[str, Any]:
     with open(folder.path / "summary.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
-        for run in summary["runs"]:
+        for run in [*summary["runs"], *others.values()]:
             writer.writerow(["" if run.get(c) is None else run.get(c, "") for c in columns])
-        for rid, run in central_rows.items():
-            writer.writerow([rid, "central", run["seed"], "", "", 0, 0, 0, int(run.get("env_steps", 0)),
-                             int(run.get("measurement_bytes", 0)), run.get("wall_seconds", "")])
     return summary
 
 
@@ -260,15 +274,15 @@ def _print_training(summary: dict[str, Any]) -> None:
     def med(s, scale=1.0, fmt="{:.3f}"):
         return "n/a" if not s else fmt.format(s["median"] * scale)
 
-    print(f"{'policy':<10}{'seeds':>6}{'score':>8}{'model MB':>10}{'vs FedAvg':>11}{'env steps':>11}{'wall s':>8}")
+    print(f"{'policy':<14}{'seeds':>6}{'score':>8}{'model MB':>10}{'vs FedAvg':>11}{'env steps':>11}{'wall s':>8}")
     for policy, f in summary["policies"].items():
         comp = summary["comparisons"].get(policy, {})
-        print(f"{policy:<10}{f['seeds']:>6}{med(f['final_mean_score']):>8}{med(f['model_bytes'], 1e-6):>10}"
+        print(f"{policy:<14}{f['seeds']:>6}{med(f['final_mean_score']):>8}{med(f['model_bytes'], 1e-6):>10}"
               f"{med(comp.get('bytes_over_fedavg'), fmt='{:.2f}x'):>11}{med(f.get('env_steps'), fmt='{:.0f}'):>11}"
               f"{med(f['wall_seconds'], fmt='{:.1f}'):>8}")
-    for f in summary.get("central", {}).values():
-        print(f"{'central':<10}{f['seeds']:>6}{'n/a':>8}{'0':>10}{'n/a':>11}{med(f['env_steps'], fmt='{:.0f}'):>11}"
-              f"{med(f['wall_seconds'], fmt='{:.1f}'):>8}")
+    for policy, f in summary.get("controllers", {}).items():
+        print(f"{policy:<14}{f['seeds']:>6}{'n/a':>8}{'0':>10}{'n/a':>11}"
+              f"{med(f.get('env_steps'), fmt='{:.0f}'):>11}{med(f.get('wall_seconds'), fmt='{:.1f}'):>8}")
 
 
 def _interrupted(folder, why: Interrupted, resume: str = "") -> int:
@@ -350,7 +364,8 @@ def _model_sets(models: Path) -> tuple[dict[int | None, Path], dict[str, Any] | 
 
 
 def _has_models(folder: Path) -> bool:
-    return (folder / "model.zip").is_file() or any(folder.glob("bs_*/model.zip"))
+    """What train saved for one controller: SB3 zips, tuned parameters, its summary."""
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def run_name(scenario: str, policy: str, seed: int, train_seed: int | None) -> str:
@@ -389,7 +404,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scenarios = [load(n, args.rounds, args.overrides) for n in names]
     if len({sc.name for sc in scenarios}) != len(scenarios):
         raise UsageError("--scenarios: a scenario is named twice")
-    learned = [p for p in policies if p not in ("full_power", "heuristic")]
+    learned = [p for p in policies if p not in FIXED]
     if learned and not args.models and not args.train:
         if explicit:
             raise UsageError(f"--policies {','.join(learned)}: trained policies need --models RUNDIR "
@@ -421,7 +436,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         notes.append(f"models from {args.models}")
 
     plan = [run_name(sc.name, p, s, t) for sc in scenarios for p in policies
-            for t in ([None] if p in ("full_power", "heuristic") else list(sets))
+            for t in ([None] if p in FIXED else list(sets))
             for s in (eval_seeds or list(sc.training.eval_seeds))]
     folder = RunFolder(out, "basestation", command=sys.argv,
                        scenario={sc.name: scenario_doc(sc) for sc in scenarios}, plan=(),
@@ -436,7 +451,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         with interruptible():
             if args.train:
-                learned_train = [p for p in learned if p in LEARNED]
+                from .training import RL_POLICIES
+
+                learned_train = [p for p in learned if p in RL_POLICIES]
                 for sc, tf in zip(scenarios, training_folders if learned_train else []):
                     tfolder = start_training(sc, learned_train, train_seeds, prepare_out(tf, force=args.force),
                                              sys.argv)
@@ -450,7 +467,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for sc, tf in zip(scenarios, training_folders or [None] * len(scenarios)):
                 model_sets = {t: tf / "models" / f"seed{t}" for t in train_seeds} if args.train else sets
                 for policy in policies:
-                    heuristic = policy in ("full_power", "heuristic")
+                    heuristic = policy in FIXED
                     for t, models in ([(None, None)] if heuristic else model_sets.items()):
                         for seed in (eval_seeds or list(sc.training.eval_seeds)):
                             name = run_name(sc.name, policy, seed, t)
@@ -523,8 +540,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "run folder, the models go to its models/ folder.")
     p.add_argument("scenario", nargs="?", help="shipped scenario name, env preset or TOML path")
     p.add_argument("--resume", metavar="RUNDIR", help="finish a stopped training: the runs not done are run")
-    p.add_argument("--policies", default="isolated,fedavg,mfd,central",
-                   help="comma-separated: isolated, fedavg, mfd, central (default: all)")
+    p.add_argument("--policies", help="comma-separated trained controllers, e.g. isolated,fedavg,mfd,central "
+                                      "(default: every one train knows)")
     p.add_argument("--rounds", type=rounds_type, help="training rounds (default: the scenario's)")
     add_run_arguments(p, seeds_help="0", network=False,
                       set_example="--set training.rounds=20 --set basestation.episode_steps=50 --set sharing.fanout=3")

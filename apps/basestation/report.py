@@ -25,12 +25,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import evaluation
 from .evaluation import COLOURS, KPIS, LABELS, POLICIES
 
 __all__ = ["HEURISTICS", "LOWER_IS_BETTER", "evaluation_summary", "write_summary", "write_report",
            "write_training_report", "rows_from_results", "rebuild_report"]
 
-HEURISTICS = ("full_power", "heuristic")
+# The references a controller is measured against: the better of these per scenario
+# and KPI (evaluation.HEURISTICS where it names them, e.g. with a tuned rule).
+HEURISTICS = tuple(getattr(evaluation, "HEURISTICS", ("full_power", "heuristic")))
 # KPIs where less is better; every other one is better higher.
 LOWER_IS_BETTER = frozenset({"energy_kj", "handovers", "model_mb", "mean_power_w", "unserved_users",
                              "measurement_mb"})
@@ -40,8 +43,9 @@ HEADERS = {
     "pf_utility": "PF utility<br>per step", "energy_kj": "energy<br>kJ", "energy_efficiency_kbit_per_j":
     "efficiency<br>kbit/J", "handovers": "handovers", "model_mb": "model traffic<br>MB",
     "sleeping_stations": "stations<br>asleep", "measurement_mb": "measurements<br>MB",
+    "pingpong_handovers": "ping-pong<br>handovers",
 }
-SHORT = {"full_power": "full power", "heuristic": "load balancing"}
+SHORT = {"full_power": "full power", "heuristic": "load balancing", "tuned_rule": "tuned rule"}
 TABLE_KPIS = tuple(k for k, _ in KPIS) + ("sleeping_stations",)
 # Drawn as differences from the best heuristic: the heuristics send no models, so model
 # traffic is a table column, not a chart.
@@ -418,9 +422,10 @@ def write_training_report(folder: str | Path, out: str | Path | None = None, *, 
         rows.append((_label(policy), figures.get("seeds"), _fmt(figures.get("final_mean_score")),
                      _fmt(_scaled(figures.get("model_bytes"), 1e-6)), _fmt(comp.get("bytes_over_fedavg")),
                      _fmt(figures.get("env_steps")), _fmt(figures.get("wall_seconds"))))
-    for figures in summary.get("central", {}).values():
-        rows.append((_label("central"), figures.get("seeds"), "n/a", "0 (sends measurements: "
-                     + _fmt(_scaled(figures.get("measurement_bytes"), 1e-6)) + " MB)", "n/a",
+    for policy, figures in summary.get("controllers", {}).items():
+        sent = figures.get("measurement_bytes")
+        rows.append((_label(policy), figures.get("seeds"), "n/a",
+                     "0" + (f" (sends measurements: {_fmt(_scaled(sent, 1e-6))} MB)" if sent else ""), "n/a",
                      _fmt(figures.get("env_steps")), _fmt(figures.get("wall_seconds"))))
     head = "".join(f"<th>{h}</th>" for h in ("policy", "seeds", "final station score", "model traffic MB",
                                              "bytes vs FedAvg", "env steps", "wall s"))
