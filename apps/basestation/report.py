@@ -428,7 +428,7 @@ def write_training_report(folder: str | Path, out: str | Path | None = None, *, 
                      "0" + (f" (sends measurements: {_fmt(_scaled(sent, 1e-6))} MB)" if sent else ""), "n/a",
                      _fmt(figures.get("env_steps")), _fmt(figures.get("wall_seconds"))))
     head = "".join(f"<th>{h}</th>" for h in ("policy", "seeds", "final station score", "model traffic MB",
-                                             "bytes vs FedAvg", "env steps", "wall s"))
+                                             "bytes / FedAvg's", "env steps", "wall s"))
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     name = meta.get("name", folder.name)
     title = title or f"LM4Net training: {name}"
