@@ -265,7 +265,7 @@ def test_train_and_evaluate_write_run_folders_and_mfd_report_rebuilds_them(tiny,
 
     assert main(["report", str(ev)]) == 0 and main(["report", str(train)]) == 0
     page = (ev / "report" / "index.html").read_text()
-    assert "MFD RL" in page and "minus the better heuristic" in page
+    assert "MFD RL" in page and "minus the best heuristic" in page
     assert "load-balancing heuristic" in page and "training_scores.png" in page
     assert ((ev / "results.csv").read_bytes(), (ev / "summary.json").read_bytes()) == before
     assert "final station score" in (train / "report" / "index.html").read_text()

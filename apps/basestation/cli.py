@@ -517,12 +517,13 @@ def _print_evaluation(summary: dict[str, Any]) -> None:
     keys = [k for k, _ in KPIS]
     heads = {"mean_user_rate_mbps": "rate Mb/s", "p5_user_rate_mbps": "p5 Mb/s", "pf_utility": "PF util",
              "energy_kj": "energy kJ", "energy_efficiency_kbit_per_j": "kbit/J", "handovers": "HO",
-             "model_mb": "model MB"}
-    print(f"{'scenario':<11}{'policy':<12}{'seeds':>6}" + "".join(f"{heads.get(k, k)[:10]:>11}" for k in keys))
+             "model_mb": "model MB", "pingpong_handovers": "ping-pongs"}
+    print(f"{'scenario':<11}{'policy':<16}{'seeds':>6}"
+          + "".join(f"{heads.get(k, k.replace('_', ' '))[:10]:>11}" for k in keys))
     for scen, doc in summary["scenarios"].items():
         for policy, f in doc["policies"].items():
             cells = "".join(f"{'n/a' if not f.get(k) else format(f[k]['median'], '.4g'):>11}" for k in keys)
-            print(f"{scen:<11}{policy:<12}{f['seeds']:>6}{cells}")
+            print(f"{scen:<11}{policy:<16}{f['seeds']:>6}{cells}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -553,7 +554,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="every controller on every scenario and seed, with a report",
                        description="Play the heuristics and the trained controllers greedily on each scenario "
                                    "and evaluation seed; write a run folder with the results, their median and "
-                                   "range over seeds, and a report against the better heuristic.")
+                                   "range over seeds, and a report against the best heuristic.")
     p.add_argument("--scenarios", help=f"comma-separated (default: the training's scenario with --models RUNDIR, "
                                        f"else {DEFAULT_SCENARIOS})")
     p.add_argument("--policies", help="comma-separated: full_power, heuristic, isolated, fedavg, mfd, central "

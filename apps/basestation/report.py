@@ -4,7 +4,7 @@ Two kinds of page, one per stage of a base-station run folder:
 
 - an evaluation (``mfd basestation evaluate``): per scenario, a table of every
   controller's figures (median and range over seeds) and one chart per KPI that shows
-  each controller's difference from the better of the two heuristics in that scenario,
+  each controller's difference from the best of the heuristics in that scenario,
   seed by seed (the same evaluation seeds), with the range over seeds as error bars;
 - a training (``mfd basestation train``): the stations' scores over the rounds, and the
   final score, bytes and env steps of each sharing policy.
@@ -198,7 +198,7 @@ def _words(name: str) -> str:
 
 
 def _difference_chart(summary: dict[str, Any], key: str, label: str, path: Path) -> Path | None:
-    """Each controller's difference from the better heuristic, per scenario: the median
+    """Each controller's difference from the best heuristic, per scenario: the median
     over seeds as a dot, the range over seeds as the error bar; 0 is the heuristic."""
     scenarios = list(summary["scenarios"])
     if not any(key in doc["best_heuristic"] for doc in summary["scenarios"].values()):
@@ -227,7 +227,7 @@ def _difference_chart(summary: dict[str, Any], key: str, label: str, path: Path)
     ax.set_xticks(np.arange(len(scenarios)), ticks, fontsize=8)
     direction = "lower is better" if key in LOWER_IS_BETTER else "higher is better"
     ax.set_ylabel(f"difference ({direction})", fontsize=8)
-    ax.set_title(f"{label}: difference from the better heuristic", fontsize=9)
+    ax.set_title(f"{label}: difference from the best heuristic", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -320,7 +320,7 @@ def _signed(v: float) -> str:
 
 def _findings(summary: dict[str, Any]) -> list[str]:
     """One sentence per scenario: the best controller on PF utility and mean rate, against
-    the better heuristic, with the range over seeds."""
+    the best heuristic, with the range over seeds."""
     lines = []
     units = {"pf_utility": "", "mean_user_rate_mbps": " Mbit/s"}
     for scen, doc in summary["scenarios"].items():
@@ -373,7 +373,7 @@ def write_report(rows: list[dict[str, Any]], out: str | Path, *, models: Path | 
             + "".join(f"<td>{_fmt(figures.get(c))}</td>" for c in columns) + "</tr>"
             for p, figures in doc["policies"].items())
         tables.append(f"<h2>{html.escape(_words(scen))}</h2><table><tr>{head}</tr>{body}</table>")
-    captions = {f"{k}.png": f"{label}: each controller minus the better heuristic of the scenario (named under "
+    captions = {f"{k}.png": f"{label}: each controller minus the best heuristic of the scenario (named under "
                             f"the axis), seed by seed; dot = median, bar = range over seeds"
                 for k, label in CHART_KPIS}
     captions["training_scores.png"] = ("training: the stations' mean score on their validation twins "
@@ -396,7 +396,7 @@ def write_report(rows: list[dict[str, Any]], out: str | Path, *, models: Path | 
 with the range below it (episodes: evaluation seeds, times training seeds for a trained controller). Rates and PF utility are per-step means over the episode; energy and handovers are
 episode totals; efficiency is all bits over all joules. Model traffic is what training sent over the X2 links
 (FedAvg: every link on the way to and from its server). Files: results.csv (one row per measurement),
-summary.csv and summary.json (medians, ranges, differences from the better heuristic).</p>
+summary.csv and summary.json (medians, ranges, differences from the best heuristic).</p>
 {"<ul>" + note_html + "</ul>" if note_html else ""}
 {''.join(tables)}
 {pictures}
