@@ -10,8 +10,11 @@ A scenario is a shipped app scenario (mfd basestation list), an env preset name 
 TOML path. Both commands write a run folder (default: a new folder under runs/):
 results.csv (one row per measurement: run, policy, seed, node, time, metric, value),
 summary.csv and summary.json (median and range over seeds), run.json, scenario.json and
-report/index.html; train adds the stations' models under models/seed<k>/. Ctrl-C keeps
-what was measured. mfd report RUNDIR redraws the report.
+report/index.html; train adds the stations' models under models/seed<k>/. In train's
+results.csv a run is POLICY/seedS (the scenario is the folder's); in evaluate's it is
+SCENARIO/POLICY/seedS, or SCENARIO/POLICY/trainT/seedS for the models of training seed T.
+Ctrl-C keeps what was measured (train --resume RUNDIR finishes a stopped training);
+mfd report RUNDIR redraws the report.
 """
 from __future__ import annotations
 
@@ -443,6 +446,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        info={"stage": "evaluate", "name": ",".join(sc.name for sc in scenarios),
                              "planned": plan, "policies": list(policies), "seeds": eval_seeds,
                              "network": "sim", "processes": 1, "notes": notes,
+                             "driver": "sim: one process plays each controller on the radio simulation",
                              "models": str(Path(args.models).resolve()) if args.models else None,
                              # inside this folder: relative, so the folder can move
                              "training_folders": [f.name if args.train else str(f) for f in training_folders]})
