@@ -74,15 +74,17 @@ def positive_seconds(name: str, upper: float) -> Callable[[str], float]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, seeds_help: str = "the scenario's",
-                      network: bool = True) -> None:
-    """--out, --force, --quiet, --seeds, --set (and --network) as every run command has them."""
+                      network: bool = True,
+                      set_example: str = "--set topology.loss=0.1 --set policy.fanout=4") -> None:
+    """--out, --force, --quiet, --seeds, --set (and --network) as every run command has them;
+    ``set_example`` shows fields of this command's scenarios."""
     p.add_argument("--out", help="output folder (default: a new folder under runs/)")
     p.add_argument("--force", action="store_true", help="write into --out even if it holds files already")
     p.add_argument("--quiet", action="store_true", help="no progress, only the result")
     p.add_argument("--seeds", type=seeds_type, nargs="+", metavar="SEEDS",
                    help=f"seeds to run: 3, 0,1,2, 0-4 or several of those (default: {seeds_help})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one scenario field, e.g. --set topology.loss=0.1 --set policy.fanout=4 "
+                   help=f"change one scenario field, e.g. {set_example} "
                         "(values as in the scenario file; repeatable)")
     if network:
         p.add_argument("--network", choices=("sim", "udp", "ray"), default="sim",

@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from apps.basestation.config import load_app_scenario
-    from apps.basestation.evaluation import POLICIES, aggregate, evaluate, write_report
+    from apps.basestation.evaluation import POLICIES, aggregate, evaluate
+    from apps.basestation.report import write_report
     from apps.basestation.training import RL_POLICIES, train_scenario
 
     started = time.perf_counter()

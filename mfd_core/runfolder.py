@@ -180,6 +180,21 @@ class RunFolder:
             self.meta["done"].append(rid)
         self._write_meta()
 
+    def add_rows(self, rows: Iterable[Iterable[Any]], *, done: str | None = None) -> None:
+        """Append rows an app measured itself (not through a :class:`RunResult`), in the
+        tidy schema (run, policy, seed, node, time, metric, value); ``done`` names a run
+        that is now complete."""
+        with open(self._results, "a", newline="") as fh:
+            csv.writer(fh).writerows([_number(v) if isinstance(v, float) else v for v in row] for row in rows)
+        if done is not None and done not in self.meta["done"]:
+            self.meta["done"].append(done)
+            self._write_meta()
+
+    def close(self, *, interrupted: bool = False) -> None:
+        """Close ``run.json`` (finished, interrupted) for an app that writes its own summary."""
+        self.meta.update(finished=_now(), interrupted=interrupted)
+        self._write_meta()
+
     def finish(self, *, interrupted: bool = False, reference: str = "isolated", byte_reference: str = "fedavg",
                higher_is_better: bool = True) -> dict[str, Any]:
         """Write ``summary.csv`` / ``summary.json`` over the runs so far; close ``run.json``."""

@@ -184,31 +184,91 @@ def test_station_view_is_a_gymnasium_env(fleet):
 # -- the commands -----------------------------------------------------------------------
 
 
-def test_short_train_and_evaluate_write_the_report(tiny, tmp_path, capsys):
+def _bs(*argv: str) -> tuple[int, str, str]:
+    """`mfd basestation ARGV` in this process: exit status, stdout, stderr."""
+    import contextlib
+    import io
+
     from apps.cli import main
 
-    models, report = tmp_path / "models", tmp_path / "report"
-    assert main(["basestation", "train", str(tiny), "--out", str(models), "--quiet"]) == 0
-    for policy in ("isolated", "fedavg", "mfd"):
-        assert (models / "tiny" / policy / "bs_1" / "model.zip").is_file()
-        assert not (models / "tiny" / policy / "bs_0").exists()  # the station in outage has no agent
-        assert (models / "tiny" / policy / "run" / "metrics.jsonl").is_file()
-    assert (models / "tiny" / "central" / "model.zip").is_file()
-    fedavg = json.loads((models / "tiny" / "fedavg" / "summary.json").read_text())
-    mfd = json.loads((models / "tiny" / "mfd" / "summary.json").read_text())
-    assert fedavg["model_bytes"] > 0 and mfd["model_bytes"] > 0 and fedavg["data_bytes"] == 0
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["basestation", *argv])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
-    assert main(["basestation", "evaluate", "--scenarios", str(tiny), "--models", str(models),
-                 "--out", str(report), "--quiet"]) == 0
-    for name in ("index.html", "results.json", "results.csv", "summary.csv", "pf_utility.png",
-                 "energy_kj.png", "model_mb.png", "training_scores.png"):
-        assert (report / name).is_file(), name
-    doc = json.loads((report / "results.json").read_text())
-    assert {r["policy"] for r in doc["rows"]} == {"full_power", "heuristic", "isolated", "fedavg", "mfd", "central"}
-    for row in doc["rows"]:
-        assert row["energy_kj"] > 0 and np.isfinite(row["pf_utility"])
-    assert "MFD RL" in (report / "index.html").read_text()
-    assert "report:" in capsys.readouterr().out
+
+def _tidy(folder) -> list[dict]:
+    import csv
+
+    with open(folder / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_and_evaluate_write_run_folders_and_mfd_report_rebuilds_them(tiny, tmp_path):
+    train, ev = tmp_path / "train", tmp_path / "eval"
+    code, out, err = _bs("train", str(tiny), "--seeds", "0,1", "--policies", "fedavg,mfd,central",
+                         "--set", "training.eval_interval=0.5", "--out", str(train))
+    assert code == 0, err
+    assert "\r" not in err and "[100%]" in err  # plain progress lines off a terminal
+    for seed in (0, 1):
+        for policy in ("fedavg", "mfd"):
+            assert (train / "models" / f"seed{seed}" / "tiny" / policy / "bs_1" / "model.zip").is_file()
+            assert not (train / "models" / f"seed{seed}" / "tiny" / policy / "bs_0").exists()  # in outage
+        assert (train / "models" / f"seed{seed}" / "tiny" / "central" / "model.zip").is_file()
+    meta = json.loads((train / "run.json").read_text())
+    assert meta["kind"] == "basestation" and meta["stage"] == "train" and meta["network"] == "sim"
+    assert meta["processes"] == 1 and not meta["interrupted"] and len(meta["done"]) == 6
+    assert json.loads((train / "scenario.json").read_text())["training"]["eval_interval"] == 0.5  # --set
+    rows = _tidy(train)
+    assert list(rows[0]) == ["run", "policy", "seed", "node", "time", "metric", "value"]
+    assert {r["run"] for r in rows} == {f"{p}/seed{s}" for p in ("fedavg", "mfd", "central")
+                                        for s in (0, 1)}
+    assert {r["time"] for r in rows if r["run"] == "mfd/seed0" and r["metric"] == "score"} == \
+        {"0.0", "0.5", "1.0", "1.5", "2.0"}
+    summary = json.loads((train / "summary.json").read_text())
+    assert summary["policies"]["mfd"]["seeds"] == 2
+    spread = summary["policies"]["fedavg"]["model_bytes"]
+    assert 0 < spread["min"] <= spread["median"] <= spread["max"]
+    assert summary["comparisons"]["mfd"]["bytes_over_fedavg"]["median"] > 0
+    assert summary["controllers"]["central"]["measurement_bytes"]["median"] > 0
+    assert summary["controllers"]["central"]["env_steps"]["n"] == 2
+    assert (train / "summary.csv").read_text().count("\n") == 1 + 6
+    assert (train / "report" / "index.html").is_file() and (train / "report" / "training_scores.png").is_file()
+
+    code, out, err = _bs("evaluate", "--models", str(train), "--seeds", "1-2", "--out", str(ev), "--quiet")
+    assert code == 0, err
+    assert err == "" and "report:" in out  # --quiet: no progress
+    rows = _tidy(ev)
+    runs = {r["run"] for r in rows}
+    # the training's scenario (no --scenarios), each controller on each evaluation seed,
+    # each trained one once per training seed
+    assert {r for r in runs if "/heuristic/" in r} == {"tiny/heuristic/seed1", "tiny/heuristic/seed2"}
+    assert "tiny/mfd/train1/seed2" in runs and len(runs) == 2 * 2 + 3 * 2 * 2
+    assert {r["metric"] for r in rows} >= {"pf_utility", "energy_kj", "mean_user_rate_mbps", "model_mb"}
+    doc = json.loads((ev / "summary.json").read_text())["scenarios"]["tiny"]
+    assert doc["policies"]["mfd"]["seeds"] == 4 and doc["policies"]["heuristic"]["seeds"] == 2
+    assert doc["best_heuristic"]["pf_utility"] in ("full_power", "heuristic")
+    ref = doc["best_heuristic"]["pf_utility"]
+    assert doc["minus_best_heuristic"][ref]["pf_utility"]["median"] == 0.0
+    assert set(doc["policies"]) == {"full_power", "heuristic", "fedavg", "mfd", "central"}  # what was trained
+    assert (ev / "report" / "pf_utility.png").is_file()
+    meta = json.loads((ev / "run.json").read_text())
+    assert meta["kind"] == "basestation" and meta["stage"] == "evaluate" and len(meta["done"]) == len(runs)
+
+    # mfd report rebuilds each stage's own page and leaves the measurements alone
+    before = (ev / "results.csv").read_bytes(), (ev / "summary.json").read_bytes()
+    (ev / "report" / "index.html").unlink()
+    from apps.cli import main
+
+    assert main(["report", str(ev)]) == 0 and main(["report", str(train)]) == 0
+    page = (ev / "report" / "index.html").read_text()
+    assert "MFD RL" in page and "minus the best heuristic" in page
+    assert "load-balancing heuristic" in page and "training_scores.png" in page
+    assert ((ev / "results.csv").read_bytes(), (ev / "summary.json").read_bytes()) == before
+    assert "final station score" in (train / "report" / "index.html").read_text()
 
 
 def test_evaluate_skips_missing_models_with_a_note(tiny, tmp_path):
@@ -220,19 +280,95 @@ def test_evaluate_skips_missing_models_with_a_note(tiny, tmp_path):
     assert len(notes) == 1 and "mfd" in notes[0]
 
 
-def test_train_refuses_an_unknown_policy(tiny):
-    from apps.cli import main
+def test_evaluate_without_models_plays_the_heuristics_and_says_so(tiny, tmp_path):
+    code, out, err = _bs("evaluate", "--scenarios", str(tiny), "--out", str(tmp_path / "e"), "--quiet")
+    assert code == 0, err
+    assert {r["policy"] for r in _tidy(tmp_path / "e")} == {"full_power", "heuristic"}
+    assert "note: no --models" in out
 
-    with pytest.raises(SystemExit, match="unknown policy"):
-        main(["basestation", "train", str(tiny), "--policies", "mfd,qlearning"])
 
-
-def test_invalid_scenario_on_the_command_line_names_the_field(tmp_path):
-    from apps.cli import main
-
+@pytest.mark.parametrize("argv, message", [
+    (["train", "TINY", "--seed", "-1"], "seeds are whole numbers"),
+    (["train", "TINY", "--seeds", "99999999999999999999"], "too large"),
+    (["train", "TINY", "--seeds", "0", "0"], "given twice"),
+    (["evaluate", "--seeds", "x"], "seeds are whole numbers"),
+    (["train", "TINY", "--policies", "mfd,qlearning"], "unknown policy qlearning"),
+    (["evaluate", "--policies", "bogus"], "unknown policy bogus"),
+    (["evaluate", "--models", "/nonexistent"], "--models /nonexistent: no such folder"),
+    (["evaluate", "--policies", "mfd"], "need --models"),
+    (["train", "TINY", "--rounds", "0"], "--rounds must be from 1"),
+    (["train", "TINY", "--rounds", "1000000"], "--rounds must be from 1"),
+    (["train", "TINY", "--network", "udp"], "share one simulated radio network"),
+    (["train", "TINY", "--network", "ray"], "cannot run as separate Ray actors"),
+    (["train", "TINY", "--set", "training.rounds=-1"], "training.rounds"),
+    (["train", "TINY", "--set", "x2.loss=2"], "x2.loss"),
+    (["train", "TINY", "--set", "nothing"], "expected KEY=VALUE"),
+    (["train", "BAD"], "training.rounds"),
+    (["evaluate", "--rounds", "3"], "goes with --train"),
+])
+def test_every_bad_input_is_one_line_before_any_work(tiny, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
     bad = _write(tmp_path, 'preset = "uniform"\n[training]\nrounds = -1\n')
-    with pytest.raises(SystemExit, match="training.rounds"):
-        main(["basestation", "train", str(bad)])
+    argv = [str(tiny) if a == "TINY" else str(bad) if a == "BAD" else a for a in argv]
+    before = sorted(tmp_path.rglob("*"))
+    code, out, err = _bs(*argv, "--out", str(tmp_path / "out"))
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mfd: error: ") and message in lines[0], err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing half-written, no folder made
+
+
+def test_an_output_folder_is_checked_and_never_reused(tiny, tmp_path, monkeypatch):
+    from apps.basestation import cli
+
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("another run")
+    code, _, err = _bs("train", str(tiny), "--out", str(tmp_path / "used"))
+    assert code == 2 and "holds files already" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = _bs("train", str(tiny), "--out", str(tmp_path / "file"))
+    assert code == 2 and "is a file" in err
+    # the default folder is a new one each time, even within the same second
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20260101-000000")
+    first = cli.default_out("basestation-tiny-train")
+    first.mkdir(parents=True)
+    second = cli.default_out("basestation-tiny-train")
+    assert second != first and not second.exists()
+
+
+def test_ctrl_c_keeps_what_was_measured(tiny, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "basestation", "train", str(tiny), "--rounds", "5000",
+                             "--policies", "mfd", "--out", str(out), "--quiet"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "results.csv").is_file() and len(_tidy(out)) > 40:  # a few measurements streamed
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mfd: interrupted") and str(out) in lines[0], stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["interrupted"] is True and meta["done"] == []
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+    times = {float(r["time"]) for r in _tidy(out) if r["metric"] == "score"}
+    assert 0.0 < max(times) < 5000  # stopped part-way, and what it measured is there
+    assert (out / "report" / "index.html").is_file()
 
 
 def test_stacked_forward_matches_sb3(fleet):
@@ -328,3 +464,131 @@ def test_pinned_heads_keep_the_static_choice(tiny):
     assert len(np.unique(a[:, 1])) > 1  # the offset is still explored
     with pytest.raises(AppScenarioError, match="pinned"):
         load_app_scenario(tiny).with_training(pinned=("power", "cio", "sleep"))
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def synthetic_rows() -> list[dict]:
+    """Evaluation rows as `evaluate` gives them: two scenarios, three evaluation seeds,
+    MFD exactly 0.5 PF utility above the load-balancing heuristic on every seed."""
+    rows = []
+    for scen, base in (("rush_hour", 10.0), ("uniform", 20.0)):
+        for seed in (100, 101, 102):
+            wobble = (seed - 101) * 2.0  # the seeds differ far more than the controllers
+            kpis = {
+                "full_power": dict(pf=base - 1 + wobble, rate=3.9 + wobble / 10, energy=30.0, ho=4.0),
+                "heuristic": dict(pf=base + wobble, rate=3.93 + wobble / 10, energy=25.0 + seed - 101, ho=6.0),
+                "mfd": dict(pf=base + 0.5 + wobble, rate=3.95 + wobble / 10, energy=26.0, ho=5.0),
+                "fedavg": dict(pf=base - 0.2 + wobble, rate=3.91 + wobble / 10, energy=27.0, ho=7.0),
+            }
+            for policy, k in kpis.items():
+                rows.append({"scenario": scen, "policy": policy, "seed": seed, "steps": 100,
+                             "mean_user_rate_mbps": k["rate"], "p5_user_rate_mbps": k["rate"] / 4,
+                             "pf_utility": k["pf"], "energy_kj": k["energy"], "mean_power_w": k["energy"] * 10,
+                             "energy_efficiency_kbit_per_j": 100 * k["rate"] / k["energy"], "handovers": k["ho"],
+                             "sleeping_stations": 0.0, "unserved_users": 0.0,
+                             "model_mb": {"mfd": 0.2, "fedavg": 1.0}.get(policy, 0.0), "training_env_steps": 0})
+    return rows
+
+
+def test_summary_pairs_seeds_against_the_better_heuristic():
+    from apps.basestation.report import evaluation_summary
+
+    doc = evaluation_summary(synthetic_rows())["scenarios"]["uniform"]
+    assert doc["best_heuristic"]["pf_utility"] == "heuristic"
+    assert doc["best_heuristic"]["energy_kj"] == "heuristic"  # less energy is better
+    assert doc["best_heuristic"]["handovers"] == "full_power"  # fewer handovers are better
+    raw = doc["policies"]["mfd"]["pf_utility"]
+    assert raw["max"] - raw["min"] == pytest.approx(4.0) and raw["n"] == 3  # the seeds' spread
+    diff = doc["minus_best_heuristic"]["mfd"]["pf_utility"]  # ... but paired by seed MFD is always +0.5
+    assert diff["median"] == pytest.approx(0.5) and diff["min"] == pytest.approx(0.5) == diff["max"]
+    energy = doc["minus_best_heuristic"]["mfd"]["energy_kj"]
+    assert (energy["min"], energy["median"], energy["max"]) == pytest.approx((0.0, 1.0, 2.0))
+    assert doc["minus_best_heuristic"]["heuristic"]["pf_utility"]["median"] == 0.0
+
+
+def test_report_states_the_result_and_writes_tidy_summary(tmp_path):
+    import csv
+
+    from apps.basestation.report import evaluation_summary, write_report, write_summary
+
+    rows = synthetic_rows()
+    page = write_report(rows, tmp_path / "report")
+    text = page.read_text()
+    assert "MFD RL +0.5 against the load-balancing heuristic" in text  # the finding, in words
+    assert "rush hour" in text and "<h2>rush_hour" not in text
+    for key in ("pf_utility", "mean_user_rate_mbps", "energy_kj", "handovers"):
+        assert (tmp_path / "report" / f"{key}.png").read_bytes()[:4] == b"\x89PNG"
+    write_summary(evaluation_summary(rows), tmp_path)
+    with open(tmp_path / "summary.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    mfd = next(r for r in table if r["scenario"] == "uniform" and r["policy"] == "mfd" and r["metric"] == "pf_utility")
+    assert float(mfd["minus_best_heuristic_median"]) == pytest.approx(0.5) and mfd["best_heuristic"] == "heuristic"
+    assert float(mfd["min"]) < float(mfd["median"]) < float(mfd["max"])
+
+
+def test_resume_finishes_a_stopped_training_with_the_same_figures(tiny, tmp_path, monkeypatch):
+    from apps.basestation import training
+    from apps.common import Interrupted
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    argv = ("train", str(tiny), "--policies", "mfd,fedavg,central", "--quiet")
+    assert _bs(*argv, "--out", str(whole))[0] == 0
+    real = training.train_fleet
+
+    def stop_fedavg(scenario, policy, seed, out, progress, observe=None):
+        def tick(t):
+            progress(t)
+            if t >= 1.0:
+                raise Interrupted("SIGINT")
+        return real(scenario, policy, seed, out, tick if policy == "fedavg" else progress, observe)
+
+    monkeypatch.setattr(training, "train_fleet", stop_fedavg)
+    code, _, err = _bs(*argv, "--out", str(stopped))
+    assert code == 130 and f"--resume {stopped}" in err
+    assert json.loads((stopped / "run.json").read_text())["done"] == ["mfd/seed0"]
+    assert {r["run"] for r in _tidy(stopped)} == {"mfd/seed0", "fedavg/seed0"}  # fedavg's first rounds kept
+    monkeypatch.setattr(training, "train_fleet", real)
+    code, _, err = _bs("train", "--resume", str(stopped), "--quiet")
+    assert code == 0, err
+    assert json.loads((stopped / "run.json").read_text())["interrupted"] is False
+
+    def figures(folder):
+        return sorted(tuple(r.values()) for r in _tidy(folder) if r["metric"] != "wall_seconds")
+
+    assert figures(stopped) == figures(whole)
+    assert (stopped / "models" / "seed0" / "tiny" / "fedavg" / "bs_1" / "model.zip").is_file()
+    assert _bs("train", "--resume", str(stopped), str(tiny))[0] == 2  # nothing else with --resume
+
+
+def test_ctrl_c_during_evaluate_keeps_the_episodes_played(tiny, tmp_path, monkeypatch):
+    from apps.basestation import evaluation
+    from apps.common import Interrupted
+
+    real, calls = evaluation.evaluate, []
+
+    def stop_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Interrupted("SIGINT")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", stop_third)
+    out = tmp_path / "e"
+    code, _, err = _bs("evaluate", "--scenarios", str(tiny), "--seeds", "1-3", "--out", str(out), "--quiet")
+    assert code == 130 and err.startswith("mfd: interrupted") and len(err.strip().splitlines()) == 1
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["interrupted"] and meta["done"] == ["tiny/full_power/seed1", "tiny/full_power/seed2"]
+    assert {r["run"] for r in _tidy(out)} == set(meta["done"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["scenarios"]["tiny"]["policies"]["full_power"]["seeds"] == 2
+    assert "Interrupted" in (out / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["list"]])
+def test_help_is_plain_words(command):
+    code, out, _ = _bs(*command, "--help")
+    assert code == 0 and "mfd basestation" in out
+    for markup in ("``", ":mod:", ":class:", ":func:", "topology.loss"):  # no reST, no other app's fields
+        assert markup not in out, markup

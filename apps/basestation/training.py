@@ -135,14 +135,19 @@ def _deployed_state(world: World, node_id: int) -> dict[str, torch.Tensor]:
 
 
 def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | None = None,
-                progress: Progress | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, observe: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Train every station under a sharing policy; save the stations' models and the run.
 
+    :param observe: handed the run's live record (a ``RunResult`` that grows with every
+        measurement) before the run starts, so a caller can stream it or keep it when
+        the run is interrupted.
     :return: the run's summary (bytes, final scores, wall time).
     """
     started = time.perf_counter()
     with single_thread():
         world = build_world(scenario, policy, seed)
+        if observe is not None:
+            observe(world.result)
         result = world.run(progress)
         finals = {n: float(world.nodes[n].learner.test_score()) for n in world.nodes}
     commons: RadioCommons = world.commons  # type: ignore[attr-defined]
