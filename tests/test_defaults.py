@@ -83,3 +83,36 @@ def test_the_apps_keep_the_mfd_settings_they_were_measured_with() -> None:
     assert len(fleets) >= 5
     for policy in fleets:
         assert (policy.mfd.bootstrap_hops, policy.mfd.echo_window) == (1, 0.0)
+
+
+def _defaults_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "defaults.py"
+    spec = importlib.util.spec_from_file_location("defaults_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_robustness_set_is_new_users_files_and_its_targets_judge_each_case() -> None:
+    bench = _defaults_benchmark()
+    sizes, losses, alphas, kinds = set(), set(), set(), set()
+    for case in bench.CASES:
+        s = bench.scenario_of(case, {}, None)
+        assert s.policy == Policy() and s.learner == Learner()  # nothing but topology and data
+        sizes.add(s.topology.nodes), losses.add(s.topology.loss), alphas.add(s.data.alpha), kinds.add(s.topology.kind)
+    assert min(sizes) <= 12 and max(sizes) >= 50 and max(losses) >= 0.1 and min(alphas) <= 0.2 and len(kinds) >= 3
+
+    def runs(case, mfd_acc, fedavg_acc, mfd_bytes, fedavg_bytes):
+        return [{"case": case, "policy": p, "seed": seed, "acc": acc, "bytes": b}
+                for seed in (0, 1) for p, acc, b in (("mfd", mfd_acc, mfd_bytes), ("fedavg", fedavg_acc, fedavg_bytes))]
+
+    cases = list(bench.CASES)[:4]
+    fig = bench.figures_from(runs(cases[0], 0.900, 0.915, 50, 100) + runs(cases[1], 0.900, 0.925, 50, 100)
+                             + runs(cases[2], 0.950, 0.900, 61, 100) + runs(cases[3], 0.950, 0.900, 60, 100),
+                             cases, [0, 1])
+    assert [row["met_all"] for row in fig["cases"]] == [True, False, False, True]
+    assert fig["missed"] == cases[1:3] and not fig["all_met"]
+    assert fig["cases"][1]["mean"]["diff_points"] == pytest.approx(-2.5)
+    assert "NO (accuracy)" in bench.table(fig) and "NO (bytes)" in bench.table(fig)
