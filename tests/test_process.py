@@ -136,7 +136,9 @@ def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, s
 
 def _joiner_world(policy: str, joiner: int, at: float) -> World:
     scenario = tiny(policy, duration=8.0, data={"split": "iid"},
-                    topology={"compute": 500.0}, policy={"gate_tolerance": 0.05})
+                    topology={"compute": 500.0},
+                    # asked of the neighbours only (bootstrap_hops 1; at fanout 2, two neighbours suffice)
+                    policy={"gate_tolerance": 0.05, "bootstrap_hops": 1, "fanout": 2})
     world = build_world(scenario, seed=0)
     world.network.leave(joiner)  # not there at the start
     world.network.schedule_join(joiner, at)
@@ -166,7 +168,7 @@ def test_a_node_with_few_neighbours_bootstraps_from_two_hops_and_weighs_blends_b
     the joiner's stale model counts for its own samples only."""
     joiner, at = 3, 4.0
     scenario = tiny(duration=5.0, data={"split": "iid"}, topology={"nodes": 7, "compute": 500.0},
-                    policy={"fanout": 3, "gate_tolerance": 0.3},
+                    policy={"fanout": 3, "gate_tolerance": 0.3, "bootstrap_hops": 1},
                     faults=[{"kind": "node_leave", "at": 0.2, "nodes": [joiner], "rejoin_at": at / 5.0}])
     world = build_world(scenario, seed=0)
     result = world.run()

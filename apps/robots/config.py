@@ -132,7 +132,8 @@ class RobotsScenario(_Strict):
     topology: Topology = Topology()
     learner: LearnerSettings = LearnerSettings()
     policy: Policy = Policy(name="mfd", precision="fp16", serve_blend=False, share_margin=0.05,
-                            max_silence=8.0, gate_tolerance=0.0, fanout=3, hello_interval=5.0)
+                            max_silence=8.0, gate_tolerance=0.0, fanout=3, hello_interval=5.0,
+                            bootstrap_hops=1, echo_window=0.0)
     robots: tuple[Robot, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -35,11 +35,13 @@ from .node import Node
 class MFDSettings(PolicySettings):
     """Settings of MFD with owned models (name = "mfd")."""
 
+    # The defaults are the settings the shipped digits scenarios found best (issue 14 item 7;
+    # benchmarks/defaults.py checks them against FedAvg over topologies, loss and skew).
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
-        "fp32", description="wire precision of shared models; auto: per link from its rate and loss")
+        "int8", description="wire precision of shared models; auto: per link from its rate and loss")
     share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
-    max_silence: float = Field(10.0, gt=0, description="share anyway after this many seconds")
-    fanout: int = Field(2, ge=1, description="neighbours a model is sent to per share")
+    max_silence: float = Field(3.0, gt=0, description="share anyway after this many seconds")
+    fanout: int = Field(4, ge=1, description="neighbours a model is sent to per share")
     favour_isolated: bool = Field(True, description="prefer neighbours that report few neighbours")
     gate_tolerance: float = Field(0.15, ge=0, le=1, description="refuse models whose merge scores this much "
                                   "below the local model on the node's own validation data")
@@ -55,9 +57,9 @@ class MFDSettings(PolicySettings):
     hello_refresh_max: float = Field(480.0, ge=0, description="the keep-alive's interval doubles, from "
                                      "hello_refresh up to this, while nothing changes, and falls back at the "
                                      "first change (Trickle, RFC 6206); news is never delayed by it")
-    bootstrap_hops: int = Field(1, ge=1, le=8, description="how many hops out a (re)joining node asks for "
+    bootstrap_hops: int = Field(3, ge=1, le=8, description="how many hops out a (re)joining node asks for "
                                 "models (one with fewer neighbours than fanout asks at least 2)")
-    echo_window: float = Field(0.0, ge=0, description="neighbours whose model was merged this many seconds "
+    echo_window: float = Field(2.0, ge=0, description="neighbours whose model was merged this many seconds "
                                "ago or less are sent to last: they hold most of what would go back (0: off)")
     merge_window: float = Field(0.0, ge=0, description="seconds a node listens after sharing for its "
                                 "neighbours' models of the round, then merges them together (0: each on arrival)")
