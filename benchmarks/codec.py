@@ -130,7 +130,7 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
 
     blob = save().getvalue()
     load_before = os.getloadavg()[0]
-    threads = min(packet.CRC_THREADS, 1 + packet._spare_cpus())  # what _crcs will use, as of now
+    threads = min(packet.CRC_THREADS, 1 + packet.spare_cpus())  # what _crcs will use, as of now
     med = {
         "ours_encode": _median_time(encode, repeats, warmup),
         "ours_decode": _median_time(decode, repeats, warmup),
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.force_crc_threads:
-        packet._spare_cpus = lambda: packet.CRC_THREADS
+        packet.spare_cpus = lambda: packet.CRC_THREADS
 
     figures: dict[str, dict] = {}
     header = (f"{'model':>5} {'MTU':>6} {'pkts':>7} {'overhead':>9} | {'enc MB/s':>8} {'1 thr':>6} {'save':>7} "
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{packet.PARALLEL_CRC_MIN_DATAGRAM} bytes is shared among up to {packet.CRC_THREADS} threads "
              "(packet.CRC_THREADS); '1 thr' = encode with one thread, '1 by 1' = decode with "
              "Reassembler.receive per datagram, both MB/s, same run. Threads only help when a CPU is "
-             "free, so helpers run only on spare CPUs by the load average (packet._spare_cpus; "
+             "free, so helpers run only on spare CPUs by the load average (packet.spare_cpus; "
              "--force-crc-threads overrides): 'load avg' is the 1-minute load average before and after "
              "each row, 'thr' the threads the CRC32C of large datagrams got at its start. "
              "Each operation is timed in its own block after a warm-up run, GC off while timed (as timeit). "

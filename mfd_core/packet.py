@@ -132,7 +132,7 @@ PARALLEL_CRC_MIN_BATCH = 256 << 10
 PARALLEL_CRC_WINDOW = 4 << 20
 # Threads that share a batch, the caller's included: one per CPU this process may run on,
 # at most 8 (past that, memory bandwidth rather than CPU bounds CRC32C over a large model).
-# Fewer when the CPUs are busy: see _spare_cpus.
+# Fewer when the CPUs are busy: see spare_cpus.
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 CRC_THREADS = min(8, _CPUS)
 
@@ -292,7 +292,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _spare_cpus() -> int:
+def spare_cpus() -> int:
     """CPUs with nothing to run, by the 1-minute load average (which counts this thread).
 
     A helper thread only pays on a CPU of its own. Where every CPU is busy (other jobs,
@@ -322,7 +322,7 @@ def _crc_threads(nbytes: int) -> int:
     else one per spare CPU besides the caller's, ``CRC_THREADS`` at most."""
     if CRC_THREADS < 2 or nbytes < PARALLEL_CRC_MIN_BATCH:
         return 1
-    return min(CRC_THREADS, 1 + _spare_cpus())
+    return min(CRC_THREADS, 1 + spare_cpus())
 
 
 def _crcs(bufs: Sequence[memoryview], threads: int) -> list[int]:
@@ -361,7 +361,7 @@ def batch_checksums(datagrams: Sequence) -> Iterator[int | None]:
     Only byte strings of ``PARALLEL_CRC_MIN_DATAGRAM`` to ``MAX_DATAGRAM`` bytes are done,
     ``PARALLEL_CRC_WINDOW`` bytes of them at a time, when the next value is asked for (so
     that the caller places them while they are in cache), and only when a window holds
-    ``PARALLEL_CRC_MIN_BATCH`` bytes and a CPU is spare (:func:`_spare_cpus`). Anything
+    ``PARALLEL_CRC_MIN_BATCH`` bytes and a CPU is spare (:func:`spare_cpus`). Anything
     else (small datagrams, busy CPUs, objects that are not byte strings) gets ``None`` and
     is checked by :func:`parse` as it would be alone. A value is a function of the
     datagram's bytes: they must not change before it is parsed.
@@ -369,7 +369,7 @@ def batch_checksums(datagrams: Sequence) -> Iterator[int | None]:
     count = len(datagrams)
     # The common cases cost little: busy CPUs a look at the load average, small datagrams
     # one pass over the lengths.
-    spare = _spare_cpus() if count >= 2 and CRC_THREADS >= 2 else 0
+    spare = spare_cpus() if count >= 2 and CRC_THREADS >= 2 else 0
     if not spare:
         return itertools.repeat(None, count)
     try:
