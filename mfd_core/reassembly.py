@@ -407,20 +407,42 @@ class Reassembler:
                     break
             end = position + (end - position) // 2
         window = batch[position:end]
-        sizes = list(map(len, window))
-        total = 0
-        for n, size in enumerate(sizes):
-            total += size
-            if total > RUN_BYTES and n:
-                del window[n:], sizes[n:]
-                break
         try:
-            joined = bytearray().join(window)
+            sizes = list(map(len, window))
         except TypeError:
-            return -1
+            sizes = None
+        if sizes is not None:
+            total = 0
+            for n, size in enumerate(sizes):
+                total += size
+                if total > RUN_BYTES and n:
+                    del window[n:], sizes[n:]
+                    break
+            try:
+                joined = bytearray().join(window)
+            except TypeError:
+                joined = None
+        if sizes is None or joined is None or len(joined) != sum(sizes):
+            # something other than a flat byte string (the byte view of anything else may not
+            # be what parse reads): the window ends before the first such object
+            for n, datagram in enumerate(window):
+                kind_here = type(datagram)
+                if not (kind_here is bytes or kind_here is bytearray or (
+                        kind_here is memoryview and datagram.format == "B" and datagram.ndim == 1
+                        and datagram.c_contiguous)):
+                    del window[n:]
+                    break
+            if not window:
+                return 0
+            sizes = list(map(len, window))
+            total = 0
+            for n, size in enumerate(sizes):
+                total += size
+                if total > RUN_BYTES and n:
+                    del window[n:], sizes[n:]
+                    break
+            joined = bytearray().join(window)
         del window
-        if len(joined) != sum(sizes):  # a view whose len() is not its byte count: one by one
-            return -1
         buf = np.frombuffer(joined, dtype=np.uint8)
         lengths = np.array(sizes, dtype=np.int64)
         ends = np.cumsum(lengths)
