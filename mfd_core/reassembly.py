@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import threading
 from array import array
 from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
@@ -103,9 +104,9 @@ _ENCODING_BOOL = ENCODING_CODE["bool"]
 _FALSE_TRUE = b"\x00\x01"  # the only bytes a bool element may be (§3)
 _EMPTY = memoryview(b"")
 # receive_many's runs (see Reassembler._take_run): a window of at most RUN_DATAGRAMS
-# datagrams and RUN_BYTES bytes (a few MiB: its copy stays in the L3 cache until it is
-# placed), tried only where at least RUN_MIN_DATAGRAMS remain; an attempt costs ~50 us of
-# array calls, under 0.1 us a datagram over a full window of 1,400-byte ones.
+# datagrams and RUN_BYTES bytes (its copy stays in the L3 cache until it is placed),
+# tried only where at least RUN_MIN_DATAGRAMS remain; an attempt costs ~50 us of array
+# calls, well under 0.1 us a datagram over a full window of 1,400-byte ones.
 RUN_DATAGRAMS = 2048
 RUN_BYTES = 4 << 20
 RUN_MIN_DATAGRAMS = 16
@@ -119,6 +120,34 @@ _RUN_LEADS = {lead_word(0, code): itemsize for code, (name, _, itemsize) in ENCO
 # a few us of Python are little beside its CRC32C and copy, and joining them first would
 # copy every byte once more.
 RUN_LARGE_DATAGRAM = 8 << 10
+# Each thread's buffer for the windows of runs, RUN_BYTES long, made on first use and kept:
+# a new one per window would be fresh memory each time, whose first touch costs more here
+# (a VM: ~1 us a 4 KiB page) than copying into it.
+_RUN_SCRATCH = threading.local()
+
+
+def _run_buffer() -> bytearray:
+    scratch = getattr(_RUN_SCRATCH, "buffer", None)
+    if scratch is None:
+        scratch = _RUN_SCRATCH.buffer = bytearray(RUN_BYTES)
+    return scratch
+
+
+def _fill(scratch: bytearray, window: list, sizes: list[int]) -> tuple[int, int]:
+    """Copy the datagrams of ``window`` back to back into ``scratch``, as many as fit
+    (at least one: none is longer than scratch); returns (bytes, datagrams) copied.
+    :raises TypeError, ValueError: for an object that is not a flat byte string."""
+    view = memoryview(scratch)
+    limit = len(scratch)
+    at = 0
+    for n, (datagram, size) in enumerate(zip(window, sizes)):
+        if at + size > limit:
+            return at, n
+        view[at:at + size] = datagram
+        at += size
+    return at, len(sizes)
+
+
 # The fields of a datagram of a large run that are not the same in all: tensor index,
 # fragment index, element start, payload length, hops, checksum (bytes 6..41, TTL skipped).
 _VARIABLE = struct.Struct(">H16xHB3xIHxBI")
@@ -407,24 +436,13 @@ class Reassembler:
                     break
             end = position + (end - position) // 2
         window = batch[position:end]
+        scratch = _run_buffer()
         try:
             sizes = list(map(len, window))
-        except TypeError:
-            sizes = None
-        if sizes is not None:
-            total = 0
-            for n, size in enumerate(sizes):
-                total += size
-                if total > RUN_BYTES and n:
-                    del window[n:], sizes[n:]
-                    break
-            try:
-                joined = bytearray().join(window)
-            except TypeError:
-                joined = None
-        if sizes is None or joined is None or len(joined) != sum(sizes):
-            # something other than a flat byte string (the byte view of anything else may not
-            # be what parse reads): the window ends before the first such object
+            total = _fill(scratch, window, sizes)
+        except (TypeError, ValueError):
+            # something other than a flat byte string (the bytes of anything else may not be
+            # what parse reads): the window ends before the first such object
             for n, datagram in enumerate(window):
                 kind_here = type(datagram)
                 if not (kind_here is bytes or kind_here is bytearray or (
@@ -435,14 +453,9 @@ class Reassembler:
             if not window:
                 return 0
             sizes = list(map(len, window))
-            total = 0
-            for n, size in enumerate(sizes):
-                total += size
-                if total > RUN_BYTES and n:
-                    del window[n:], sizes[n:]
-                    break
-            joined = bytearray().join(window)
-        del window
+            total = _fill(scratch, window, sizes)
+        del window, sizes[total[1]:]
+        joined = memoryview(scratch)[:total[0]]
         buf = np.frombuffer(joined, dtype=np.uint8)
         lengths = np.array(sizes, dtype=np.int64)
         ends = np.cumsum(lengths)
