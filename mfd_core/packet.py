@@ -622,12 +622,14 @@ def build(
             if header_len > HEADER_SIZE:
                 _QUANT.pack_into(template, HEADER_SIZE, item.scale, item.zero_point)
             block = out[pos:pos + n * size].reshape(n, size)
-            block[:, :header_len] = np.frombuffer(template, dtype=np.uint8)
-            indices = np.arange(index, index + n, dtype=">u4")
-            block[:, 24:27] = indices.view(np.uint8).reshape(n, 4)[:, 1:]
-            starts = (item.element_start + first_byte // itemsize
-                      + np.arange(n, dtype=np.int64) * (size_payload // itemsize)).astype(">u4")
-            block[:, 30:34] = starts.view(np.uint8).reshape(n, 4)
+            header = np.frombuffer(template, dtype=np.uint8)
+            index_bytes = np.arange(index, index + n, dtype=">u4").view(np.uint8).reshape(n, 4)[:, 1:]
+            start_bytes = (item.element_start + first_byte // itemsize
+                           + np.arange(n, dtype=np.int64) * (size_payload // itemsize)).astype(">u4")
+            start_bytes = start_bytes.view(np.uint8).reshape(n, 4)
+            block[:, :header_len] = header
+            block[:, 24:27] = index_bytes
+            block[:, 30:34] = start_bytes
             block[:, header_len:header_len + size_payload] = (
                 source[first_byte:first_byte + n * size_payload].reshape(n, size_payload))
             offsets = range(pos, pos + n * size, size)
@@ -641,8 +643,17 @@ def build(
             if threads > 1 and size >= PARALLEL_CRC_MIN_DATAGRAM:
                 deferred.append((block, offsets))
             else:
-                crcs = [crc32c(flat[p + HEADER_SIZE:p + size], crc32c(flat[p:p + _COVERED_PREFIX]))
-                        for p in offsets]
+                # The checksummed prefix (bytes 0..35) is written over bytes 6..41 first, where
+                # it runs straight into what follows the header: one CRC32C call a datagram
+                # covers both. Then bytes 0..41 are written again.
+                shift = _PREFIX_SHIFT
+                block[:, shift:HEADER_SIZE] = header[:_COVERED_PREFIX]
+                block[:, 24 + shift:27 + shift] = index_bytes
+                block[:, 30 + shift:34 + shift] = start_bytes
+                crcs = [crc32c(flat[p:p + size - shift]) for p in range(pos + shift, pos + n * size, size)]
+                block[:, :HEADER_SIZE] = header[:HEADER_SIZE]
+                block[:, 24:27] = index_bytes
+                block[:, 30:34] = start_bytes
                 block[:, _CHECKSUM_OFFSET:HEADER_SIZE] = (
                     np.array(crcs, dtype=">u4").view(np.uint8).reshape(n, 4))
             datagrams.extend([readonly[p:p + size] for p in offsets])

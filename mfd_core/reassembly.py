@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-import threading
 from array import array
 from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
@@ -104,7 +103,8 @@ _ENCODING_BOOL = ENCODING_CODE["bool"]
 _FALSE_TRUE = b"\x00\x01"  # the only bytes a bool element may be (§3)
 _EMPTY = memoryview(b"")
 # receive_many's runs (see Reassembler._take_run): a window of at most RUN_DATAGRAMS
-# datagrams and RUN_BYTES bytes (its copy stays in the L3 cache until it is placed),
+# datagrams and RUN_BYTES bytes (its copy stays in the L3 cache until it is placed; a
+# new one each time: copying into a buffer kept for the purpose measured 20% slower),
 # tried only where at least RUN_MIN_DATAGRAMS remain; an attempt costs ~50 us of array
 # calls, well under 0.1 us a datagram over a full window of 1,400-byte ones.
 RUN_DATAGRAMS = 2048
@@ -120,32 +120,14 @@ _RUN_LEADS = {lead_word(0, code): itemsize for code, (name, _, itemsize) in ENCO
 # a few us of Python are little beside its CRC32C and copy, and joining them first would
 # copy every byte once more.
 RUN_LARGE_DATAGRAM = 8 << 10
-# Each thread's buffer for the windows of runs, RUN_BYTES long, made on first use and kept:
-# a new one per window would be fresh memory each time, whose first touch costs more here
-# (a VM: ~1 us a 4 KiB page) than copying into it.
-_RUN_SCRATCH = threading.local()
-
-
-def _run_buffer() -> bytearray:
-    scratch = getattr(_RUN_SCRATCH, "buffer", None)
-    if scratch is None:
-        scratch = _RUN_SCRATCH.buffer = bytearray(RUN_BYTES)
-    return scratch
-
-
-def _fill(scratch: bytearray, window: list, sizes: list[int]) -> tuple[int, int]:
-    """Copy the datagrams of ``window`` back to back into ``scratch``, as many as fit
-    (at least one: none is longer than scratch); returns (bytes, datagrams) copied.
-    :raises TypeError, ValueError: for an object that is not a flat byte string."""
-    view = memoryview(scratch)
-    limit = len(scratch)
-    at = 0
-    for n, (datagram, size) in enumerate(zip(window, sizes)):
-        if at + size > limit:
-            return at, n
-        view[at:at + size] = datagram
-        at += size
-    return at, len(sizes)
+def _cut(window: list, sizes: list[int]) -> None:
+    """Cut a run's window (and its sizes) to RUN_BYTES bytes, one datagram at least."""
+    total = 0
+    for n, size in enumerate(sizes):
+        total += size
+        if total > RUN_BYTES and n:
+            del window[n:], sizes[n:]
+            return
 
 
 # The fields of a datagram of a large run that are not the same in all: tensor index,
@@ -436,10 +418,12 @@ class Reassembler:
                     break
             end = position + (end - position) // 2
         window = batch[position:end]
-        scratch = _run_buffer()
         try:
             sizes = list(map(len, window))
-            total = _fill(scratch, window, sizes)
+            _cut(window, sizes)
+            joined = bytearray().join(window)
+            if len(joined) != sum(sizes):
+                raise ValueError("a view whose len() is not its byte count")
         except (TypeError, ValueError):
             # something other than a flat byte string (the bytes of anything else may not be
             # what parse reads): the window ends before the first such object
@@ -453,9 +437,9 @@ class Reassembler:
             if not window:
                 return 0
             sizes = list(map(len, window))
-            total = _fill(scratch, window, sizes)
-        del window, sizes[total[1]:]
-        joined = memoryview(scratch)[:total[0]]
+            _cut(window, sizes)
+            joined = bytearray().join(window)
+        del window
         buf = np.frombuffer(joined, dtype=np.uint8)
         lengths = np.array(sizes, dtype=np.int64)
         ends = np.cumsum(lengths)
