@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import struct
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -78,6 +78,11 @@ STREAM_BYTES_PER_BYTE = 3
 #   every full collection of the process, however many a peer made (a 1 GiB budget of
 #   small lists is ~19 million objects: seconds per collection);
 PARSE_BYTES_PER_JSON_BYTE = 40
+#   An open message whose manifest's JSON is at most KEEP_PARSED_JSON_BYTES long keeps
+#   the objects (a hundred or so, charged as above; 256 open messages at most hold
+#   ~60,000): delivering it then need not inflate and parse it again (~50 us for a small
+#   model's, a tenth of the time a 1M-parameter model takes at 64 KiB datagrams).
+KEEP_PARSED_JSON_BYTES = 1024
 # - zlib's state while a deflated manifest is inflated (its 32 KiB window and tables);
 INFLATE_BYTES = 64 << 10
 # - each tensor's entry in a message's tables (a tuple of 6 numbers, a list slot, its
@@ -122,12 +127,8 @@ _RUN_LEADS = {lead_word(0, code): itemsize for code, (name, _, itemsize) in ENCO
 RUN_LARGE_DATAGRAM = 8 << 10
 def _cut(window: list, sizes: list[int]) -> None:
     """Cut a run's window (and its sizes) to RUN_BYTES bytes, one datagram at least."""
-    total = 0
-    for n, size in enumerate(sizes):
-        total += size
-        if total > RUN_BYTES and n:
-            del window[n:], sizes[n:]
-            return
+    keep = max(1, bisect_right(list(itertools.accumulate(sizes)), RUN_BYTES))
+    del window[keep:], sizes[keep:]
 
 
 # The fields of a datagram of a large run that are not the same in all: tensor index,
@@ -202,7 +203,7 @@ class _Open:
 
     __slots__ = ("first", "ident", "last", "seen", "received", "max_hops", "nbytes", "stream", "covered",
                  "stream_have", "stream_total", "manifest", "specs", "layout", "block", "view", "offsets", "tensors",
-                 "nonempty", "ranges", "early", "early_bytes", "arrays")
+                 "nonempty", "ranges", "early", "early_bytes", "arrays", "keep_manifest")
 
     def __init__(self, first: Packet, started: float) -> None:
         self.first = first  # its header fields, without the payload (a view into a datagram)
@@ -239,6 +240,7 @@ class _Open:
         # zero point, payload), plain tuples (which the garbage collector stops tracking)
         self.early: list[tuple] = []
         self.early_bytes = 0
+        self.keep_manifest = False  # a short manifest is kept parsed until delivery
         # for receive_many's runs: per tensor its encoding code, elements and byte offset
         self.arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -785,7 +787,8 @@ class Reassembler:
         self.stats["fragments"] += 1
         if msg.received == msg.ident[0]:
             return self._finish(key, msg, complete=True)
-        msg.manifest = None  # still open: it keeps the stream, not the objects parsed from it
+        if not msg.keep_manifest:
+            msg.manifest = None  # still open: it keeps the stream, not the objects parsed from it
         return None
 
     def _control(self, pkt: Packet) -> ReceivedControl | None:
@@ -1005,6 +1008,7 @@ class Reassembler:
             end += -(-spec.nbytes // _ALIGN) * _ALIGN
         self._charge(msg, names_bytes + end + delivery_nbytes(specs) + TENSOR_BYTES * len(specs))  # LimitError first
         msg.manifest = manifest
+        msg.keep_manifest = names_bytes <= KEEP_PARSED_JSON_BYTES
         msg.specs = [(spec.name, spec.shape, spec.dtype, spec.encoding, spec.scale, spec.zero_point) for spec in specs]
         msg.layout = (manifest.family_id, nbytes)
         # Not zeroed: a complete message overwrites every byte, and a partial delivery
