@@ -1240,15 +1240,24 @@ def _first_uncovered(ranges: array, numels: list[int]) -> int | None:
                 return tensor
         return None
     table = np.frombuffer(ranges, dtype=np.int64).reshape(-1, 3)
-    bad = np.zeros(len(numels), dtype=bool)
-    covered = np.zeros(len(numels), dtype=np.int64)
-    table = table[np.lexsort((table[:, 1], table[:, 0]))]
     tensor, start, count = table[:, 0], table[:, 1], table[:, 2]
-    expected = np.zeros(len(table), dtype=np.int64)
-    expected[1:] = np.where(tensor[1:] == tensor[:-1], start[:-1] + count[:-1], 0)
-    np.logical_or.at(bad, tensor, start != expected)  # a gap or an overlap
-    np.add.at(covered, tensor, count)
-    bad |= covered != np.asarray(numels, dtype=np.int64)
+    key = (tensor << 33) | start  # a tensor has fewer than 2^32 elements
+    if not (key[1:] >= key[:-1]).all():  # fragments that came in order are sorted already
+        order = np.argsort(key, kind="stable")
+        tensor, start, count = tensor[order], start[order], count[order]
+    end = start + count
+    same = tensor[1:] == tensor[:-1]
+    expected = np.zeros(len(tensor), dtype=np.int64)
+    expected[1:] = np.where(same, end[:-1], 0)
+    last = np.ones(len(tensor), dtype=bool)
+    last[:-1] = ~same  # the last range of each tensor that has any
+    sizes = np.asarray(numels, dtype=np.int64)
+    bad = np.zeros(len(numels), dtype=bool)
+    bad[tensor[start != expected]] = True  # a gap or an overlap
+    bad[tensor[last][end[last] != sizes[tensor[last]]]] = True  # the end is missing or runs past it
+    present = np.zeros(len(numels), dtype=bool)
+    present[tensor] = True
+    bad |= ~present & (sizes != 0)  # no range at all
     hits = np.flatnonzero(bad)
     return int(hits[0]) if len(hits) else None
 
