@@ -89,16 +89,17 @@ def load_baseline(directory: Path):
             importlib.import_module("mfd_core_baseline.reassembly"))
 
 
-def _timed(fn) -> float:
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this thread) of one call of ``fn``."""
     gc.disable()
     try:
-        start = time.perf_counter()
+        cpu, start = time.thread_time(), time.perf_counter()
         result = fn()
-        elapsed = time.perf_counter() - start
+        elapsed, used = time.perf_counter() - start, time.thread_time() - cpu
     finally:
         gc.enable()
     del result
-    return elapsed
+    return elapsed, used
 
 
 def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int = 1, baseline=None) -> dict:
@@ -142,17 +143,20 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
 
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {name: [] for name in (*encode_ops, *decode_ops)}
+    cpu_times: dict[str, list[float]] = {name: [] for name in times}
     gc.collect()
     for run in range(warmup + repeats):
         for ops in (encode_ops, decode_ops):
             order = list(ops) if run % 2 == 0 else list(reversed(ops))
             for name in order:
-                elapsed = _timed(ops[name])
+                elapsed, used = _timed(ops[name])
                 if run >= warmup:
                     times[name].append(elapsed)
+                    cpu_times[name].append(used)
     mb = model_bytes / 1e6
     median = {name: statistics.median(values) for name, values in times.items()}
     rate = {name: mb / value for name, value in median.items()}
+    cpu_rate = {name: mb / max(statistics.median(values), 1e-9) for name, values in cpu_times.items()}
 
     def paired(ours: str, theirs: str) -> float:
         """Median over repeats of ours' throughput / theirs', each pair from the same repeat."""
@@ -163,6 +167,10 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         "overhead_pct": 100.0 * (wire - model_bytes) / wire,
         "median_s": median,
         "mb_per_s": rate,
+        # the same with the CPU time of the measuring thread in place of wall time: what the
+        # work costs when the machine is shared (wall time then counts waits for a CPU);
+        # torch's own helper threads, and ours, are not counted
+        "cpu_mb_per_s": cpu_rate,
         "encode_vs_torch_save": paired("ours_encode", "torch_save"),
         "decode_vs_torch_load": paired("ours_decode", "torch_load"),
         "copy_over_encode": paired("copy_encode", "ours_encode") ** -1,
@@ -172,6 +180,7 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
         "crc_threads": min(packet.CRC_THREADS, 1 + packet.spare_cpus()),  # for large datagrams, at the end
         "times_s": times,
+        "cpu_times_s": cpu_times,
     }
     if baseline is not None:
         row["encode_vs_baseline"] = paired("ours_encode", "base_encode")
@@ -190,6 +199,9 @@ def headline(rows: dict) -> dict[str, float]:
     if high:
         out["decode_vs_torch_64k"] = min(r["decode_vs_torch_load"] for r in high)
         out["encode_vs_torch_64k"] = min(r["encode_vs_torch_save"] for r in high)
+    if low:  # beside them, not in their place: by CPU time (see measure)
+        out["decode_mb_s_1400_cpu"] = min(r["cpu_mb_per_s"]["ours_decode"] for r in low)
+        out["encode_mb_s_1400_cpu"] = min(r["cpu_mb_per_s"]["ours_encode"] for r in low)
     return out
 
 
@@ -239,10 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     verdict = {name: figures[name] >= target for name, target in TARGETS.items() if name in figures}
     print()
     for name, value in figures.items():
-        print(f"  {'ok  ' if verdict[name] else 'MISS'} {name} = {value:.2f} (target >= {TARGETS[name]:g})")
+        if name in verdict:
+            print(f"  {'ok  ' if verdict[name] else 'MISS'} {name} = {value:.2f} (target >= {TARGETS[name]:g})")
+        else:
+            print(f"       {name} = {value:.2f} (by the measuring thread's CPU time)")
     notes = ("MB/s = model bytes (1e6) / median seconds over interleaved repeats. 'vs save'/'vs load' = median "
              "of per-repeat ratios ours / torch throughput (>= 1: ours is faster); enc/base, dec/base: the same "
-             "against --baseline's mfd_core. Decode (Reassembler.receive_many, one batch) includes parsing, "
+             "against --baseline's mfd_core. cpu_mb_per_s and the *_cpu figures: the same with the measuring "
+             "thread's CPU time in place of wall time (what the work costs on a shared machine). Decode (Reassembler.receive_many, one batch) includes parsing, "
              "CRC32C checks, reassembly and decoding; encode includes encoding, fragmenting, headers and "
              f"CRC32C. torch threads: {torch.get_num_threads()}; CRC32C helper threads run only on spare CPUs "
              "(packet.spare_cpus, by the load average): 'crc_threads' per row. 'load avg' is the 1-minute "
