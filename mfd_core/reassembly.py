@@ -323,8 +323,16 @@ class Reassembler:
         and :attr:`stats` — except that the CRC32C of the batch's large datagrams (see
         :data:`~mfd_core.packet.PARALLEL_CRC_MIN_DATAGRAM`) is computed ahead, a few MiB
         at a time, in parallel threads where CPUs are spare
-        (:func:`~mfd_core.packet.batch_checksums`); fragments are placed one by one, in
-        batch order.
+        (:func:`~mfd_core.packet.batch_checksums`), and that, without a key, a run of one
+        open message's tensor fragments in increasing order (a sender's stream as a link
+        delivers it) is taken many at a time: up to :data:`RUN_DATAGRAMS` datagrams (at
+        most :data:`RUN_BYTES`) are copied into one buffer, their headers checked as
+        arrays, their checksums computed one call each and their payloads copied into the
+        message's block with one strided copy per stretch; datagrams of
+        :data:`RUN_LARGE_DATAGRAM` bytes or more go through a lean loop instead. The first
+        datagram a run would not take as :meth:`receive` takes it (anything refused,
+        duplicated, out of order, of another message or kind) ends the run there, and is
+        taken one by one. At MTU 1,400 this is ~2-4x the throughput of one by one.
 
         A datagram :meth:`receive` would refuse is refused and counted in :attr:`stats`
         under its ``reason`` in the same way, and the rest of the batch is still taken: the
