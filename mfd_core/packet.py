@@ -110,6 +110,8 @@ _ITEMSIZE = tuple(ENCODINGS[code][2] if code in ENCODINGS else 0 for code in ran
 # set-up costs ~10 us a run. The models of fleets of thousands of nodes are a few short
 # datagrams (a manifest, then one per tensor or one for all); past a few dozen numpy wins.
 SMALL_MESSAGE_FRAGMENTS = 32
+# build writes a run of many datagrams this many bytes at a time (see there).
+BUILD_WINDOW = 2 << 20
 # Within a larger message, runs of at most this many datagrams (the manifest, a bias, the
 # last short datagram of each tensor) are written the same way: ~2 us each against ~60 us
 # of array calls for a run of any length (1M parameters at MTU 1,400: 7 of 9 runs).
@@ -615,9 +617,13 @@ def build(
             FLAG_MANIFEST if item.encoding == ENCODING_MANIFEST else 0)
         source = np.frombuffer(item.payload, dtype=np.uint8) if not isinstance(item.payload, np.ndarray) \
             else item.payload.reshape(-1).view(np.uint8)
-        for n, size_payload, first_byte in ((full, chunk, 0), (1 if rest else 0, rest, full * chunk)):
-            if n == 0:
-                continue
+        # A long run is written a few MiB at a time, so that its checksums are computed
+        # while what was just written is still in cache.
+        per = max(1, BUILD_WINDOW // (header_len + chunk + tag_size))
+        segments = [(min(per, full - done), chunk, done * chunk) for done in range(0, full, per)]
+        if rest:
+            segments.append((1, rest, full * chunk))
+        for n, size_payload, first_byte in segments:
             size = header_len + size_payload + tag_size
             if n <= SHORT_SEGMENT and not (threads > 1 and size >= PARALLEL_CRC_MIN_DATAGRAM):
                 # a few datagrams (a manifest, a bias, a tensor's last one): one pack_into each
