@@ -113,7 +113,7 @@ _EMPTY = memoryview(b"")
 # tried only where at least RUN_MIN_DATAGRAMS remain; an attempt costs ~50 us of array
 # calls, well under 0.1 us a datagram over a full window of 1,400-byte ones.
 RUN_DATAGRAMS = 2048
-RUN_BYTES = 4 << 20
+RUN_BYTES = 2 << 20
 RUN_MIN_DATAGRAMS = 16
 # The lead words (magic, version/flags, header length, encoding) of the datagrams a run
 # takes: tensor fragments without flags (no manifest, quantisation extension or tag), of
