@@ -115,6 +115,8 @@ _EMPTY = memoryview(b"")
 RUN_DATAGRAMS = 2048
 RUN_BYTES = 2 << 20
 RUN_MIN_DATAGRAMS = 16
+RUN_QUIET_MAX = 1024
+RUN_PRESCAN = 4  # datagrams after the first that must look like the same message's (< RUN_MIN_DATAGRAMS)
 # The lead words (magic, version/flags, header length, encoding) of the datagrams a run
 # takes: tensor fragments without flags (no manifest, quantisation extension or tag), of
 # an encoding whose bytes need no check (bool bytes are checked one by one), and their
@@ -349,17 +351,24 @@ class Reassembler:
         count = len(batch)
         # Runs of a message's fragments in order (a sender's stream, as a link delivers it)
         # are taken up to RUN_DATAGRAMS at a time by _take_run, with the same checks and
-        # outcome; after a run attempt that took fewer than RUN_MIN_DATAGRAMS, the next
-        # ones go one by one, so that what a failed attempt costs is spread over that many.
+        # outcome; after a run attempt that took fewer than RUN_MIN_DATAGRAMS, the next go
+        # one by one, and that quiet spell doubles with each such attempt in a row (up to
+        # RUN_QUIET_MAX), so that traffic that is no run (messages interleaved datagram by
+        # datagram) costs a few attempts per batch.
         runs = self.key is None and count >= RUN_MIN_DATAGRAMS
         quiet_until = position = 0
+        quiet = RUN_MIN_DATAGRAMS
         while position < count:
             if runs and position >= quiet_until and count - position >= RUN_MIN_DATAGRAMS:
                 taken = self._take_run(batch, position, now, checks, pending, out, errors)
-                if taken >= 0:
+                if taken != -1:
+                    taken = max(taken, 0)
                     position += taken
                     if taken < RUN_MIN_DATAGRAMS:
-                        quiet_until = position + RUN_MIN_DATAGRAMS
+                        quiet_until = position + quiet
+                        quiet = min(2 * quiet, RUN_QUIET_MAX)
+                    else:
+                        quiet = RUN_MIN_DATAGRAMS
                     if taken:
                         continue
             datagram = batch[position]
@@ -382,8 +391,10 @@ class Reassembler:
         fragments of one open message whose manifest is known, in increasing fragment
         order, none seen before, each within its tensor, intact and unsigned (a receiver
         without a key). Returns how many were taken, their outcome _take's (the first
-        datagram that is anything else is left to it), or -1 when a glance at the first and
-        last datagram of the window says the run is not worth trying.
+        datagram that is anything else is left to it), -1 when the first datagram is no
+        start of a run (not a tensor fragment of an open message), or -2 when a glance at a
+        few datagrams of the window (its last, its middle, its first quarter's end) says
+        they are not one message's, however short the window is cut.
 
         The window (up to RUN_DATAGRAMS datagrams and RUN_BYTES bytes) is joined into one
         buffer; its headers are read as one array, its checks are array operations, its
@@ -411,22 +422,40 @@ class Reassembler:
             return -1
         if len(first) >= RUN_LARGE_DATAGRAM:
             return self._take_large_run(batch, position, now, checks, pending, out, errors, msg, item)
-        # The window: halved until its last datagram looks like a later fragment of the same
-        # message, then cut to RUN_BYTES.
+        # The window: the next few datagrams must look like later fragments of the same
+        # message (unchecked: a heuristic, what is taken is checked below; an attempt costs
+        # as much as ~100 datagrams one by one, so it is made only where a run seems to
+        # start); it is cut before any of a few more datagrams (its first quarter's end,
+        # its middle, its last) that does not, then to RUN_BYTES.
         first_index = (index_hi << 8) | index_lo
         end = min(len(batch), position + RUN_DATAGRAMS)
+        for probe in range(position + 1, position + 1 + RUN_PRESCAN):
+            later = batch[probe]
+            if type(later) is not kind or len(later) < HEADER_SIZE:
+                return -2
+            try:
+                (_, later_id, _, _, _, later_origin, _, later_hi, later_lo, _, _) = _RUN_HEAD.unpack_from(later)
+            except (struct.error, TypeError, ValueError, BufferError):
+                return -2
+            if later_id != message_id or later_origin != origin or ((later_hi << 8) | later_lo) <= first_index:
+                return -2
         while True:
             if end - position < RUN_MIN_DATAGRAMS:
-                return -1
-            last = batch[end - 1]
-            if type(last) is kind and len(last) >= HEADER_SIZE:
-                try:
-                    (_, last_id, _, _, _, last_origin, _, last_hi, last_lo, _, _) = _RUN_HEAD.unpack_from(last)
-                except (struct.error, TypeError, ValueError, BufferError):
-                    last_id = None
-                if last_id == message_id and last_origin == origin and ((last_hi << 8) | last_lo) > first_index:
+                return -2
+            span = end - position
+            for probe in (position + span // 4, position + span // 2, end - 1):
+                later = batch[probe]
+                if type(later) is not kind or len(later) < HEADER_SIZE:
                     break
-            end = position + (end - position) // 2
+                try:
+                    (_, later_id, _, _, _, later_origin, _, later_hi, later_lo, _, _) = _RUN_HEAD.unpack_from(later)
+                except (struct.error, TypeError, ValueError, BufferError):
+                    break
+                if later_id != message_id or later_origin != origin or ((later_hi << 8) | later_lo) <= first_index:
+                    break
+            else:
+                break
+            end = probe
         window = batch[position:end]
         try:
             sizes = list(map(len, window))
