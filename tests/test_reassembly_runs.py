@@ -207,3 +207,25 @@ def test_any_damage_to_in_order_streams_gives_what_receive_gives(seed, mtu):
     bounds = [0, *cuts, len(stream)]
     same_outcome([(0.5 * i, stream[a:b]) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))],
                  limits=Limits(open_per_origin=rng.randint(1, 3)), expire_at=1e6)
+
+
+@pytest.mark.usefixtures("idle_cpus")
+def test_checksums_computed_ahead_are_used_and_handed_back(monkeypatch, runs_taken):
+    """With every datagram's CRC32C computed ahead in threads (thresholds at zero), a run
+    takes those values; the ones it read past a corrupted datagram go back, in order, to
+    the datagrams taken one by one."""
+    monkeypatch.setattr(packet, "PARALLEL_CRC_MIN_DATAGRAM", 0)
+    monkeypatch.setattr(packet, "PARALLEL_CRC_MIN_BATCH", 0)
+    monkeypatch.setattr(packet, "CRC_THREADS", 3)
+    computed = []
+    real = packet.checksums_in_place
+    monkeypatch.setattr("mfd_core.reassembly.checksums_in_place",
+                        lambda *args: computed.append(1) or real(*args))
+    batch = send(big_model(), mtu=1400)
+    bad = bytearray(batch[300])
+    bad[900] ^= 0x10
+    batch[300] = bytes(bad)
+    batch.insert(301, batch[299])  # a duplicate right after the corrupted one
+    assert all(c is not None for c in packet.batch_checksums(batch))
+    same_outcome([(0.0, batch)], expire_at=100.0)
+    assert max(runs_taken) >= 250 and not computed  # taken in runs, with the values from ahead
