@@ -110,8 +110,8 @@ _EMPTY = memoryview(b"")
 # receive_many's runs (see Reassembler._take_run): a window of at most RUN_DATAGRAMS
 # datagrams and RUN_BYTES bytes (its copy stays in the L3 cache until it is placed; a
 # new one each time: copying into a buffer kept for the purpose measured 20% slower),
-# tried only where at least RUN_MIN_DATAGRAMS remain; an attempt costs ~50 us of array
-# calls, well under 0.1 us a datagram over a full window of 1,400-byte ones.
+# tried only where at least RUN_MIN_DATAGRAMS remain; an attempt costs ~50-150 us of array
+# calls, under 0.1 us a datagram over a full window of 1,400-byte ones.
 RUN_DATAGRAMS = 2048
 RUN_BYTES = 2 << 20
 RUN_MIN_DATAGRAMS = 16
@@ -127,17 +127,17 @@ _RUN_LEADS = {lead_word(0, code): itemsize for code, (name, _, itemsize) in ENCO
 # a few us of Python are little beside its CRC32C and copy, and joining them first would
 # copy every byte once more.
 RUN_LARGE_DATAGRAM = 8 << 10
+# The fields of a datagram of a large run that are not the same in all: tensor index,
+# fragment index, element start, payload length, hops, checksum (bytes 6..41, TTL skipped).
+_VARIABLE = struct.Struct(">H16xHB3xIHxBI")
+# The fields a run attempt reads from the datagrams it glances at, without checking them.
+_RUN_HEAD = struct.Struct(">IHHIIIIHBHB")
+
+
 def _cut(window: list, sizes: list[int]) -> None:
     """Cut a run's window (and its sizes) to RUN_BYTES bytes, one datagram at least."""
     keep = max(1, bisect_right(list(itertools.accumulate(sizes)), RUN_BYTES))
     del window[keep:], sizes[keep:]
-
-
-# The fields of a datagram of a large run that are not the same in all: tensor index,
-# fragment index, element start, payload length, hops, checksum (bytes 6..41, TTL skipped).
-_VARIABLE = struct.Struct(">H16xHB3xIHxBI")
-# The fields a run attempt reads from its first and last datagram, without checking them.
-_RUN_HEAD = struct.Struct(">IHHIIIIHBHB")
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,17 @@ class Reassembler:
         quiet = RUN_MIN_DATAGRAMS
         while position < count:
             if runs and position >= quiet_until and count - position >= RUN_MIN_DATAGRAMS:
-                taken = self._take_run(batch, position, now, checks, pending, out, errors)
+                try:
+                    taken = self._take_run(batch, position, now, checks, pending, out, errors)
+                except Exception as exc:  # a bug of ours, not a peer's doing (see _internal)
+                    failure = self._internal_run(exc, batch[position])
+                    if errors is not None:
+                        errors.append((position, failure))
+                    # the rest one by one, each checksum computed as it is parsed: how many
+                    # values of `checks` the attempt had read is not known
+                    runs, checks = False, itertools.repeat(None)
+                    pending.clear()
+                    taken = -1
                 if taken != -1:
                     taken = max(taken, 0)
                     position += taken
@@ -766,6 +776,16 @@ class Reassembler:
         return self._layouts.nbytes
 
     # -- internals ----------------------------------------------------------------------
+
+    def _internal_run(self, exc: Exception, first) -> PacketError:
+        """:meth:`_internal` for a run attempt that failed: the message its first datagram
+        names (whose state the attempt may have left half-updated) is dropped."""
+        try:
+            (_, message_id, _, _, _, origin, *_) = _RUN_HEAD.unpack_from(first)
+        except Exception:
+            return self._internal(exc, None)
+        msg = self._open.get((origin, message_id))
+        return self._internal(exc, None if msg is None else msg.first)
 
     def _internal(self, exc: Exception, pkt: Packet | None) -> PacketError:
         """A refusal for an exception other than :class:`PacketError`: a bug of this module,

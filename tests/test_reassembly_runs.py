@@ -229,3 +229,25 @@ def test_checksums_computed_ahead_are_used_and_handed_back(monkeypatch, runs_tak
     assert all(c is not None for c in packet.batch_checksums(batch))
     same_outcome([(0.0, batch)], expire_at=100.0)
     assert max(runs_taken) >= 250 and not computed  # taken in runs, with the values from ahead
+
+
+@pytest.mark.parametrize("mtu", [1400, 20_000])
+def test_a_failure_inside_a_run_is_a_refusal_and_the_batch_goes_on(monkeypatch, mtu):
+    """Should a run attempt fail (a bug of ours), receive_many raises nothing but counts it
+    as ``internal``, drops the message it was placing and takes the rest one by one."""
+    import mfd_core.reassembly as reassembly
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(reassembly, "header_records", broken)
+    monkeypatch.setattr(reassembly, "checksum_of", broken)
+    monkeypatch.setattr(packet, "spare_cpus", lambda: 0)  # no checksum computed ahead
+    first, second = send(big_model(1), mtu=mtu), send(big_model(2), origin=2, mtu=mtu)
+    receiver, errors = Reassembler(), []
+    got = receiver.receive_many(first[:1] + second + first[1:], 0.0, errors=errors)
+    assert receiver.stats["internal"] == 1 and [e.reason for _, e in errors] == ["internal"]
+    # the second message, which the run was placing, is dropped (its later datagrams are
+    # late); the first completes, one datagram at a time
+    assert [m.origin for m in got] == [1] and got[0].complete and receiver.open_messages == 0
+    assert receiver.stats["late"] == len(second) - 1  # all but its manifest
