@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.set_num_threads for the whole run (default: leave torch's default)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a directory holding another mfd_core to measure beside this one (before/after)")
+    parser.add_argument("--baseline-label", default=None,
+                        help="what --baseline holds (e.g. the commit it was archived from), recorded with the results")
     parser.add_argument("--out", type=Path, default=RESULTS / "codec.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 7:
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
              "(packet.spare_cpus, by the load average): 'crc_threads' per row. 'load avg' is the 1-minute "
              "load average before and after each row.")
     path = write_results("codec", {**figures, "rows": rows}, path=args.out, targets=TARGETS, verdict=verdict,
-                         notes=notes, baseline=str(args.baseline) if args.baseline else None)
+                         notes=notes, baseline=str(args.baseline) if args.baseline else None,
+                         baseline_label=args.baseline_label)
     print(f"\nwrote {path}")
     return 0
 
