@@ -20,4 +20,4 @@ def idle_cpus(monkeypatch):
     tests of those threads pretend the machine is idle so that they run whatever its load."""
     from mfd_core import packet
 
-    monkeypatch.setattr(packet, "_spare_cpus", lambda: 8)
+    monkeypatch.setattr(packet, "spare_cpus", lambda: 8)

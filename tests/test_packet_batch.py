@@ -112,13 +112,13 @@ def test_batch_checksums_match_parse_and_skip_what_is_not_worth_it():
 
 def test_a_precomputed_checksum_decides_like_the_computed_one():
     d = datagrams(65_535)[3]
-    assert packet._parse(d, None, reference_crc(d)) == packet.parse(d)
+    assert packet.parse(d, crc=reference_crc(d)) == packet.parse(d)
     with pytest.raises(packet.ChecksumError):
-        packet._parse(d, None, reference_crc(d) ^ 1)
+        packet.parse(d, crc=reference_crc(d) ^ 1)
     with pytest.raises(packet.ChecksumError):
         packet._parse_checked(d, None, reference_crc(d) ^ 1)
     with pytest.raises(packet.PacketError, match="length mismatch"):  # the order of checks is kept
-        packet._parse(d[:-1], None, reference_crc(d))
+        packet.parse(d[:-1], crc=reference_crc(d))
 
 
 def test_busy_cpus_keep_the_caller_alone(monkeypatch, shared):
@@ -127,7 +127,7 @@ def test_busy_cpus_keep_the_caller_alone(monkeypatch, shared):
     expected = datagrams(65_535)
     shared.clear()
     monkeypatch.setattr(packet, "CRC_THREADS", 4)
-    monkeypatch.setattr(packet, "_spare_cpus", lambda: 0)
+    monkeypatch.setattr(packet, "spare_cpus", lambda: 0)
     monkeypatch.setattr(packet, "_pool", lambda: pytest.fail("no helper thread on busy CPUs"))
     assert list(packet.batch_checksums(large)) == [None] * len(large)
     assert datagrams(65_535) == expected and shared == []
@@ -154,7 +154,7 @@ def test_spare_cpus_reads_the_load_average(monkeypatch):
     monkeypatch.setattr(packet, "_CPUS", 2)
     for load, spare in ((0.0, 2), (1.05, 1), (1.7, 0), (4.4, 0)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
-        assert packet._spare_cpus() == spare
+        assert packet.spare_cpus() == spare
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
