@@ -1,7 +1,9 @@
 """Every controller on every scenario and seed, and the report a person reads.
 
-Controllers: the static configuration (full power, strongest cell), the tuned
-load-balancing heuristic (CIO offsets, sleep at low load), and the trained agents:
+Controllers: the static configuration (full power, strongest cell), the
+load-balancing heuristic (CIO offsets, sleep at low load), the tuned MLB rule (a local
+load-ratio rule tuned on training seeds, :mod:`.rules`), the central search (the same
+rule tuned per station by a central optimiser: the strong reference) and the trained agents:
 isolated, FedAvg and MFD stations (each station acts with its own saved SB3 model)
 and the central PPO controller. Each plays the scenario's evaluation seeds greedily;
 the figures are per-step means over the episode (rates, PF utility), totals
@@ -30,14 +32,18 @@ from envs.basestation.heuristics import LoadBalancingHeuristic, full_power_stron
 
 from .config import AppScenario
 from .learner import StackedPolicies, policy_actions, single_thread
+from .rules import RULE_POLICIES, LoadRatioRule, load_rule_params
 
-__all__ = ["POLICIES", "KPIS", "evaluate", "aggregate", "write_report", "load_controller"]
+__all__ = ["POLICIES", "HEURISTICS", "KPIS", "evaluate", "aggregate", "write_report", "load_controller"]
 
-POLICIES = ("full_power", "heuristic", "isolated", "fedavg", "mfd", "central")
+POLICIES = ("full_power", "heuristic", "tuned_rule", "isolated", "fedavg", "mfd", "central", "central_search")
+# the fixed heuristics and the tuned rule: "best heuristic" is the best of these per scenario
+HEURISTICS = ("full_power", "heuristic", "tuned_rule")
 LABELS = {"full_power": "full power + strongest cell", "heuristic": "load-balancing heuristic",
-          "isolated": "isolated RL", "fedavg": "FedAvg RL", "mfd": "MFD RL", "central": "central RL"}
-COLOURS = {"full_power": "#8c564b", "heuristic": "#7f7f7f", "isolated": "#bcbd22", "fedavg": "#1f77b4",
-           "mfd": "#2ca02c", "central": "#d62728"}
+          "tuned_rule": "tuned MLB rule", "isolated": "isolated RL", "fedavg": "FedAvg RL", "mfd": "MFD RL",
+          "central": "central RL", "central_search": "central search (per-station rule)"}
+COLOURS = {"full_power": "#8c564b", "heuristic": "#7f7f7f", "tuned_rule": "#17becf", "isolated": "#bcbd22",
+           "fedavg": "#1f77b4", "mfd": "#2ca02c", "central": "#d62728", "central_search": "#9467bd"}
 # (key, label, scale for display)
 KPIS = (
     ("mean_user_rate_mbps", "mean user rate (Mbit/s)"),
@@ -123,6 +129,9 @@ def load_controller(policy: str, env: BaseStationParallelEnv, models: Path | Non
     if models is None:
         raise FileNotFoundError(f"{policy}: no models folder given")
     folder = Path(models) / scenario / policy
+    if policy in RULE_POLICIES:
+        # tuned on training seeds by `train` (apps.basestation.rules), saved beside the models
+        return LoadRatioRule(env, load_rule_params(folder))
     if policy == "central":
         return CentralController(env, folder)
     return StationController(env, folder)

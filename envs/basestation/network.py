@@ -22,7 +22,8 @@ from . import radio
 from .config import BaseStationConfig
 from .layout import Layout, build_layout
 
-__all__ = ["CellularNetwork", "StepKPIs", "OBS_OWN_FEATURES", "OBS_NEIGHBOUR_FEATURES"]
+__all__ = ["CellularNetwork", "StepKPIs", "OBS_OWN_FEATURES", "OBS_NEIGHBOUR_FEATURES", "SINR_OBS_RANGE_DB",
+           "sinr_feature_db"]
 
 OBS_OWN_FEATURES = (
     "load",  # attached users / load_norm_users, clipped to 1
@@ -54,6 +55,14 @@ OBS_NEIGHBOUR_FEATURES = (
 # The SINR range the observation maps to [0, 1]: -10 dB is the coverage edge used as
 # `min_sinr_db` by default, 30 dB is where the 7.4 b/s/Hz cap is already reached.
 _SINR_OBS_LOW_DB, _SINR_OBS_SPAN_DB = -10.0, 40.0
+SINR_OBS_RANGE_DB = (_SINR_OBS_LOW_DB, _SINR_OBS_LOW_DB + _SINR_OBS_SPAN_DB)
+
+
+def sinr_feature_db(feature: np.ndarray | float) -> np.ndarray:
+    """The SINR in dB that an observation's ``sinr_mean`` / ``sinr_p5`` feature stands for
+    (the inverse of the observation's scale, within `SINR_OBS_RANGE_DB`)."""
+    return np.asarray(feature, dtype=float) * _SINR_OBS_SPAN_DB + _SINR_OBS_LOW_DB
+
 _P5 = 0.05
 
 
