@@ -113,3 +113,29 @@ def test_bad_params_file_is_refused(tmp_path):
         load_rule_params(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_rule_params(tmp_path / "none")
+
+
+def test_aggregate_gives_median_and_range_of_the_engineer_kpis():
+    from apps.basestation.evaluation import ENGINEER_KPIS, aggregate
+
+    rows = [{"scenario": "s", "policy": "mfd", "seed": seed, **{k: float(v) for k in ENGINEER_KPIS}}
+            for seed, v in ((1, 1.0), (2, 2.0), (3, 10.0))]
+    (row,) = aggregate(rows)
+    for k in ENGINEER_KPIS:
+        assert row[k] == pytest.approx(13 / 3)
+        assert (row[f"{k}_median"], row[f"{k}_min"], row[f"{k}_max"]) == (2.0, 1.0, 10.0)
+
+
+def test_episode_kpis_count_pingpongs_within_handovers(tiny):
+    from apps.basestation.evaluation import ENGINEER_KPIS, episode_kpis
+
+    env = BaseStationParallelEnv(tiny.env)
+    # a station that flips its offset every step drives users back and forth
+    flip = lambda o: {a: np.array([3, 4 * (env.network.t % 2), 0]) if a == "bs_0" else np.array([3, 2, 0])
+                      for a in env.possible_agents}
+    k = episode_kpis(env, flip, seed=2)
+    for key in ENGINEER_KPIS:
+        assert np.isfinite(k[key]), key
+    assert 0 <= k["pingpong_handovers"] <= k["handovers"]
+    assert k["pingpong_rate"] == pytest.approx(k["pingpong_handovers"] / max(k["handovers"], 1))
+    assert k["energy_efficiency_kbit_per_j"] > 0 and k["p5_user_rate_mbps"] <= k["mean_user_rate_mbps"]

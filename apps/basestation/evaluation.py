@@ -34,7 +34,7 @@ from .config import AppScenario
 from .learner import StackedPolicies, policy_actions, single_thread
 from .rules import RULE_POLICIES, LoadRatioRule, load_rule_params
 
-__all__ = ["POLICIES", "HEURISTICS", "KPIS", "evaluate", "aggregate", "write_report", "load_controller"]
+__all__ = ["POLICIES", "HEURISTICS", "KPIS", "ENGINEER_KPIS", "episode_kpis", "evaluate", "aggregate", "write_report", "load_controller"]
 
 POLICIES = ("full_power", "heuristic", "tuned_rule", "isolated", "fedavg", "mfd", "central", "central_search")
 # the fixed heuristics and the tuned rule: "best heuristic" is the best of these per scenario
@@ -52,8 +52,13 @@ KPIS = (
     ("energy_kj", "energy (kJ per episode)"),
     ("energy_efficiency_kbit_per_j", "energy efficiency (kbit/J)"),
     ("handovers", "handovers per episode"),
+    ("pingpong_handovers", "ping-pong handovers per episode (back to the cell left within 1 s)"),
     ("model_mb", "model traffic in training (MB)"),
 )
+# What a radio engineer reads per scenario: ``aggregate`` gives each its median and range
+# (min, max) over the evaluation seeds besides the mean.
+ENGINEER_KPIS = ("mean_user_rate_mbps", "p5_user_rate_mbps", "pf_utility", "energy_kj",
+                 "energy_efficiency_kbit_per_j", "handovers", "pingpong_handovers", "pingpong_rate")
 
 Controller = Callable[[dict], dict]
 
@@ -153,6 +158,9 @@ def episode_kpis(env: BaseStationParallelEnv, controller: Controller, seed: int)
         "mean_power_w": float(col["total_power_w"].mean()),
         "energy_efficiency_kbit_per_j": bits / energy / 1e3 if energy > 0 else 0.0,
         "handovers": float(col["handovers"].sum()),
+        "pingpong_handovers": float(col["pingpong_handovers"].sum()),
+        # share of handovers that were ping-pongs (0 without handovers)
+        "pingpong_rate": float(col["pingpong_handovers"].sum() / max(col["handovers"].sum(), 1.0)),
         "sleeping_stations": float(col["sleeping_stations"].mean()),
         "unserved_users": float(col["unserved_users"].mean()),
     }
@@ -198,7 +206,8 @@ def evaluate(scenarios: list[AppScenario], models: Path | None, policies: tuple[
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Means over seeds per (scenario, policy), in scenario then policy order."""
+    """Means over seeds per (scenario, policy), in scenario then policy order; for each of
+    :data:`ENGINEER_KPIS` also ``<kpi>_median``, ``<kpi>_min`` and ``<kpi>_max`` over the seeds."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["scenario"], r["policy"])].append(r)
@@ -211,6 +220,11 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"scenario": scen, "policy": pol, "seeds": len(group)}
         for k in keys:
             row[k] = float(np.mean([g.get(k, math.nan) for g in group]))
+        for k in ENGINEER_KPIS:
+            if k in keys:
+                vals = [g.get(k, math.nan) for g in group]
+                row[f"{k}_median"] = float(np.median(vals))
+                row[f"{k}_min"], row[f"{k}_max"] = float(np.min(vals)), float(np.max(vals))
         out.append(row)
     return out
 
