@@ -27,6 +27,11 @@ sees the whole network and may give each station its own rule reaches. Parameter
 in ``<models>/<scenario>/central_search/params.json`` (one list per parameter).
 
 Neither ever sees an evaluation seed; :func:`tuning_seeds` refuses to overlap them.
+
+Measured on hotspot (training seed 0, eval seeds 100-102, load ~7): the tuned rule
+46.36 PF at 192.5 kJ (full power 40.25 / 205.6 kJ, heuristic 36.31), tuned in 80 s
+(436 rule sets); the central search 47.27 at 192.4 kJ (+2.0 % over the rule), 166 s
+(705 rule sets, 2 passes).
 """
 from __future__ import annotations
 
@@ -257,11 +262,12 @@ def central_search(env: BaseStationParallelEnv, start: Params, seeds, e_max: flo
 
 def train_rule(scenario, policy: str, seed: int = 0, out: Path | None = None,
                progress: Callable[[float], None] | None = None, restarts: int = 1,
-               start: Params | None = None) -> dict[str, Any]:
+               start: Params | None = None, passes: int = 2, deadline_s: float | None = None) -> dict[str, Any]:
     """Tune ``policy`` (``tuned_rule`` or ``central_search``) for an app scenario on the
     tuning seeds of training seed ``seed``; with ``out``, save ``params.json`` and
     ``summary.json`` in ``out/<scenario>/<policy>/``. The central search starts from
-    ``start``, else from the tuned rule saved there, else tunes that first.
+    ``start``, else from the tuned rule saved there, else tunes that first; it sweeps
+    at most ``passes`` times and stops after ``deadline_s`` seconds.
 
     :return: the summary (parameters, training PF and energy, time).
     """
@@ -283,11 +289,12 @@ def train_rule(scenario, policy: str, seed: int = 0, out: Path | None = None,
             start = tune_rule(env, seeds, e_max, restarts=restarts, rng_seed=seed)[0]
         if progress:
             progress(0.4)
-        params, pf, energy, tried = central_search(env, start, seeds, e_max)
+        params, pf, energy, tried = central_search(env, start, seeds, e_max, passes=passes, deadline_s=deadline_s)
     best_pf, best_e = max(ref.values())
     summary = {"scenario": scenario.name, "policy": policy, "seed": seed, "stations": int((~env.network.off).sum()),
                "tuned_on_seeds": list(seeds),
-               "params": params, "rules_played": tried, "train_pf_utility": pf, "train_energy_kj": energy,
+               "params": params, "rules_played": tried, "passes": passes if policy == "central_search" else None,
+               "deadline_s": deadline_s if policy == "central_search" else None, "train_pf_utility": pf, "train_energy_kj": energy,
                "train_energy_cap_kj": e_max,
                "train_gain_vs_best_heuristic": (pf - best_pf) / abs(best_pf),
                "train_energy_vs_best_heuristic": energy / best_e,
