@@ -139,3 +139,53 @@ def test_episode_kpis_count_pingpongs_within_handovers(tiny):
     assert 0 <= k["pingpong_handovers"] <= k["handovers"]
     assert k["pingpong_rate"] == pytest.approx(k["pingpong_handovers"] / max(k["handovers"], 1))
     assert k["energy_efficiency_kbit_per_j"] > 0 and k["p5_user_rate_mbps"] <= k["mean_user_rate_mbps"]
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "basestation.py"
+    spec = importlib.util.spec_from_file_location("bench_basestation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_figures_are_the_issues_fractions():
+    bench = _bench()
+    base = {"p5_user_rate_mbps": 1.0, "handovers": 10.0, "pingpong_rate": 0.0, "model_mb": 0.0}
+    values = {  # (scenario, policy): (PF per training seed, energy kJ)
+        ("hotspot", "full_power"): ((40.0, 40.0), 200.0), ("hotspot", "heuristic"): ((36.0, 36.0), 190.0),
+        ("hotspot", "tuned_rule"): ((46.0, 46.0), 190.0), ("hotspot", "central_search"): ((48.0, 48.0), 190.0),
+        ("hotspot", "mfd"): ((44.0, 48.0), 209.0), ("hotspot", "fedavg"): ((40.0, 40.0), 200.0),
+        ("night", "full_power"): ((10.0, 10.0), 300.0), ("night", "tuned_rule"): ((10.0, 10.0), 250.0),
+        ("night", "mfd"): ((11.0, 11.0), 240.0), ("night", "central_search"): ((10.0, 10.0), 250.0),
+        ("night", "fedavg"): ((10.0, 10.0), 300.0)}
+    rows = []
+    for (s, p), (pfs, e) in values.items():
+        for t, pf in enumerate(pfs):
+            for seed in (100, 101):
+                rows.append({"scenario": s, "policy": p, "seed": seed, "train_seed": t, "pf_utility": pf,
+                             "energy_kj": e, **base,
+                             "model_mb": {"mfd": 1.0, "fedavg": 8.0}.get(p, 0.0),
+                             "p5_user_rate_mbps": 1.5 if (s, p) == ("hotspot", "mfd") else 1.0,
+                             "handovers": 11.0 if p == "mfd" else 10.0})
+    out = bench.learning_figures(rows, ["hotspot", "night"], {})
+    f = out["figures"]
+    # hotspot: MFD 46 (mean of 44 and 48) vs rule 46 -> 0; night: 11 vs 10 -> +10 %
+    assert f["mfd_pf_gain_vs_tuned_rule_mean"] == pytest.approx(0.05)
+    assert f["mfd_pf_gain_vs_tuned_rule_worst"] == pytest.approx(0.0)
+    assert f["mfd_energy_vs_tuned_rule"] == pytest.approx((209 / 190 - 1 + 240 / 250 - 1) / 2)
+    assert f["p5_gain_vs_full_power_hotspot"] == pytest.approx(0.5)
+    assert f["night_energy_saving"] == pytest.approx(0.2)
+    assert f["handovers_vs_tuned_rule"] == pytest.approx(1.1)
+    assert f["mfd_gap_to_central"] == pytest.approx((46 / 48 - 1 + 0.1) / 2)
+    assert f["bytes_vs_fedavg"] == pytest.approx(0.125)
+    assert f["p5_gain_vs_full_power_rush_hour"] is None and f["transfer_loss_rush_hour"] is None
+    t = out["targets"]
+    assert t["mfd_pf_gain_vs_tuned_rule_mean"]["met"] is True and t["mfd_energy_vs_tuned_rule"]["met"] is False
+    assert t["transfer_loss_19_cells"]["met"] is None
+    hot = next(r for r in out["per_scenario"] if r["scenario"] == "hotspot")
+    assert hot["pf_by_train_seed"]["mfd"] == {"0": 44.0, "1": 48.0}
+    assert hot["best_fixed_heuristic"] == "full_power"
