@@ -215,7 +215,9 @@ def transfer_check(models: Path, seed: int) -> dict:
                         f"{a} features ({hot.network.layout.max_degree} X2 neighbour slots), {key} gives {b} "
                         f"({env.network.layout.max_degree} slots): the station model is tied to its layout's degree"}
         else:
-            out[key] = {"loss": None, "reason": "same shapes; transfer play not run in this benchmark"}
+            out[key] = {"loss": None, "reason": f"same observation shape ({a}), but models are per station index: "
+                        f"{hot.network.n_stations} trained stations, {env.network.n_stations} here; playing them "
+                        f"needs a model per station kind (macro / small), which the evaluation does not do yet"}
     return out
 
 
