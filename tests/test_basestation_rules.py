@@ -189,3 +189,25 @@ def test_benchmark_figures_are_the_issues_fractions():
     hot = next(r for r in out["per_scenario"] if r["scenario"] == "hotspot")
     assert hot["pf_by_train_seed"]["mfd"] == {"0": 44.0, "1": 48.0}
     assert hot["best_fixed_heuristic"] == "full_power"
+
+
+def test_time_domain_pattern_cuts_power_in_turns(tiny):
+    env = BaseStationParallelEnv(tiny.env)
+    net = env.network
+    quiet = dict(RULE_START, gain=0, shift=0, hi_macro=99, hi_small=99, lo=-99, p5_sinr_db=99)
+    rule = LoadRatioRule(env, dict(quiet, tdm_period=2, tdm_down=2, tdm_phase=0))
+    obs, _ = env.reset(seed=4)
+    full = net.n_power_levels - 1
+    powers = []
+    for _ in range(4):
+        a = rule.actions(obs)
+        powers.append(a[:, 0].copy())
+        obs, *_ = env.step({ag: a[i] for i, ag in enumerate(env.possible_agents)})
+    powers = np.array(powers)
+    S = net.n_stations
+    for step in range(4):
+        turn = (np.arange(S) % 2) == ((step + 1) % 2)  # the slot of the step the action acts on
+        assert (powers[step][turn] == full - 2).all() and (powers[step][~turn] == full).all()
+    # a set saved before the pattern existed loads and plays it off
+    old = {k: v for k, v in quiet.items() if not k.startswith("tdm_")}
+    assert (LoadRatioRule(env, old).actions(obs) == LoadRatioRule(env, quiet).actions(obs)).all()
