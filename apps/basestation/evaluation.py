@@ -216,7 +216,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (scen, pol), group in sorted(groups.items(), key=lambda kv: (scen_order.index(kv[0][0]),
                                                                      order.get(kv[0][1], 99))):
-        keys = [k for k, v in group[0].items() if isinstance(v, (int, float)) and k != "seed"]
+        keys = [k for k, v in group[0].items() if isinstance(v, (int, float)) and k not in ("seed", "train_seed")]
         row = {"scenario": scen, "policy": pol, "seeds": len(group)}
         for k in keys:
             row[k] = float(np.mean([g.get(k, math.nan) for g in group]))
