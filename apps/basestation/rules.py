@@ -213,21 +213,24 @@ class _Scorer:
 
 
 def tune_rule(env: BaseStationParallelEnv, seeds, e_max: float, restarts: int = 1, passes: int = 3,
-              rng_seed: int = 0) -> tuple[dict, float, float, int]:
+              rng_seed: int = 0, pattern: bool = False) -> tuple[dict, float, float, int]:
     """Coordinate ascent over :data:`RULE_GRID` (one parameter at a time, every value, up
     to ``passes`` sweeps) on ``seeds``, from :data:`RULE_START`, the same with idle
-    stations asleep, and ``restarts`` random points. (params, PF, energy kJ, rules played)."""
+    stations asleep, and ``restarts`` random points. The time-domain pattern
+    (:data:`OPTIONAL_KEYS`) is searched only with ``pattern`` (a fixed pattern lost on
+    hotspot, module docstring). (params, PF, energy kJ, rules played)."""
     score = _Scorer(env, seeds, e_max)
     has_small = bool((~env.network.layout.is_macro).any())
     rng = np.random.default_rng(rng_seed)
     starts = [dict(RULE_START), dict(RULE_START, sleep_users=0)]
-    starts += [{k: v[rng.integers(len(v))] for k, v in RULE_GRID.items()} for _ in range(restarts)]
+    grid = {k: v for k, v in RULE_GRID.items() if pattern or k not in OPTIONAL_KEYS}
+    starts += [dict(RULE_START, **{k: v[rng.integers(len(v))] for k, v in grid.items()}) for _ in range(restarts)]
     best, best_v = None, None
     for p in starts:
         v = score(p)
         for _ in range(passes):
             improved = False
-            for key, values in RULE_GRID.items():
+            for key, values in grid.items():
                 if key in _SMALL_ONLY and not has_small:
                     continue
                 for value in values:
