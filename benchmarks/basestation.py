@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="random starting points of the tuned rule's search besides its two fixed ones")
     p.add_argument("--models", type=Path, default=ROOT / "runs" / "basestation-bench")
     p.add_argument("--reuse-models", action="store_true", help="skip training where models exist")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: evaluate what --models holds (missing ones are skipped with a note)")
     p.add_argument("--rerun-env-speed", action="store_true", help="measure env speed again (needs mobile-env venv)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (each single-threaded)")
     args = p.parse_args(argv)
@@ -307,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = []
     for name in names:
         for t in seeds:
-            todo = [q for q in policies
-                    if not (args.reuse_models and (folder[t] / name / q / "summary.json").is_file())]
+            todo = [q for q in policies if not args.no_train
+                    and not (args.reuse_models and (folder[t] / name / q / "summary.json").is_file())]
             rules = tuple(q for q in ("tuned_rule", "central_search") if q in todo)  # the search starts from the rule
             if rules:
                 tasks.append((name, rules, t))
