@@ -14,7 +14,8 @@ sleep) can give at all, with two controllers that no station could run:
    network with the *same* random future (arrivals, moves, shadowing). It knows the
    future, sees every user and decides centrally: a generous bound, not a target.
 
-3. **Local reactive rule**: what a station could do on its own observations and its X2
+3. **Local reactive rule** (now the app's tuned MLB rule, ``apps/basestation/rules.py``,
+   played here from there): what a station could do on its own observations and its X2
    neighbours' reports, with no model of the future (``local_rule``, parameters in
    ``LOCAL_RULE_GRID``). With ``n`` its users and ``m`` its awake neighbours' mean:
    CIO ``shift (+ small_bias on small cells) - gain * log2((n + 1) / (m + 1))`` dB
