@@ -14,7 +14,8 @@ sleep) can give at all, with two controllers that no station could run:
    network with the *same* random future (arrivals, moves, shadowing). It knows the
    future, sees every user and decides centrally: a generous bound, not a target.
 
-3. **Local reactive rule**: what a station could do on its own observations and its X2
+3. **Local reactive rule** (now the app's tuned MLB rule, ``apps/basestation/rules.py``,
+   played here from there): what a station could do on its own observations and its X2
    neighbours' reports, with no model of the future (``local_rule``, parameters in
    ``LOCAL_RULE_GRID``). With ``n`` its users and ``m`` its awake neighbours' mean:
    CIO ``shift (+ small_bias on small cells) - gain * log2((n + 1) / (m + 1))`` dB
@@ -79,27 +80,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import write_results  # noqa: E402
 from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
 from envs.basestation.heuristics import LoadBalancingHeuristic, full_power_strongest_cell  # noqa: E402
-from envs.basestation.network import OBS_OWN_FEATURES  # noqa: E402
-# the env's own scale of SINR features: a copy here would silently misread them if it changed
-from envs.basestation.network import _SINR_OBS_LOW_DB as _SINR_LOW_DB, _SINR_OBS_SPAN_DB as _SINR_SPAN_DB  # noqa: E402
-
-# the observation's 5th-percentile SINR feature
-_P5_SINR = OBS_OWN_FEATURES.index("sinr_p5")
+from apps.basestation.rules import RULE_GRID, RULE_START, LoadRatioRule, play, tune_rule, tuning_seeds  # noqa: E402
 
 EVAL_SEEDS = (100, 101, 102)  # apps/basestation TrainingSettings.eval_seeds
-
-
-def play(env: BaseStationParallelEnv, policy, seed: int, steps: int | None = None) -> tuple[float, float]:
-    """(mean per-step PF utility, energy in kJ) of one episode (or its first ``steps``)."""
-    obs, _ = env.reset(seed=seed)
-    pf, energy, n = 0.0, 0.0, 0
-    while env.agents and (steps is None or n < steps):
-        obs, _, _, _, infos = env.step(policy(obs))
-        k = next(iter(infos.values()))
-        pf += k["pf_utility"]
-        energy += k["total_power_w"] * env.config.step_duration_s
-        n += 1
-    return pf / n, energy / 1e3
 
 
 def static_search(env: BaseStationParallelEnv, seeds) -> dict:
@@ -127,112 +110,24 @@ def static_search(env: BaseStationParallelEnv, seeds) -> dict:
     return best
 
 
-# Parameters of the local rule (module docstring, 3), the values the search tries, and
-# where it starts (the load-ratio offset rule alone, one power step down above 1 doubling).
-LOCAL_RULE_GRID: dict[str, tuple[float, ...]] = {
-    "gain": (0, 1, 2, 3, 4, 6),                       # CIO dB per doubling of n over m
-    "shift": (-3, -1.5, 0, 1.5, 3),                   # CIO at n = m (matters at the range's ends)
-    "small_bias": (-3, 0, 3, 6),                      # extra CIO of small cells (range expansion)
-    "hi_macro": (0.25, 0.5, 0.75, 1, 1.5, 2, 99),     # doublings above which a macro steps down...
-    "slope_macro": (0.25, 0.5, 1, 2, 99),             # ...one more level per this many doublings
-    "hi_small": (0.25, 0.5, 0.75, 1, 1.5, 2, 99),
-    "slope_small": (0.25, 0.5, 1, 2, 99),
-    "lo": (-99, -2, -1.5, -1, -0.5),                  # doublings below which a light station...
-    "light_down": (1, 2, 3),                          # ...steps down this many levels
-    "p5_sinr_db": (99, 5, 10, 15, 20, 25),            # one level down per 3 dB its 5th-pct SINR has above this
-    "ema": (0, 0.5, 0.8, 0.9),                        # smoothing of the ratio over steps (memory)
-    "sleep_users": (-1, 0, 1),                        # sleep at most this many own users (-1: never)...
-    "sleep_nb": (1, 3, 6, 10),                        # ...while no awake neighbour has more (wake above 1.5x)
-}
-LOCAL_RULE_START = {"gain": 2, "shift": -3, "small_bias": 0, "hi_macro": 1, "slope_macro": 99, "hi_small": 1,
-                    "slope_small": 99, "lo": -99, "light_down": 1, "p5_sinr_db": 99, "ema": 0,
-                    "sleep_users": -1, "sleep_nb": 6}
+# The local rule is the app's tuned MLB rule (apps/basestation/rules.py): its grid, its
+# start, the rule and its coordinate search live there; this study plays it.
+LOCAL_RULE_GRID, LOCAL_RULE_START = RULE_GRID, RULE_START
 # Training seeds: the training network's (apps/basestation build_world seed 0) and the
 # twins' validation and test episodes (StationLearner val_seed, test_seed). The rule is
 # tuned on these, never on EVAL_SEEDS.
-TRAIN_SEEDS = (0, 10_000, 20_000)
+TRAIN_SEEDS = tuning_seeds(0, EVAL_SEEDS)
 
 
-def local_rule(env: BaseStationParallelEnv, p: dict):
-    """The local rule (module docstring, 3) with parameters ``p`` (LOCAL_RULE_GRID): each
-    station decides from its own users ``n``, its 5th-percentile SINR (its observation)
-    and its awake X2 neighbours' user counts (their reports), with no other state than an
-    optional moving average of its own ratio."""
-    net = env.network
-    nb, S, L = net.layout.neighbours, net.n_stations, net.n_power_levels
-    gather, valid = np.maximum(nb, 0), nb >= 0
-    macro = net.layout.is_macro
-    hi = np.where(macro, p["hi_macro"], p["hi_small"])
-    slope = np.where(macro, p["slope_macro"], p["slope_small"])
-    bias = np.where(macro, 0.0, p["small_bias"])
-    eligible = LoadBalancingHeuristic._sleep_eligible(net)  # no two adjacent macros asleep
-    memory = {"ratio": None}
-
-    def policy(obs):
-        n = net.n_users.astype(float)
-        awake = valid & net.awake[gather]
-        nb_users = np.where(awake, n[gather], 0.0)
-        mean_nb = nb_users.sum(axis=1) / np.maximum(awake.sum(axis=1), 1)
-        ratio = np.where(awake.any(axis=1), np.log2((n + 1.0) / (mean_nb + 1.0)), 0.0)
-        if p["ema"] > 0:
-            if memory["ratio"] is None or net.t == 0:
-                memory["ratio"] = ratio
-            ratio = memory["ratio"] = p["ema"] * memory["ratio"] + (1 - p["ema"]) * ratio
-        cio = np.abs(net.cio_values_db[None, :]
-                     - (p["shift"] + bias - p["gain"] * ratio)[:, None]).argmin(axis=1)
-        down = np.where(ratio > hi, 1 + np.floor((ratio - hi) / slope), 0.0)
-        down = np.where(ratio < p["lo"], p["light_down"], down)
-        o = np.stack([obs[f"bs_{i}"] for i in range(S)])
-        p5_db = o[:, _P5_SINR] * _SINR_SPAN_DB + _SINR_LOW_DB
-        down = np.maximum(down, np.where(n > 0, np.floor((p5_db - p["p5_sinr_db"]) / 3.0), 0.0))
-        power = np.clip(L - 1 - down, 0, L - 1).astype(np.int64)
-        max_nb = nb_users.max(axis=1)
-        sleep = eligible & awake.any(axis=1) & np.where(
-            net.sleeping, max_nb <= 1.5 * p["sleep_nb"], (n <= p["sleep_users"]) & (max_nb <= p["sleep_nb"]))
-        a = np.stack([power, cio, sleep.astype(np.int64)], axis=1)
-        return {f"bs_{i}": a[i] for i in range(S)}
-
-    return policy
+def local_rule(env: BaseStationParallelEnv, p: dict) -> LoadRatioRule:
+    """The local rule (module docstring, 3) with parameters ``p`` (LOCAL_RULE_GRID)."""
+    return LoadRatioRule(env, p)
 
 
 def local_rule_search(env: BaseStationParallelEnv, seeds, e_max: float, restarts: int = 1,
                       passes: int = 3, rng_seed: int = 0) -> tuple[dict, float, float, int]:
-    """Coordinate ascent over LOCAL_RULE_GRID (one parameter at a time, every value, up to
-    ``passes`` sweeps) on ``seeds``, from LOCAL_RULE_START, the same with idle stations
-    asleep, and ``restarts`` random points; a candidate above ``e_max`` kJ ranks below
-    every one within it (least energy first). (params, PF, energy kJ, rules played)."""
-    cache: dict[tuple, tuple[float, float]] = {}
-
-    def score(p: dict) -> tuple[float, float, float]:
-        key = tuple(sorted(p.items()))
-        if key not in cache:
-            runs = [play(env, local_rule(env, p), s) for s in seeds]
-            cache[key] = (float(np.mean([r[0] for r in runs])), float(np.mean([r[1] for r in runs])))
-        pf, e = cache[key]
-        return (pf if e <= e_max else -1e9 - e), pf, e
-
-    has_small = bool((~env.network.layout.is_macro).any())
-    rng = np.random.default_rng(rng_seed)
-    starts = [dict(LOCAL_RULE_START), dict(LOCAL_RULE_START, sleep_users=0)]
-    starts += [{k: v[rng.integers(len(v))] for k, v in LOCAL_RULE_GRID.items()} for _ in range(restarts)]
-    best, best_v = None, None
-    for p in starts:
-        v = score(p)
-        for _ in range(passes):
-            improved = False
-            for key, values in LOCAL_RULE_GRID.items():
-                if key in ("small_bias", "hi_small", "slope_small") and not has_small:
-                    continue
-                for value in values:
-                    q = dict(p, **{key: value})
-                    w = score(q)
-                    if w[0] > v[0] + 1e-9:
-                        p, v, improved = q, w, True
-            if not improved:
-                break
-        if best_v is None or v[0] > best_v[0]:
-            best, best_v = p, v
-    return best, best_v[1], best_v[2], len(cache)
+    """The app's coordinate ascent (:func:`apps.basestation.rules.tune_rule`)."""
+    return tune_rule(env, seeds, e_max, restarts=restarts, passes=passes, rng_seed=rng_seed)
 
 
 def demand_cap(env: BaseStationParallelEnv, seeds) -> float | None:

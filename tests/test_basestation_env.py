@@ -199,6 +199,32 @@ def test_cio_moves_users_towards_the_favoured_cell():
     assert info["handovers"] == net.n_users[1] - n1
 
 
+@pytest.mark.parametrize("window_s, expect_pingpong", [(1.0, True), (0.0, False)])
+def test_handover_back_within_the_window_is_a_pingpong(window_s, expect_pingpong):
+    cfg = BaseStationConfig(**{**STATIC, "pingpong_window_s": window_s})
+    env = CentralControllerEnv(cfg)
+    env.reset(seed=5)
+    net = env.network
+    _, _, _, _, info = env.step(_actions(net).reshape(-1))
+    assert info["pingpong_handovers"] == 0
+    home = net.serving.copy()
+    to_1 = np.zeros(net.n_stations, dtype=int)
+    to_1[1] = 4  # +6 dB at station 1, -6 dB elsewhere: edge users move to 1 ...
+    _, _, _, _, info = env.step(_actions(net, cio=to_1).reshape(-1))
+    moved = info["handovers"]
+    assert moved > 0 and info["pingpong_handovers"] == 0
+    back = np.full(net.n_stations, 4)
+    back[1] = 0  # ... and the next second back where they came from
+    _, _, _, _, info = env.step(_actions(net, cio=back).reshape(-1))
+    returned = int(((net.serving == home) & (home != 1)).sum())
+    assert info["handovers"] >= moved
+    assert info["pingpong_handovers"] == (moved if expect_pingpong else 0)
+    assert returned >= moved
+    # staying put afterwards: no handover, no ping-pong
+    _, _, _, _, info = env.step(_actions(net, cio=back).reshape(-1))
+    assert info["handovers"] == 0 and info["pingpong_handovers"] == 0
+
+
 def test_time_to_trigger_delays_handover():
     cfg = BaseStationConfig(**{**STATIC, "time_to_trigger_steps": 3})
     env = CentralControllerEnv(cfg)

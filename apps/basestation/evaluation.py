@@ -1,7 +1,9 @@
 """Every controller on every scenario and seed, and the report a person reads.
 
-Controllers: the static configuration (full power, strongest cell), the tuned
-load-balancing heuristic (CIO offsets, sleep at low load), and the trained agents:
+Controllers: the static configuration (full power, strongest cell), the
+load-balancing heuristic (CIO offsets, sleep at low load), the tuned MLB rule (a local
+load-ratio rule tuned on training seeds, :mod:`.rules`), the central search (the same
+rule tuned per station by a central optimiser: the strong reference) and the trained agents:
 isolated, FedAvg and MFD stations (each station acts with its own saved SB3 model)
 and the central PPO controller. Each plays the scenario's evaluation seeds greedily;
 the figures are per-step means over the episode (rates, PF utility), totals
@@ -26,14 +28,19 @@ from envs.basestation.heuristics import LoadBalancingHeuristic, full_power_stron
 
 from .config import AppScenario
 from .learner import StackedPolicies, policy_actions, single_thread
+from .rules import RULE_POLICIES, LoadRatioRule, load_rule_params
 
-__all__ = ["POLICIES", "LABELS", "COLOURS", "KPIS", "evaluate", "aggregate", "load_controller"]
+__all__ = ["POLICIES", "HEURISTICS", "LABELS", "COLOURS", "KPIS", "ENGINEER_KPIS", "episode_kpis", "evaluate",
+           "aggregate", "load_controller"]
 
-POLICIES = ("full_power", "heuristic", "isolated", "fedavg", "mfd", "central")
+POLICIES = ("full_power", "heuristic", "tuned_rule", "isolated", "fedavg", "mfd", "central", "central_search")
+# the fixed heuristics and the tuned rule: "best heuristic" is the best of these per scenario
+HEURISTICS = ("full_power", "heuristic", "tuned_rule")
 LABELS = {"full_power": "full power + strongest cell", "heuristic": "load-balancing heuristic",
-          "isolated": "isolated RL", "fedavg": "FedAvg RL", "mfd": "MFD RL", "central": "central RL"}
-COLOURS = {"full_power": "#8c564b", "heuristic": "#7f7f7f", "isolated": "#bcbd22", "fedavg": "#1f77b4",
-           "mfd": "#2ca02c", "central": "#d62728"}
+          "tuned_rule": "tuned MLB rule", "isolated": "isolated RL", "fedavg": "FedAvg RL", "mfd": "MFD RL",
+          "central": "central RL", "central_search": "central search (per-station rule)"}
+COLOURS = {"full_power": "#8c564b", "heuristic": "#7f7f7f", "tuned_rule": "#17becf", "isolated": "#bcbd22",
+           "fedavg": "#1f77b4", "mfd": "#2ca02c", "central": "#d62728", "central_search": "#9467bd"}
 # (key, label, scale for display)
 KPIS = (
     ("mean_user_rate_mbps", "mean user rate (Mbit/s)"),
@@ -42,8 +49,13 @@ KPIS = (
     ("energy_kj", "energy (kJ per episode)"),
     ("energy_efficiency_kbit_per_j", "energy efficiency (kbit/J)"),
     ("handovers", "handovers per episode"),
+    ("pingpong_handovers", "ping-pong handovers per episode (back to the cell left within 1 s)"),
     ("model_mb", "model traffic in training (MB)"),
 )
+# What a radio engineer reads per scenario: ``aggregate`` gives each its median and range
+# (min, max) over the evaluation seeds besides the mean.
+ENGINEER_KPIS = ("mean_user_rate_mbps", "p5_user_rate_mbps", "pf_utility", "energy_kj",
+                 "energy_efficiency_kbit_per_j", "handovers", "pingpong_handovers", "pingpong_rate")
 
 Controller = Callable[[dict], dict]
 
@@ -119,6 +131,9 @@ def load_controller(policy: str, env: BaseStationParallelEnv, models: Path | Non
     if models is None:
         raise FileNotFoundError(f"{policy}: no models folder given")
     folder = Path(models) / scenario / policy
+    if policy in RULE_POLICIES:
+        # tuned on training seeds by `train` (apps.basestation.rules), saved beside the models
+        return LoadRatioRule(env, load_rule_params(folder))
     if policy == "central":
         return CentralController(env, folder)
     return StationController(env, folder)
@@ -140,6 +155,9 @@ def episode_kpis(env: BaseStationParallelEnv, controller: Controller, seed: int)
         "mean_power_w": float(col["total_power_w"].mean()),
         "energy_efficiency_kbit_per_j": bits / energy / 1e3 if energy > 0 else 0.0,
         "handovers": float(col["handovers"].sum()),
+        "pingpong_handovers": float(col["pingpong_handovers"].sum()),
+        # share of handovers that were ping-pongs (0 without handovers)
+        "pingpong_rate": float(col["pingpong_handovers"].sum() / max(col["handovers"].sum(), 1.0)),
         "sleeping_stations": float(col["sleeping_stations"].mean()),
         "unserved_users": float(col["unserved_users"].mean()),
     }
@@ -185,7 +203,8 @@ def evaluate(scenarios: list[AppScenario], models: Path | None, policies: tuple[
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Means over seeds per (scenario, policy), in scenario then policy order."""
+    """Means over seeds per (scenario, policy), in scenario then policy order; for each of
+    :data:`ENGINEER_KPIS` also ``<kpi>_median``, ``<kpi>_min`` and ``<kpi>_max`` over the seeds."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["scenario"], r["policy"])].append(r)
@@ -194,9 +213,14 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (scen, pol), group in sorted(groups.items(), key=lambda kv: (scen_order.index(kv[0][0]),
                                                                      order.get(kv[0][1], 99))):
-        keys = [k for k, v in group[0].items() if isinstance(v, (int, float)) and k != "seed"]
+        keys = [k for k, v in group[0].items() if isinstance(v, (int, float)) and k not in ("seed", "train_seed")]
         row = {"scenario": scen, "policy": pol, "seeds": len(group)}
         for k in keys:
             row[k] = float(np.mean([g.get(k, math.nan) for g in group]))
+        for k in ENGINEER_KPIS:
+            if k in keys:
+                vals = [g.get(k, math.nan) for g in group]
+                row[f"{k}_median"] = float(np.median(vals))
+                row[f"{k}_min"], row[f"{k}_max"] = float(np.min(vals)), float(np.max(vals))
         out.append(row)
     return out

@@ -31,12 +31,15 @@ from mfd_core import (GossipPolicy, IsolatedPolicy, MFDPolicy, ModelHeader, Node
 
 from .config import AppScenario
 from .learner import RadioCommons, StationLearner, bias_towards_static, make_ppo, single_thread
+from .rules import RULE_POLICIES, train_rule
 
 __all__ = ["SHARING_POLICIES", "RL_POLICIES", "x2_topology", "build_world", "train_fleet", "train_central",
            "train_scenario"]
 
 SHARING_POLICIES = ("isolated", "fedavg", "mfd", "gossip")
-RL_POLICIES = ("isolated", "fedavg", "mfd", "central")
+# what `train` produces: the tuned MLB rule first (the central search starts from it),
+# the learners, and the central references
+RL_POLICIES = ("tuned_rule", "isolated", "fedavg", "mfd", "central", "central_search")
 
 Progress = Callable[[float], None]
 
@@ -254,7 +257,10 @@ def train_scenario(scenario: AppScenario, policies: list[str], seed: int, out: P
                 bar.update(x - done[0])
                 done[0] = x
 
-            if p == "central":
+            if p in RULE_POLICIES:
+                summary = train_rule(scenario, p, seed, out, lambda x, progress=progress: progress(x * rounds))
+                bar.update(rounds - done[0])
+            elif p == "central":
                 summary = train_central(scenario, seed, out, progress)
                 bar.update(central_rounds - done[0])
             else:

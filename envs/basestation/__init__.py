@@ -16,7 +16,8 @@ import gymnasium as _gym
 
 from .central_env import CentralControllerEnv
 from .config import SCENARIO_NAMES, BaseStationConfig, ConfigError, load_scenario
-from .network import OBS_NEIGHBOUR_FEATURES, OBS_OWN_FEATURES, CellularNetwork, StepKPIs
+from .network import (OBS_NEIGHBOUR_FEATURES, OBS_OWN_FEATURES, SINR_OBS_RANGE_DB, CellularNetwork, StepKPIs,
+                      sinr_feature_db)
 from .parallel_env import BaseStationParallelEnv
 
 __all__ = [
@@ -28,8 +29,10 @@ __all__ = [
     "OBS_NEIGHBOUR_FEATURES",
     "OBS_OWN_FEATURES",
     "SCENARIO_NAMES",
+    "SINR_OBS_RANGE_DB",
     "StepKPIs",
     "load_scenario",
+    "sinr_feature_db",
     "CENTRAL_ENV_ID",
 ]
 

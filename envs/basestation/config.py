@@ -109,6 +109,9 @@ class BaseStationConfig:
     time_to_trigger_steps: int = 2
     handover_interruption_s: float = 0.05
     """Service gap of a handover; the user loses this share of the step's throughput."""
+    pingpong_window_s: float = 1.0
+    """A handover back to the cell the user left at its previous handover, at most this
+    long after it, counts as a ping-pong (3GPP TR 36.839's critical time, 1 s)."""
 
     # --- scheduler ----------------------------------------------------------------------
     scheduler: str = "pf"
@@ -190,7 +193,7 @@ class BaseStationConfig:
             "bandwidth_mhz", "noise_figure_db", "max_spectral_efficiency", "min_sinr_db",
             "macro_max_power_w", "macro_p0_w", "macro_delta_p", "macro_sleep_w",
             "small_max_power_w", "small_p0_w", "small_delta_p", "small_sleep_w",
-            "hysteresis_db", "handover_interruption_s", "pf_time_constant_steps",
+            "hysteresis_db", "handover_interruption_s", "pingpong_window_s", "pf_time_constant_steps",
             "arrival_rate_per_step", "speed_min_mps", "speed_max_mps", "hotspot_fraction",
             "hotspot_radius_m", "hotspot_speed_mps", "step_duration_s", "pf_weight",
             "ee_weight", "handover_cost", "power_weight", "rate_floor_bps",
@@ -254,6 +257,7 @@ class BaseStationConfig:
         need(self.time_to_trigger_steps >= 0, "time_to_trigger_steps", "must be non-negative")
         need(0 <= self.handover_interruption_s <= self.step_duration_s,
              "handover_interruption_s", "must be between 0 and step_duration_s")
+        need(self.pingpong_window_s >= 0, "pingpong_window_s", "must be non-negative")
         need(self.scheduler in ("pf", "rr"), "scheduler", 'must be "pf" or "rr"')
         need(self.pf_time_constant_steps >= 1, "pf_time_constant_steps", "must be at least 1")
 

@@ -18,7 +18,7 @@ from .central_env import CentralControllerEnv
 from .network import OBS_NEIGHBOUR_FEATURES, OBS_OWN_FEATURES, CellularNetwork
 from .parallel_env import BaseStationParallelEnv
 
-__all__ = ["full_power_strongest_cell", "LoadBalancingHeuristic", "run_episode"]
+__all__ = ["full_power_strongest_cell", "LoadBalancingHeuristic", "run_episode", "sleep_eligible"]
 
 Env = BaseStationParallelEnv | CentralControllerEnv
 
@@ -53,6 +53,26 @@ def full_power_strongest_cell(env: Env, obs: Any = None) -> Any:
     return _format(env, _network(env).default_actions())
 
 
+def sleep_eligible(net: CellularNetwork) -> np.ndarray:
+    """Small cells (their host macro is the umbrella) and a maximal independent set
+    of the macro X2 graph (greedy, most-connected first, then by index), so no two
+    adjacent macro cells ever sleep together."""
+    g: nx.Graph = net.x2_graph
+    macro = [n for n in g.nodes if g.nodes[n]["kind"] == "macro"]
+    sub = g.subgraph(macro)
+    order = sorted(macro, key=lambda n: (-sub.degree[n], g.nodes[n]["index"]))
+    chosen: set[str] = set()
+    for node in order:
+        if not any(nb in chosen for nb in sub.neighbors(node)):
+            chosen.add(node)
+    eligible = ~net.layout.is_macro.copy()
+    eligible[[g.nodes[n]["index"] for n in chosen]] = True
+    eligible &= ~net.off
+    # a sleeper needs someone to hand its users to
+    eligible &= np.array([g.degree[f"bs_{i}"] > 0 for i in range(net.n_stations)])
+    return eligible
+
+
 class LoadBalancingHeuristic:
     """Mobility load balancing plus cell sleep, from local observations.
 
@@ -78,31 +98,11 @@ class LoadBalancingHeuristic:
         self.sleep_below = sleep_below
         self.neighbour_max_load = neighbour_max_load
         self.wake_above = wake_above
-        self.eligible = self._sleep_eligible(net)
+        self.eligible = sleep_eligible(net)
         self._cio_values = net.cio_values_db
         self._n_power = net.n_power_levels
         self._n_own = len(OBS_OWN_FEATURES)
         self._n_nb = len(OBS_NEIGHBOUR_FEATURES)
-
-    @staticmethod
-    def _sleep_eligible(net: CellularNetwork) -> np.ndarray:
-        """Small cells (their host macro is the umbrella) and a maximal independent set
-        of the macro X2 graph (greedy, most-connected first, then by index), so no two
-        adjacent macro cells ever sleep together."""
-        g: nx.Graph = net.x2_graph
-        macro = [n for n in g.nodes if g.nodes[n]["kind"] == "macro"]
-        sub = g.subgraph(macro)
-        order = sorted(macro, key=lambda n: (-sub.degree[n], g.nodes[n]["index"]))
-        chosen: set[str] = set()
-        for node in order:
-            if not any(nb in chosen for nb in sub.neighbors(node)):
-                chosen.add(node)
-        eligible = ~net.layout.is_macro.copy()
-        eligible[[g.nodes[n]["index"] for n in chosen]] = True
-        eligible &= ~net.off
-        # a sleeper needs someone to hand its users to
-        eligible &= np.array([g.degree[f"bs_{i}"] > 0 for i in range(net.n_stations)])
-        return eligible
 
     def __call__(self, obs: Any) -> Any:
         o = _stack_obs(self.env, obs)

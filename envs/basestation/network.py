@@ -22,7 +22,8 @@ from . import radio
 from .config import BaseStationConfig
 from .layout import Layout, build_layout
 
-__all__ = ["CellularNetwork", "StepKPIs", "OBS_OWN_FEATURES", "OBS_NEIGHBOUR_FEATURES"]
+__all__ = ["CellularNetwork", "StepKPIs", "OBS_OWN_FEATURES", "OBS_NEIGHBOUR_FEATURES", "SINR_OBS_RANGE_DB",
+           "sinr_feature_db"]
 
 OBS_OWN_FEATURES = (
     "load",  # attached users / load_norm_users, clipped to 1
@@ -54,6 +55,14 @@ OBS_NEIGHBOUR_FEATURES = (
 # The SINR range the observation maps to [0, 1]: -10 dB is the coverage edge used as
 # `min_sinr_db` by default, 30 dB is where the 7.4 b/s/Hz cap is already reached.
 _SINR_OBS_LOW_DB, _SINR_OBS_SPAN_DB = -10.0, 40.0
+SINR_OBS_RANGE_DB = (_SINR_OBS_LOW_DB, _SINR_OBS_LOW_DB + _SINR_OBS_SPAN_DB)
+
+
+def sinr_feature_db(feature: np.ndarray | float) -> np.ndarray:
+    """The SINR in dB that an observation's ``sinr_mean`` / ``sinr_p5`` feature stands for
+    (the inverse of the observation's scale, within `SINR_OBS_RANGE_DB`)."""
+    return np.asarray(feature, dtype=float) * _SINR_OBS_SPAN_DB + _SINR_OBS_LOW_DB
+
 _P5 = 0.05
 
 
@@ -67,6 +76,7 @@ class StepKPIs:
     total_power_w: float
     energy_efficiency_bits_per_j: float
     handovers: int
+    pingpong_handovers: int  # handovers back to the cell left within config.pingpong_window_s
     throughput_bps: float
     active_users: int
     unserved_users: int
@@ -138,6 +148,7 @@ class CellularNetwork:
         self._ar_s = np.arange(S)
         self._pf_alpha = 1.0 / c.pf_time_constant_steps
         self._interrupt = c.handover_interruption_s / c.step_duration_s
+        self._pingpong_steps = c.pingpong_window_s / c.step_duration_s
         self._leave_p = 0.0 if np.isinf(c.mean_session_steps) else 1.0 / c.mean_session_steps
         self._peak_mbps = self.bandwidth_hz * c.max_spectral_efficiency / 1e6
         self._rate_obs_scale = 1.0 / np.log1p(self._peak_mbps)
@@ -177,6 +188,9 @@ class CellularNetwork:
         self.ttt = np.zeros(M, dtype=np.int64)
         self.avg_rate = np.zeros(M)
         self.handover_flag = np.zeros(M, dtype=bool)
+        self.left_cell = np.full(M, -1, dtype=np.int64)  # the cell each user left at its last handover
+        self.left_at = np.zeros(M, dtype=np.int64)  # ... and the step it did
+        self.n_pingpong = 0
         self.blocked = 0
         self.hs_pos = self.layout.sample_in_cells(rng, c.n_hotspots)
         self.hs_dest = self.layout.sample_in_cells(rng, c.n_hotspots)
@@ -252,6 +266,7 @@ class CellularNetwork:
         self.shadow_x[slots] = rng.standard_normal((k, S))
         self.los_u[slots] = rng.random((k, S))
         self.serving[slots] = -1
+        self.left_cell[slots] = -1
         self.ttt[slots] = 0
         self.avg_rate[slots] = 0.0
         self.active[slots] = True
@@ -361,6 +376,13 @@ class CellularNetwork:
         self.handover_flag = moved_off
         self.handovers_out = np.bincount(cur_c[moved_off], minlength=S)
         self.n_handovers = int(moved_off.sum())
+        if self.n_handovers:
+            back = moved_off & (new_serving == self.left_cell) & (self.t - self.left_at <= self._pingpong_steps)
+            self.n_pingpong = int(back.sum())
+            self.left_cell = np.where(moved_off, cur, self.left_cell)
+            self.left_at = np.where(moved_off, self.t, self.left_at)
+        else:
+            self.n_pingpong = 0
         self.serving = np.where(self.active, new_serving, -1)
 
     # --- scheduling, rates, power -------------------------------------------------------------
@@ -466,6 +488,7 @@ class CellularNetwork:
             total_power_w=total_power,
             energy_efficiency_bits_per_j=total_thr / total_power if total_power > 0 else 0.0,
             handovers=self.n_handovers,
+            pingpong_handovers=self.n_pingpong,
             throughput_bps=total_thr,
             active_users=n_act,
             unserved_users=int((act & (self.serving < 0)).sum()),
