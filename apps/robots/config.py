@@ -121,6 +121,9 @@ class LearnerSettings(_Strict):
     distil_lr: float = Field(1e-3, gt=0, le=1, description="learning rate when a neighbour's policy teaches")
     distil_work: float = Field(0.05, ge=0, description="robot time of one distillation step, in control periods "
                                "(a gradient step of these networks takes ~2 ms against the 40 ms period)")
+    batched: bool = Field(True, description="train the fleet's TD3 agents side by side, their gradient steps "
+                          "batched into one computation (mfd_core.learners.td3_batch): the same learning per env "
+                          "step as SB3's own loop, a fraction of the wall time; false: each robot's model.learn in turn")
     family_by: Literal["fleet", "arm", "robot"] = Field(
         "fleet", description="which policies count as one family (merged weight by weight); the others teach by "
         "distillation on the receiver's own states: fleet = all merge (observations and actions are in task "

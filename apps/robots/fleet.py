@@ -30,6 +30,7 @@ import envs.robots  # noqa: F401  (registers mfd/*)
 from envs.robots import CellConfig, silenced_output
 from mfd_core import SimNetwork, World, policy_class
 from mfd_core.learners.sb3 import SB3Learner, SB3PolicyFamily
+from mfd_core.learners.td3_batch import TD3Batcher
 from mfd_core.network.topology import random_geometric
 from mfd_core.scaling import merge_overlapping
 from mfd_core.scenario import Fault
@@ -160,6 +161,8 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
 
     cells = {i: r.cell() for i, r in enumerate(s.robots)}
     learners: dict[int, SB3Learner] = {}
+    # one batcher for the fleet: the robots' training chunks run side by side (learner.batched)
+    batcher = TD3Batcher() if s.learner.batched and s.learner.algo == "td3" else None
     reference: dict[str, torch.Tensor] | None = None
     for i, robot in enumerate(s.robots):
         node_seed = seed * 1000 + i
@@ -170,7 +173,7 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
                              family=family_name(s, i), width=robot.width,
                              seed=node_seed, distil_batch=s.learner.batch_size,
                              distil_lr=s.learner.distil_lr, distil_work=s.learner.distil_work,
-                             actor_warmup=s.learner.actor_warmup)
+                             actor_warmup=s.learner.actor_warmup, batcher=batcher)
         if reference is None:
             # One initialisation for the fleet: the full-width network of this seed.
             with torch.random.fork_rng(devices=[]):
