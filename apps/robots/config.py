@@ -169,6 +169,9 @@ class RobotsScenario(_Strict):
     duration: float = Field(160.0, gt=0, description="simulated seconds")
     eval_interval: float = Field(6.0, gt=0, description="simulated seconds between measurements")
     eval_episodes: int = Field(20, ge=1, description="held-out episodes per robot per measurement")
+    eval_workers: int = Field(1, ge=0, le=8, description="processes that run the measurement episodes beside "
+                              "the fleet, off its critical path (the same episodes, the same scores); 0: in "
+                              "the fleet's own process, between its training steps")
     target: float = Field(0.9, gt=0, le=1, description="success rate whose steps-to-reach the report quotes")
     topology: Topology = Topology()
     learner: LearnerSettings = LearnerSettings()

@@ -422,6 +422,10 @@ class TD3Batcher:
                 built.append(group)
                 for r, m in enumerate(models):
                     member[id(m)] = (group, r)
+            # MLPs without dropout or batch norm: train and eval modes are the same network,
+            # and SB3's switch (a walk over every module, twice an env step) is skipped
+            for model, _ in jobs:
+                model.policy.set_training_mode = _no_mode
             loops = {id(m): _chunk(m, n) for m, n in jobs}
             while loops:
                 asks: dict[int, int] = {}
@@ -444,9 +448,15 @@ class TD3Batcher:
                             self.batched_steps += sum(active) * steps
             self.flushes += 1
         finally:
+            for model, _ in jobs:
+                model.policy.__dict__.pop("set_training_mode", None)
             for group in built:
                 group.close()
             self._flushing = False
+
+
+def _no_mode(mode: bool) -> None:
+    return None
 
 
 def _chunk(model: Any, steps: int) -> Iterator[int]:
