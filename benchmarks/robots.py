@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlike-scenario", default="robots_unlike",
                         help="a joiner of another arm type, table height and goal region (shipped name or file)")
     parser.add_argument("--no-unlike", action="store_true", help="skip the unlike-joiner figures")
+    parser.add_argument("--unlike-duration", type=float, help="unlike joiner: simulated seconds (default: the scenario's)")
     parser.add_argument("--out", type=Path, default=None, help="default: results/robots.json "
                         "(results/robots_push.json with --task push)")
     parser.add_argument("--task", choices=("reach", "push"), default="reach",
@@ -399,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_kuka:
         sections["kuka"] = {"scenario": args.kuka_scenario}
     if not args.no_unlike:
-        sections["unlike"] = {"scenario": args.unlike_scenario}
+        sections["unlike"] = {"scenario": args.unlike_scenario,
+                              **({"duration": args.unlike_duration} if args.unlike_duration else {})}
     jobs = [(f"{section}:{p}", s, c) for section, c in sections.items() for s in args.seeds for p in ("isolated", "mfd")]
     print(f"{len(jobs)} fleet runs ({', '.join(sections)}), {args.jobs} at a time", flush=True)
     every = run_all(jobs, args.jobs) if jobs else {}
