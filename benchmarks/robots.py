@@ -25,6 +25,17 @@ Figures (issue 5), written to ``benchmarks/results/robots.json``:
   block's distance to its goal that the episode closed): TD3+HER needs 10^5+ steps for
   push, so success alone reads 0 for every policy at budgets that fit here.
 
+- **Push with a fleet** (``--task push``, issue 16; ``results/robots_push.json``): the
+  ``robots_push_fleet`` scenario (four founders of three arm types on the default settings,
+  10 % packet loss, a fifth robot joining halfway) under isolated and each policy of
+  ``--policies``; per robot and fleet-total env steps to 50 % and 90 % success (censored at
+  the steps taken when never reached), ``founders_ratio_50``, ``fleet_total_over_single_50``,
+  ``joiner_ratio_50``, and ``training_speedup`` quoted from ``results/robots_speed.json``.
+- **A joiner unlike the founders** (``robots_unlike``: an xArm6 joining two Pandas and two
+  KUKAs, on a table 10 cm higher, goals outside every founder's region): the reach figures
+  of that fleet, with ``unlike_joiner_ratio`` and ``unlike_founders_ratio`` at the top of
+  ``figures`` (``--unlike-duration`` shortens it; ``--no-unlike`` skips it).
+
 Each (policy, seed) run is a separate process (``--jobs`` at a time, reach and KUKA runs in
 one pool): PyBullet clients and global RNGs stay apart, and N cores run N fleets.
 
