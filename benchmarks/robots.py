@@ -295,14 +295,21 @@ def push_task_figures(records: dict[tuple[str, int], dict], seeds: list[int], po
                 founders = [k for k, x in enumerate(records[("isolated", r["seed"])]["robots"])
                             if x["join_time"] is None]
                 joiners = [k for k in range(len(r[f"steps_{tag}"])) if k not in founders]
+                # a robot at the target under neither policy has no ratio (both counts are
+                # only the steps each took); one censored side makes the ratio a bound
                 ratios = []
                 for k in founders:
                     a, b = r[f"steps_{tag}"][k], base[f"steps_{tag}"][k]
+                    if a["censored"] and b["censored"]:
+                        continue
                     censored |= a["censored"] or b["censored"]
                     ratios.append(a["steps"] / max(b["steps"], 1))
-                founders_ratios.append(statistics.fmean(ratios))
+                if ratios:
+                    founders_ratios.append(statistics.fmean(ratios))
                 for k in joiners:
                     a, b = r[f"steps_{tag}"][k], base[f"steps_{tag}"][k]
+                    if a["censored"] and b["censored"]:
+                        continue
                     censored |= a["censored"] or b["censored"]
                     joiner_ratios.append(a["steps"] / max(b["steps"], 1))
                 single = [base[f"steps_{tag}"][k] for k in founders]
@@ -329,13 +336,14 @@ def training_speed() -> dict:
     f = doc["figures"]
     return {"training_speedup": f["training_speedup"], "source": "benchmarks/results/robots_speed.json",
             "command": doc.get("command"), "timestamp": doc.get("timestamp"),
-            "steps_per_s_median": f.get("steps_per_s_median"), "policy": f.get("policy"),
-            "eval_interval": f.get("eval_interval")}
+            "basis": f.get("training_speedup_basis"), "settings": f.get("settings"), "policy": f.get("policy"),
+            "sb3_steps_per_cpu_s": f.get("sb3_steps_per_cpu_s")}
 
 
 def _compact(record: dict) -> dict:
     """A run's record without the per-measurement series (kept: per robot figures)."""
-    keep = ("node", "arm", "join_time", "steps_to_target", "final_success", "env_steps", "score_env_steps",
+    keep = ("node", "arm", "join_time", "steps_to_target", "final_success", "final_progress", "env_steps",
+            "score_env_steps",
             "bytes_sent", "counters")
     return {"robots": [{k: r.get(k) for k in keep} for r in record["robots"]],
             "wall_seconds": record["wall_seconds"], "total_bytes": record["total_bytes"],

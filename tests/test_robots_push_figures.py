@@ -36,6 +36,6 @@ def test_a_policy_that_never_gets_there_is_censored_not_dropped():
     steps = [[0, 0, 0], [100, 100, 0], [200, 200, 100]]
     none = _record([[0, 0, None], [0, 0, None], [0, 0, 0]], steps)
     f = push_task_figures({("isolated", 0): none, ("mfd", 0): none}, [0], ["isolated", "mfd"])
-    assert f["founders_ratio_50"] == pytest.approx(1.0) and f["censored_50"] is True
+    assert f["founders_ratio_50"] is None and f["joiner_ratio_50"] is None
     assert f["fleet_total_over_single_50"] is None
     assert f["mfd_final_success_median"] == 0
