@@ -25,6 +25,17 @@ Figures (issue 5), written to ``benchmarks/results/robots.json``:
   block's distance to its goal that the episode closed): TD3+HER needs 10^5+ steps for
   push, so success alone reads 0 for every policy at budgets that fit here.
 
+- **Push with a fleet** (``--task push``, issue 16; ``results/robots_push.json``): the
+  ``robots_push_fleet`` scenario (four founders of three arm types on the default settings,
+  10 % packet loss, a fifth robot joining halfway) under isolated and each policy of
+  ``--policies``; per robot and fleet-total env steps to 50 % and 90 % success (censored at
+  the steps taken when never reached), ``founders_ratio_50``, ``fleet_total_over_single_50``,
+  ``joiner_ratio_50``, and ``training_speedup`` quoted from ``results/robots_speed.json``.
+- **A joiner unlike the founders** (``robots_unlike``: an xArm6 joining two Pandas and two
+  KUKAs, on a table 10 cm higher, goals outside every founder's region): the reach figures
+  of that fleet, with ``unlike_joiner_ratio`` and ``unlike_founders_ratio`` at the top of
+  ``figures`` (``--unlike-duration`` shortens it; ``--no-unlike`` skips it).
+
 Each (policy, seed) run is a separate process (``--jobs`` at a time, reach and KUKA runs in
 one pool): PyBullet clients and global RNGs stay apart, and N cores run N fleets.
 
@@ -118,6 +129,7 @@ def _run(job: tuple[str, int, dict]) -> dict:
             robot["final_progress"] = fleet.learners[k].evaluate_episodes(
                 fleet.test_envs[k], scenario.eval_episodes, _PROGRESS_SEED + 1000 * k, metric="progress")
     fleet.close()
+    record["scores"] = [[None if math.isnan(v) else v for v in row] for row in result.scores]
     record["wall_seconds"] = round(time.perf_counter() - started, 1)
     record["total_bytes"] = int(result.bytes[-1]) if result.bytes else 0
     record["data_bytes"] = int(result.data_bytes[-1]) if result.data_bytes else 0
@@ -223,14 +235,120 @@ def push_figures(records: dict[tuple[str, int], dict], seeds: list[int]) -> dict
                for key in ("isolated_success", "mfd_success", "isolated_progress", "mfd_progress")}}
 
 
+def _first(series: list, steps: list, target: float) -> tuple[int | None, int | None]:
+    """(measurement index, env steps) of a robot's first measurement at ``target`` or above."""
+    for i, (v, n) in enumerate(zip(series, steps)):
+        if v is not None and v >= target:
+            return i, int(n)
+    return None, None
+
+
+def push_task_figures(records: dict[tuple[str, int], dict], seeds: list[int], policies: list[str],
+                      targets: tuple[float, ...] = (0.5, 0.9)) -> dict:
+    """Issue 16's push figures: per robot and fleet-total env steps to 50 % / 90 % success,
+    each sharing policy over isolated on the same seed (medians over seeds); a robot that
+    never gets there is censored at the steps it took (marked)."""
+    rows = []
+    for seed in seeds:
+        iso = records[("isolated", seed)]
+        founders = [k for k, r in enumerate(iso["robots"]) if r["join_time"] is None]
+        joiners = [k for k, r in enumerate(iso["robots"]) if r["join_time"] is not None]
+        for policy in policies:
+            rec = records[(policy, seed)]
+            row: dict = {"seed": seed, "policy": policy,
+                         "budget_env_steps_per_founder": max(rec["robots"][k]["env_steps"] for k in founders),
+                         "final_success_founders": statistics.fmean(rec["robots"][k]["final_success"] or 0.0
+                                                                    for k in founders),
+                         "final_progress_founders": statistics.fmean(rec["robots"][k].get("final_progress", 0.0)
+                                                                     for k in founders)}
+            for target in targets:
+                tag = f"{round(target * 100)}"
+                per_robot = []
+                for k in range(len(rec["robots"])):
+                    series = [row_[k] for row_ in rec["scores"]]
+                    steps = [row_[k] for row_ in rec["env_steps"]]
+                    idx, n = _first(series, steps, target)
+                    per_robot.append({"node": k, "steps": n if n is not None else rec["robots"][k]["env_steps"],
+                                      "censored": n is None, "measurement": idx})
+                row[f"steps_{tag}"] = per_robot
+                # the fleet's total env steps at the first measurement where the founders'
+                # mean success reaches the target
+                total = None
+                for i, scores in enumerate(rec["scores"]):
+                    vals = [scores[k] for k in founders if scores[k] is not None]
+                    if vals and statistics.fmean(vals) >= target:
+                        total = int(sum(n for n in rec["env_steps"][i] if n is not None))
+                        break
+                row[f"fleet_total_{tag}"] = total
+            rows.append(row)
+    out: dict = {"per_seed": rows, "policies": policies}
+    iso_rows = {r["seed"]: r for r in rows if r["policy"] == "isolated"}
+    for policy in policies:
+        if policy == "isolated":
+            continue
+        mine = [r for r in rows if r["policy"] == policy]
+        for target in targets:
+            tag = f"{round(target * 100)}"
+            founders_ratios, joiner_ratios, fleet_ratios, censored = [], [], [], False
+            for r in mine:
+                base = iso_rows[r["seed"]]
+                founders = [k for k, x in enumerate(records[("isolated", r["seed"])]["robots"])
+                            if x["join_time"] is None]
+                joiners = [k for k in range(len(r[f"steps_{tag}"])) if k not in founders]
+                # a robot at the target under neither policy has no ratio (both counts are
+                # only the steps each took); one censored side makes the ratio a bound
+                ratios = []
+                for k in founders:
+                    a, b = r[f"steps_{tag}"][k], base[f"steps_{tag}"][k]
+                    if a["censored"] and b["censored"]:
+                        continue
+                    censored |= a["censored"] or b["censored"]
+                    ratios.append(a["steps"] / max(b["steps"], 1))
+                if ratios:
+                    founders_ratios.append(statistics.fmean(ratios))
+                for k in joiners:
+                    a, b = r[f"steps_{tag}"][k], base[f"steps_{tag}"][k]
+                    if a["censored"] and b["censored"]:
+                        continue
+                    censored |= a["censored"] or b["censored"]
+                    joiner_ratios.append(a["steps"] / max(b["steps"], 1))
+                single = [base[f"steps_{tag}"][k] for k in founders]
+                if r[f"fleet_total_{tag}"] is not None and not any(x["censored"] for x in single):
+                    fleet_ratios.append(r[f"fleet_total_{tag}"] / statistics.median(x["steps"] for x in single))
+            prefix = "" if policy == "mfd" else f"{policy}_"
+            out[f"{prefix}founders_ratio_{tag}"] = statistics.median(founders_ratios) if founders_ratios else None
+            out[f"{prefix}joiner_ratio_{tag}"] = statistics.median(joiner_ratios) if joiner_ratios else None
+            out[f"{prefix}fleet_total_over_single_{tag}"] = statistics.median(fleet_ratios) if fleet_ratios else None
+            out[f"{prefix}censored_{tag}"] = censored
+    for policy in policies:
+        mine = [r for r in rows if r["policy"] == policy]
+        out[f"{policy}_final_success_median"] = statistics.median(r["final_success_founders"] for r in mine)
+        out[f"{policy}_final_progress_median"] = statistics.median(r["final_progress_founders"] for r in mine)
+    return out
+
+
+def training_speed() -> dict:
+    """``training_speedup`` as ``benchmarks/robots_speed.py`` last measured it."""
+    path = RESULTS / "robots_speed.json"
+    if not path.exists():
+        return {"training_speedup": None, "note": "run benchmarks/robots_speed.py first"}
+    doc = json.loads(path.read_text())
+    f = doc["figures"]
+    return {"training_speedup": f["training_speedup"], "source": "benchmarks/results/robots_speed.json",
+            "command": doc.get("command"), "timestamp": doc.get("timestamp"),
+            "basis": f.get("training_speedup_basis"), "settings": f.get("settings"), "policy": f.get("policy"),
+            "sb3_steps_per_cpu_s": f.get("sb3_steps_per_cpu_s")}
+
+
 def _compact(record: dict) -> dict:
     """A run's record without the per-measurement series (kept: per robot figures)."""
-    keep = ("node", "arm", "join_time", "steps_to_target", "final_success", "env_steps", "score_env_steps",
+    keep = ("node", "arm", "join_time", "steps_to_target", "final_success", "final_progress", "env_steps",
+            "score_env_steps",
             "bytes_sent", "counters")
     return {"robots": [{k: r.get(k) for k in keep} for r in record["robots"]],
             "wall_seconds": record["wall_seconds"], "total_bytes": record["total_bytes"],
             "data_bytes": record["data_bytes"], "counters": record["counters"],
-            "series": {"times": record["times"], "env_steps": record["env_steps"]}}
+            "series": {"times": record["times"], "env_steps": record["env_steps"], "scores": record.get("scores")}}
 
 
 def env_speed() -> dict:
@@ -273,8 +391,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reach", action="store_true", help="skip the reach learning figures")
     parser.add_argument("--kuka-scenario", default="robots_kuka", help="a KUKA joining Pandas (shipped name or file)")
     parser.add_argument("--no-kuka", action="store_true", help="skip the KUKA-joins-Pandas figures")
-    parser.add_argument("--out", type=Path, default=RESULTS / "robots.json")
+    parser.add_argument("--unlike-scenario", default="robots_unlike",
+                        help="a joiner of another arm type, table height and goal region (shipped name or file)")
+    parser.add_argument("--no-unlike", action="store_true", help="skip the unlike-joiner figures")
+    parser.add_argument("--unlike-duration", type=float, help="unlike joiner: simulated seconds (default: the scenario's)")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/robots.json "
+                        "(results/robots_push.json with --task push)")
+    parser.add_argument("--task", choices=("reach", "push"), default="reach",
+                        help="push: issue 16's push fleet (--push-scenario) -> results/robots_push.json")
+    parser.add_argument("--push-scenario", default="robots_push_fleet", help="push fleet (shipped name or file)")
+    parser.add_argument("--policies", nargs="+", default=["isolated", "mfd"],
+                        help="--task push: policies to run (isolated first), e.g. isolated mfd fedavg gossip")
     args = parser.parse_args(argv)
+    if args.task == "push":
+        return push_main(args, argv)
+    args.out = args.out or RESULTS / "robots.json"
     command = "python benchmarks/robots.py " + " ".join(argv if argv is not None else sys.argv[1:])
     figures: dict = {"env_speed": env_speed()}
     started = time.time()
@@ -287,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         sections["reach"] = {**changes, "scenario": str(args.scenario)}
     if not args.no_kuka:
         sections["kuka"] = {"scenario": args.kuka_scenario}
+    if not args.no_unlike:
+        sections["unlike"] = {"scenario": args.unlike_scenario,
+                              **({"duration": args.unlike_duration} if args.unlike_duration else {})}
     jobs = [(f"{section}:{p}", s, c) for section, c in sections.items() for s in args.seeds for p in ("isolated", "mfd")]
     print(f"{len(jobs)} fleet runs ({', '.join(sections)}), {args.jobs} at a time", flush=True)
     every = run_all(jobs, args.jobs) if jobs else {}
@@ -305,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
         figures["kuka_joins_pandas"]["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
         print(json.dumps({k: v for k, v in figures["kuka_joins_pandas"].items() if k not in ("runs", "per_seed")},
                          indent=2))
+    if "unlike" in sections:
+        records = section_records("unlike")
+        unlike = reach_figures(records, args.seeds)
+        figures["unlike_joiner"] = {"scenario": args.unlike_scenario, "summary": unlike["summary"],
+                                    "per_seed": unlike["per_seed"],
+                                    "runs": {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}}
+        print(json.dumps(unlike["summary"], indent=2))
     if args.push:
         changes = {"scenario": "robots_push", "duration": args.push_duration}
         jobs = [(p, s, changes) for s in args.seeds for p in ("isolated", "mfd")]
@@ -316,13 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     # sections not run this time keep their last figures (and say when they were measured)
     if args.out.exists():
         previous = json.loads(args.out.read_text())
-        for section in ("reach", "kuka_joins_pandas", "push"):
+        for section in ("reach", "kuka_joins_pandas", "push", "unlike_joiner"):
             if section not in figures and section in previous.get("figures", {}):
                 kept = previous["figures"][section]
                 kept.setdefault("measured_at", previous.get("timestamp"))
                 kept.setdefault("command", previous.get("command"))
                 figures[section] = kept
-    for section in ("reach", "kuka_joins_pandas", "push"):
+    if "unlike_joiner" in figures:
+        # issue 16's keys: the unlike joiner's and the founders' steps to 90 %, MFD / isolated
+        figures["unlike_joiner_ratio"] = figures["unlike_joiner"]["summary"]["joiner_ratio"]
+        figures["unlike_founders_ratio"] = figures["unlike_joiner"]["summary"]["fleet_ratio"]
+        figures["unlike_seeds"] = len(figures["unlike_joiner"]["per_seed"])
+    for section in ("reach", "kuka_joins_pandas", "push", "unlike_joiner"):
         if section in figures and "measured_at" not in figures[section]:
             figures[section]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             figures[section]["command"] = command
@@ -330,6 +476,31 @@ def main(argv: list[str] | None = None) -> int:
                          wall_seconds=round(time.time() - started), load_average_at_start=round(load_before, 2),
                          note="steps are each robot's own env steps; simulated time is robot time (25 steps/s); "
                               "ratios are medians over seeds of MFD/isolated on the same fleet and seed")
+    print(f"written: {path}")
+    return 0
+
+
+def push_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--task push``: the push fleet under each policy on each seed -> results/robots_push.json."""
+    command = "python benchmarks/robots.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    policies = list(dict.fromkeys(["isolated", *args.policies]))
+    started = time.time()
+    changes = {"scenario": args.push_scenario, "duration": args.push_duration}
+    jobs = [(p, s, changes) for s in args.seeds for p in policies]
+    print(f"push: {len(jobs)} fleet runs, {args.jobs} at a time", flush=True)
+    records = run_all(jobs, args.jobs)
+    figures = push_task_figures(records, args.seeds, policies)
+    figures["training_speedup"] = training_speed()["training_speedup"]
+    figures["training_speed"] = training_speed()
+    figures["scenario"] = args.push_scenario
+    figures["duration"] = args.push_duration
+    figures["runs"] = {f"{p}/seed{s}": _compact(r) for (p, s), r in records.items()}
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("per_seed", "runs")}, indent=2))
+    path = write_results("robots_push", figures, path=args.out or RESULTS / "robots_push.json", command=command,
+                         seeds=args.seeds, wall_seconds=round(time.time() - started),
+                         note="steps are each robot's own env steps (25 per simulated second); ratios are "
+                              "medians over seeds of policy/isolated on the same fleet and seed; censored: "
+                              "a robot never at the target within the budget counts the steps it took")
     print(f"written: {path}")
     return 0
 

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,7 +33,8 @@ import torch
 import envs.robots  # noqa: F401  (registers mfd/*)
 from envs.robots import CellConfig, silenced_output
 from mfd_core import SimNetwork, World, policy_class
-from mfd_core.learners.sb3 import SB3Learner, SB3PolicyFamily
+from mfd_core.learners.sb3 import SB3Learner, SB3PolicyFamily, flatten_obs
+from mfd_core.learners.td3_batch import TD3Batcher
 from mfd_core.network.topology import random_geometric
 from mfd_core.scaling import merge_overlapping
 from mfd_core.scenario import Fault
@@ -94,6 +99,91 @@ def family_name(scenario: RobotsScenario, node_id: int) -> str:
     return base
 
 
+# --------------------------------------------------------------------------- measurements beside the fleet
+
+_WORKER_ENVS: dict[tuple[str, CellConfig], gym.Env] = {}
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the fleet's to handle
+    torch.set_num_threads(1)
+
+
+def _success_episodes(task: str, cell: CellConfig, mu: torch.nn.Module, layout: list, low: np.ndarray,
+                      high: np.ndarray, episodes: int, seed: int) -> float:
+    """A deterministic TD3 actor's success rate on ``episodes`` seeded episodes of a cell:
+    what :meth:`SB3Learner.evaluate_episodes` measures (the same observations, actions and
+    episodes), in a worker process."""
+    env = _WORKER_ENVS.get((task, cell))
+    if env is None:
+        env = _WORKER_ENVS[(task, cell)] = make_env(task, cell)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(episodes):
+            obs, info = env.reset(seed=seed + i)
+            done = False
+            while not done:
+                action = mu(torch.from_numpy(flatten_obs(obs, layout))).numpy()
+                action = low + (0.5 * (action + 1.0) * (high - low))  # SB3's unscale_action
+                obs, _, terminated, truncated, info = env.step(action[0])
+                done = terminated or truncated
+            total += float(bool(info.get("is_success", False)))
+    return total / episodes
+
+
+class AsyncEpisodes:
+    """Measurement episodes in worker processes, beside the fleet: a measurement submits a
+    copy of each robot's actor and records NaN; :meth:`resolve` writes the scores into the
+    run's record when they come. Only deterministic, squashed MLP actors (TD3) go there;
+    :meth:`accepts` says which."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self.pending: list[tuple[int, int, Future]] = []
+
+    @staticmethod
+    def accepts(learner: SB3Learner) -> bool:
+        from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
+
+        policy = learner.policy
+        actor = getattr(policy, "actor", None)
+        return (learner.output_kind == "deterministic" and bool(policy.squash_output)
+                and isinstance(getattr(actor, "mu", None), torch.nn.Sequential)
+                and type(actor.features_extractor) in (CombinedExtractor, FlattenExtractor))
+
+    def submit(self, row: int, col: int, task: str, cell: CellConfig, learner: SB3Learner, episodes: int,
+               seed: int) -> None:
+        if self._pool is None:
+            # fork where there is one: the worker starts with everything imported, and a
+            # script without a __main__ guard is not run again (spawn would)
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
+        space = learner.model.action_space
+        mu = copy.deepcopy(learner.policy.actor.mu)
+        future = self._pool.submit(_success_episodes, task, cell, mu, learner.layout, space.low, space.high,
+                                   episodes, seed)
+        self.pending.append((row, col, future))
+
+    def resolve(self, scores: list[list[float]], before: int | None = None) -> None:
+        """Write the scores of rows before ``before`` (waiting for them; all rows if None)
+        and of any other finished ones."""
+        left = []
+        for row, col, future in self.pending:
+            if before is None or row < before or future.done():
+                scores[row][col] = float(future.result())
+            else:
+                left.append((row, col, future))
+        self.pending = left
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.pending = []
+
+
 @dataclass
 class Fleet:
     """What a fleet run holds beside the world: the cells, the test envs and the record
@@ -106,12 +196,15 @@ class Fleet:
     test_envs: dict[int, gym.Env]
     env_steps: list[list[int]] = field(default_factory=list)  # [measurement][node]
     join_times: dict[int, float] = field(default_factory=dict)
+    evaluator: AsyncEpisodes | None = None
 
     @property
     def learners(self) -> dict[int, SB3Learner]:
         return {n: node.learner for n, node in self.world.nodes.items()}
 
     def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
         for env in self.test_envs.values():
             env.close()
         for learner in self.learners.values():
@@ -160,6 +253,8 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
 
     cells = {i: r.cell() for i, r in enumerate(s.robots)}
     learners: dict[int, SB3Learner] = {}
+    # one batcher for the fleet: the robots' training chunks run side by side (learner.batched)
+    batcher = TD3Batcher() if s.learner.batched and s.learner.algo == "td3" else None
     reference: dict[str, torch.Tensor] | None = None
     for i, robot in enumerate(s.robots):
         node_seed = seed * 1000 + i
@@ -170,7 +265,7 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
                              family=family_name(s, i), width=robot.width,
                              seed=node_seed, distil_batch=s.learner.batch_size,
                              distil_lr=s.learner.distil_lr, distil_work=s.learner.distil_work,
-                             actor_warmup=s.learner.actor_warmup)
+                             actor_warmup=s.learner.actor_warmup, batcher=batcher)
         if reference is None:
             # One initialisation for the fleet: the full-width network of this seed.
             with torch.random.fork_rng(devices=[]):
@@ -199,10 +294,17 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
     faults = [Fault(kind="node_join", at=r.join_at, nodes=(i,)) for i, r in enumerate(s.robots) if r.join_at is not None]
     test_envs = {i: make_env(s.task, cells[i]) for i in learners}
     holder: dict[str, Any] = {}
+    evaluator = AsyncEpisodes(s.eval_workers) if s.eval_workers > 0 else None
 
     def evaluate(node_id: int, learner: SB3Learner) -> float:
         world = holder["world"]
         if not world.network.is_up(node_id):
+            return math.nan
+        if evaluator is not None and evaluator.accepts(learner):
+            # the row the world is about to record; the score arrives from the worker
+            result = world.result
+            evaluator.submit(len(result.times), result.node_ids.index(node_id), s.task, cells[node_id], learner,
+                             s.eval_episodes, _TEST_SEED + 1000 * node_id)
             return math.nan
         return learner.evaluate_episodes(test_envs[node_id], s.eval_episodes, _TEST_SEED + 1000 * node_id,
                                          metric="success")
@@ -212,23 +314,65 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
                   eval_interval=s.eval_interval, local_steps=s.learner.local_steps, evaluate=evaluate,
                   families=families, faults=faults, name=s.name)
     holder["world"] = world
-    fleet = Fleet(s, seed, world, cells, test_envs)
+    fleet = Fleet(s, seed, world, cells, test_envs, evaluator=evaluator)
     for i, r in enumerate(s.robots):
         if r.join_at is not None:
             fleet.join_times[i] = r.join_at * s.duration
     return fleet
 
 
-def run_fleet(fleet: Fleet, progress: Callable[[float, Fleet], None] | None = None):
-    """Run the fleet's world; record each robot's env steps at every measurement."""
+_ROWS = ("times", "scores", "bytes", "model_bytes", "data_bytes", "packets")
+
+
+@contextmanager
+def _first_rows(fleet: Fleet, n: int):
+    """The run's record cut to its first ``n`` measurements for a while (a progress callback
+    reads the last row; with measurements in workers, that is the last complete one)."""
+    result = fleet.world.result
+    lists = [getattr(result, name) for name in _ROWS] + list(result.node_metrics.values()) + [fleet.env_steps]
+    cut = [values[n:] for values in lists]
+    for values in lists:
+        del values[n:]
+    try:
+        yield
+    finally:
+        for values, tail in zip(lists, cut):
+            values.extend(tail)
+
+
+def run_fleet(fleet: Fleet, progress: Callable[[float], None] | None = None):
+    """Run the fleet's world; record each robot's env steps at every measurement.
+
+    With measurements in worker processes, ``progress`` hears of each measurement once its
+    scores are in (one measurement later: the record it sees ends there)."""
     world = fleet.world
+    evaluator = fleet.evaluator
+    told = [0]
+
+    def tell(upto: int) -> None:
+        # progress for measurements [told, upto) (rows complete by now)
+        for k in range(told[0], upto):
+            if progress is not None:
+                with _first_rows(fleet, k + 1):
+                    progress(world.result.times[k], fleet)
+        told[0] = max(told[0], upto)
 
     def on_measure(t: float) -> None:
         fleet.env_steps.append([world.nodes[n].learner.env_steps for n in world.result.node_ids])
-        if progress is not None:
-            progress(t, fleet)
+        rows = len(world.result.times)
+        if evaluator is None:
+            tell(rows)
+            return
+        evaluator.resolve(world.result.scores, before=rows - 1)
+        tell(rows - 1)
 
-    result = world.run(on_measure)
+    try:
+        result = world.run(on_measure)
+    finally:
+        if evaluator is not None:
+            measured = len(fleet.env_steps)
+            evaluator.resolve(world.result.scores)
+            tell(measured)
     if len(fleet.env_steps) < len(result.times):  # the final record after the loop
         fleet.env_steps.append([world.nodes[n].learner.env_steps for n in result.node_ids])
     result.extra["arms"] = [r.arm for r in fleet.scenario.robots]

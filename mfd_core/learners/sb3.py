@@ -54,6 +54,7 @@ from torch.func import functional_call
 
 from mfd_core.knowledge import distillation_loss
 from mfd_core.learners.base import Learner
+from mfd_core.learners.td3_batch import TD3Batcher, supports
 from mfd_core.scaling import ModelFamily
 
 __all__ = ["SB3Learner", "SB3PolicyFamily", "flatten_obs", "obs_layout", "unflatten_obs"]
@@ -205,6 +206,12 @@ class SB3Learner(Learner):
         data it learns from. 0: off.
     :param seed: seeds the sampling of local inputs.
     :param env_factory: makes a fresh training env; only needed to train a clone.
+    :param batcher: a :class:`~mfd_core.learners.td3_batch.TD3Batcher` shared by several
+        learners: :meth:`train` then records the chunk and returns, and the chunks of every
+        learner waiting run side by side, their gradient steps batched into one computation,
+        as soon as any of them is used (each learner flushes before anything reads or
+        changes it). The same learning per env step as ``model.learn``; for models the
+        batcher cannot train (:func:`~mfd_core.learners.td3_batch.supports`) it is ignored.
     """
 
     def __init__(
@@ -224,6 +231,7 @@ class SB3Learner(Learner):
         actor_warmup: int = 0,
         seed: int = 0,
         env_factory: Callable[[], gym.Env] | None = None,
+        batcher: TD3Batcher | None = None,
     ) -> None:
         if callable(model) and not hasattr(model, "policy"):
             model = model()
@@ -275,17 +283,26 @@ class SB3Learner(Learner):
             raise ValueError(f"share: {lone} without their networks (a target travels only with its network)")
         self.share = tuple(share)
         self._forward = _PolicyForward(model.policy, self.output_kind)
+        self.batcher = batcher if batcher is not None and supports(model) else None
 
     # ------------------------------------------------------------------ properties
 
     @property
     def policy(self) -> nn.Module:
+        self._settle()
         return self.model.policy
 
     @property
     def env_steps(self) -> int:
         """Environment steps this node has taken while training."""
+        self._settle()
         return int(self.model.num_timesteps)
+
+    def _settle(self) -> None:
+        """Run this learner's recorded training chunk (and every other waiting one) now."""
+        batcher = self.batcher
+        if batcher is not None and batcher.pending(self.model):
+            batcher.flush()
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
@@ -371,6 +388,7 @@ class SB3Learner(Learner):
         """Flat observations of the node's own experience (replay buffer or last rollout);
         with ``evenly``, at most that many rows, evenly spaced over it (picked before
         flattening, so a full buffer is not copied to read a thousand rows)."""
+        self._settle()
         buffer = getattr(self.model, "replay_buffer", None)
         if buffer is not None:
             size = buffer.buffer_size if buffer.full else buffer.pos
@@ -414,6 +432,11 @@ class SB3Learner(Learner):
             raise ValueError(f"steps must be >= 0, got {steps}")
         if steps == 0:
             return 0
+        if self.batcher is not None and trainable is None and self._warmup_left == 0 and self._owns_buffer:
+            self.batcher.submit(self.model, steps)  # runs when this learner is next used
+            self.work_done += steps
+            return steps
+        self._settle()
         if not self._owns_buffer:
             self._detach_from_parent()
         if self._warmup_left > 0 and trainable is None:
@@ -636,6 +659,7 @@ class SB3Learner(Learner):
         """A copy with its own policy and optimisers that shares the replay buffer and
         envs with this learner, read-only: enough to score and distil (the gate's
         trial). Training the clone first copies the buffer and needs ``env_factory``."""
+        self._settle()
         model = copy.copy(self.model)
         model.policy = copy.deepcopy(self.model.policy)
         if hasattr(model, "_create_aliases"):
@@ -645,6 +669,7 @@ class SB3Learner(Learner):
         new._forward = _PolicyForward(model.policy, self.output_kind)
         new._rng = np.random.default_rng(self._rng.integers(2**62))
         new._owns_buffer = False
+        new.batcher = None  # a clone trains on its own, as before
         return new
 
     def _detach_from_parent(self) -> None:
@@ -665,6 +690,7 @@ class SB3Learner(Learner):
 
     def save(self, path: str | Path) -> Path:
         """The node's own policy as an SB3 zip (no replay buffer); ``<algo>.load`` reads it."""
+        self._settle()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.model.save(path)
