@@ -55,10 +55,35 @@ def _scenario(args: argparse.Namespace):
             scenario = scenario.replace(**changes)
     except RobotsScenarioError as err:
         raise UsageError(f"invalid robots scenario: {err}") from None
+    if scenario.env_id is not None:
+        _check_env(scenario)
     if scenario.duration > MAX_DURATION:
         raise UsageError(f"duration: {scenario.duration:g} s of robot time is more than {MAX_DURATION:g} s "
                          "(a day's run on 2 cores)")
     return scenario
+
+
+def _check_env(scenario) -> bool:
+    """The scenario's own env (``env_id``) can be made, with a Box action space; is it goal-conditioned?"""
+    import gymnasium as gym
+
+    from .fleet import is_goal_env, make_env
+
+    try:
+        env = make_env(scenario.task, scenario.robots[0].cell(), scenario.env_id)
+    except Exception as err:  # noqa: BLE001 - gymnasium raises many kinds; one line for all
+        raise UsageError(f"env_id {scenario.env_id!r}: cannot make it ({type(err).__name__}: {err})") from None
+    try:
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise UsageError(f"env_id {scenario.env_id!r}: its actions are {env.action_space}; the fleet's learners "
+                             "(TD3, SAC) need continuous (Box) actions")
+        goal = is_goal_env(env)
+    finally:
+        env.close()
+    if not goal and scenario.learner.score_metric == "progress":
+        raise UsageError(f"env_id {scenario.env_id!r} is not goal-conditioned: set learner.score_metric to "
+                         "\"critic\" (or \"success\" if its info says is_success)")
+    return goal
 
 
 def _seeds(args: argparse.Namespace, scenario, default_count: int = 1) -> list[int]:
@@ -124,12 +149,16 @@ def _folder(path: Path, scenario, plan, *, policies, seeds, measure: str, refere
     processes = 1 + (measure == "apart") + (reference is not None)
     return RunFolder(path, "robots", command=["mfd", *sys.argv[1:]], scenario=scenario.model_dump(),
                      plan=plan, info={
-                         "name": scenario.name, "score_name": "success rate", "policies": policies, "seeds": seeds,
+                         "name": scenario.name, "score_name": _score_name(scenario), "env_id": scenario.env_id, "policies": policies, "seeds": seeds,
                          "reference": reference, "network": "sim", "driver": "sim",
                          "processes": processes, "measure": measure, "title": title, "acting": acting,
                          "where": {"training": "this process (the simulated network and every robot)",
                                    "measurements": "a second process" if measure == "apart" else "this process",
                                    "reference": f"{reference}: a second process" if reference else None}})
+
+
+def _score_name(scenario) -> str:
+    return "episode return" if scenario.env_id is not None and not _check_env(scenario) else "success rate"
 
 
 def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, str | None]], *,
@@ -187,7 +216,14 @@ def _media(fleet, report: Path, policy: str, gui: bool) -> list[Path]:
     from .run import fleet_frames, write_gif, write_strip
 
     actors = {n: fleet.learners[n].act for n in fleet.learners}
-    episodes = fleet_frames(actors, fleet.scenario)
+    try:
+        episodes = fleet_frames(actors, fleet.scenario)
+    except Exception as err:  # noqa: BLE001 - a user's own env may not render; the run stands without pictures
+        if fleet.scenario.env_id is None:
+            raise
+        print(f"mfd robots: no pictures of the robots acting: {fleet.scenario.env_id} does not render "
+              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
+        return []
     media = [write_strip(episodes, fleet.scenario, report / "robots_acting.png", policy=policy),
              write_gif(episodes, report / "robots_acting.gif", policy=policy)]
     if gui:
@@ -202,7 +238,7 @@ def _gui_replay(actors, scenario, episodes: int = 1) -> None:
     from .fleet import make_env
 
     for node_id, act in actors.items():
-        env = make_env(scenario.task, scenario.robots[node_id].cell(), render_mode="human")
+        env = make_env(scenario.task, scenario.robots[node_id].cell(), scenario.env_id, render_mode="human")
         try:
             for e in range(episodes):
                 obs, _ = env.reset(seed=100 + e)
@@ -332,7 +368,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     for path in zips:
         node_id = int(path.stem.split("_")[0][5:])
         cell = scenario.robots[node_id].cell()
-        env = make_env(scenario.task, cell)
+        env = make_env(scenario.task, cell, scenario.env_id)
         model = algo.load(path, env=env, device="cpu")  # our own file on disk (HER loads with an env)
 
         def act(obs, model=model):

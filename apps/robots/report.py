@@ -79,7 +79,8 @@ def run_figures(result: RunResult, scenario: RobotsScenario) -> dict[str, Any]:
             "missed": sum(v is None for v in steps)}
 
 
-def robots_summary(runs: list[RunResult], scenario: RobotsScenario, *, interrupted: bool = False) -> dict[str, Any]:
+def robots_summary(runs: list[RunResult], scenario: RobotsScenario, *, interrupted: bool = False,
+                   score_name: str = "success rate") -> dict[str, Any]:
     """The core's summary (medians and ranges over seeds, bytes against FedAvg) with the
     robots' figures: steps to the target and the speed-up against isolated learning in the
     robots' own env steps (isolated's steps over the policy's, seed by seed)."""
@@ -104,7 +105,7 @@ def robots_summary(runs: list[RunResult], scenario: RobotsScenario, *, interrupt
         f = figures[(run["policy"], run["seed"])]
         run.update(founders_steps_to_target=f["founders"], joiner_steps_to_target=f["joiner"],
                    steps_to_target=f["steps"])
-    summary.update(kind="robots", interrupted=interrupted, score_name="success rate", target=scenario.target,
+    summary.update(kind="robots", interrupted=interrupted, score_name=score_name, target=scenario.target,
                    speedup="isolated learning's env steps to the target over the policy's (founders' mean; "
                            "seed by seed), median and range over seeds")
     return summary
@@ -122,7 +123,7 @@ def write_summary(folder: str | Path, *, interrupted: bool | None = None) -> dic
     runs = load_runs(folder)
     scenario = load_scenario(folder)
     flag = meta.get("interrupted", False) if interrupted is None else interrupted
-    summary = robots_summary(runs, scenario, interrupted=flag)
+    summary = robots_summary(runs, scenario, interrupted=flag, score_name=meta.get("score_name", "success rate"))
     done = set(meta.get("done", []))
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with open(folder / "summary.csv", "w", newline="") as fh:
@@ -192,9 +193,11 @@ def _plot_per_policy(runs, path: Path, values, *, ylabel: str, title: str, ylim=
     return path
 
 
-def plot_policies(runs, path: Path, target: float | None = None) -> Path:
-    return _plot_per_policy(runs, path, lambda r: r.mean_scores(), ylabel="mean success rate of the robots there",
-                            ylim=(-0.03, 1.03), target=target, title="Fleet success over time (one line per seed)")
+def plot_policies(runs, path: Path, target: float | None = None, score_name: str = "success rate") -> Path:
+    success = score_name == "success rate"
+    return _plot_per_policy(runs, path, lambda r: r.mean_scores(), ylabel=f"mean {score_name} of the robots there",
+                            ylim=(-0.03, 1.03) if success else None, target=target if success else None,
+                            title=f"Fleet {score_name} over time (one line per seed)")
 
 
 def plot_bytes(runs, path: Path) -> Path:
@@ -217,6 +220,9 @@ def _range(s: dict | None, fmt: str = "{:.0f}", scale: float = 1.0) -> str:
 def policy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     """The summary table, in words: medians over seeds, ranges in brackets."""
     target = summary.get("target", 0.9)
+    success = summary.get("score_name", "success rate") == "success rate"
+    final_header = "Final success" if success else f"Final {summary['score_name']}"
+    final_fmt = "{:.0%}" if success else "{:.1f}"
     rows = []
     for policy, fig in summary["policies"].items():
         comp = summary["comparisons"].get(policy, {})
@@ -233,7 +239,7 @@ def policy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
             "Joiner's speed-up": ("reference" if policy == "isolated" else
                                   "-" if "joiner_speedup_vs_isolated" not in comp else
                                   _range(joiner_speed, "{:.2f}x") if joiner_speed else "not reached"),
-            "Final success": _range(fig.get("final_mean_score"), "{:.0%}"),
+            final_header: _range(fig.get("final_mean_score"), final_fmt),
             "MB sent": _range(fig.get("total_bytes"), "{:.1f}", 1e-6),
             "Bytes vs FedAvg": ("reference" if policy == "fedavg" else
                                 _range(bytes_vs, "{:.2f}x") if bytes_vs else "no FedAvg run"),
@@ -242,7 +248,7 @@ def policy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def robot_rows(result: RunResult, scenario: RobotsScenario) -> list[dict[str, str]]:
+def robot_rows(result: RunResult, scenario: RobotsScenario, success: bool = True) -> list[dict[str, str]]:
     steps = steps_to_target(result, scenario.target)
     extra = {r["node"]: r for r in result.extra.get("robots", [])}
     rows = []
@@ -257,7 +263,7 @@ def robot_rows(result: RunResult, scenario: RobotsScenario) -> list[dict[str, st
             "Table": f"{robot.table_height:+.2f}",
             "Joins at": "start" if robot.join_at is None else f"{robot.join_at * scenario.duration:.0f} s",
             f"Steps to {scenario.target:.0%}": "not reached" if steps[k] is None else str(steps[k]),
-            "Final success": "n/a" if math.isnan(final) else f"{final:.0%}",
+            "Final score": "n/a" if math.isnan(final) else f"{final:.0%}" if success else f"{final:.1f}",
             "Env steps": str(record.get("env_steps", "n/a")),
             "Scoring steps": str(record.get("score_env_steps", "n/a")),
             "kB sent": f"{record['bytes_sent'] / 1e3:.0f}" if "bytes_sent" in record else "n/a",
@@ -301,17 +307,18 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, title: st
     meta = read_meta(folder)
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else None
     if not summary or "target" not in summary:
-        summary = robots_summary(runs, scenario, interrupted=meta.get("interrupted", False))
+        summary = robots_summary(runs, scenario, interrupted=meta.get("interrupted", False),
+                                 score_name=meta.get("score_name", "success rate"))
     out = Path(out) if out else folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    images = [plot_policies(runs, out / "success_vs_time.png", scenario.target),
+    images = [plot_policies(runs, out / "success_vs_time.png", scenario.target, meta.get("score_name", "success rate")),
               plot_bytes(runs, out / "bytes_vs_time.png")]
     sections = []
     for policy, group in _by_policy(runs).items():
         result = group[0]
         image = plot_per_robot(result, scenario, out / f"per_robot_{policy}.png")
         sections.append(f"<h3>{html.escape(policy_words(policy))}, seed {result.seed}</h3>"
-                        f"{_table(robot_rows(result, scenario))}"
+                        f"{_table(robot_rows(result, scenario, meta.get('score_name', 'success rate') == 'success rate'))}"
                         + _figure(image, f"each robot's success under {policy_words(policy)}"))
     acting = meta.get("acting") or "mfd"
     media = [out / name for name in MEDIA if (out / name).exists()]

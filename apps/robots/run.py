@@ -536,8 +536,8 @@ def worker_main() -> int:
 # --------------------------------------------------------------------------- frames
 
 
-def episode_frames(act, task: str, cell, seed: int, *, every: int = 1, size=FRAME_SIZE, candidates: int = 20
-                   ) -> tuple[list[np.ndarray], bool, list[int]]:
+def episode_frames(act, task: str, cell, seed: int, *, every: int = 1, size=FRAME_SIZE, candidates: int = 20,
+                   custom: str | None = None) -> tuple[list[np.ndarray], bool, list[int]]:
     """Frames of one episode of ``act(obs) -> action`` in a cell (every ``every`` steps and
     the last), whether it succeeded, and the step of each frame.
 
@@ -547,10 +547,12 @@ def episode_frames(act, task: str, cell, seed: int, *, every: int = 1, size=FRAM
     """
     from .fleet import make_env
 
-    env = make_env(task, cell, render_mode="rgb_array", render_width=size[0], render_height=size[1])
+    env = make_env(task, cell, custom, render_mode="rgb_array", render_width=size[0], render_height=size[1])
     try:
         def distance(s: int) -> float:
             obs, _ = env.reset(seed=s)
+            if not (isinstance(obs, dict) and "achieved_goal" in obs):
+                return 0.0
             return float(np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]))
 
         seed = max(range(seed, seed + candidates), key=distance)
@@ -571,7 +573,8 @@ def episode_frames(act, task: str, cell, seed: int, *, every: int = 1, size=FRAM
 
 def fleet_frames(actors: dict[int, Any], scenario: RobotsScenario, seed: int = 7) -> dict[int, tuple]:
     """One episode per robot, each in its own cell, with its own policy."""
-    return {node_id: episode_frames(act, scenario.task, scenario.robots[node_id].cell(), seed + node_id)
+    return {node_id: episode_frames(act, scenario.task, scenario.robots[node_id].cell(), seed + node_id,
+                                    custom=scenario.env_id)
             for node_id, act in actors.items()}
 
 
