@@ -371,7 +371,9 @@ class FleetRunner:
                 self.progress.describe(f"{label} | success " + _successes(published, fl.scenario))
                 self._advance("main", t, done)
 
+            cpu, wall = time.process_time(), time.perf_counter()
             run = run_fleet(fleet, on_measure)
+            run.extra["process_cpu_seconds"] = round(time.process_time() - cpu, 3)  # this process's, training
             if scores is not None:
                 scores.drain(DRAIN_TIMEOUT_S)
                 if scores.pending:
@@ -379,7 +381,10 @@ class FleetRunner:
                                       f"{DRAIN_TIMEOUT_S:.0f} s")
             publish()
             robots_extra(fleet, run)
-            published.events, published.extra, published.wall_seconds = run.events, run.extra, run.wall_seconds
+            # the run's wall time counts until its last measurement is in, wherever it was taken
+            run.extra["training_wall_seconds"] = round(run.wall_seconds, 3)
+            published.events, published.extra = run.events, run.extra
+            published.wall_seconds = time.perf_counter() - wall
             save_policies(fleet, self.folder.path / policy / f"seed{seed}" / "policies")
             self._advance("main", s.duration, done)
             self.folder.finish_run(published)
