@@ -292,7 +292,17 @@ def _verdict(summary: dict[str, Any]) -> str:
                          f"{1 / speed['median']:.2f}x the env steps of isolated learning "
                          f"(a {speed['median']:.2f}x speed-up, median of {speed['n']} seed(s))")
         elif "speedup_vs_isolated" in comp:
-            parts.append(f"under {policy_words(policy)} the founding robots did not reach {target:.0%} on every seed")
+            mine = summary["policies"][policy].get("founders_steps_to_target")
+            alone = summary["policies"].get("isolated", {}).get("founders_steps_to_target")
+            if mine and not alone:
+                parts.append(f"under {policy_words(policy)} the founding robots reached {target:.0%} success in "
+                             f"{mine['median']:.0f} env steps (median); alone they did not reach it in the run")
+            else:
+                parts.append(f"under {policy_words(policy)} the founding robots did not reach {target:.0%} "
+                             "on every seed")
+        bytes_vs = comp.get("bytes_over_fedavg")
+        if bytes_vs:
+            parts.append(f"{policy_words(policy)} sent {bytes_vs['median']:.2f}x FedAvg's bytes")
     if not parts:
         return ""
     return "<p class=verdict><b>Result:</b> " + html.escape("; ".join(parts)) + ".</p>"
