@@ -72,6 +72,30 @@ def robots_extra(fleet, result: RunResult) -> None:
     result.extra.update(robots=robots, target=s.target, task=s.task)
 
 
+def robot_record(fleet, result: RunResult) -> dict[str, Any]:
+    """One run's robots as plain data (each robot's arm, cell, env steps at every
+    measurement, steps to the target, bytes it sent): what the benchmarks keep."""
+    from .fleet import steps_to
+
+    s = fleet.scenario
+    scores = np.asarray(result.scores, dtype=float)
+    robots = []
+    for k, node_id in enumerate(result.node_ids):
+        node = fleet.world.nodes[node_id]
+        steps = [row[k] for row in fleet.env_steps]
+        series = [None if math.isnan(v) else float(v) for v in scores[:, k]]
+        robots.append({
+            "node": node_id, "arm": s.robots[node_id].arm, "cell": s.robots[node_id].model_dump(),
+            "join_time": fleet.join_times.get(node_id),
+            "steps_to_target": steps_to(series, steps, s.target),
+            "final_success": series[-1], "env_steps": int(node.learner.env_steps),
+            "score_env_steps": int(node.learner.score_env_steps),
+            "bytes_sent": int(node.bytes_sent), "counters": vars(node.counters),
+        })
+    return {"target": s.target, "task": s.task, "policy": s.policy.name, "seed": fleet.seed,
+            "times": list(result.times), "env_steps": fleet.env_steps, "robots": robots}
+
+
 def steps_to_target(result: RunResult, target: float) -> list[int | None]:
     """Per robot: its own env steps at its first measurement at ``target`` success or more."""
     steps = result.node_metrics.get("env_steps", [])
