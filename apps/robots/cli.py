@@ -149,7 +149,8 @@ def _folder(path: Path, scenario, plan, *, policies, seeds, measure: str, refere
     processes = 1 + (measure == "apart") + (reference is not None)
     return RunFolder(path, "robots", command=["mfd", *sys.argv[1:]], scenario=scenario.model_dump(),
                      plan=plan, info={
-                         "name": scenario.name, "score_name": _score_name(scenario), "env_id": scenario.env_id, "policies": policies, "seeds": seeds,
+                         "name": scenario.name, "score_name": _score_name(scenario), "env_id": scenario.env_id,
+                         "policies": policies, "seeds": seeds,
                          "reference": reference, "network": "sim", "driver": "sim",
                          "processes": processes, "measure": measure, "title": title, "acting": acting,
                          "where": {"training": "this process (the simulated network and every robot)",

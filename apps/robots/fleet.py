@@ -75,7 +75,8 @@ def make_model(scenario: RobotsScenario, env: gym.Env, *, width: float, seed: in
     goal = is_goal_env(env)
     kwargs: dict[str, Any] = dict(
         replay_buffer_class=HerReplayBuffer if goal else None,
-        replay_buffer_kwargs={"n_sampled_goal": s.n_sampled_goal, "goal_selection_strategy": "future"} if goal else None,
+        replay_buffer_kwargs=({"n_sampled_goal": s.n_sampled_goal, "goal_selection_strategy": "future"}
+                              if goal else None),
         policy_kwargs={"net_arch": _widths(s.net_arch, width)},
         learning_rate=s.learning_rate, batch_size=s.batch_size, gamma=s.gamma, tau=s.tau,
         learning_starts=s.learning_starts, buffer_size=s.buffer_size, train_freq=1, gradient_steps=s.gradient_steps,

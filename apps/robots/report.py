@@ -323,12 +323,13 @@ def write_report(folder: str | Path, out: str | Path | None = None, *, title: st
     out.mkdir(parents=True, exist_ok=True)
     images = [plot_policies(runs, out / "success_vs_time.png", scenario.target, meta.get("score_name", "success rate")),
               plot_bytes(runs, out / "bytes_vs_time.png")]
+    success = meta.get("score_name", "success rate") == "success rate"
     sections = []
     for policy, group in _by_policy(runs).items():
         result = group[0]
         image = plot_per_robot(result, scenario, out / f"per_robot_{policy}.png")
         sections.append(f"<h3>{html.escape(policy_words(policy))}, seed {result.seed}</h3>"
-                        f"{_table(robot_rows(result, scenario, meta.get('score_name', 'success rate') == 'success rate'))}"
+                        f"{_table(robot_rows(result, scenario, success))}"
                         + _figure(image, f"each robot's success under {policy_words(policy)}"))
     acting = meta.get("acting") or "mfd"
     media = [out / name for name in MEDIA if (out / name).exists()]
