@@ -408,7 +408,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="seconds of robot time (25 env steps each; default: the scenario's)")
         p.add_argument("--task", choices=["reach", "push"], help="instead of the scenario's task")
         p.add_argument("--full", action="store_true", help="the long run: twice the duration, 3 seeds")
-        add_run_arguments(p, seeds_help="the scenario's first; --full: 3")
+        add_run_arguments(p, seeds_help="the scenario's first; --full: 3", network=False)
+        p.add_argument("--network", choices=("sim", "udp", "ray"), default="sim",
+                       help="where the robots run: sim = one simulated radio network in this process (the only "
+                            "one for robot fleets; udp and ray are refused with the reason)")
         p.add_argument("--measure", choices=("apart", "inline"),
                        help="where the held-out episodes run: apart = in a second process, off the training's "
                             "critical path (the same figures; default on 2 or more cores); inline = here")
