@@ -279,7 +279,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         measure = _measure(args)
         work = [(policy, s, reference) for s in seeds]
         plan = [(p, s) for s in seeds for p in ([policy] + ([reference] if reference else []))]
-        title = f"Net4LM robots: {scenario.name} under {policy}" + (f", {reference} beside it" if reference else "")
+        from .run import policy_words
+
+        title = (f"Net4LM robots: {scenario.name} under {policy_words(policy)}"
+                 + (f", {policy_words(reference).lower()} beside it" if reference else ""))
         folder = _folder(out, scenario, plan, policies=[policy] + ([reference] if reference else []), seeds=seeds,
                          measure=measure, reference=reference, title=title, acting=policy)
     except BaseException:
@@ -309,7 +312,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = _prepare(args, "robots-compare")
     try:
         acting = None if args.no_frames else policies[-1]
-        title = f"Net4LM robots: {scenario.name}, {', '.join(policies)}"
+        from .run import policy_words
+
+        title = f"Net4LM robots: {scenario.name}, {', '.join(policy_words(p) for p in policies)}"
         folder = _folder(out, scenario, [(p, s) for p in policies for s in seeds], policies=policies, seeds=seeds,
                          measure=_measure(args), reference=None, title=title, acting=acting)
     except BaseException:
