@@ -224,7 +224,8 @@ def policy_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
     final_header = "Final success" if success else f"Final {summary['score_name']}"
     final_fmt = "{:.0%}" if success else "{:.1f}"
     rows = []
-    for policy, fig in summary["policies"].items():
+    ordered = sorted(summary["policies"].items(), key=lambda kv: (ORDER.index(kv[0]) if kv[0] in ORDER else 9, kv[0]))
+    for policy, fig in ordered:
         comp = summary["comparisons"].get(policy, {})
         speed = comp.get("speedup_vs_isolated")
         joiner_speed = comp.get("joiner_speedup_vs_isolated")
