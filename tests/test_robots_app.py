@@ -331,3 +331,36 @@ def test_gradient_steps_per_env_step_reach_the_learner():
         assert make_model(tiny(), env, width=1.0, seed=0).gradient_steps == 1
     finally:
         env.close()
+
+
+def test_a_plain_box_env_runs_as_a_fleet_scored_by_its_return(tmp_path):
+    """env_id = a plain gymnasium env (Pendulum-v1: Box observations, no goal): no HER, the
+    fleet measures the episode return; a bad env id is one line before any work."""
+    scenario = tmp_path / "pendulum.toml"
+    scenario.write_text("""
+name = "pendulum"
+env_id = "Pendulum-v1"
+duration = 4.0
+eval_interval = 2.0
+eval_episodes = 1
+[learner]
+net_arch = [16, 16]
+batch_size = 16
+learning_starts = 20
+local_steps = 25
+score_metric = "critic"
+[[robots]]
+[[robots]]
+""")
+    out = tmp_path / "run"
+    code, err = cli(["robots", "demo", "--scenario", str(scenario), "--out", str(out), "--quiet", "--no-reference",
+                     "--measure", "inline"])
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["score_name"] == "episode return"
+    scores = [float(r["value"]) for r in rows(out) if r["metric"] == "score" and r["value"]]
+    assert scores and all(-2000.0 < s < 0.0 for s in scores)  # Pendulum's returns: 200 steps of negative cost
+    bad = scenario.read_text().replace("Pendulum-v1", "NoSuchEnv-v9")
+    scenario.write_text(bad)
+    code, err = cli(["robots", "demo", "--scenario", str(scenario), "--out", str(tmp_path / "never")])
+    assert code == 2 and "env_id 'NoSuchEnv-v9'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "never").exists()
