@@ -2,7 +2,14 @@
 gate, and a tiny fleet run end to end (CLI, report files, replay)."""
 from __future__ import annotations
 
+import csv
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +24,7 @@ from mfd_core import codec, knowledge  # noqa: E402
 from mfd_core.reassembly import Reassembler  # noqa: E402
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_LEARNER = {"net_arch": [32, 32], "batch_size": 32, "learning_starts": 50, "local_steps": 50,
                 "score_episodes": 2, "buffer_size": 5000,
@@ -150,14 +158,12 @@ def test_steps_to_counts_the_robots_own_steps():
     assert steps_to([0.1, 0.5], [100, 200], 0.9) is None
 
 
-def test_tiny_fleet_runs_end_to_end_and_writes_the_report(tmp_path, monkeypatch, capsys):
-    from apps.cli import main
-
-    scenario_file = tmp_path / "tiny.toml"
+def tiny_file(tmp_path, duration: float = 8.0):
+    path = tmp_path / "tiny.toml"
     learner = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_LEARNER.items())
-    scenario_file.write_text(f"""
+    path.write_text(f"""
 name = "tiny"
-duration = 12.0
+duration = {duration}
 eval_interval = 4.0
 eval_episodes = 2
 [learner]
@@ -170,26 +176,145 @@ arm = "kuka"
 arm = "xarm6"
 join_at = 0.5
 """)
+    return path
+
+
+def rows(folder) -> list[dict]:
+    with open(folder / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_demo_writes_a_run_folder_with_isolated_beside_it_and_the_robots_report(tmp_path, capsys):
+    """The default demo: MFD here, its measurements and the isolated reference in second
+    processes; one run folder (tidy rows, summary with the speed-up, run.json kind robots);
+    `mfd report` rebuilds the robots page; `play` replays; measuring in place gives the
+    same figures bit for bit."""
+    from apps.cli import main
+
+    scenario = tiny_file(tmp_path)
     out = tmp_path / "run"
-    assert main(["robots", "demo", "--scenario", str(scenario_file), "--out", str(out), "--quiet"]) == 0
+    assert main(["robots", "demo", "--scenario", str(scenario), "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["kind"] == "robots" and meta["network"] == "sim" and meta["processes"] == 3
+    assert sorted(meta["done"]) == ["isolated/seed0", "mfd/seed0"] and not meta["interrupted"]
+    table = rows(out)
+    assert {r["run"] for r in table} == {"mfd/seed0", "isolated/seed0"}
+    assert {"score", "env_steps", "bytes_sent", "bytes", "data_bytes"} <= {r["metric"] for r in table}
+    assert all(r["value"] == "0" for r in table if r["metric"] == "data_bytes")  # policies travel, never data
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "robots" and set(summary["policies"]) == {"mfd", "isolated"}
+    assert "speedup_vs_isolated" in summary["comparisons"]["mfd"]
+    runs = json.loads((out / "runs.json").read_text())
+    robots = runs["mfd/seed0"]["robots"]
+    assert [r["arm"] for r in robots] == ["panda", "kuka", "xarm6"] and robots[2]["join_time"] == 4.0
+    assert robots[2]["counters"]["bootstraps"] == 1 and robots[0]["env_steps"] >= 150
+    for policy in ("mfd", "isolated"):
+        assert len(list((out / policy / "seed0" / "policies").glob("robot*.zip"))) == 3
     report = out / "report"
     for name in ("index.html", "success_vs_time.png", "bytes_vs_time.png", "per_robot_mfd.png",
-                 "robots_acting.png", "robots_acting.gif", "summary.json"):
+                 "per_robot_isolated.png", "robots_acting.png", "robots_acting.gif"):
         assert (report / name).stat().st_size > 0, name
-    record = json.loads((out / "mfd" / "seed0" / "robots.json").read_text())
-    assert [r["arm"] for r in record["robots"]] == ["panda", "kuka", "xarm6"]
-    assert record["robots"][2]["join_time"] == 6.0
-    assert record["robots"][2]["counters"]["bootstraps"] == 1
-    assert record["robots"][0]["env_steps"] >= 250  # 300 steps of robot time, less gate/distil time
-    summary = json.loads((out / "mfd" / "seed0" / "summary.json").read_text())
-    assert summary["data_bytes"] == 0 and summary["model_bytes"] > 0
-    assert len(list((out / "mfd" / "seed0" / "policies").glob("robot*.zip"))) == 3
-    html = (report / "index.html").read_text()
-    assert "robots_acting.png" in html and "kuka" in html
+    page = (report / "index.html").read_text()
+    assert "Speed-up vs isolated" in page and "MFD: the robots" in page and "kuka" in page
+    assert "_" not in "".join(re.findall(r"<th>(.*?)</th>", page))  # words, not snake_case
 
+    (report / "index.html").unlink()
     capsys.readouterr()
-    assert main(["robots", "play", str(out), "--robot", "1", "--episodes", "1"]) == 0
+    assert main(["report", str(out)]) == 0  # the robots page again, never the generic one over it
+    rebuilt = (report / "index.html").read_text()
+    assert "Speed-up vs isolated" in rebuilt and "test accuracy" not in rebuilt
+    assert json.loads((out / "summary.json").read_text())["kind"] == "robots"
+
+    assert main(["robots", "play", str(out), "--policy", "mfd", "--robot", "1", "--episodes", "1"]) == 0
     assert "robot 1 (kuka)" in capsys.readouterr().out
+
+    inline = tmp_path / "inline"
+    assert main(["robots", "demo", "--scenario", str(scenario), "--out", str(inline), "--quiet",
+                 "--no-reference", "--measure", "inline"]) == 0
+    here = [r for r in rows(inline)]
+    apart = [r for r in table if r["run"] == "mfd/seed0"]
+    assert here and here == apart  # the same figures, measured here or in the second process
+
+
+def cli(argv):
+    """`mfd ARGV` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from apps.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["robots", "demo", "--policy", "bogus"], "bogus"),
+    (["robots", "compare", "--policies", "mfd,fedprox"], "fedprox"),
+    (["robots", "demo", "--duration", "0"], "--duration"),
+    (["robots", "demo", "--duration", "-5"], "--duration"),
+    (["robots", "demo", "--set", "duration=1e9"], "duration"),
+    (["robots", "demo", "--set", "learner.algo=ppo"], "learner.algo"),
+    (["robots", "demo", "--set", "nonsense"], "KEY=VALUE"),
+    (["robots", "demo", "--seeds", "0", "0"], "given twice"),
+    (["robots", "demo", "--seeds", "-1"], "seeds"),
+    (["robots", "demo", "--seeds", "99999999999999999999"], "too large"),
+    (["robots", "demo", "--network", "udp"], "--network udp"),
+    (["robots", "compare", "--network", "ray"], "--network ray"),
+    (["robots", "demo", "--scenario", "nope"], "no scenario file"),
+    (["demo", "--seed", "-1"], "seeds"),
+    (["robots", "play", "{tmp}", "--episodes", "-1"], "--episodes"),
+    (["robots", "play", "{tmp}/missing"], "scenario.json"),
+])
+def test_every_bad_input_is_one_line_before_anything_is_written(tmp_path, argv, needle):
+    out = tmp_path / "never"
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if argv[0] == "demo" or argv[1] in ("demo", "compare"):
+        argv += ["--out", str(out)]
+    code, err = cli(argv)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("mfd: error: ") and needle in err, err
+    assert not out.exists()
+
+
+def test_an_output_folder_of_another_run_is_refused(tmp_path):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "theirs.txt").write_text("another run's")
+    code, err = cli(["robots", "demo", "--out", str(out)])
+    assert code == 2 and "--force" in err and "\n" not in err.strip()
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"]
+
+
+def test_an_interrupted_demo_keeps_what_it_measured(tmp_path):
+    """SIGINT mid-run (as Ctrl-C): exit 130 with one line, the rows measured so far kept,
+    run.json and summary.json marked interrupted; progress on a pipe is plain lines."""
+    scenario = tiny_file(tmp_path, duration=80.0)
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "robots", "demo", "--scenario", str(scenario),
+                             "--out", str(out), "--no-reference"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "results.csv").exists() and len({r["time"] for r in rows(out)}) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("mfd: interrupted") and sum(line.startswith("mfd") for line in lines) == 1, err
+    assert "\r" not in err and any(line.startswith("[") for line in lines), err  # plain progress lines, no bar
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["interrupted"] and meta["done"] == []
+    kept = rows(out)
+    assert len({r["time"] for r in kept}) >= 2 and all(r["run"] == "mfd/seed0" for r in kept)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["policies"]["mfd"]["seeds"] == 1
 
 
 def test_families_follow_the_arm_under_mfd_and_are_one_for_the_baselines():
@@ -212,3 +337,36 @@ def test_gradient_steps_per_env_step_reach_the_learner():
         assert make_model(tiny(), env, width=1.0, seed=0).gradient_steps == 1
     finally:
         env.close()
+
+
+def test_a_plain_box_env_runs_as_a_fleet_scored_by_its_return(tmp_path):
+    """env_id = a plain gymnasium env (Pendulum-v1: Box observations, no goal): no HER, the
+    fleet measures the episode return; a bad env id is one line before any work."""
+    scenario = tmp_path / "pendulum.toml"
+    scenario.write_text("""
+name = "pendulum"
+env_id = "Pendulum-v1"
+duration = 4.0
+eval_interval = 2.0
+eval_episodes = 1
+[learner]
+net_arch = [16, 16]
+batch_size = 16
+learning_starts = 20
+local_steps = 25
+score_metric = "critic"
+[[robots]]
+[[robots]]
+""")
+    out = tmp_path / "run"
+    code, err = cli(["robots", "demo", "--scenario", str(scenario), "--out", str(out), "--quiet", "--no-reference",
+                     "--measure", "inline"])
+    assert code == 0, err
+    assert json.loads((out / "run.json").read_text())["score_name"] == "episode return"
+    scores = [float(r["value"]) for r in rows(out) if r["metric"] == "score" and r["value"]]
+    assert scores and all(-2000.0 < s < 0.0 for s in scores)  # Pendulum's returns: 200 steps of negative cost
+    bad = scenario.read_text().replace("Pendulum-v1", "NoSuchEnv-v9")
+    scenario.write_text(bad)
+    code, err = cli(["robots", "demo", "--scenario", str(scenario), "--out", str(tmp_path / "never")])
+    assert code == 2 and "env_id 'NoSuchEnv-v9'" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "never").exists()

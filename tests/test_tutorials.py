@@ -23,7 +23,7 @@ def blocks(page: str) -> list[tuple[str, str | None, str]]:
     return out
 
 
-@pytest.mark.parametrize("page", ["tutorial-own-model.md"])
+@pytest.mark.parametrize("page", ["tutorial-own-model.md", "tutorial-own-env.md"])
 def test_the_tutorial_runs_as_written(page: str, tmp_path: Path) -> None:
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     ran = []
@@ -53,3 +53,14 @@ def test_the_tutorial_runs_as_written(page: str, tmp_path: Path) -> None:
         accuracy = {k: float(v.split(",")[0]) for k, v in printed.items()}
         # a fleet sorted by label: alone each node knows its classes only; MFD shares the rest
         assert accuracy["mfd"] > accuracy["isolated"] + 0.1, accuracy
+    if page == "tutorial-own-env.md":
+        folder = tmp_path / "runs" / "mine"
+        assert json.loads((folder / "scenario.json").read_text())["env_id"] == "pointreach:PointReach-v0"
+        meta = json.loads((folder / "run.json").read_text())
+        assert meta["kind"] == "robots" and meta["score_name"] == "success rate"
+        assert sorted(meta["done"]) == ["isolated/seed0", "mfd/seed0"]
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["runs"][0]["data_bytes"] == 0 and summary["policies"]["mfd"]["total_bytes"]["median"] > 0
+        printed = dict(line.split(": ", 1) for line in ran[-1].splitlines())
+        assert set(printed) == {"isolated", "mfd"}
+        assert (folder / "report" / "robots_acting.png").stat().st_size > 0  # the env's own pictures

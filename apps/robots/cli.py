@@ -1,10 +1,15 @@
 """`mfd robots demo | compare | play`: the Net4LM robot fleet from the command line.
 
 - ``demo``: the fleet of the scenario (default ``robots``: 2 Panda + 1 KUKA + 1 xArm6,
-  a fifth robot joining halfway) learns reach under MFD with a live display, then
-  writes a report folder (curves, bytes, the robots acting, a summary table).
+  a fifth robot joining halfway) learns reach under MFD, with isolated learning beside it
+  as the reference (in a second process), then writes a run folder and a report (curves,
+  bytes, the robots acting, a summary table that states the speed-up).
 - ``compare``: the same fleet and seeds under isolated / FedAvg / gossip / MFD, one report.
-- ``play``: replay saved policies (SB3 zips) of a results folder in their cells.
+- ``play``: replay saved policies (SB3 zips) of a run folder in their cells.
+
+Every run command has the habits of :mod:`apps.common`: bad input is one line before any
+work, ``--out`` is checked writable first, measurements stream to ``results.csv`` as they
+come, and Ctrl-C keeps what was measured (``"interrupted": true``, exit 130).
 """
 from __future__ import annotations
 
@@ -14,13 +19,24 @@ import sys
 import time
 from pathlib import Path
 
+from apps.common import (Interrupted, Progress, UsageError, add_run_arguments, flatten_seeds, interruptible,
+                         parse_overrides, positive_seconds, prepare_out, remove_if_empty)
+
 POLICIES = "isolated,fedavg,gossip,mfd"
 # --full: twice the robot time (the curves run on well past the target) and 3 seeds
 FULL_DURATION_FACTOR = 2.0
+# Robot time a run may ask for: 100 s take about a minute on 2 cores, so this is a day's run.
+MAX_DURATION = 10_000.0
+REFERENCE = "isolated"
+# Files a robots run writes at the top of its folder; --force on an old run folder starts them afresh.
+RUN_FILES = ("run.json", "scenario.json", "results.csv", "events.jsonl", "runs.json", "summary.csv", "summary.json")
 
 
 def _display_available() -> bool:
     return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY"))
+
+
+# --------------------------------------------------------------------------- checks before any work
 
 
 def _scenario(args: argparse.Namespace):
@@ -28,41 +44,189 @@ def _scenario(args: argparse.Namespace):
 
     try:
         scenario = load(getattr(args, "scenario", None) or "robots")
-    except RobotsScenarioError as err:
-        raise SystemExit(f"mfd robots: invalid scenario: {err}") from None
-    changes = {}
-    if getattr(args, "duration", None):
-        changes["duration"] = float(args.duration)
-    elif getattr(args, "full", False):
-        changes["duration"] = scenario.duration * FULL_DURATION_FACTOR
-    if getattr(args, "task", None):
-        changes["task"] = args.task
-    if changes:
-        try:
+        changes = parse_overrides(getattr(args, "overrides", None) or [])
+        if getattr(args, "duration", None) is not None:
+            changes["duration"] = float(args.duration)
+        elif getattr(args, "full", False):
+            changes["duration"] = scenario.duration * FULL_DURATION_FACTOR
+        if getattr(args, "task", None):
+            changes["task"] = args.task
+        if changes:
             scenario = scenario.replace(**changes)
-        except RobotsScenarioError as err:
-            raise SystemExit(f"mfd robots: {err}") from None
+    except RobotsScenarioError as err:
+        raise UsageError(f"invalid robots scenario: {err}") from None
+    if scenario.env_id is not None:
+        _check_env(scenario)
+    if scenario.duration > MAX_DURATION:
+        raise UsageError(f"duration: {scenario.duration:g} s of robot time is more than {MAX_DURATION:g} s "
+                         "(a day's run on 2 cores)")
     return scenario
 
 
-def _seeds(args: argparse.Namespace, scenario, default_count: int) -> list[int]:
-    if getattr(args, "seeds", None):
-        return list(args.seeds)
-    if getattr(args, "seed", None) is not None and not getattr(args, "full", False):
-        return [int(args.seed)]
+def _check_env(scenario) -> bool:
+    """The scenario's own env (``env_id``) can be made, with a Box action space; is it goal-conditioned?"""
+    import gymnasium as gym
+
+    from .fleet import is_goal_env, make_env
+
+    try:
+        env = make_env(scenario.task, scenario.robots[0].cell(), scenario.env_id)
+    except Exception as err:  # noqa: BLE001 - gymnasium raises many kinds; one line for all
+        raise UsageError(f"env_id {scenario.env_id!r}: cannot make it ({type(err).__name__}: {err})") from None
+    try:
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise UsageError(f"env_id {scenario.env_id!r}: its actions are {env.action_space}; the fleet's learners "
+                             "(TD3, SAC) need continuous (Box) actions")
+        goal = is_goal_env(env)
+    finally:
+        env.close()
+    if not goal and scenario.learner.score_metric == "progress":
+        raise UsageError(f"env_id {scenario.env_id!r} is not goal-conditioned: set learner.score_metric to "
+                         "\"critic\" (or \"success\" if its info says is_success)")
+    return goal
+
+
+def _seeds(args: argparse.Namespace, scenario, default_count: int = 1) -> list[int]:
+    seeds = flatten_seeds(getattr(args, "seeds", None))
+    if seeds:
+        return seeds
     count = 3 if getattr(args, "full", False) else default_count
-    seeds = list(scenario.seeds)
-    return (seeds + [max(seeds) + 1 + i for i in range(count)])[:count]
+    known = list(scenario.seeds)
+    return (known + [max(known) + 1 + i for i in range(count)])[:count]
 
 
-def _media(fleet, out: Path, gui: bool) -> list[Path]:
-    """The strip and GIF of the trained robots acting (rendered headless)."""
+def _check_policies(names: list[str]) -> list[str]:
+    from mfd_core import policy_class
+
+    if not names:
+        raise UsageError("--policies names no policy")
+    for name in names:
+        try:
+            policy_class(name)
+        except ValueError as err:
+            raise UsageError(f"--policy: {err}") from None
+    if len(set(names)) != len(names):
+        raise UsageError(f"--policies: a policy is named twice ({', '.join(names)})")
+    return names
+
+
+def _check_network(args: argparse.Namespace) -> None:
+    network = getattr(args, "network", "sim") or "sim"
+    if network != "sim":
+        raise UsageError(
+            f"--network {network}: a robot fleet runs on the simulated network only. Each {network} node would "
+            "host its own PyBullet cell and SB3 learner (a ~1.6 GB fleet split over node processes, running "
+            "in real time on udp) and the drivers build nodes from core scenarios; "
+            "the core's scenarios run there: mfd run digits --network " + network)
+
+
+def _prepare(args: argparse.Namespace, default: str) -> Path:
+    out = Path(getattr(args, "out", None) or f"runs/{default}-{time.strftime('%Y%m%d-%H%M%S')}")
+    force = getattr(args, "force", False)
+    path = prepare_out(out, force=force)
+    if force and (path / "run.json").exists():  # an old run's files: start afresh, never mix two runs
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        report = path / "report"
+        if report.is_dir():
+            for item in report.iterdir():
+                if item.is_file():
+                    item.unlink()
+    return path
+
+
+def _measure(args: argparse.Namespace) -> str:
+    return getattr(args, "measure", None) or ("apart" if (os.cpu_count() or 1) > 1 else "inline")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _folder(path: Path, scenario, plan, *, policies, seeds, measure: str, reference: str | None, title: str,
+            acting: str | None):
+    from mfd_core.runfolder import RunFolder
+
+    processes = 1 + (measure == "apart") + (reference is not None)
+    return RunFolder(path, "robots", command=["mfd", *sys.argv[1:]], scenario=scenario.model_dump(),
+                     plan=plan, info={
+                         "name": scenario.name, "score_name": _score_name(scenario), "env_id": scenario.env_id,
+                         "policies": policies, "seeds": seeds,
+                         "reference": reference, "network": "sim", "driver": "sim",
+                         "processes": processes, "measure": measure, "title": title, "acting": acting,
+                         "where": {"training": "this process (the simulated network and every robot)",
+                                   "measurements": "a second process" if measure == "apart" else "this process",
+                                   "reference": f"{reference}: a second process" if reference else None}})
+
+
+def _score_name(scenario) -> str:
+    return "episode return" if scenario.env_id is not None and not _check_env(scenario) else "success rate"
+
+
+def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, str | None]], *,
+         acting: str | None) -> int:
+    """Run ``work`` ([(policy, seed, reference or None)]) into ``folder``; the last fleet's
+    robots act for the strip and GIF; the report; the summary printed."""
+    from .report import write_report, write_summary
+    from .run import FleetRunner
+
+    runs = sum(1 + (ref is not None) for _, _, ref in work)
+    progress = Progress(scenario.duration * runs, unit="robot s", quiet=getattr(args, "quiet", False))
+    runner = FleetRunner(scenario, folder, progress, measure=_measure(args))
+    fleet = None
+    try:
+        with interruptible():
+            for k, (policy, seed, reference) in enumerate(work):
+                last = k == len(work) - 1
+                fleet = runner.run(policy, seed, reference=reference, keep_fleet=last and acting is not None)
+    except Interrupted as why:
+        progress.close()
+        folder.finish(interrupted=True)
+        page = None
+        if folder.done or (folder.path / "runs.json").exists():
+            try:
+                write_summary(folder.path, interrupted=True)
+                page = write_report(folder.path)
+            except (FileNotFoundError, ValueError):
+                page = None
+        print(f"mfd: interrupted ({why}); what was measured is in {folder.path}"
+              + (f" (report: {page})" if page else ""), file=sys.stderr)
+        return 130
+    except BaseException:
+        progress.close()
+        if not folder.done:
+            folder.finish(interrupted=True)
+        raise
+    progress.close()
+    report = folder.path / "report"
+    report.mkdir(exist_ok=True)
+    if fleet is not None:
+        try:
+            _media(fleet, report, acting, getattr(args, "gui", False))
+        finally:
+            fleet.close()
+    folder.finish()
+    summary = write_summary(folder.path, interrupted=False)
+    page = write_report(folder.path)
+    _print_summary(summary)
+    print(f"report: {page}")
+    return 0
+
+
+def _media(fleet, report: Path, policy: str, gui: bool) -> list[Path]:
+    """The strip and GIF of the trained robots acting (rendered headless), saying whose policies act."""
     from .run import fleet_frames, write_gif, write_strip
 
     actors = {n: fleet.learners[n].act for n in fleet.learners}
-    episodes = fleet_frames(actors, fleet.scenario)
-    media = [write_strip(episodes, fleet.scenario, out / "robots_acting.png"),
-             write_gif(episodes, out / "robots_acting.gif")]
+    try:
+        episodes = fleet_frames(actors, fleet.scenario)
+    except Exception as err:  # noqa: BLE001 - a user's own env may not render; the run stands without pictures
+        if fleet.scenario.env_id is None:
+            raise
+        print(f"mfd robots: no pictures of the robots acting: {fleet.scenario.env_id} does not render "
+              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
+        return []
+    media = [write_strip(episodes, fleet.scenario, report / "robots_acting.png", policy=policy),
+             write_gif(episodes, report / "robots_acting.gif", policy=policy)]
     if gui:
         _gui_replay(actors, fleet.scenario)
     return media
@@ -75,7 +239,7 @@ def _gui_replay(actors, scenario, episodes: int = 1) -> None:
     from .fleet import make_env
 
     for node_id, act in actors.items():
-        env = make_env(scenario.task, scenario.robots[node_id].cell(), render_mode="human")
+        env = make_env(scenario.task, scenario.robots[node_id].cell(), scenario.env_id, render_mode="human")
         try:
             for e in range(episodes):
                 obs, _ = env.reset(seed=100 + e)
@@ -88,107 +252,129 @@ def _gui_replay(actors, scenario, episodes: int = 1) -> None:
             env.close()
 
 
-def _print_summary(page: Path) -> None:
-    import json
+def _print_summary(summary: dict) -> None:
+    from .report import policy_rows
 
-    rows = json.loads((page.parent / "summary.json").read_text())["policies"]
-    print(f"{'policy':<10}{'seeds':>6}{'steps to target':>17}{'joiner':>9}{'final':>8}{'MB':>8}")
+    rows = policy_rows(summary)
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("Robots that missed it",)]
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
     for r in rows:
-        f = r["mean steps to target (founders)"]
-        j = r["steps to target (joiner)"]
-        print(f"{r['policy']:<10}{r['seeds']:>6}{'-' if f is None else f'{f:.0f}':>17}"
-              f"{'-' if j is None else f'{j:.0f}':>9}{r['final mean success']:>8.2f}{r['MB sent']:>8.2f}")
+        print("  ".join(r[k].ljust(widths[k]) for k in keys))
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .run import run_policies
-
     scenario = _scenario(args)
-    seeds = _seeds(args, scenario, 1)
-    out = Path(getattr(args, "out", None) or f"runs/robots-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    policy = getattr(args, "policy", None) or scenario.policy.name
-    print(f"{len(scenario.robots)} robots ({', '.join(r.arm for r in scenario.robots)}) learn {scenario.task} "
-          f"under {policy}, {scenario.duration:.0f} s of robot time, seed(s) {seeds}", file=sys.stderr)
-    runs = run_policies(scenario, [policy], out, seeds=seeds, quiet=getattr(args, "quiet", False), keep_fleet=True)
-    fleet = runs[-1][2]
-    report = out / "report"
-    report.mkdir(parents=True, exist_ok=True)
+    policy = _check_policies([getattr(args, "policy", None) or scenario.policy.name])[0]
+    seeds = _seeds(args, scenario)
+    _check_network(args)
+    reference = None if getattr(args, "no_reference", False) or policy == REFERENCE else REFERENCE
+    out = _prepare(args, "robots-demo")
     try:
-        media = _media(fleet, report, getattr(args, "gui", False))
-    finally:
-        fleet.close()
-    page = write_report(out, report, media=media)
-    _print_summary(page)
-    print(f"report: {page}\npolicies: {out}/{policy}/seed{seeds[-1]}/policies  (replay: mfd robots play {out})")
-    return 0
+        measure = _measure(args)
+        work = [(policy, s, reference) for s in seeds]
+        plan = [(p, s) for s in seeds for p in ([policy] + ([reference] if reference else []))]
+        from .run import policy_words
+
+        title = (f"Net4LM robots: {scenario.name} under {policy_words(policy)}"
+                 + (f", {policy_words(reference).lower()} beside it" if reference else ""))
+        folder = _folder(out, scenario, plan, policies=[policy] + ([reference] if reference else []), seeds=seeds,
+                         measure=measure, reference=reference, title=title, acting=policy)
+    except BaseException:
+        remove_if_empty(out)
+        raise
+    if not getattr(args, "quiet", False):
+        print(f"{len(scenario.robots)} robots ({', '.join(r.arm for r in scenario.robots)}) learn {scenario.task} "
+              f"under {policy}" + (f", {reference} beside it in a second process" if reference else "")
+              + f"; {scenario.duration:g} s of robot time, seed(s) {', '.join(map(str, seeds))}; into {out}",
+              file=sys.stderr)
+    code = _run(args, folder, scenario, work, acting=policy)
+    if code == 0:
+        print(f"policies: {out}/{policy}/seed{seeds[-1]}/policies  (replay: mfd robots play {out})")
+    return code
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    """`mfd demo` (the core's command) lands here with only ``--seed``."""
+    """`mfd demo` (the core's command) lands here with the run options only."""
     return cmd_demo(args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .run import run_policies
-
     scenario = _scenario(args)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if not policies:
-        raise SystemExit("mfd robots compare: --policies names no policy")
-    from mfd_core import policy_by_name
-
-    for name in policies:
-        try:
-            policy_by_name(name)
-        except ValueError as err:
-            raise SystemExit(f"mfd robots compare: {err}") from None
-    seeds = _seeds(args, scenario, 1)
-    out = Path(args.out or f"runs/robots-compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    runs = run_policies(scenario, policies, out, seeds=seeds, quiet=args.quiet, keep_fleet=True)
-    fleet = runs[-1][2]
-    report = out / "report"
-    report.mkdir(parents=True, exist_ok=True)
+    policies = _check_policies([p.strip() for p in args.policies.split(",") if p.strip()])
+    seeds = _seeds(args, scenario)
+    _check_network(args)
+    out = _prepare(args, "robots-compare")
     try:
-        media = _media(fleet, report, False) if not args.no_frames else []
-    finally:
-        fleet.close()
-    page = write_report(out, report, media=media, title=f"Net4LM robots: {', '.join(policies)}")
-    _print_summary(page)
-    print(f"report: {page}")
-    return 0
+        acting = None if args.no_frames else policies[-1]
+        from .run import policy_words
+
+        title = f"Net4LM robots: {scenario.name}, {', '.join(policy_words(p) for p in policies)}"
+        folder = _folder(out, scenario, [(p, s) for p in policies for s in seeds], policies=policies, seeds=seeds,
+                         measure=_measure(args), reference=None, title=title, acting=acting)
+    except BaseException:
+        remove_if_empty(out)
+        raise
+    return _run(args, folder, scenario, [(p, s, None) for p in policies for s in seeds], acting=acting)
+
+
+def rebuild_report(folder: str | Path, out: str | Path | None = None) -> Path:
+    """`mfd report RUNDIR` for a robots run folder: the summary and the robots page."""
+    from mfd_core.runfolder import read_meta
+
+    from .report import rebuild_report as rebuild
+
+    try:
+        read_meta(folder)
+        return rebuild(folder, out)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
 
 
 def cmd_play(args: argparse.Namespace) -> int:
     """Replay saved policies: success on fresh episodes, frames, optionally the GUI."""
-    from stable_baselines3 import SAC, TD3
-
-    from .fleet import make_env
-    from .run import fleet_frames, load_scenario, write_gif, write_strip
-
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be at least 1, got {args.episodes}")
     folder = Path(args.results)
+    from .config import RobotsScenarioError
+    from .run import load_scenario
+
     try:
         scenario = load_scenario(folder)
-    except FileNotFoundError as err:
-        raise SystemExit(f"mfd robots play: {err}") from None
+    except (FileNotFoundError, RobotsScenarioError, ValueError) as err:
+        raise UsageError(str(err)) from None
     policy_dirs = sorted(folder.glob(f"{args.policy or '*'}/seed{'*' if args.seed is None else args.seed}/policies"))
+    policy_dirs = [d for d in policy_dirs if any(d.glob("robot*.zip"))]
     if not policy_dirs:
-        raise SystemExit(f"mfd robots play: no saved policies under {folder} "
-                         f"(expected <policy>/seed<k>/policies/robot<k>_<arm>.zip)")
+        raise UsageError(f"no saved policies under {folder} (expected <policy>/seed<k>/policies/robot<k>_<arm>.zip)")
     pdir = policy_dirs[-1]
-    algo = {"td3": TD3, "sac": SAC}[scenario.learner.algo]
     zips = sorted(pdir.glob("robot*.zip"), key=lambda p: int(p.stem.split("_")[0][5:]))
     if args.robot is not None:
         zips = [z for z in zips if int(z.stem.split("_")[0][5:]) == args.robot]
         if not zips:
-            raise SystemExit(f"mfd robots play: no robot {args.robot} in {pdir}")
+            raise UsageError(f"--robot {args.robot}: no such robot in {pdir}")
+    frames_out = Path(args.frames) if args.frames else None
+    if frames_out is not None:
+        prepare_out(frames_out, force=True)
+
+    from stable_baselines3 import SAC, TD3
+
+    from .fleet import make_env
+    from .run import fleet_frames, write_gif, write_strip
+
+    algo = {"td3": TD3, "sac": SAC}[scenario.learner.algo]
     actors = {}
+    policy = pdir.parent.parent.name
     print(f"replaying {pdir}")
     for path in zips:
         node_id = int(path.stem.split("_")[0][5:])
         cell = scenario.robots[node_id].cell()
-        env = make_env(scenario.task, cell)
+        env = make_env(scenario.task, cell, scenario.env_id)
         model = algo.load(path, env=env, device="cpu")  # our own file on disk (HER loads with an env)
 
         def act(obs, model=model):
@@ -205,11 +391,10 @@ def cmd_play(args: argparse.Namespace) -> int:
         env.close()
         actors[node_id] = act
         print(f"robot {node_id} ({cell.arm}): {successes}/{args.episodes} episodes reached the goal")
-    if args.frames:
-        out = Path(args.frames)
-        out.mkdir(parents=True, exist_ok=True)
+    if frames_out is not None:
         episodes = fleet_frames(actors, scenario)
-        print(f"frames: {write_strip(episodes, scenario, out / 'play.png')}, {write_gif(episodes, out / 'play.gif')}")
+        print(f"frames: {write_strip(episodes, scenario, frames_out / 'play.png', policy=policy)}, "
+              f"{write_gif(episodes, frames_out / 'play.gif', policy=policy)}")
     if args.gui:
         _gui_replay(actors, scenario, episodes=args.episodes)
     return 0
@@ -219,42 +404,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     robots = sub.add_parser("robots", help="Net4LM: a robot fleet that learns faster by sharing policies",
                             description="Robot arms in PyBullet, each learning from its own experience, "
                                         "sharing policies as MFD model packets over a lossy radio network.")
-    rsub = robots.add_subparsers(dest="robots_command", metavar="SUBCOMMAND")
+    rsub = robots.add_subparsers(dest="robots_command", metavar="SUBCOMMAND", parser_class=type(robots))
     robots.set_defaults(func=lambda _args: (robots.print_help(), 2)[1])
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--scenario", default="robots", help="robots scenario file or shipped name (default robots)")
-        p.add_argument("--duration", type=float, help="simulated seconds of robot time (25 env steps each)")
-        p.add_argument("--task", choices=["reach", "push"], help="override the scenario's task")
-        p.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the scenario's first; --full: 3)")
+        p.add_argument("--duration", type=positive_seconds("--duration", MAX_DURATION),
+                       help="seconds of robot time (25 env steps each; default: the scenario's)")
+        p.add_argument("--task", choices=["reach", "push"], help="instead of the scenario's task")
         p.add_argument("--full", action="store_true", help="the long run: twice the duration, 3 seeds")
-        p.add_argument("--out", help="results folder (default runs/robots-...-TIME)")
-        p.add_argument("--quiet", action="store_true", help="no live display")
+        add_run_arguments(p, seeds_help="the scenario's first; --full: 3", network=False)
+        p.add_argument("--network", choices=("sim", "udp", "ray"), default="sim",
+                       help="where the robots run: sim = one simulated radio network in this process (the only "
+                            "one for robot fleets; udp and ray are refused with the reason)")
+        p.add_argument("--measure", choices=("apart", "inline"),
+                       help="where the held-out episodes run: apart = in a second process, off the training's "
+                            "critical path (the same figures; default on 2 or more cores); inline = here")
 
-    p = rsub.add_parser("demo", help="the fleet learns under MFD; live display; report folder",
-                        description="A fleet learns reach under MFD (a robot joins halfway and bootstraps "
-                                    "from its neighbours); writes curves, bytes, the robots acting and an "
-                                    "HTML summary. The default run takes a few minutes on 2 cores.")
+    p = rsub.add_parser("demo", help="the fleet learns under MFD, isolated learning beside it; report folder",
+                        description="A fleet learns reach under MFD (a robot joins halfway and bootstraps from its "
+                                    "neighbours) while the same fleet learns alone in a second process, as the "
+                                    "reference; writes a run folder with curves, bytes, the robots acting and a "
+                                    "summary that states the speed-up. About two minutes on 2 cores.")
     common(p)
     p.add_argument("--policy", help="sharing policy (default: the scenario's, mfd)")
-    p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-reference", action="store_true", help="do not run isolated learning beside it")
     p.add_argument("--gui", action="store_true", help="replay the trained robots in PyBullet's window (needs a display)")
     p.set_defaults(func=cmd_demo)
 
     p = rsub.add_parser("compare", help="the same fleet and seeds under isolated / fedavg / gossip / mfd",
-                        description="One report with every policy's curves on the same fleet and seeds.")
+                        description="One report with every policy's curves on the same fleet and seeds: the "
+                                    "speed-up against isolated learning and the bytes against FedAvg.")
     common(p)
     p.add_argument("--policies", default=POLICIES, help=f"comma-separated (default {POLICIES})")
     p.add_argument("--no-frames", action="store_true", help="skip rendering the robots acting")
     p.set_defaults(func=cmd_compare)
 
-    p = rsub.add_parser("play", help="replay saved policies of a results folder",
+    p = rsub.add_parser("play", help="replay saved policies of a run folder",
                         description="Load the SB3 zips a demo or compare saved and run them in their cells.")
-    p.add_argument("results", help="a results folder of `mfd robots demo` or `compare`")
+    p.add_argument("results", help="a run folder of `mfd robots demo` or `compare`")
     p.add_argument("--policy", help="which policy's run (default: the last found)")
     p.add_argument("--seed", type=int, help="which seed's run")
     p.add_argument("--robot", type=int, help="only this robot")
-    p.add_argument("--episodes", type=int, default=5, help="episodes per robot (default 5)")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per robot, at least 1 (default 5)")
     p.add_argument("--frames", help="write a PNG strip and a GIF of one episode per robot into this folder")
     p.add_argument("--gui", action="store_true", help="show PyBullet's window (needs a display)")
     p.set_defaults(func=cmd_play)

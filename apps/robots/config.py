@@ -168,6 +168,10 @@ class RobotsScenario(_Strict):
     name: str = "robots"
     description: str = ""
     task: Literal["reach", "push"] = "reach"
+    env_id: str | None = Field(None, description="any registered gymnasium env instead of the robot cells "
+                               "(e.g. \"Pendulum-v1\" or \"mymodule:MyEnv-v0\", which imports mymodule first): "
+                               "goal-conditioned (Dict observation with desired_goal: HER, success rate) or plain "
+                               "(episode return); the robots' cells are then not used")
     seeds: tuple[int, ...] = Field((0,), min_length=1)
     duration: float = Field(160.0, gt=0, description="simulated seconds")
     eval_interval: float = Field(6.0, gt=0, description="simulated seconds between measurements")

@@ -52,9 +52,18 @@ def env_id(task: str) -> str:
     return {"reach": "mfd/ArmReach-v0", "push": "mfd/ArmPush-v0"}[task]
 
 
-def make_env(task: str, cell: CellConfig, **kwargs: Any) -> gym.Env:
+def make_env(task: str, cell: CellConfig, custom: str | None = None, **kwargs: Any) -> gym.Env:
+    """The robot's cell, or the scenario's own gymnasium env (``env_id``: the cell unused)."""
+    if custom is not None:
+        return gym.make(custom, **{k: v for k, v in kwargs.items() if k == "render_mode"})
     with silenced_output():
         return gym.make(env_id(task), config=cell, **kwargs)
+
+
+def is_goal_env(env: gym.Env) -> bool:
+    """A goal-conditioned env (HER relabels its goals; its episodes end in success or not)."""
+    space = env.observation_space
+    return isinstance(space, gym.spaces.Dict) and "desired_goal" in space.spaces
 
 
 def _widths(net_arch: tuple[int, ...], ratio: float) -> list[int]:
@@ -68,9 +77,11 @@ def make_model(scenario: RobotsScenario, env: gym.Env, *, width: float, seed: in
     from stable_baselines3.common.noise import NormalActionNoise
 
     s = scenario.learner
+    goal = is_goal_env(env)
     kwargs: dict[str, Any] = dict(
-        replay_buffer_class=HerReplayBuffer,
-        replay_buffer_kwargs={"n_sampled_goal": s.n_sampled_goal, "goal_selection_strategy": "future"},
+        replay_buffer_class=HerReplayBuffer if goal else None,
+        replay_buffer_kwargs=({"n_sampled_goal": s.n_sampled_goal, "goal_selection_strategy": "future"}
+                              if goal else None),
         policy_kwargs={"net_arch": _widths(s.net_arch, width)},
         learning_rate=s.learning_rate, batch_size=s.batch_size, gamma=s.gamma, tau=s.tau,
         learning_starts=s.learning_starts, buffer_size=s.buffer_size, train_freq=1, gradient_steps=s.gradient_steps,
@@ -79,8 +90,8 @@ def make_model(scenario: RobotsScenario, env: gym.Env, *, width: float, seed: in
     if s.algo == "td3":
         dim = env.action_space.shape[0]
         noise = NormalActionNoise(np.zeros(dim), s.action_noise * np.ones(dim))
-        return TD3("MultiInputPolicy", env, action_noise=noise, **kwargs)
-    return SAC("MultiInputPolicy", env, **kwargs)
+        return TD3("MultiInputPolicy" if goal else "MlpPolicy", env, action_noise=noise, **kwargs)
+    return SAC("MultiInputPolicy" if goal else "MlpPolicy", env, **kwargs)
 
 
 def family_name(scenario: RobotsScenario, node_id: int) -> str:
@@ -258,9 +269,9 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
     reference: dict[str, torch.Tensor] | None = None
     for i, robot in enumerate(s.robots):
         node_seed = seed * 1000 + i
-        train_env = make_env(s.task, cells[i])
+        train_env = make_env(s.task, cells[i], s.env_id)
         model = make_model(s, train_env, width=robot.width, seed=node_seed)
-        learner = SB3Learner(model, make_env(s.task, cells[i]), eval_episodes=s.learner.score_episodes,
+        learner = SB3Learner(model, make_env(s.task, cells[i], s.env_id), eval_episodes=s.learner.score_episodes,
                              eval_seed=_SCORE_SEED + 1000 * i, metric=s.learner.score_metric, share=share,
                              family=family_name(s, i), width=robot.width,
                              seed=node_seed, distil_batch=s.learner.batch_size,
@@ -269,7 +280,7 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
         if reference is None:
             # One initialisation for the fleet: the full-width network of this seed.
             with torch.random.fork_rng(devices=[]):
-                full = make_model(s, make_env(s.task, cells[i]), width=1.0, seed=seed)
+                full = make_model(s, make_env(s.task, cells[i], s.env_id), width=1.0, seed=seed)
             reference = SB3Learner(full, full.get_env().envs[0], share=share).get_state()
             full.get_env().close()
         own = learner.get_state()
@@ -292,7 +303,8 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
             families[name] = copy.copy(builder)
             families[name].name = name
     faults = [Fault(kind="node_join", at=r.join_at, nodes=(i,)) for i, r in enumerate(s.robots) if r.join_at is not None]
-    test_envs = {i: make_env(s.task, cells[i]) for i in learners}
+    test_envs = {i: make_env(s.task, cells[i], s.env_id) for i in learners}
+    metric = "success" if is_goal_env(test_envs[0]) else "return"
     holder: dict[str, Any] = {}
     evaluator = AsyncEpisodes(s.eval_workers) if s.eval_workers > 0 else None
 
@@ -307,7 +319,7 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
                              s.eval_episodes, _TEST_SEED + 1000 * node_id)
             return math.nan
         return learner.evaluate_episodes(test_envs[node_id], s.eval_episodes, _TEST_SEED + 1000 * node_id,
-                                         metric="success")
+                                         metric=metric)
 
     world = World(SimNetwork(graph, seed=seed), learners, policy=s.policy.make(), transport=s.policy.transport,
                   seed=seed, duration=s.duration,
