@@ -46,7 +46,7 @@ def run_pooled(seed: int, updates_per_robot: float, duration_steps: int, batch_s
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from apps.robots import config
-    from apps.robots.fleet import _TEST_SEED, make_env, make_model
+    from apps.robots.fleet import TEST_SEED, make_env, make_model
     from mfd_core.learners.sb3 import SB3Learner
 
     torch.set_num_threads(1)
@@ -72,7 +72,7 @@ def run_pooled(seed: int, updates_per_robot: float, duration_steps: int, batch_s
         model.learn(total_timesteps=every * n, reset_num_timesteps=False)
         row = {"env_steps_per_robot": done}
         for i in founders:
-            success = learner.evaluate_episodes(test_envs[i], scenario.eval_episodes, _TEST_SEED + 1000 * i,
+            success = learner.evaluate_episodes(test_envs[i], scenario.eval_episodes, TEST_SEED + 1000 * i,
                                                 metric="success")
             row[str(i)] = success
             if steps_to_90[i] is None and success >= scenario.target:

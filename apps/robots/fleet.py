@@ -45,7 +45,7 @@ from .config import RobotsScenario
 # training resets (SB3 seeds the env once, then it runs on), the gate's fixed scoring
 # episodes (its "validation set") and the held-out measurement episodes ("test set").
 _SCORE_SEED = 1_000_000
-_TEST_SEED = 2_000_000
+TEST_SEED = 2_000_000
 
 
 def env_id(task: str) -> str:
@@ -316,9 +316,9 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
             # the row the world is about to record; the score arrives from the worker
             result = world.result
             evaluator.submit(len(result.times), result.node_ids.index(node_id), s.task, cells[node_id], learner,
-                             s.eval_episodes, _TEST_SEED + 1000 * node_id)
+                             s.eval_episodes, TEST_SEED + 1000 * node_id)
             return math.nan
-        return learner.evaluate_episodes(test_envs[node_id], s.eval_episodes, _TEST_SEED + 1000 * node_id,
+        return learner.evaluate_episodes(test_envs[node_id], s.eval_episodes, TEST_SEED + 1000 * node_id,
                                          metric=metric)
 
     world = World(SimNetwork(graph, seed=seed), learners, policy=s.policy.make(), transport=s.policy.transport,
