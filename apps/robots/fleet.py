@@ -306,7 +306,9 @@ def build_fleet(scenario: RobotsScenario, seed: int, policy: str | None = None) 
     test_envs = {i: make_env(s.task, cells[i], s.env_id) for i in learners}
     metric = "success" if is_goal_env(test_envs[0]) else "return"
     holder: dict[str, Any] = {}
-    evaluator = AsyncEpisodes(s.eval_workers) if s.eval_workers > 0 else None
+    # the measuring processes build the arms' own cells: a fleet of a user's env (env_id)
+    # is measured here, with the env it trains on
+    evaluator = AsyncEpisodes(s.eval_workers) if s.eval_workers > 0 and not s.env_id else None
 
     def evaluate(node_id: int, learner: SB3Learner) -> float:
         world = holder["world"]

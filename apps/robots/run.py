@@ -374,7 +374,9 @@ class FleetRunner:
         done = {"main": 0.0, "ref": 0.0}
         label = f"{policy} seed {seed}" + (f" (+ {reference} beside it)" if ref else "")
         try:
-            fleet = build_fleet(s, seed, policy)
+            # measured apart, the worker here takes every measurement: the fleet's own
+            # measuring processes (eval_workers) would only race it for the same rows
+            fleet = build_fleet(s.replace(eval_workers=0) if scores is not None else s, seed, policy)
             instrument(fleet)
             if scores is not None:
                 scores.attach(fleet)
@@ -489,7 +491,9 @@ def _serve_evaluations(job: dict[str, Any], send: Callable[[dict], None]) -> Non
 
     scenario = from_dict(job["scenario"])
     # models to act with only: the smallest replay buffer
-    small = scenario.replace(learner={"buffer_size": 1000})
+    # and measured here, in this process (the fleet's own measuring processes would hand
+    # back a score later, not the one asked for now)
+    small = scenario.replace(learner={"buffer_size": 1000}, eval_workers=0)
     fleet = build_fleet(small, int(job["seed"]), job["policy"])
     try:
         for node_id in scenario.joiners:
