@@ -223,32 +223,35 @@ class MFDPolicy(SharingPolicy):
             reach = nx.single_source_shortest_path_length(net.graph, node.id, cutoff=hops)
             neighbours = sorted(n for n, d in reach.items() if d > 0 and net.is_up(n) and net.route(node.id, n))
         own = node.score()
+        reports, favour_isolated = node.reports, self.settings.favour_isolated
         scored = []
         # a little noise so equal neighbours take turns (drawn at once: the same numbers)
         noise = node.rng.uniform(0.5, 1.0, size=len(neighbours)).tolist()
         qualities = self._link_qualities(node)
+        # every node runs this at every share: a thousand nodes, an hour, 120,000 times
         for nbr, jitter in zip(neighbours, noise):
-            report = node.reports.get(nbr)
-            their = report.score if report is not None else 0.0
             quality = qualities.get(nbr) if nbr in direct else None
             if quality is None:
                 link = net.link(node.id, nbr) if nbr in direct else self._first_link(node, nbr)
                 quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
                 if nbr in direct:
                     qualities[nbr] = quality
-            need = 1.0 + max(0.0, own - their)
-            if report is not None and report.degree and self.settings.favour_isolated:
+            report = reports.get(nbr)
+            # a neighbour not heard from counts as needing help (score 0)
+            gap = own - (report.score if report is not None else 0.0)
+            need = 1.0 + gap if gap > 0.0 else 1.0
+            if report is not None and report.degree and favour_isolated:
                 # a neighbour with few neighbours of its own has few other sources
                 need *= 1.0 + 2.0 / report.degree
             scored.append((need * quality * jitter, nbr))
         scored.sort(reverse=True)
-        if self.settings.echo_window > 0:
+        if self.settings.echo_window > 0 and node.neighbour_models:
             # a neighbour whose model this node merged a moment ago holds most of what it
             # would get back; the others go first (a stable sort keeps each group's order)
-            now = node.now
-            heard = {origin for origin, (_, _, _, t) in node.neighbour_models.items()
-                     if now - t <= self.settings.echo_window}
-            scored.sort(key=lambda pair: pair[1] in heard)
+            now, window = node.now, self.settings.echo_window
+            heard = {origin for origin, (_, _, _, t) in node.neighbour_models.items() if now - t <= window}
+            if heard:
+                scored.sort(key=lambda pair: pair[1] in heard)
         return [nbr for _, nbr in scored[:fanout]]
 
     def _link_qualities(self, node: Node) -> dict[int, float]:
@@ -273,7 +276,6 @@ class MFDPolicy(SharingPolicy):
         that trains only some layers (``activated`` < 1) sends only those.
         """
         report = node.reports.get(target)
-        link = self._first_link(node, target)
         family = node.services.families.get(node.learner.family)
         ratio = node.learner.width
         if report is not None and report.family == node.learner.family:
@@ -290,6 +292,7 @@ class MFDPolicy(SharingPolicy):
             state = {name: value for name, value in state.items() if name in trained}
         precision = self.settings.precision
         if precision == "auto":
+            link = self._first_link(node, target)  # looked up only here: at every share, it cost
             precision = scaling.choose_precision(scaling.ReceiverProfile(
                 memory_bytes=int(report.memory) if report and report.memory else 1 << 30,
                 compute_flops=1.0, link_bandwidth=link["bandwidth"], link_loss=min(link["loss"], 0.999)))
