@@ -13,8 +13,8 @@ come, and Ctrl-C keeps what was measured (``"interrupted": true``, exit 130);
 ``--resume RUNDIR`` finishes a stopped demo or compare: the runs not done are run with the
 fleet, policies, seeds and duration its folder recorded, then the summary and report.
 A run is simulated robot time with fixed env-step budgets, so a seed determines its
-figures: a resumed folder holds the figures of a run that was never stopped (wall and
-CPU seconds apart).
+figures: on the same machine a resumed folder holds the figures of a run that was never
+stopped (results.csv, events and saved policies byte for byte; wall and CPU seconds apart).
 """
 from __future__ import annotations
 
@@ -437,8 +437,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         title = (f"Net4LM robots: {scenario.name} under {policy_words(policy)}"
                  + (f", {policy_words(reference).lower()} beside it" if reference else ""))
-        folder = _folder(out, scenario, plan, command="demo", policies=[policy] + ([reference] if reference else []), seeds=seeds,
-                         measure=measure, reference=reference, title=title, acting=policy)
+        folder = _folder(out, scenario, plan, command="demo", policies=[policy] + ([reference] if reference else []),
+                         seeds=seeds, measure=measure, reference=reference, title=title, acting=policy)
     except BaseException:
         remove_if_empty(out)
         raise
@@ -572,8 +572,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--resume", metavar="RUNDIR",
                        help="finish a stopped run of this command: the runs not done are run (a stopped run "
                             "from its beginning) with the fleet, policies, seeds and duration RUNDIR recorded, "
-                            "then its summary and report; a seed determines a run's figures (simulated robot "
-                            "time, fixed env-step budgets), so they are those of a run never stopped")
+                            "then its summary and report (--quiet and --measure may go with it); a seed "
+                            "determines a run's figures (simulated robot time, fixed env-step budgets), so on "
+                            "the same machine they are those of a run never stopped, wall and CPU seconds apart")
 
     p = rsub.add_parser("demo", help="the fleet learns under MFD, isolated learning beside it; report folder",
                         description="A fleet learns reach under MFD (a robot joins halfway and bootstraps from its "
