@@ -308,6 +308,7 @@ def test_an_interrupted_demo_keeps_what_it_measured(tmp_path):
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("mfd: interrupted") and sum(line.startswith("mfd") for line in lines) == 1, err
+    assert lines[-1].endswith(f"(finish it: mfd robots demo --resume {out})"), err
     assert "\r" not in err and any(line.startswith("[") for line in lines), err  # plain progress lines, no bar
     meta = json.loads((out / "run.json").read_text())
     assert meta["interrupted"] and meta["done"] == []

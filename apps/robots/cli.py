@@ -9,11 +9,17 @@
 
 Every run command has the habits of :mod:`apps.common`: bad input is one line before any
 work, ``--out`` is checked writable first, measurements stream to ``results.csv`` as they
-come, and Ctrl-C keeps what was measured (``"interrupted": true``, exit 130).
+come, and Ctrl-C keeps what was measured (``"interrupted": true``, exit 130);
+``--resume RUNDIR`` finishes a stopped demo or compare: the runs not done are run with the
+fleet, policies, seeds and duration its folder recorded, then the summary and report.
+A run is simulated robot time with fixed env-step budgets, so a seed determines its
+figures: on the same machine a resumed folder holds the figures of a run that was never
+stopped (results.csv, events and saved policies byte for byte; wall and CPU seconds apart).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -30,6 +36,12 @@ MAX_DURATION = 10_000.0
 REFERENCE = "isolated"
 # Files a robots run writes at the top of its folder; --force on an old run folder starts them afresh.
 RUN_FILES = ("run.json", "scenario.json", "results.csv", "events.jsonl", "runs.json", "summary.csv", "summary.json")
+# What sets a run (its fleet, policies, seeds, duration, folder): with --resume these come
+# from the folder, so they may not be given too ({dest: option}).
+RUN_SHAPING = {"scenario": "--scenario", "duration": "--duration", "task": "--task", "full": "--full",
+               "seeds": "--seeds", "overrides": "--set", "out": "--out", "force": "--force", "network": "--network",
+               "policy": "--policy", "no_reference": "--no-reference", "policies": "--policies",
+               "no_frames": "--no-frames"}
 
 
 def _display_available() -> bool:
@@ -142,15 +154,16 @@ def _measure(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------- running
 
 
-def _folder(path: Path, scenario, plan, *, policies, seeds, measure: str, reference: str | None, title: str,
-            acting: str | None):
+def _folder(path: Path, scenario, plan, *, command: str, policies, seeds, measure: str, reference: str | None,
+            title: str, acting: str | None):
     from mfd_core.runfolder import RunFolder
 
     processes = 1 + (measure == "apart") + (reference is not None)
     return RunFolder(path, "robots", command=["mfd", *sys.argv[1:]], scenario=scenario.model_dump(),
                      plan=plan, info={
                          "name": scenario.name, "score_name": _score_name(scenario), "env_id": scenario.env_id,
-                         "policies": policies, "seeds": seeds,
+                         # which command to finish it with (mfd demo lands in robots demo too)
+                         "robots_command": command, "policies": policies, "seeds": seeds,
                          "reference": reference, "network": "sim", "driver": "sim",
                          "processes": processes, "measure": measure, "title": title, "acting": acting,
                          "where": {"training": "this process (the simulated network and every robot)",
@@ -162,22 +175,44 @@ def _score_name(scenario) -> str:
     return "episode return" if scenario.env_id is not None and not _check_env(scenario) else "success rate"
 
 
+def _todo(work: list[tuple[str, int, str | None]], done: set[str]) -> list[tuple[str, int, str | None]]:
+    """The part of ``work`` whose runs are not in ``done`` (a resumed folder's finished runs
+    are kept, never run again). A demo seed whose MFD run is done but whose reference is
+    not runs the reference alone, here: it is the same fleet and seed, so the same figures
+    as in the second process."""
+    from mfd_core.runfolder import run_id
+
+    todo = []
+    for policy, seed, reference in work:
+        main = run_id(policy, seed) not in done
+        ref = reference if reference is not None and run_id(reference, seed) not in done else None
+        if main:
+            todo.append((policy, seed, ref))
+        elif ref is not None:
+            todo.append((ref, seed, None))
+    return todo
+
+
 def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, str | None]], *,
-         acting: str | None) -> int:
-    """Run ``work`` ([(policy, seed, reference or None)]) into ``folder``; the last fleet's
-    robots act for the strip and GIF; the report; the summary printed."""
+         acting: str | None, command: str) -> int:
+    """Run ``work`` ([(policy, seed, reference or None)]) into ``folder``, less the runs it
+    has done already (a resumed folder); the robots of ``acting``'s last seed act for the
+    strip and GIF; the report; the summary printed."""
     from .report import write_report, write_summary
     from .run import FleetRunner
 
-    runs = sum(1 + (ref is not None) for _, _, ref in work)
-    progress = Progress(scenario.duration * runs, unit="robot s", quiet=getattr(args, "quiet", False))
+    # the robots that act in the report: the acting policy's fleet of the last seed (the
+    # last run of the plan)
+    actors = (acting, work[-1][1]) if acting is not None and work else None
+    todo = _todo(work, set(folder.done))
+    runs = sum(1 + (ref is not None) for _, _, ref in todo)
+    progress = Progress(scenario.duration * max(runs, 1), unit="robot s", quiet=getattr(args, "quiet", False))
     runner = FleetRunner(scenario, folder, progress, measure=_measure(args))
     fleet = None
     try:
         with interruptible():
-            for k, (policy, seed, reference) in enumerate(work):
-                last = k == len(work) - 1
-                fleet = runner.run(policy, seed, reference=reference, keep_fleet=last and acting is not None)
+            for policy, seed, reference in todo:
+                fleet = runner.run(policy, seed, reference=reference, keep_fleet=(policy, seed) == actors) or fleet
     except Interrupted as why:
         progress.close()
         folder.finish(interrupted=True)
@@ -189,10 +224,13 @@ def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, 
             except (FileNotFoundError, ValueError):
                 page = None
         print(f"mfd: interrupted ({why}); what was measured is in {folder.path}"
-              + (f" (report: {page})" if page else ""), file=sys.stderr)
+              + (f" (report: {page})" if page else "")
+              + f" (finish it: mfd robots {command} --resume {folder.path})", file=sys.stderr)
         return 130
     except BaseException:
         progress.close()
+        if fleet is not None:
+            fleet.close()
         if not folder.done:
             folder.finish(interrupted=True)
         raise
@@ -201,9 +239,19 @@ def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, 
     report.mkdir(exist_ok=True)
     if fleet is not None:
         try:
-            _media(fleet, report, acting, getattr(args, "gui", False))
+            _media(fleet.learners, fleet.scenario, report, acting, getattr(args, "gui", False))
         finally:
             fleet.close()
+    elif actors is not None and not (report / "robots_acting.png").exists():
+        # resumed after the acting fleet's run was done: its saved policies act instead
+        saved = folder.path / actors[0] / f"seed{actors[1]}" / "policies"
+        if any(saved.glob("robot*.zip")):
+            learners = _saved_learners(saved, scenario)
+            try:
+                _media(learners, scenario, report, acting, getattr(args, "gui", False))
+            finally:
+                for learner in learners.values():
+                    learner.env.close()
     folder.finish()
     summary = write_summary(folder.path, interrupted=False)
     page = write_report(folder.path)
@@ -212,24 +260,52 @@ def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, 
     return 0
 
 
-def _media(fleet, report: Path, policy: str, gui: bool) -> list[Path]:
-    """The strip and GIF of the trained robots acting (rendered headless), saying whose policies act."""
+def _media(learners, scenario, report: Path, policy: str, gui: bool) -> list[Path]:
+    """The strip and GIF of the trained robots acting (rendered headless), saying whose policies act.
+
+    :param learners: {robot: anything with ``act(obs) -> action``}.
+    """
     from .run import fleet_frames, write_gif, write_strip
 
-    actors = {n: fleet.learners[n].act for n in fleet.learners}
+    actors = {n: learners[n].act for n in learners}
     try:
-        episodes = fleet_frames(actors, fleet.scenario)
+        episodes = fleet_frames(actors, scenario)
     except Exception as err:  # noqa: BLE001 - a user's own env may not render; the run stands without pictures
-        if fleet.scenario.env_id is None:
+        if scenario.env_id is None:
             raise
-        print(f"mfd robots: no pictures of the robots acting: {fleet.scenario.env_id} does not render "
+        print(f"mfd robots: no pictures of the robots acting: {scenario.env_id} does not render "
               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", file=sys.stderr)
         return []
-    media = [write_strip(episodes, fleet.scenario, report / "robots_acting.png", policy=policy),
+    media = [write_strip(episodes, scenario, report / "robots_acting.png", policy=policy),
              write_gif(episodes, report / "robots_acting.gif", policy=policy)]
     if gui:
-        _gui_replay(actors, fleet.scenario)
+        _gui_replay(actors, scenario)
     return media
+
+
+def _robot_number(path: Path) -> int:
+    return int(path.stem.split("_")[0][5:])  # robot<k>_<arm>.zip
+
+
+class _SavedPolicy:
+    """A policy a run saved (an SB3 zip), acting deterministically like the learner did."""
+
+    def __init__(self, path: Path, scenario) -> None:
+        from stable_baselines3 import SAC, TD3
+
+        from .fleet import make_env
+
+        algo = {"td3": TD3, "sac": SAC}[scenario.learner.algo]
+        self.env = make_env(scenario.task, scenario.robots[_robot_number(path)].cell(), scenario.env_id)
+        self.model = algo.load(path, env=self.env, device="cpu")  # our own file on disk (HER loads with an env)
+
+    def act(self, obs):
+        return self.model.predict(obs, deterministic=True)[0]
+
+
+def _saved_learners(policies: Path, scenario) -> dict[int, _SavedPolicy]:
+    """{robot: its saved policy} of a ``<policy>/seed<k>/policies`` folder."""
+    return {_robot_number(z): _SavedPolicy(z, scenario) for z in sorted(policies.glob("robot*.zip"), key=_robot_number)}
 
 
 def _gui_replay(actors, scenario, episodes: int = 1) -> None:
@@ -268,7 +344,85 @@ def _print_summary(summary: dict) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _reopen(args: argparse.Namespace, command: str):
+    """A stopped ``mfd robots COMMAND`` run's folder, scenario, policies, seeds and run.json,
+    all checked before anything in the folder changes (reopening it drops rows)."""
+    from mfd_core.runfolder import read_meta
+
+    from .config import RobotsScenarioError
+    from .run import load_scenario
+
+    given = [flag for dest, flag in RUN_SHAPING.items() if getattr(args, dest, None) not in (None, False, [])]
+    if given:
+        raise UsageError(f"--resume RUNDIR takes the fleet, policies, seeds, duration and folder from RUNDIR: "
+                         f"give nothing else (got {given[0]})")
+    path = Path(args.resume)
+    if not path.is_dir():
+        raise UsageError(f"--resume {path}: no such folder")
+    try:
+        meta = read_meta(path)
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise UsageError(f"--resume: {err}") from None
+    if meta.get("kind") != "robots":
+        raise UsageError(f"--resume {path}: a {meta.get('kind')} run folder, not a robots one; resume it with "
+                         "the command that wrote it")
+    made_by = meta.get("robots_command") or _command_of(meta.get("command") or [])
+    if made_by != command:
+        raise UsageError(f"--resume {path}: " + (f"a `mfd robots {made_by}` run; finish it with mfd robots {made_by} "
+                                                 f"--resume {path}" if made_by else "run.json does not say which "
+                                                 "robots command wrote it"))
+    try:
+        scenario = load_scenario(path)
+        policies, seeds = list(meta["policies"]), [int(s) for s in meta["seeds"]]
+    except (FileNotFoundError, json.JSONDecodeError, RobotsScenarioError, KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"--resume {path}: cannot rebuild the run from its folder ({err})") from None
+    if scenario.env_id is not None:
+        _check_env(scenario)  # the user's env may not be importable here
+    return path, scenario, policies, seeds, meta
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """demo or compare, from a run.json's command line (folders written before run.json said
+    robots_command): ``mfd robots demo ...``, ``mfd demo ...``, ``mfd robots compare ...``."""
+    words = argv[1:3]
+    return "compare" if "compare" in words else "demo" if "demo" in words else None
+
+
+def _resume(args: argparse.Namespace, command: str, work_of) -> int:
+    """Finish a stopped run: ``work_of(meta, policies, seeds)`` rebuilds its planned work."""
+    from mfd_core.runfolder import RunFolder, run_id
+
+    path, scenario, policies, seeds, meta = _reopen(args, command)
+    work = work_of(meta, policies, seeds)
+    planned = [run_id(name, seed) for policy, seed, ref in work for name in (policy, ref) if name]
+    if sorted(planned) != sorted(meta.get("planned", [])):
+        raise UsageError(f"--resume {path}: its planned runs ({', '.join(meta.get('planned', []))}) are not what "
+                         f"its policies and seeds make; was run.json edited?")
+    args.measure = getattr(args, "measure", None) or meta.get("measure")
+    folder = RunFolder.reopen(path)
+    left = [r for r in meta["planned"] if r not in folder.done]
+    if not getattr(args, "quiet", False):
+        print(f"resuming {path}: {len(folder.done)} run(s) done, {len(left)} to go (a stopped run starts again "
+              "from its beginning: same seed, same figures)", file=sys.stderr)
+    return _run(args, folder, scenario, work, acting=meta.get("acting"), command=command)
+
+
+def _demo_work(meta: dict, policies: list[str], seeds: list[int]) -> list[tuple[str, int, str | None]]:
+    return [(policies[0], s, meta.get("reference")) for s in seeds]
+
+
+def _compare_work(_meta: dict, policies: list[str], seeds: list[int]) -> list[tuple[str, int, str | None]]:
+    return [(p, s, None) for p in policies for s in seeds]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "resume", None):
+        code = _resume(args, "demo", _demo_work)
+        if code == 0:
+            meta = json.loads((Path(args.resume) / "run.json").read_text())
+            print(f"policies: {args.resume}/{meta['policies'][0]}/seed{meta['seeds'][-1]}/policies  "
+                  f"(replay: mfd robots play {args.resume})")
+        return code
     scenario = _scenario(args)
     policy = _check_policies([getattr(args, "policy", None) or scenario.policy.name])[0]
     seeds = _seeds(args, scenario)
@@ -277,14 +431,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = _prepare(args, "robots-demo")
     try:
         measure = _measure(args)
-        work = [(policy, s, reference) for s in seeds]
+        work = _demo_work({"reference": reference}, [policy], seeds)
         plan = [(p, s) for s in seeds for p in ([policy] + ([reference] if reference else []))]
         from .run import policy_words
 
         title = (f"Net4LM robots: {scenario.name} under {policy_words(policy)}"
                  + (f", {policy_words(reference).lower()} beside it" if reference else ""))
-        folder = _folder(out, scenario, plan, policies=[policy] + ([reference] if reference else []), seeds=seeds,
-                         measure=measure, reference=reference, title=title, acting=policy)
+        folder = _folder(out, scenario, plan, command="demo", policies=[policy] + ([reference] if reference else []),
+                         seeds=seeds, measure=measure, reference=reference, title=title, acting=policy)
     except BaseException:
         remove_if_empty(out)
         raise
@@ -293,7 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"under {policy}" + (f", {reference} beside it in a second process" if reference else "")
               + f"; {scenario.duration:g} s of robot time, seed(s) {', '.join(map(str, seeds))}; into {out}",
               file=sys.stderr)
-    code = _run(args, folder, scenario, work, acting=policy)
+    code = _run(args, folder, scenario, work, acting=policy, command="demo")
     if code == 0:
         print(f"policies: {out}/{policy}/seed{seeds[-1]}/policies  (replay: mfd robots play {out})")
     return code
@@ -305,8 +459,10 @@ def demo_main(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.resume:
+        return _resume(args, "compare", _compare_work)
     scenario = _scenario(args)
-    policies = _check_policies([p.strip() for p in args.policies.split(",") if p.strip()])
+    policies = _check_policies([p.strip() for p in (args.policies or POLICIES).split(",") if p.strip()])
     seeds = _seeds(args, scenario)
     _check_network(args)
     out = _prepare(args, "robots-compare")
@@ -315,12 +471,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .run import policy_words
 
         title = f"Net4LM robots: {scenario.name}, {', '.join(policy_words(p) for p in policies)}"
-        folder = _folder(out, scenario, [(p, s) for p in policies for s in seeds], policies=policies, seeds=seeds,
-                         measure=_measure(args), reference=None, title=title, acting=acting)
+        folder = _folder(out, scenario, [(p, s) for p in policies for s in seeds], command="compare",
+                         policies=policies, seeds=seeds, measure=_measure(args), reference=None, title=title,
+                         acting=acting)
     except BaseException:
         remove_if_empty(out)
         raise
-    return _run(args, folder, scenario, [(p, s, None) for p in policies for s in seeds], acting=acting)
+    return _run(args, folder, scenario, _compare_work({}, policies, seeds), acting=acting, command="compare")
 
 
 def rebuild_report(folder: str | Path, out: str | Path | None = None) -> Path:
@@ -353,33 +510,25 @@ def cmd_play(args: argparse.Namespace) -> int:
     if not policy_dirs:
         raise UsageError(f"no saved policies under {folder} (expected <policy>/seed<k>/policies/robot<k>_<arm>.zip)")
     pdir = policy_dirs[-1]
-    zips = sorted(pdir.glob("robot*.zip"), key=lambda p: int(p.stem.split("_")[0][5:]))
+    zips = sorted(pdir.glob("robot*.zip"), key=_robot_number)
     if args.robot is not None:
-        zips = [z for z in zips if int(z.stem.split("_")[0][5:]) == args.robot]
+        zips = [z for z in zips if _robot_number(z) == args.robot]
         if not zips:
             raise UsageError(f"--robot {args.robot}: no such robot in {pdir}")
     frames_out = Path(args.frames) if args.frames else None
     if frames_out is not None:
         prepare_out(frames_out, force=True)
 
-    from stable_baselines3 import SAC, TD3
-
-    from .fleet import make_env
     from .run import fleet_frames, write_gif, write_strip
 
-    algo = {"td3": TD3, "sac": SAC}[scenario.learner.algo]
     actors = {}
     policy = pdir.parent.parent.name
     print(f"replaying {pdir}")
     for path in zips:
-        node_id = int(path.stem.split("_")[0][5:])
+        node_id = _robot_number(path)
         cell = scenario.robots[node_id].cell()
-        env = make_env(scenario.task, cell, scenario.env_id)
-        model = algo.load(path, env=env, device="cpu")  # our own file on disk (HER loads with an env)
-
-        def act(obs, model=model):
-            return model.predict(obs, deterministic=True)[0]
-
+        saved = _SavedPolicy(path, scenario)
+        env, act = saved.env, saved.act
         successes = 0
         for e in range(args.episodes):
             obs, info = env.reset(seed=3_000_000 + e)
@@ -408,18 +557,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     robots.set_defaults(func=lambda _args: (robots.print_help(), 2)[1])
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--scenario", default="robots", help="robots scenario file or shipped name (default robots)")
+        p.add_argument("--scenario", help="robots scenario file or shipped name (default robots)")
         p.add_argument("--duration", type=positive_seconds("--duration", MAX_DURATION),
                        help="seconds of robot time (25 env steps each; default: the scenario's)")
         p.add_argument("--task", choices=["reach", "push"], help="instead of the scenario's task")
         p.add_argument("--full", action="store_true", help="the long run: twice the duration, 3 seeds")
         add_run_arguments(p, seeds_help="the scenario's first; --full: 3", network=False)
-        p.add_argument("--network", choices=("sim", "udp", "ray"), default="sim",
+        p.add_argument("--network", choices=("sim", "udp", "ray"),
                        help="where the robots run: sim = one simulated radio network in this process (the only "
                             "one for robot fleets; udp and ray are refused with the reason)")
         p.add_argument("--measure", choices=("apart", "inline"),
                        help="where the held-out episodes run: apart = in a second process, off the training's "
                             "critical path (the same figures; default on 2 or more cores); inline = here")
+        p.add_argument("--resume", metavar="RUNDIR",
+                       help="finish a stopped run of this command: the runs not done are run (a stopped run "
+                            "from its beginning) with the fleet, policies, seeds and duration RUNDIR recorded, "
+                            "then its summary and report (--quiet and --measure may go with it); a seed "
+                            "determines a run's figures (simulated robot time, fixed env-step budgets), so on "
+                            "the same machine they are those of a run never stopped, wall and CPU seconds apart")
 
     p = rsub.add_parser("demo", help="the fleet learns under MFD, isolated learning beside it; report folder",
                         description="A fleet learns reach under MFD (a robot joins halfway and bootstraps from its "
@@ -436,7 +591,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="One report with every policy's curves on the same fleet and seeds: the "
                                     "speed-up against isolated learning and the bytes against FedAvg.")
     common(p)
-    p.add_argument("--policies", default=POLICIES, help=f"comma-separated (default {POLICIES})")
+    p.add_argument("--policies", help=f"comma-separated (default {POLICIES})")
     p.add_argument("--no-frames", action="store_true", help="skip rendering the robots acting")
     p.set_defaults(func=cmd_compare)
 
