@@ -1,7 +1,7 @@
 """The core at scale: one simulated hour of 1,000 / 3,000 / 10,000 nodes (issue 13).
 
     python benchmarks/scale.py                      # the sweep and MFD vs gossip (~25 min on 2 cores)
-    python benchmarks/scale.py --only mfd --repeats 7
+    python benchmarks/scale.py --only mfd --repeats 7   # one part again; the other kept from scale.json
     python benchmarks/scale.py --one gossip 1000 3600   # one run, printed as JSON (what the sweep calls)
 
 Every node holds a tiny model and 16 synthetic samples of a 2-class problem, trains one
@@ -175,6 +175,26 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
+PART_KEYS = {"mfd": (("mfd_over_gossip_cpu_1000", "mfd_hour_1000_wall_s"), ("mfd_vs_gossip_1000",)),
+             "sweep": (("rss_exponent", "time_exponent", "gossip_hour_10000_wall_s", "gossip_hour_10000_peak_rss_gb"),
+                       ("gossip_sweep",))}
+
+
+def _kept_part(part: str) -> tuple[dict, dict]:
+    """The figures and detail of ``part`` from the last scale.json, and its provenance."""
+    try:
+        previous = json.loads((Path(__file__).resolve().parent / "results" / "scale.json").read_text())
+    except (OSError, ValueError):
+        return {}, {}
+    figure_keys, detail_keys = PART_KEYS[part]
+    figures = {k: previous["figures"][k] for k in figure_keys if k in previous.get("figures", {})}
+    detail = {k: previous[k] for k in detail_keys if k in previous}
+    if figures:
+        detail[f"{part}_kept_from"] = previous.get(f"{part}_kept_from") or {
+            key: previous.get(key) for key in ("command", "commit", "started", "timestamp")}
+    return figures, detail
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("sweep", "mfd"))
@@ -189,6 +209,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(one(args.one[0], int(args.one[1]), float(args.one[2]), args.learner)))
         return 0
     figures, detail = {}, {}
+    if args.only:
+        # one part re-measured: the other part's figures stay, with where they came from
+        figures, detail = _kept_part("sweep" if args.only == "mfd" else "mfd")
     if args.only in (None, "mfd"):
         pairs = []
         for i in range(args.repeats):
