@@ -206,7 +206,10 @@ def _run(args: argparse.Namespace, folder, scenario, work: list[tuple[str, int, 
     actors = (acting, work[-1][1]) if acting is not None and work else None
     todo = _todo(work, set(folder.done))
     runs = sum(1 + (ref is not None) for _, _, ref in todo)
-    progress = Progress(scenario.duration * max(runs, 1), unit="robot s", quiet=getattr(args, "quiet", False))
+    # the isolated reference beside a run counts its robot seconds too: say so, or "100 s of
+    # robot time" in the header reads against "of 200 robot s" in the bar
+    unit = "robot s (both fleets)" if runs > len(todo) else "robot s"
+    progress = Progress(scenario.duration * max(runs, 1), unit=unit, quiet=getattr(args, "quiet", False))
     runner = FleetRunner(scenario, folder, progress, measure=_measure(args))
     fleet = None
     try:
