@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mfd_core.messages import Pull
+from mfd_core.process.node import Report
 from mfd_core.datasets import load_digits, train_val_test_split
 from mfd_core.runtime import World, build_world
 from mfd_core.learners import TorchSupervisedLearner
@@ -137,8 +138,9 @@ def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, s
 def _joiner_world(policy: str, joiner: int, at: float) -> World:
     scenario = tiny(policy, duration=8.0, data={"split": "iid"},
                     topology={"compute": 500.0},
-                    # asked of the neighbours only (bootstrap_hops 1; at fanout 2, two neighbours suffice)
-                    policy={"gate_tolerance": 0.05, "bootstrap_hops": 1, "fanout": 2})
+                    # asked of the neighbours only (bootstrap_hops 1; at fanout 2, two neighbours
+                    # suffice), and shares one hop out, so what reaches the joiner first is their answer
+                    policy={"gate_tolerance": 0.05, "bootstrap_hops": 1, "fanout": 2, "sparse_share_hops": 1})
     world = build_world(scenario, seed=0)
     world.network.leave(joiner)  # not there at the start
     world.network.schedule_join(joiner, at)
@@ -168,7 +170,10 @@ def test_a_node_with_few_neighbours_bootstraps_from_two_hops_and_weighs_blends_b
     the joiner's stale model counts for its own samples only."""
     joiner, at = 3, 4.0
     scenario = tiny(duration=5.0, data={"split": "iid"}, topology={"nodes": 7, "compute": 500.0},
-                    policy={"fanout": 3, "gate_tolerance": 0.3, "bootstrap_hops": 1},
+                    # shares one hop out only: the nodes two hops away would otherwise send the
+                    # joiner their plain shares too, and the latest model of an origin is what
+                    # its samples are recorded from
+                    policy={"fanout": 3, "gate_tolerance": 0.3, "bootstrap_hops": 1, "sparse_share_hops": 1},
                     faults=[{"kind": "node_leave", "at": 0.2, "nodes": [joiner], "rejoin_at": at / 5.0}])
     world = build_world(scenario, seed=0)
     result = world.run()
@@ -210,6 +215,32 @@ def test_a_neighbour_heard_from_a_moment_ago_is_sent_to_last() -> None:
 
     assert targets(2.0) == {4}
     assert targets(0.0) == {1, 4}
+
+
+def test_a_node_with_no_more_neighbours_than_its_fanout_reaches_further_for_the_same_transmissions() -> None:
+    """On a ring of 5 a node has 2 neighbours: with fanout 2 it would send to both at every
+    share, so once both have reported themselves alike (same family and width) it chooses
+    among the nodes 2 hops out too, within the 2 transmissions a share to both neighbours
+    takes. With fanout 1 it has a choice among its neighbours; ``sparse_share_hops = 1``,
+    a neighbour not heard from or one of another width keep it to its neighbours."""
+    def choices(fanout: int, reported: dict[int, float] | None = None, **policy) -> list[list[int]]:
+        world = build_world(tiny(policy={"fanout": fanout, **policy}), seed=0)
+        world.policy.runtime = world
+        node = world.nodes[0]
+        for nbr, width in (reported or {}).items():
+            node.reports[nbr] = Report(score=0.5, samples=10, compute=1.0, memory=0.0, family=node.learner.family,
+                                       width=width, version=1, received=0.0)
+        return [world.policy.choose_targets(node, fanout) for _ in range(40)]
+
+    alike = {1: 1.0, 4: 1.0}
+    hops = {1: 1, 4: 1, 2: 2, 3: 2}
+    wide = choices(2, alike)
+    assert {t for c in wide for t in c} & {2, 3}
+    assert all(c and sum(hops[t] for t in c) <= 2 for c in wide)
+    assert {t for c in choices(2, alike, sparse_share_hops=1) for t in c} == {1, 4}
+    assert {t for c in choices(2, {1: 1.0}) for t in c} == {1, 4}  # node 4 not heard from yet
+    assert {t for c in choices(2, {1: 1.0, 4: 0.5}) for t in c} == {1, 4}  # node 4 is narrower
+    assert {t for c in choices(1, alike) for t in c} <= {1, 4}
 
 
 def test_a_scenario_node_join_starts_the_node_absent_and_it_bootstraps() -> None:

@@ -149,8 +149,9 @@ DEFAULT_POLICY = Policy(name="mfd", precision="int8", share_margin=0.05, max_sil
                         share_hops=3, merge_window=0.4, gate_tolerance=0.5, merge_weights="samples",
                         serve_blend=False, hello_interval=5.0,
                         # the settings this fleet was measured with, before the core's defaults became
-                        # the digits scenarios' (bootstrap_hops 3, echo_window 2 s)
-                        bootstrap_hops=1, echo_window=0.0)
+                        # the digits scenarios' (bootstrap_hops 3, echo_window 2 s, a sparse node
+                        # reaching 2 hops)
+                        bootstrap_hops=1, echo_window=0.0, sparse_share_hops=1)
 
 # Learner settings of a task that differ from :class:`LearnerSettings`' (reach) defaults.
 TASK_LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
