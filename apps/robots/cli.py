@@ -420,11 +420,12 @@ def _compare_work(_meta: dict, policies: list[str], seeds: list[int]) -> list[tu
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if getattr(args, "resume", None):
+        from mfd_core.runfolder import read_meta
+
         code = _resume(args, "demo", _demo_work)
         if code == 0:
-            meta = json.loads((Path(args.resume) / "run.json").read_text())
-            print(f"policies: {args.resume}/{meta['policies'][0]}/seed{meta['seeds'][-1]}/policies  "
-                  f"(replay: mfd robots play {args.resume})")
+            meta = read_meta(args.resume)
+            _print_policies(args.resume, meta["policies"][0], meta["seeds"][-1])
         return code
     scenario = _scenario(args)
     policy = _check_policies([getattr(args, "policy", None) or scenario.policy.name])[0]
@@ -452,8 +453,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
     code = _run(args, folder, scenario, work, acting=policy, command="demo")
     if code == 0:
-        print(f"policies: {out}/{policy}/seed{seeds[-1]}/policies  (replay: mfd robots play {out})")
+        _print_policies(out, policy, seeds[-1])
     return code
+
+
+def _print_policies(out, policy: str, seed: int) -> None:
+    """Where a demo's acting policies are, and how to replay them."""
+    print(f"policies: {out}/{policy}/seed{seed}/policies  (replay: mfd robots play {out})")
 
 
 def demo_main(args: argparse.Namespace) -> int:

@@ -234,8 +234,7 @@ class MFDPolicy(SharingPolicy):
         if hops > 1:
             # a small fleet on a chain of links: a neighbourhood average mixes the fleet
             # only over several rounds; reaching further, one round does
-            reach = nx.single_source_shortest_path_length(net.graph, node.id, cutoff=hops)
-            neighbours = sorted(n for n, d in reach.items() if d > 0 and net.is_up(n) and net.route(node.id, n))
+            reach, neighbours = self._reach(node, hops)
         own = node.score()
         reports, favour_isolated = node.reports, self.settings.favour_isolated
         scored = []
@@ -244,12 +243,12 @@ class MFDPolicy(SharingPolicy):
         qualities = self._link_qualities(node)
         # every node runs this at every share: a thousand nodes, an hour, 120,000 times
         for nbr, jitter in zip(neighbours, noise):
-            quality = qualities.get(nbr) if nbr in direct else None
+            quality = qualities.get(nbr)
             if quality is None:
+                # a node further out is reached over the first link of its route, which
+                # stands with the topology version as the direct links do
                 link = net.link(node.id, nbr) if nbr in direct else self._first_link(node, nbr)
-                quality = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
-                if nbr in direct:
-                    qualities[nbr] = quality
+                quality = qualities[nbr] = link["bandwidth"] * (1.0 - link["loss"]) / (1.0 + 100.0 * link["latency"])
             report = reports.get(nbr)
             # a neighbour not heard from counts as needing help (score 0)
             gap = own - (report.score if report is not None else 0.0)
@@ -294,12 +293,29 @@ class MFDPolicy(SharingPolicy):
                 return False
         return True
 
+    def _reach(self, node: Node, hops: int) -> tuple[dict[int, int], list[int]]:
+        """The nodes within ``hops`` that are up and routable ({node: hops away}, and their
+        sorted list): a search, kept while the topology stands (every join, leave and link
+        change is a new version)."""
+        kept = self._topology_kept(node)
+        held = kept.get(("reach", hops))
+        if held is None:
+            net = node.network
+            reach = nx.single_source_shortest_path_length(net.graph, node.id, cutoff=hops)
+            candidates = sorted(n for n, d in reach.items() if d > 0 and net.is_up(n) and net.route(node.id, n))
+            held = kept[("reach", hops)] = (reach, candidates)
+        return held[0], list(held[1])
+
     def _link_qualities(self, node: Node) -> dict[int, float]:
-        """The node's direct links' quality, kept while the topology version stands (a
-        network without versions: worked out afresh each time). Looking the links up at
-        every share was a tenth of a 1,000-node hour."""
+        """{target: the quality of the link a share to it leaves on}, kept while the topology
+        stands. Looking the links up at every share was a tenth of a 1,000-node hour."""
+        return self._topology_kept(node).setdefault("qualities", {})
+
+    def _topology_kept(self, node: Node) -> dict:
+        """What the node worked out from the topology, kept while the network's topology
+        version stands (a network without versions: worked out afresh each time)."""
         version = getattr(node.network, "version", None)
-        cache = self.__dict__.setdefault("_qualities", {})
+        cache = self.__dict__.setdefault("_topology", {})
         held = cache.get(node.id)
         if version is None or held is None or held[0] != version:
             held = cache[node.id] = (version, {})
