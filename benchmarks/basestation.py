@@ -88,9 +88,10 @@ def env_speed(rerun: bool) -> dict:
              "target_ratio": 20.0,
              "met": (r.get("ratio_central") or 0) >= 20.0}
             for r in doc["rows"]]
-    return {"source": f"benchmarks/results/{ENV_SPEED_JSON.name}", "measured": doc.get("date"),
-            "command": doc.get("command"), "mobile_env_version": doc.get("mobile_env_version"),
-            "load_average_1m": doc.get("machine", {}).get("load_average_1m"), "rows": rows}
+    return {"source": f"benchmarks/results/{ENV_SPEED_JSON.name}", "measured": doc.get("timestamp"),
+            "command": doc.get("command"), "commit": doc.get("commit"),
+            "mobile_env_version": doc.get("mobile_env_version"),
+            "load_average_1m": doc.get("machine", {}).get("load_average_1m_start"), "rows": rows}
 
 
 def _rel(a: float, b: float) -> float:

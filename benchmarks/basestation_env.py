@@ -26,11 +26,8 @@ use 7 macro cells plus 6 small cells, since hexagonal macro layouts come in 7/19
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -213,25 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['stations']:>3}x{r['users']:<4} {r['ours_central_steps_per_s']:13.0f} "
               f"{r['ours_parallel_steps_per_s']:14.0f} {mob} {ratio}")
 
-    import numpy
-    result = {
-        "benchmark": "basestation_env steps/s vs mobile-env",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python benchmarks/basestation_env.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
-        "steps": args.steps, "repeats": args.repeats,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "numpy": numpy.__version__, "cpus": os.cpu_count(),
-                    # other jobs share the cores: the ratio, measured interleaved, is
-                    # the figure to quote, not the absolute steps/s
-                    "load_average_1m": round(os.getloadavg()[0], 2)},
-        "mobile_env_version": mobile_env_version(python) if have_mobile else None,
-        "note": "ratio = our central env's steps/s over mobile-env's central env, same "
-                "station/user counts, measured interleaved in the same run",
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    # the shared writer: command, commit and the load at start and end (other jobs share
+    # the cores: the ratio, measured interleaved, is the figure to quote, not the steps/s)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._common import write_results
+
+    figures = {f"ratio_central_{r['stations']}x{r['users']}": r["ratio_central"] for r in rows}
+    write_results("basestation_env", figures, path=args.json, steps=args.steps, repeats=args.repeats,
+                  mobile_env_version=mobile_env_version(python) if have_mobile else None,
+                  note="ratio = our central env's steps/s over mobile-env's central env, same "
+                       "station/user counts, measured interleaved in the same run",
+                  rows=rows)
     print(f"wrote {args.json}")
     return 0
 

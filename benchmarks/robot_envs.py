@@ -28,10 +28,8 @@ for all of them (what a vectorised env could do), in arm-steps per second.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -139,19 +137,6 @@ def _worker(argv: list[str]) -> int:
 
 
 # ----------------------------------------------------------------- driver side
-def write_results(name: str, figures: object, *, path: Path, **extra: object) -> Path:
-    """Write the figures with what they were measured on: they mean little without it."""
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    try:
-        machine["load_average_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
-    doc = {"name": name, "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine, **extra, "figures": figures}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
 
 
 def _run_worker(python: Path | str, *args: str) -> float:
@@ -253,10 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  one shared world     {world['shared']['arm_steps_per_s']:8.0f}"
               f"   ratio {world['ratio_shared_over_separate']:.2f}")
 
+    # the shared writer: command, commit and the load at start and end
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._common import write_results
+
     path = write_results(
         "robot_envs",
         {"envs": rows, "world": world},
-        command="python benchmarks/robot_envs.py " + " ".join(argv),
         steps=args.steps,
         repeats=args.repeats,
         panda_gym_version=_panda_gym_version(panda_python) if panda_python else None,
