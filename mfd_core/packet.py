@@ -652,9 +652,13 @@ def build(
             start_bytes = (item.element_start + first_byte // itemsize
                            + np.arange(n, dtype=np.int64) * (size_payload // itemsize)).astype(">u4")
             start_bytes = start_bytes.view(np.uint8).reshape(n, 4)
-            block[:, :header_len] = header
-            block[:, 24:27] = index_bytes
-            block[:, 30:34] = start_bytes
+            parallel = threads > 1 and size >= PARALLEL_CRC_MIN_DATAGRAM
+            if mac is not None or parallel:
+                block[:, :header_len] = header
+                block[:, 24:27] = index_bytes
+                block[:, 30:34] = start_bytes
+            else:  # the checksum below writes the header in two steps: only the rest here
+                block[:, HEADER_SIZE:header_len] = header[HEADER_SIZE:]
             block[:, header_len:header_len + size_payload] = (
                 source[first_byte:first_byte + n * size_payload].reshape(n, size_payload))
             offsets = range(pos, pos + n * size, size)
@@ -665,22 +669,32 @@ def build(
                     m.update(flat[p:p + _COVERED_PREFIX])
                     m.update(flat[p + HEADER_SIZE:p + payload_end])
                     block[row, payload_end:] = np.frombuffer(m.digest()[:TAG_SIZE], dtype=np.uint8)
-            if threads > 1 and size >= PARALLEL_CRC_MIN_DATAGRAM:
+            if parallel:
                 deferred.append((block, offsets))
             else:
                 # The checksummed prefix (bytes 0..35) is written over bytes 6..41 first, where
                 # it runs straight into what follows the header: one CRC32C call a datagram
-                # covers both. Then bytes 0..41 are written again.
+                # covers both. The call is made over the whole datagram, through the view that
+                # is handed out anyway (a slice per datagram costs as much as its CRC32C at
+                # this size): bytes 0..5 ride along, the same in every datagram of the run, and
+                # what they add is one constant (:func:`_leading_bytes_crc`). Then bytes 6..41
+                # are written again (0..5 already hold what they should).
                 shift = _PREFIX_SHIFT
+                block[:, :shift] = header[:shift]
                 block[:, shift:HEADER_SIZE] = header[:_COVERED_PREFIX]
                 block[:, 24 + shift:27 + shift] = index_bytes
                 block[:, 30 + shift:34 + shift] = start_bytes
-                crcs = [crc32c(flat[p:p + size - shift]) for p in range(pos + shift, pos + n * size, size)]
-                block[:, :HEADER_SIZE] = header[:HEADER_SIZE]
+                views = [readonly[p:p + size] for p in offsets]
+                crcs = np.fromiter(map(crc32c, views), dtype=np.uint32, count=n)
+                crcs ^= _leading_bytes_crc(template[:shift], size - shift)
+                block[:, shift:HEADER_SIZE] = header[shift:HEADER_SIZE]
                 block[:, 24:27] = index_bytes
                 block[:, 30:34] = start_bytes
-                block[:, _CHECKSUM_OFFSET:HEADER_SIZE] = (
-                    np.array(crcs, dtype=">u4").view(np.uint8).reshape(n, 4))
+                block[:, _CHECKSUM_OFFSET:HEADER_SIZE] = crcs.astype(">u4").view(np.uint8).reshape(n, 4)
+                datagrams.extend(views)
+                pos += n * size
+                index += n
+                continue
             datagrams.extend([readonly[p:p + size] for p in offsets])
             pos += n * size
             index += n
@@ -693,6 +707,18 @@ def build(
                 np.array(crcs[done:done + n], dtype=">u4").view(np.uint8).reshape(n, 4))
             done += n
     return datagrams
+
+
+def _leading_bytes_crc(lead: bytes | bytearray, length: int) -> int:
+    """What ``lead`` in front of any ``length`` bytes does to their CRC32C: the value ``c``
+    with ``crc32c(lead + data) == crc32c(data) ^ c`` for every ``data`` of that length.
+
+    CRC32C is affine: after ``lead`` the register holds some value instead of the initial
+    all-ones, and the difference that makes to the result depends on that value and on how
+    many bytes follow, never on what they are (so zeros stand in for them).
+    """
+    zeros = bytes(length)
+    return crc32c(bytes(lead) + zeros) ^ crc32c(zeros)
 
 
 def _pack_one(out, flat: memoryview, pos: int, lead: int, header_len: int, item: Fragment | Run, message_id: int,
