@@ -111,11 +111,14 @@ def run_policies(scenario, policies: list[str], folder, seeds: list[int], *, qui
                 live["result"] = result
                 folder.stream(result)
 
+            def checkpoint(t: float, models, final: bool, name=name, seed=seed) -> None:
+                folder.checkpoint(name, seed, t, models, final=final)
+
             recipe = scenario_recipe(scenario.with_policy(name), seed)
             workdir = folder.path / "nodes" / name / f"seed{seed}" if network == "udp" else None
             try:
                 result = run_on(recipe, network, progress=on_time, workers=workers, ray_address=ray_address,
-                                workdir=workdir, observe=observe)
+                                workdir=workdir, observe=observe, checkpoint=checkpoint)
             except Interrupted:
                 if "result" in live:
                     folder.finish_run(live["result"], interrupted=True)

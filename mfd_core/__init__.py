@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "BROADCAST": ".packet", "NEIGHBOURS": ".packet",
     "Manifest": ".codec", "TensorSpec": ".codec", "EncodedModel": ".codec",
     "encode": ".codec", "decode": ".codec", "to_datagrams": ".codec",
+    "save_model": ".codec", "load_model": ".codec", "load_model_meta": ".codec",
     "build_control": ".packet",
     "Reassembler": ".reassembly", "Limits": ".reassembly", "ReceivedModel": ".reassembly",
     "ReceivedControl": ".reassembly",

@@ -14,14 +14,17 @@ import gc
 import hashlib
 import json
 import math
+import os
 import struct
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from crc32c import crc32c
 
 from . import packet
 from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, LimitError, PacketError, Run
@@ -1005,3 +1008,83 @@ def to_datagrams(
     for _ in range(manifest_copies - 1):
         datagrams.extend(datagrams[:manifest_count])
     return datagrams
+
+
+# -- models on disk ---------------------------------------------------------------------
+# A model file is what a message carries, in one piece: this magic, the manifest stream
+# (as manifest datagrams carry it: length prefix, JSON, deflated where that is shorter),
+# then every tensor's wire bytes in manifest order, then the CRC32C of all that (4 bytes,
+# big-endian). Reading it parses and checks, as a receiver does: no pickle, so a file from
+# anywhere is as safe to open as a datagram.
+MODEL_FILE_MAGIC = b"MFD-model-1\n"
+_FILE_CRC = struct.Struct(">I")
+
+
+def save_model(path: str | Path, state: Mapping[str, torch.Tensor], *, precision: str = "fp32",
+               meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``state`` to ``path`` as an MFD model file (see :func:`load_model`).
+
+    The file appears whole or not at all (written beside it, then renamed), so a run
+    stopped mid-write leaves the previous file intact.
+    :param precision: as for :func:`encode`; ``fp32`` keeps float32 models exact.
+    :param meta: JSON-serialisable notes kept in the manifest (:func:`load_model_meta`).
+    """
+    encoded = encode(state, precision, meta=meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as fh:
+        fh.write(MODEL_FILE_MAGIC)
+        stream = manifest_stream(encoded.manifest)
+        fh.write(stream)
+        crc = crc32c(stream)
+        for buffer in encoded.buffers:
+            fh.write(memoryview(buffer))
+            crc = crc32c(buffer, crc)
+        fh.write(_FILE_CRC.pack(crc))
+    os.replace(partial, path)
+    return path
+
+
+def _read_model_file(path: str | Path) -> tuple[Manifest, bytearray, int]:
+    """(manifest, the file's bytes, where the tensors start) of a model file."""
+    path = Path(path)
+    raw = bytearray(path.read_bytes())  # writable: decoded tensors share it, no second copy
+    head = len(MODEL_FILE_MAGIC)
+    if raw[:head] != MODEL_FILE_MAGIC or len(raw) < head + MANIFEST_PREFIX.size + _FILE_CRC.size:
+        raise PacketError(f"{path}: not an MFD model file")
+    (crc,) = _FILE_CRC.unpack_from(raw, len(raw) - _FILE_CRC.size)
+    del raw[len(raw) - _FILE_CRC.size:]
+    if crc32c(memoryview(raw)[head:]) != crc:
+        raise PacketError(f"{path}: checksum mismatch (the file is damaged or cut short)")
+    (prefix,) = MANIFEST_PREFIX.unpack_from(raw, head)
+    end = head + MANIFEST_PREFIX.size + manifest_body_length(prefix)
+    if end > len(raw):
+        raise PacketError(f"{path}: truncated in its manifest")
+    try:
+        manifest = manifest_from_stream(memoryview(raw)[head:end])
+    except PacketError as err:
+        raise PacketError(f"{path}: {err}") from None
+    if len(raw) - end != manifest.nbytes:
+        raise PacketError(f"{path}: {len(raw) - end} bytes of tensors where the manifest lists {manifest.nbytes}")
+    return manifest, raw, end
+
+
+def load_model(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict in an MFD model file written by :func:`save_model`.
+
+    :raises PacketError: (a ``ValueError``) for anything that is not a whole, valid model
+        file, with the path and what is wrong.
+    """
+    manifest, raw, offset = _read_model_file(path)
+    view = memoryview(raw)
+    buffers = []
+    for spec in manifest.tensors:
+        buffers.append(view[offset:offset + spec.nbytes])
+        offset += spec.nbytes
+    return decode(manifest, buffers)
+
+
+def load_model_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` a model file was saved with."""
+    return dict(_read_model_file(path)[0].meta)

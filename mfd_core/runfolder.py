@@ -13,7 +13,11 @@
       summary.csv     one row per run (policy, seed): final figures
       summary.json    the same, the per-policy median and range, and the comparisons
                       (speed-up against isolated learning, bytes against FedAvg)
-      checkpoints/    each node's model, saved every few measurements
+      checkpoints/    <policy>/seed<k>/node<i>.mfdm: each node's served model (MFD model
+                      files, :func:`mfd_core.codec.load_model`), saved at most every
+                      ``CHECKPOINT_EVERY_S`` of wall time and at the end, with
+                      ``checkpoint.json`` saying when (simulator runs: on udp and ray the
+                      node processes hold the models)
       report/         pictures and an HTML page (``mfd report RUNDIR`` rebuilds them)
 
 ``metric`` names what a row measures: ``score`` per node (test accuracy, success rate,
@@ -30,12 +34,16 @@ import math
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .metrics import RunResult
 
 FORMAT = 1
+# Wall seconds between two checkpoints of a run's models: a stopped run loses at most this
+# much training, and saving (a few ms for a fleet of small models) stays off the bill.
+CHECKPOINT_EVERY_S = 30.0
 COLUMNS = ("run", "policy", "seed", "node", "time", "metric", "value")
 TRAFFIC = ("bytes", "model_bytes", "data_bytes", "packets")
 KINDS = ("core", "robots", "basestation")
@@ -102,6 +110,7 @@ class RunFolder:
                 csv.writer(fh).writerow(COLUMNS)
         self._rows_written: dict[str, int] = {}
         self._events_written: dict[str, int] = {}
+        self._checkpointed: dict[str, float] = {}  # run -> monotonic time of its last save
 
     @classmethod
     def reopen(cls, path: str | Path) -> "RunFolder":
@@ -130,6 +139,7 @@ class RunFolder:
         self.meta.update(interrupted=False, finished=None, resumed=_now())
         self._write_meta()
         self._rows_written, self._events_written = {}, {}
+        self._checkpointed = {}
         return self
 
     @property
@@ -168,6 +178,34 @@ class RunFolder:
                 values = getattr(result, name)
                 if i < len(values):
                     yield [rid, result.policy, result.seed, "", t, name, _number(values[i])]
+
+    def checkpoint(self, policy: str, seed: int, t: float, models: Callable[[], Mapping[int, Mapping[str, Any]]],
+                   final: bool = False) -> bool:
+        """Save the models of run (``policy``, ``seed``) at simulated time ``t`` under
+        ``checkpoints/<policy>/seed<k>/``, if ``CHECKPOINT_EVERY_S`` of wall time went by
+        since its last save, or ``final``; returns whether it saved. ``models()`` gives
+        ``{node: state_dict}`` (called only to save). Each file is replaced whole, and
+        ``checkpoint.json`` is written last: it names a complete set."""
+        from .codec import save_model
+
+        rid = run_id(policy, seed)
+        now = time.monotonic()
+        last = self._checkpointed.get(rid)
+        if not final and last is not None and now - last < CHECKPOINT_EVERY_S:
+            return False
+        if last is None and not final:  # the first measurement: start the clock, nothing worth saving yet
+            self._checkpointed[rid] = now
+            return False
+        where = self.path / "checkpoints" / policy / f"seed{seed}"
+        states = models()
+        for node, state in states.items():
+            save_model(where / f"node{node}.mfdm", state, meta={"run": rid, "node": node, "time": t})
+        note = {"run": rid, "time": t, "final": final, "nodes": sorted(states), "saved": _now()}
+        partial = where / "checkpoint.json.partial"
+        partial.write_text(json.dumps(note, indent=2) + "\n")
+        os.replace(partial, where / "checkpoint.json")
+        self._checkpointed[rid] = now
+        return True
 
     def finish_run(self, result: RunResult, *, interrupted: bool = False) -> None:
         """A run ended: its last rows, its summary; counted done unless interrupted."""

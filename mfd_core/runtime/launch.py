@@ -42,12 +42,15 @@ READY_TIMEOUT_S = 300.0
 START_MARGIN_S = 0.5
 
 Progress = Callable[[float], None]
+# (simulated time, a function returning {node: served state_dict}, whether the run ended)
+Checkpoint = Callable[[float, Callable[[], dict], bool], None]
 
 
 def run_on(recipe: Recipe, network: str = "sim", *, progress: Progress | None = None, workers: int = 2,
            ray_address: str | None = None, workdir: str | Path | None = None, speed: float = 1.0,
            emulate: bool = True, on_start: Callable[[dict[int, int]], None] | None = None,
-           observe: Callable[[RunResult], None] | None = None) -> RunResult:
+           observe: Callable[[RunResult], None] | None = None,
+           checkpoint: Checkpoint | None = None) -> RunResult:
     """Run ``recipe``'s world on ``network``.
 
     :param workers: Ray actors (``ray``).
@@ -59,11 +62,16 @@ def run_on(recipe: Recipe, network: str = "sim", *, progress: Progress | None = 
     :param observe: called with the run's record as it grows: after every measurement on
         the simulator (the same object each time, so a caller that is interrupted holds
         what was measured), once at the end elsewhere.
+    :param checkpoint: on the simulator, called after every measurement and once at the
+        end (``final=True``) with the simulated time and a function that returns every
+        present node's served model (``{node: state_dict}``), so that the caller saves
+        them as often as it finds worth it (:meth:`~mfd_core.runfolder.RunFolder.checkpoint`).
+        Elsewhere the node processes hold the models, and it is not called.
     """
     if network not in NETWORKS:
         raise ValueError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}")
     if network == "sim":
-        return _run_sim(recipe, progress, observe)
+        return _run_sim(recipe, progress, observe, checkpoint)
     if network == "ray":
         result = _run_ray(recipe, workers, ray_address, progress)
     else:
@@ -73,21 +81,29 @@ def run_on(recipe: Recipe, network: str = "sim", *, progress: Progress | None = 
     return result
 
 
-def _run_sim(recipe: Recipe, progress: Progress | None, observe: Callable[[RunResult], None] | None) -> RunResult:
+def _run_sim(recipe: Recipe, progress: Progress | None, observe: Callable[[RunResult], None] | None,
+             checkpoint: Checkpoint | None = None) -> RunResult:
     builder = recipe.build()
     network = SimNetwork(builder.graph(), seed=builder.seed)
     world = builder.world(network)
     world.result.extra["network"] = network.describe()
 
+    def served() -> dict[int, dict]:
+        return {n: world.served_state(world.nodes[n]) for n in world.result.node_ids if network.is_up(n)}
+
     def measured(t: float) -> None:
         if observe is not None:
             observe(world.result)
+        if checkpoint is not None:
+            checkpoint(t, served, False)
         if progress is not None:
             progress(t)
 
     result = world.run(measured)
     if observe is not None:
         observe(result)
+    if checkpoint is not None:
+        checkpoint(world.env.now, served, True)
     return result
 
 
