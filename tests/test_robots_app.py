@@ -20,7 +20,7 @@ pytest.importorskip("stable_baselines3")
 from apps.robots import config  # noqa: E402
 from apps.robots.config import RobotsScenarioError, from_dict  # noqa: E402
 from apps.robots.fleet import build_fleet, steps_to  # noqa: E402
-from mfd_core import codec, knowledge  # noqa: E402
+from mfd_core import codec, knowledge, load_model  # noqa: E402
 from mfd_core.reassembly import Reassembler  # noqa: E402
 
 torch.set_num_threads(1)
@@ -210,6 +210,10 @@ def test_tiny_demo_writes_a_run_folder_with_isolated_beside_it_and_the_robots_re
     assert robots[2]["counters"]["bootstraps"] == 1 and robots[0]["env_steps"] >= 150
     for policy in ("mfd", "isolated"):
         assert len(list((out / policy / "seed0" / "policies").glob("robot*.zip"))) == 3
+    checkpoints = out / "checkpoints" / "mfd" / "seed0"  # the served policies, at the end at least
+    assert json.loads((checkpoints / "checkpoint.json").read_text())["final"] is True
+    served = load_model(checkpoints / "node2.mfdm")
+    assert any(k.startswith("actor.") for k in served) and all(v.isfinite().all() for v in served.values())
     report = out / "report"
     for name in ("index.html", "success_vs_time.png", "bytes_vs_time.png", "per_robot_mfd.png",
                  "per_robot_isolated.png", "robots_acting.png", "robots_acting.gif"):

@@ -7,7 +7,10 @@ success rate (``score``), its own env steps (``env_steps``) and the bytes it sen
 (``bytes_sent``); per run the traffic counters. ``runs.json`` keeps each run's record
 (``extra["robots"]``: each robot's arm, join time, counters), and
 ``<policy>/seed<k>/policies/robot<k>_<arm>.zip`` the trained policies (SB3 zips,
-replayable with ``mfd robots play``).
+replayable with ``mfd robots play``); ``checkpoints/<policy>/seed<k>/`` each robot's
+served policy as MFD model files, every 30 s of wall time and at the end
+(:meth:`~mfd_core.runfolder.RunFolder.checkpoint`; the reference fleet beside the run
+saves its policies at its end only).
 
 Two things run beside the training, each in a second OS process (``python -m
 apps.robots.run``, plain JSON lines on its stdin and stdout, no pickles):
@@ -400,6 +403,7 @@ class FleetRunner:
                 follow_reference()
                 self.progress.describe(f"{label} | success " + _successes(published, fl.scenario))
                 self._advance("main", t, done)
+                self.folder.checkpoint(policy, seed, t, fl.world.served_states)
 
             cpu, wall = time.process_time(), time.perf_counter()
             run = run_fleet(fleet, on_measure)
@@ -416,6 +420,7 @@ class FleetRunner:
             published.events, published.extra = run.events, run.extra
             published.wall_seconds = time.perf_counter() - wall
             save_policies(fleet, self.folder.path / policy / f"seed{seed}" / "policies")
+            self.folder.checkpoint(policy, seed, s.duration, fleet.world.served_states, final=True)
             self._advance("main", s.duration, done)
             self.folder.finish_run(published)
             if ref is not None:

@@ -88,14 +88,11 @@ def _run_sim(recipe: Recipe, progress: Progress | None, observe: Callable[[RunRe
     world = builder.world(network)
     world.result.extra["network"] = network.describe()
 
-    def served() -> dict[int, dict]:
-        return {n: world.served_state(world.nodes[n]) for n in world.result.node_ids if network.is_up(n)}
-
     def measured(t: float) -> None:
         if observe is not None:
             observe(world.result)
         if checkpoint is not None:
-            checkpoint(t, served, False)
+            checkpoint(t, world.served_states, False)
         if progress is not None:
             progress(t)
 
@@ -103,7 +100,7 @@ def _run_sim(recipe: Recipe, progress: Progress | None, observe: Callable[[RunRe
     if observe is not None:
         observe(result)
     if checkpoint is not None:
-        checkpoint(world.env.now, served, True)
+        checkpoint(world.env.now, world.served_states, True)
     return result
 
 

@@ -152,6 +152,10 @@ class World:
         served = self.policy.served_state(node)
         return served if served is not None else node.learner.get_state()
 
+    def served_states(self) -> dict[int, dict[str, torch.Tensor]]:
+        """``{node: the model it serves}`` for every node that is up (what a checkpoint keeps)."""
+        return {n: self.served_state(self.nodes[n]) for n in self.result.node_ids if self.network.is_up(n)}
+
     def score_served(self, node: Node) -> float:
         """Score the model the node serves: its own, or what its policy serves (MFD's blend)."""
         served = self.policy.served_state(node)
