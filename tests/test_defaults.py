@@ -15,8 +15,11 @@ SHIPPED = Path(__file__).resolve().parents[1] / "apps" / "scenarios"
 # What apps/scenarios/digits.toml spelt out before these became the defaults (its [policy]
 # and [learner] tables at commit 29b7453): MFD 0.848 against FedAvg 0.798 on the issue's
 # 12-node lossy grid, where the old defaults (fp32, max_silence 10, fanout 2, ...) gave 0.655.
+# The gate's tolerance was 0.15 there; 0.3 since benchmarks/defaults.py's 8 networks x 3 seeds
+# measured it better on 7 of them (strongly skewed data: a merge scores lower on a node's own
+# few classes while it generalises better).
 TUNED_POLICY = {"name": "mfd", "precision": "int8", "share_margin": 0.02, "max_silence": 3.0, "fanout": 4,
-                "gate_tolerance": 0.15, "hello_interval": 5.0, "bootstrap_hops": 3, "echo_window": 2.0,
+                "gate_tolerance": 0.3, "hello_interval": 5.0, "bootstrap_hops": 3, "echo_window": 2.0,
                 "round_timeout": 5.0, "gossip_interval": 1.0}
 TUNED_LEARNER = {"kind": "mlp", "hidden": (64, 64), "lr": 0.005, "batch_size": 32, "local_steps": 10}
 

@@ -43,7 +43,7 @@ class MFDSettings(PolicySettings):
     max_silence: float = Field(3.0, gt=0, description="share anyway after this many seconds")
     fanout: int = Field(4, ge=1, description="neighbours a model is sent to per share")
     favour_isolated: bool = Field(True, description="prefer neighbours that report few neighbours")
-    gate_tolerance: float = Field(0.15, ge=0, le=1, description="refuse models whose merge scores this much "
+    gate_tolerance: float = Field(0.3, ge=0, le=1, description="refuse models whose merge scores this much "
                                   "below the local model on the node's own validation data")
     serve_blend: bool = Field(True, description="serve the blend of the own model and the latest "
                               "gate-approved neighbour models")
