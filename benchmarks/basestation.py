@@ -235,17 +235,22 @@ def transfer_check(models: Path, seed: int) -> dict:
     return out
 
 
-def _train_task(name: str, rounds: int | None, policies: tuple[str, ...], seed: int, models: str,
-                central_seconds: float, restarts: int = 1) -> str:
-    """One (scenario, training seed, policies) job in a worker (--jobs), single-threaded."""
+def _scenario(name: str, rounds: int | None, action: str | None):
     from apps.basestation.config import load_app_scenario
-    from apps.basestation.learner import single_thread
-    from apps.basestation.rules import train_rule
-    from apps.basestation.training import train_scenario
 
     sc = load_app_scenario(name)
-    if rounds:
-        sc = sc.with_training(rounds=rounds)
+    changes = {k: v for k, v in (("rounds", rounds), ("action", action)) if v}
+    return sc.with_training(**changes) if changes else sc
+
+
+def _train_task(name: str, rounds: int | None, policies: tuple[str, ...], seed: int, models: str,
+                central_seconds: float, restarts: int = 1, action: str | None = None) -> str:
+    """One (scenario, training seed, policies) job in a worker (--jobs), single-threaded."""
+    from apps.basestation.learner import single_thread
+    from apps.basestation.rules import train_rule
+    from apps.basestation.training import SHARING_POLICIES, train_scenario
+
+    sc = _scenario(name, rounds, action)
     t0 = time.perf_counter()
     with single_thread():
         for p in policies:
@@ -254,17 +259,18 @@ def _train_task(name: str, rounds: int | None, policies: tuple[str, ...], seed: 
             elif p == "tuned_rule":
                 train_rule(sc, p, seed, Path(models), restarts=restarts)
             else:
+                if (p in SHARING_POLICIES and sc.training.action == "residual"
+                        and not (Path(models) / name / "tuned_rule" / "params.json").is_file()):
+                    # the rule the stations correct, tuned as --rule-restarts says
+                    train_rule(sc, "tuned_rule", seed, Path(models), restarts=restarts)
                 train_scenario(sc, [p], seed, Path(models), quiet=True)
     return f"{name}/seed {seed}/{'+'.join(policies)} ({time.perf_counter() - t0:.0f} s)"
 
 
 def _evaluate_task(name: str, rounds: int | None, models: str, seed: int) -> tuple[list, list]:
-    from apps.basestation.config import load_app_scenario
     from apps.basestation.evaluation import POLICIES, evaluate
 
-    sc = load_app_scenario(name)
-    if rounds:
-        sc = sc.with_training(rounds=rounds)
+    sc = _scenario(name, rounds, None)  # how stations act is read from beside their models
     rows, notes = evaluate([sc], Path(models), POLICIES)
     for r in rows:
         r["train_seed"] = seed
@@ -297,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="time limit of each central search (per scenario and training seed)")
     p.add_argument("--rule-restarts", type=int, default=1,
                    help="random starting points of the tuned rule's search besides its two fixed ones")
+    p.add_argument("--action", choices=("residual", "absolute"),
+                   help="how station agents act (default: each scenario's file, i.e. residual): corrections "
+                        "to the tuned rule, or power / offset / sleep outright (as before 2026-12-06)")
     p.add_argument("--models", type=Path, default=ROOT / "runs" / "basestation-bench")
     p.add_argument("--reuse-models", action="store_true", help="skip training where models exist")
     p.add_argument("--no-train", action="store_true",
@@ -325,14 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         for t in seeds:
             todo = [q for q in policies if not args.no_train
                     and not (args.reuse_models and (folder[t] / name / q / "summary.json").is_file())]
-            rules = tuple(q for q in ("tuned_rule", "central_search") if q in todo)  # the search starts from the rule
-            if rules:
-                tasks.append((name, rules, t))
-            tasks += [(name, (q,), t) for q in todo if q not in rules]
-    tasks.sort(key=lambda k: -_COST.get(k[0], 2) * _POLICY_COST.get("rules" if k[1][0] in ("tuned_rule", "central_search")
-                                                                    else k[1][0], 2))
+            # one task per scenario and seed, the tuned rule first: the central search starts
+            # from it and residual stations correct it (tuned by the same settings)
+            ordered = tuple(q for q in ("tuned_rule", "central_search") if q in todo)
+            ordered += tuple(q for q in todo if q not in ordered)
+            if ordered:
+                tasks.append((name, ordered, t))
+    tasks.sort(key=lambda k: -_COST.get(k[0], 2) * sum(_POLICY_COST.get(
+        "rules" if q in ("tuned_rule", "central_search") else q, 2) for q in k[1]))
     t0 = time.perf_counter()
-    call = [(n, args.rounds, pols, t, str(folder[t]), args.central_seconds, args.rule_restarts)
+    call = [(n, args.rounds, pols, t, str(folder[t]), args.central_seconds, args.rule_restarts, args.action)
             for n, pols, t in tasks]
     if args.jobs > 1:
         # spawn, not fork: a forked child of a process that already started torch's OpenMP pool can hang
@@ -366,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                "budget": {"scenarios": names, "train_seeds": seeds, "policies": policies,
                           "rounds": args.rounds or "each scenario's file", "central_search_seconds": args.central_seconds,
                           "rule_restarts": args.rule_restarts,
+                          "action": args.action or "each scenario's file",
                           "eval_seeds": sorted({r["seed"] for r in rows}), "training_wall_seconds": train_wall},
                "reference": learning["reference"], "targets": learning["targets"],
                "per_scenario": learning["per_scenario"], "transfer": learning["transfer"],

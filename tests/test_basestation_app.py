@@ -95,9 +95,9 @@ def test_env_preset_name_works_with_app_defaults():
 # -- learners, packets, gate ------------------------------------------------------------
 
 
-@pytest.fixture
-def fleet(tiny):
-    sc = load_app_scenario(tiny)
+@pytest.fixture(params=["residual", "absolute"])
+def fleet(tiny, request):
+    sc = load_app_scenario(tiny).with_training(action=request.param)
     commons = RadioCommons(sc.env, sc.training, seed=0)
     learners = {i: StationLearner(commons, i, sc.training, seed=0) for i in range(commons.S) if not commons.off[i]}
     return sc, commons, learners
@@ -142,7 +142,11 @@ def test_station_model_packet_loads_into_a_neighbour(fleet):
 
 
 def test_gate_refuses_a_random_model_and_accepts_its_own(fleet):
-    _, _, learners = fleet
+    sc, _, learners = fleet
+    if sc.training.action == "residual":
+        # a random correction of the rule is often no change at all on a 5-step twin
+        # (clipped at full power, an offset inside time-to-trigger): absolute actions show the gate
+        pytest.skip("the gate is the same for both; random absolute models are the ones that hurt")
     learner = learners[3]
     gen = torch.Generator().manual_seed(1)
     gate = Gate(tolerance=0.02)
@@ -412,7 +416,7 @@ def test_fork_replays_the_real_step_exactly(tiny):
     # arrivals, moves and shadowing as the real step
     from apps.basestation.learner import _Fork
 
-    sc = load_app_scenario(tiny).with_env(rayleigh_fading=True)
+    sc = load_app_scenario(tiny).with_env(rayleigh_fading=True).with_training(action="absolute")
     commons = RadioCommons(sc.env, sc.training, seed=0)
     env, net = commons.env, commons.env.network
     rng = np.random.default_rng(1)
@@ -426,7 +430,7 @@ def test_fork_replays_the_real_step_exactly(tiny):
 def test_difference_credit_is_what_the_station_changed(tiny):
     from apps.basestation.learner import _Fork
 
-    sc = load_app_scenario(tiny).with_training(reward="difference", difference_steps=2)
+    sc = load_app_scenario(tiny).with_training(reward="difference", difference_steps=2, action="absolute")
     commons = RadioCommons(sc.env, sc.training, seed=0)
     stations = np.arange(1, commons.S)
     actions = commons.default.copy()
@@ -458,7 +462,7 @@ def test_pinned_heads_keep_the_static_choice(tiny):
     sc = load_app_scenario(tiny).with_training(pinned=("power", "sleep"))
     commons = RadioCommons(sc.env, sc.training, seed=0)
     learner = StationLearner(commons, 1, sc.training, seed=0)
-    obs = torch.rand(500, commons.env.network.obs_dim)
+    obs = torch.rand(500, commons.obs_dim)
     a, _ = policy_actions(learner.outputs(obs), commons.nvec, torch.Generator().manual_seed(0))
     assert (a[:, 0] == commons.default[1, 0]).all() and (a[:, 2] == 0).all()
     assert len(np.unique(a[:, 1])) > 1  # the offset is still explored
