@@ -21,6 +21,12 @@ with the station static too, and ``scale`` the spread (std) of per-step station
 rewards; 1.0 is "as good as the static configuration". It is local: it needs only the
 candidate model and the twin, never a neighbour's data or model.
 
+With residual actions (``TrainingSettings.action = "residual"``, the default; see
+:mod:`apps.basestation.residual`) a station's actions are corrections to the tuned MLB
+rule's, and "the static configuration" everywhere above is the rule (no correction): an
+untrained station plays it exactly, scores 1.0 and runs it until a trained model scores
+at least as well.
+
 :class:`StationView` is the single-station gymnasium view of the parallel env (the
 other stations act with a given policy); PPO takes its spaces from it, and it lets a
 single station's policy be played and checked on its own.

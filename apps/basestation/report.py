@@ -377,7 +377,8 @@ def write_report(rows: list[dict[str, Any]], out: str | Path, *, models: Path | 
                             f"the axis), seed by seed; dot = median, bar = range over seeds"
                 for k, label in CHART_KPIS}
     captions["training_scores.png"] = ("training: the stations' mean score on their validation twins "
-                                       "(1 = the static configuration); line = median, band = range over seeds")
+                                       "(1 = the static configuration: the tuned MLB rule for residual agents, "
+                                       "full power for absolute ones); line = median, band = range over seeds")
     pictures = "".join(f'<figure><img src="{p.name}" alt="{html.escape(captions.get(p.name, p.stem))}">'
                        f"<figcaption>{html.escape(captions.get(p.name, p.stem))}</figcaption></figure>"
                        for p in images)
@@ -435,7 +436,8 @@ def write_training_report(folder: str | Path, out: str | Path | None = None, *, 
     stopped = "<p><b>Interrupted</b>: these are the rounds measured before the run was stopped.</p>" \
         if meta.get("interrupted") else ""
     picture = (f'<figure><img src="{curves.name}" alt="training scores"><figcaption>the stations\' mean score '
-               f"on their validation twins (1 = the static configuration); line = median, band = range over "
+               f"on their validation twins (1 = the static configuration: the tuned MLB rule for residual agents, "
+               f"full power for absolute ones); line = median, band = range over "
                f"seeds</figcaption></figure>") if curves else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
