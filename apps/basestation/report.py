@@ -81,7 +81,8 @@ def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per scenario and controller: every KPI's median and range over seeds; the better
     heuristic per KPI (by median); and each controller's difference from it, paired by
     evaluation seed (a trained controller with several training seeds has one pair per
-    training seed and evaluation seed)."""
+    training seed and evaluation seed; against a trained heuristic, the tuned rule, it
+    pairs with the rule of its own training seed)."""
     scenarios: dict[str, Any] = {}
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         mine = [r for r in rows if r["scenario"] == scen]
@@ -104,9 +105,13 @@ def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for p in policies:
             entry = {}
             for k, h in reference.items():
-                ref = {r["seed"]: r.get(k) for r in mine if r["policy"] == h}
-                entry[k] = _spread(r.get(k, math.nan) - ref[r["seed"]] for r in mine
-                                   if r["policy"] == p and r["seed"] in ref and ref[r["seed"]] is not None)
+                # a trained reference (the tuned rule) has a row per training seed: a
+                # trained controller pairs with the one of its own training seed
+                ref = [q for q in mine if q["policy"] == h and q.get(k) is not None]
+                entry[k] = _spread(r.get(k, math.nan) - q[k] for r in mine if r["policy"] == p for q in ref
+                                   if q["seed"] == r["seed"] and (q.get("train_seed") is None
+                                                                  or r.get("train_seed") is None
+                                                                  or q["train_seed"] == r["train_seed"]))
             differences[p] = entry
         scenarios[scen] = {"policies": figures, "best_heuristic": reference, "minus_best_heuristic": differences}
     return {"scenarios": scenarios}
