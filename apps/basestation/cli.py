@@ -168,7 +168,8 @@ def start_training(scenario, policies: list[str], seeds: list[int], out: Path, c
     return RunFolder(out, "basestation", command=command, scenario=scenario_doc(scenario),
                      plan=[(p, s) for p in policies for s in seeds],
                      info={"stage": "train", "name": scenario.name, "policies": policies, "seeds": seeds,
-                           "score_name": "station score (1 = static configuration)", "network": "sim",
+                           "score_name": "station score (1 = static configuration; residual agents: the tuned rule)",
+                           "network": "sim",
                            "driver": "sim: one process, the stations' MFD nodes on the simulated X2 network and "
                                      "one shared radio simulation", "processes": 1,
                            "models": "models/seed<k>/<scenario>/<policy>"})

@@ -84,6 +84,16 @@ class TrainingSettings(_Strict):
                         description='"if_better": a station runs a newly trained model only when its '
                         'validation twin scores it at least as well as the running one (FedAvg clients '
                         'run the global model)')
+    action: str = Field("residual", pattern="^(residual|absolute)$",
+                        description='"residual": a station\'s policy answers a correction to the tuned MLB '
+                        'rule\'s power, offset and sleep (apps/basestation/residual.py), so an untrained '
+                        'station plays the rule exactly and its twin scores 1.0 for "as good as the rule"; '
+                        '"absolute": the policy chooses them outright (static configuration = full power)')
+    residual_steps: int = Field(2, ge=1, le=3, description='with action = "residual": the largest correction '
+                                'of power (levels) and offset (steps of the offset list)')
+    residual_raise_power: bool = Field(False, description='with action = "residual": whether a correction may '
+                                       'raise power above the rule\'s level (by default only lower it: PF at no '
+                                       'more energy than the rule)')
     static_bias: float = Field(2.0, ge=0, le=10, description="initial logit bias of each action head towards "
                                "the static choice (awake gets one more); 0: a uniform first policy")
     pinned: tuple[str, ...] = Field((), description='action heads ("power", "cio", "sleep") every learner '

@@ -28,6 +28,7 @@ from envs.basestation.heuristics import LoadBalancingHeuristic, full_power_stron
 
 from .config import AppScenario
 from .learner import StackedPolicies, policy_actions, single_thread
+from .residual import RESIDUAL_FILE, Residual
 from .rules import RULE_POLICIES, LoadRatioRule, load_rule_params
 
 __all__ = ["POLICIES", "HEURISTICS", "LABELS", "COLOURS", "KPIS", "ENGINEER_KPIS", "episode_kpis", "evaluate",
@@ -61,15 +62,28 @@ Controller = Callable[[dict], dict]
 
 
 class StationController:
-    """Each station acts greedily with its own saved SB3 PPO model (``bs_<i>/model.zip``)."""
+    """Each station acts greedily with its own saved SB3 PPO model (``bs_<i>/model.zip``).
+
+    Residual stations (a ``residual.json`` beside the models, :mod:`.residual`) answer
+    corrections to the tuned rule saved there, which plays beside them."""
 
     def __init__(self, env: BaseStationParallelEnv, folder: Path) -> None:
         from stable_baselines3 import PPO
 
         net = env.network
         self.agents = list(env.possible_agents)
-        self.default = net.default_actions()
-        self.nvec = [net.n_power_levels, net.n_cio, 2]
+        self.residual: Residual | None = None
+        spec = folder / RESIDUAL_FILE
+        if spec.is_file():
+            doc = json.loads(spec.read_text())
+            self.residual = Residual(env, doc["rule_params"], int(doc["steps"]), bool(doc.get("raise_power", False)))
+            self.default = self.residual.zeros()
+            self.nvec = list(self.residual.nvec)
+            obs_shape: tuple[int, ...] = (self.residual.obs_dim,)
+        else:
+            self.default = net.default_actions()
+            self.nvec = [net.n_power_levels, net.n_cio, 2]
+            obs_shape = env.observation_space(self.agents[0]).shape
         self.stations = [i for i in range(net.n_stations) if (folder / f"bs_{i}" / "model.zip").is_file()]
         if not self.stations:
             raise FileNotFoundError(f"{folder}: no station models (bs_<i>/model.zip)")
@@ -79,18 +93,23 @@ class StationController:
         # the station's own disk, written by `mfd basestation train`: never network bytes
         policies = [PPO.load(folder / f"bs_{i}" / "model.zip", device="cpu").policy for i in self.stations]
         for p in policies:
-            if p.observation_space.shape != env.observation_space(self.agents[0]).shape:
+            if p.observation_space.shape != obs_shape:
                 raise ValueError(f"{folder}: models were trained for observations of shape "
-                                 f"{p.observation_space.shape}, this scenario has "
-                                 f"{env.observation_space(self.agents[0]).shape}")
+                                 f"{p.observation_space.shape}, this scenario has {obs_shape}")
         self.stacked = StackedPolicies(policies)
         self.idx = np.asarray(self.stations)
 
     def __call__(self, obs: dict) -> dict:
-        o = torch.from_numpy(np.stack([obs[self.agents[i]] for i in self.stations]).astype(np.float32))
+        if self.residual is not None:
+            full = self.residual.observe(obs)  # the rule plans; the stations see its plan
+            o = torch.from_numpy(full[self.idx])
+        else:
+            o = torch.from_numpy(np.stack([obs[self.agents[i]] for i in self.stations]).astype(np.float32))
         a, _ = policy_actions(self.stacked.logits(o), self.nvec, None, greedy=True)
         actions = self.default.copy()
         actions[self.idx] = a
+        if self.residual is not None:
+            actions = self.residual.to_env(actions)
         return {ag: actions[i] for i, ag in enumerate(self.agents)}
 
 

@@ -21,6 +21,12 @@ with the station static too, and ``scale`` the spread (std) of per-step station
 rewards; 1.0 is "as good as the static configuration". It is local: it needs only the
 candidate model and the twin, never a neighbour's data or model.
 
+With residual actions (``TrainingSettings.action = "residual"``, the default; see
+:mod:`apps.basestation.residual`) a station's actions are corrections to the tuned MLB
+rule's, and "the static configuration" everywhere above is the rule (no correction): an
+untrained station plays it exactly, scores 1.0 and runs it until a trained model scores
+at least as well.
+
 :class:`StationView` is the single-station gymnasium view of the parallel env (the
 other stations act with a given policy); PPO takes its spaces from it, and it lets a
 single station's policy be played and checked on its own.
@@ -48,6 +54,7 @@ from mfd_core.knowledge import distillation_loss
 from mfd_core.learners.base import Learner
 
 from .config import TrainingSettings
+from .residual import Residual
 
 __all__ = ["single_thread", "RadioCommons", "StationLearner", "StationView", "make_ppo", "policy_actions",
            "bias_towards_static", "FAMILY"]
@@ -80,31 +87,52 @@ class StationView(gym.Env):
         default: the static configuration (full power, CIO 0, awake).
     :param reward: ``"own"`` (the station's reward) or ``"hood"`` (mean over the
         station and its X2 neighbours).
+    :param residual: with a :class:`~apps.basestation.residual.Residual` on ``env``, the
+        view's actions are corrections to the tuned rule's (``others`` answer
+        corrections too; default: none, i.e. the rule) and its observations carry the
+        rule's plan.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, env: BaseStationParallelEnv, station: int,
-                 others: Callable[[dict], dict] | None = None, reward: str = "hood") -> None:
+                 others: Callable[[dict], dict] | None = None, reward: str = "hood",
+                 residual: Residual | None = None) -> None:
         self.env, self.station, self.agent = env, station, f"bs_{station}"
-        self.others, self.reward_kind = others, reward
-        self.observation_space = env.observation_space(self.agent)
-        self.action_space = env.action_space(self.agent)
+        self.others, self.reward_kind, self.residual = others, reward, residual
+        if residual is None:
+            self.observation_space = env.observation_space(self.agent)
+            self.action_space = env.action_space(self.agent)
+        else:
+            self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(residual.obs_dim,), dtype=np.float32)
+            self.action_space = gym.spaces.MultiDiscrete(residual.nvec)
         self._hood = hood_matrix(env)[station]
         self._obs: dict | None = None
+
+    def _own(self, obs: dict) -> np.ndarray:
+        if self.residual is None:
+            return obs[self.agent]
+        return self.residual.observe(obs)[self.station]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._obs, infos = self.env.reset(seed=seed)
-        return self._obs[self.agent], infos[self.agent]
+        return self._own(self._obs), infos[self.agent]
 
     def step(self, action):
-        actions = dict(self.others(self._obs)) if self.others is not None else {}
-        actions[self.agent] = np.asarray(action, dtype=np.int64)
+        if self.residual is None:
+            actions = dict(self.others(self._obs)) if self.others is not None else {}
+            actions[self.agent] = np.asarray(action, dtype=np.int64)
+        else:
+            corrections = self.residual.zeros()
+            for agent, act in (self.others(self._obs) if self.others is not None else {}).items():
+                corrections[int(agent.removeprefix("bs_"))] = np.asarray(act, dtype=np.int64)
+            corrections[self.station] = np.asarray(action, dtype=np.int64)
+            actions = self.residual.actions_dict(self.residual.to_env(corrections))
         self._obs, rewards, terms, truncs, infos = self.env.step(actions)
         r = np.array([rewards[a] for a in self.env.possible_agents])
         reward = float(r[self.station]) if self.reward_kind == "own" else float(self._hood @ r)
-        return self._obs[self.agent], reward, terms[self.agent], truncs[self.agent], infos[self.agent]
+        return self._own(self._obs), reward, terms[self.agent], truncs[self.agent], infos[self.agent]
 
 
 def hood_matrix(env: BaseStationParallelEnv) -> np.ndarray:
@@ -260,18 +288,39 @@ class RadioCommons:
     :param seed: seeds the training network and the action sampling.
     :param val_seed: seed of the twin episode the gate scores on.
     :param test_seed: seed of the twin episode the measurements use.
+    :param rule_params: with ``settings.action = "residual"``, the tuned rule the stations
+        correct (default: the rule's starting parameters, :data:`~.rules.RULE_START`).
+
+    With residual actions the stations' actions here are corrections (``nvec``,
+    ``default`` = no correction) and their observations carry the rule's plan
+    (``obs_dim``); the "static configuration" every score and difference reward is
+    measured against is then the tuned rule itself.
     """
 
     def __init__(self, config: BaseStationConfig, settings: TrainingSettings, seed: int,
-                 val_seed: int = 10_000, test_seed: int = 20_000) -> None:
+                 val_seed: int = 10_000, test_seed: int = 20_000,
+                 rule_params: Mapping[str, Any] | None = None) -> None:
         self.config, self.settings = config, settings
         self.env = BaseStationParallelEnv(config)
         self.twin = BaseStationParallelEnv(config)
         self.agents = list(self.env.possible_agents)
         self.S = len(self.agents)
         net = self.env.network
-        self.nvec = [net.n_power_levels, net.n_cio, 2]
-        self.default = net.default_actions()
+        self.residuals: dict[int, Residual] = {}
+        self.rule_params: dict[str, Any] | None = None
+        if settings.action == "residual":
+            from .rules import RULE_START
+
+            self.rule_params = dict(rule_params) if rule_params is not None else dict(RULE_START)
+            for e in (self.env, self.twin):
+                self.residuals[id(e)] = Residual(e, self.rule_params, settings.residual_steps,
+                                                 settings.residual_raise_power)
+            res = self.residuals[id(self.env)]
+            self.nvec, self.default, self.obs_dim = list(res.nvec), res.zeros(), res.obs_dim
+        else:
+            self.nvec = [net.n_power_levels, net.n_cio, 2]
+            self.default = net.default_actions()
+            self.obs_dim = net.obs_dim
         self.off = net.off.copy()
         self.hood = hood_matrix(self.env)
         self.val_seed, self.test_seed = val_seed, test_seed
@@ -294,8 +343,21 @@ class RadioCommons:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _stack(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    def residual_of(self, env: BaseStationParallelEnv) -> Residual | None:
+        """The residual mapping of one of the commons' envs (None with absolute actions)."""
+        return self.residuals.get(id(env))
+
+    def _stack(self, obs: Mapping[str, np.ndarray], env: BaseStationParallelEnv | None = None) -> np.ndarray:
+        """(S, obs_dim) what the stations see (with residual actions: the rule plans now)."""
+        res = self.residuals.get(id(env if env is not None else self.env))
+        if res is not None:
+            return res.observe(obs)
         return np.stack([obs[a] for a in self.agents]).astype(np.float32)
+
+    def _env_actions(self, actions: np.ndarray, env: BaseStationParallelEnv | None = None) -> np.ndarray:
+        """(S, 3) env actions for the stations' (S, 3) actions (corrections, with residual actions)."""
+        res = self.residuals.get(id(env if env is not None else self.env))
+        return actions if res is None else res.to_env(actions)
 
     def station_rewards(self, rewards: Mapping[str, float]) -> np.ndarray:
         r = np.array([rewards[a] for a in self.agents])
@@ -307,8 +369,8 @@ class RadioCommons:
         obs, _ = env.reset(seed=seed)
         out = []
         for _ in range(steps):
-            o = self._stack(obs)
-            a = act(o)
+            o = self._stack(obs, env)
+            a = self._env_actions(act(o), env)
             obs, rewards, _, truncs, _ = env.step({ag: a[i] for i, ag in enumerate(self.agents)})
             out.append(self.station_rewards(rewards))
             if truncs[self.agents[0]]:
@@ -363,12 +425,13 @@ class RadioCommons:
             values = stacked.values(o)
             actions = self.default.copy()
             actions[idx] = a
+            env_actions = self._env_actions(actions)
             if difference:
                 credit = self._credits(actions, idx, max(hold, self.settings.difference_steps))
             r = np.zeros(L)
             done = False
             for _ in range(min(hold, n - played)):
-                obs, rewards, _, truncs, _ = self.env.step({ag: actions[i] for i, ag in enumerate(self.agents)})
+                obs, rewards, _, truncs, _ = self.env.step({ag: env_actions[i] for i, ag in enumerate(self.agents)})
                 played += 1
                 if not difference:
                     r += (self.station_rewards(rewards)[idx] - self.reward_mean) / self.reward_scale
@@ -414,13 +477,15 @@ class RadioCommons:
         steps = steps or self.settings.difference_steps
         out = np.zeros(len(stations))
         total = None
+        played = self._env_actions(actions)
+        static = self._env_actions(self.default)  # with residual actions: the rule's
         for k, s in enumerate(stations):
             if (actions[s] == self.default[s]).all():
                 continue
             if total is None:
-                total = _Fork(net).step_total(actions, steps)
-            alt = actions.copy()
-            alt[s] = self.default[s]
+                total = _Fork(net).step_total(played, steps)
+            alt = played.copy()
+            alt[s] = static[s]
             out[k] = total - _Fork(net).step_total(alt, steps)
         return out
 
@@ -516,7 +581,7 @@ class StationLearner(Learner):
                  register: bool = True) -> None:
         self.commons, self.station, self.settings = commons, station, settings
         self.family, self.width = FAMILY, 1.0
-        self.view = StationView(commons.env, station, reward=settings.reward)
+        self.view = StationView(commons.env, station, reward=settings.reward, residual=commons.residual_of(commons.env))
         self.model = make_ppo(self.view, settings, seed)
         bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias,
                             settings.pinned)
@@ -531,7 +596,12 @@ class StationLearner(Learner):
         self.peers: dict[int, nn.Module] = {}
         self._peers_version = 0
         self._deployed_version = 0
-        self._recent_obs = np.zeros((0, commons.env.network.obs_dim), dtype=np.float32)
+        self._recent_obs = np.zeros((0, commons.obs_dim), dtype=np.float32)
+        if settings.action == "residual":
+            # An untrained residual station plays the rule exactly (no correction), which
+            # its twin scores 1.0 by construction: it runs that until a trained model
+            # scores at least as well.
+            self.deployed, self.deployed_score = self.get_state(), 1.0
         if register:
             commons.register(self)
 
@@ -744,6 +814,9 @@ class StationLearner(Learner):
         twin.samples, twin.work_done = self.samples, self.work_done
         twin._recent_obs = self._recent_obs.copy()
         twin.peers, twin._peers_version = dict(self.peers), self._peers_version
+        if self.deployed is not None:
+            twin.deployed = {k: v.clone() for k, v in self.deployed.items()}
+        twin.deployed_score, twin._deployed_version = self.deployed_score, self._deployed_version
         return twin
 
     def save(self, path: str | Path) -> Path:

@@ -81,7 +81,8 @@ def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per scenario and controller: every KPI's median and range over seeds; the better
     heuristic per KPI (by median); and each controller's difference from it, paired by
     evaluation seed (a trained controller with several training seeds has one pair per
-    training seed and evaluation seed)."""
+    training seed and evaluation seed; against a trained heuristic, the tuned rule, it
+    pairs with the rule of its own training seed)."""
     scenarios: dict[str, Any] = {}
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         mine = [r for r in rows if r["scenario"] == scen]
@@ -104,9 +105,13 @@ def evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for p in policies:
             entry = {}
             for k, h in reference.items():
-                ref = {r["seed"]: r.get(k) for r in mine if r["policy"] == h}
-                entry[k] = _spread(r.get(k, math.nan) - ref[r["seed"]] for r in mine
-                                   if r["policy"] == p and r["seed"] in ref and ref[r["seed"]] is not None)
+                # a trained reference (the tuned rule) has a row per training seed: a
+                # trained controller pairs with the one of its own training seed
+                ref = [q for q in mine if q["policy"] == h and q.get(k) is not None]
+                entry[k] = _spread(r.get(k, math.nan) - q[k] for r in mine if r["policy"] == p for q in ref
+                                   if q["seed"] == r["seed"] and (q.get("train_seed") is None
+                                                                  or r.get("train_seed") is None
+                                                                  or q["train_seed"] == r["train_seed"]))
             differences[p] = entry
         scenarios[scen] = {"policies": figures, "best_heuristic": reference, "minus_best_heuristic": differences}
     return {"scenarios": scenarios}
@@ -377,7 +382,8 @@ def write_report(rows: list[dict[str, Any]], out: str | Path, *, models: Path | 
                             f"the axis), seed by seed; dot = median, bar = range over seeds"
                 for k, label in CHART_KPIS}
     captions["training_scores.png"] = ("training: the stations' mean score on their validation twins "
-                                       "(1 = the static configuration); line = median, band = range over seeds")
+                                       "(1 = the static configuration: the tuned MLB rule for residual agents, "
+                                       "full power for absolute ones); line = median, band = range over seeds")
     pictures = "".join(f'<figure><img src="{p.name}" alt="{html.escape(captions.get(p.name, p.stem))}">'
                        f"<figcaption>{html.escape(captions.get(p.name, p.stem))}</figcaption></figure>"
                        for p in images)
@@ -435,7 +441,8 @@ def write_training_report(folder: str | Path, out: str | Path | None = None, *, 
     stopped = "<p><b>Interrupted</b>: these are the rounds measured before the run was stopped.</p>" \
         if meta.get("interrupted") else ""
     picture = (f'<figure><img src="{curves.name}" alt="training scores"><figcaption>the stations\' mean score '
-               f"on their validation twins (1 = the static configuration); line = median, band = range over "
+               f"on their validation twins (1 = the static configuration: the tuned MLB rule for residual agents, "
+               f"full power for absolute ones); line = median, band = range over "
                f"seeds</figcaption></figure>") if curves else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>

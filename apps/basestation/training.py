@@ -31,10 +31,11 @@ from mfd_core import (GossipPolicy, IsolatedPolicy, MFDPolicy, ModelHeader, Node
 
 from .config import AppScenario
 from .learner import RadioCommons, StationLearner, bias_towards_static, make_ppo, single_thread
-from .rules import RULE_POLICIES, train_rule
+from .residual import RESIDUAL_FILE
+from .rules import RULE_POLICIES, RULE_START, load_rule_params, train_rule
 
-__all__ = ["SHARING_POLICIES", "RL_POLICIES", "x2_topology", "build_world", "train_fleet", "train_central",
-           "train_scenario"]
+__all__ = ["SHARING_POLICIES", "RL_POLICIES", "RESIDUAL_FILE", "x2_topology", "build_world", "train_fleet",
+           "train_central", "train_scenario", "residual_rule"]
 
 SHARING_POLICIES = ("isolated", "fedavg", "mfd", "gossip")
 # what `train` produces: the tuned MLB rule first (the central search starts from it),
@@ -112,12 +113,14 @@ def sharing_policy(name: str, deploy: str, settings: PolicySettings | None = Non
     return policy_by_name(name, settings)
 
 
-def build_world(scenario: AppScenario, policy: str, seed: int = 0) -> World:
-    """The scenario's stations as MFD nodes under ``policy`` (one of :data:`SHARING_POLICIES`)."""
+def build_world(scenario: AppScenario, policy: str, seed: int = 0,
+                rule_params: dict[str, Any] | None = None) -> World:
+    """The scenario's stations as MFD nodes under ``policy`` (one of :data:`SHARING_POLICIES`);
+    with residual actions they correct the rule of ``rule_params`` (:class:`RadioCommons`)."""
     if policy not in SHARING_POLICIES:
         raise ValueError(f"unknown sharing policy {policy!r}; choose from {', '.join(SHARING_POLICIES)}")
     t = scenario.training
-    commons = RadioCommons(scenario.env, t, seed=seed)
+    commons = RadioCommons(scenario.env, t, seed=seed, rule_params=rule_params)
     graph = x2_topology(commons, scenario)
     # One initialisation for the fleet (seed): averages of models that started apart
     # mix unrelated features (McMahan et al. 2017, fig. 1).
@@ -147,8 +150,9 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
     :return: the run's summary (bytes, final scores, wall time).
     """
     started = time.perf_counter()
+    rule = residual_rule(scenario, seed, out)
     with single_thread():
-        world = build_world(scenario, policy, seed)
+        world = build_world(scenario, policy, seed, rule_params=rule)
         if observe is not None:
             observe(world.result)
         result = world.run(progress)
@@ -174,9 +178,29 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
                 learner: StationLearner = node.learner
                 learner.set_state(_deployed_state(world, n))
                 learner.save(folder / f"bs_{n}" / "model.zip")
+        if rule is not None:
+            # what the stations' corrections are applied to: evaluation plays the rule beside them
+            (folder / RESIDUAL_FILE).write_text(json.dumps(
+                {"rule_params": rule, "steps": scenario.training.residual_steps,
+                 "raise_power": scenario.training.residual_raise_power}, indent=2))
         result.save(folder / "run")
         (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def residual_rule(scenario: AppScenario, seed: int, out: Path | None) -> dict[str, Any] | None:
+    """The tuned rule residual stations correct (None with absolute actions): the one
+    tuned for training seed ``seed`` in ``out/<scenario>/tuned_rule/`` (tuned there now,
+    on the training seeds only, when there is none yet); without ``out`` the rule's
+    starting parameters."""
+    if scenario.training.action != "residual":
+        return None
+    if out is None:
+        return dict(RULE_START)
+    folder = Path(out) / scenario.name / "tuned_rule"
+    if not (folder / "params.json").is_file():
+        train_rule(scenario, "tuned_rule", seed, out)
+    return load_rule_params(folder)
 
 
 def train_central(scenario: AppScenario, seed: int = 0, out: Path | None = None,
