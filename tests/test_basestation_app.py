@@ -11,7 +11,7 @@ import torch
 from apps.basestation.config import AppScenarioError, load_app_scenario, shipped_scenarios
 from apps.basestation.learner import RadioCommons, StationLearner, StationView, single_thread
 from apps.basestation.training import x2_topology
-from mfd_core import codec
+from mfd_core import codec, load_model
 from mfd_core.knowledge import Gate
 from mfd_core.reassembly import Reassembler
 
@@ -225,6 +225,11 @@ def test_train_and_evaluate_write_run_folders_and_mfd_report_rebuilds_them(tiny,
             assert (train / "models" / f"seed{seed}" / "tiny" / policy / "bs_1" / "model.zip").is_file()
             assert not (train / "models" / f"seed{seed}" / "tiny" / policy / "bs_0").exists()  # in outage
         assert (train / "models" / f"seed{seed}" / "tiny" / "central" / "model.zip").is_file()
+        # every station's served model, checkpointed as the run went and at its end
+        checkpoint = train / "checkpoints" / "mfd" / f"seed{seed}"
+        note = json.loads((checkpoint / "checkpoint.json").read_text())
+        assert note["final"] is True and 0 not in note["nodes"] and note["nodes"]  # station 0 is in outage
+        assert all(v.isfinite().all() for v in load_model(checkpoint / f"node{note['nodes'][0]}.mfdm").values())
     meta = json.loads((train / "run.json").read_text())
     assert meta["kind"] == "basestation" and meta["stage"] == "train" and meta["network"] == "sim"
     assert meta["processes"] == 1 and not meta["interrupted"] and len(meta["done"]) == 6

@@ -216,7 +216,9 @@ def run_training(folder, scenario, policies: list[str], seeds: list[int], *, qui
                 continue
             try:
                 summary = train_fleet(scenario, policy, seed, models, advance,
-                                      observe=lambda result, live=live: live.__setitem__("result", result))
+                                      observe=lambda result, live=live: live.__setitem__("result", result),
+                                      checkpoint=lambda t, served, final, policy=policy, seed=seed:
+                                      folder.checkpoint(policy, seed, t, served, final=final))
             except Interrupted:
                 if "result" in live:
                     folder.finish_run(live["result"], interrupted=True)

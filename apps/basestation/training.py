@@ -141,12 +141,15 @@ def _deployed_state(world: World, node_id: int) -> dict[str, torch.Tensor]:
 
 
 def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | None = None,
-                progress: Progress | None = None, observe: Callable[[Any], None] | None = None) -> dict[str, Any]:
+                progress: Progress | None = None, observe: Callable[[Any], None] | None = None,
+                checkpoint: Callable[[float, Callable[[], dict], bool], None] | None = None) -> dict[str, Any]:
     """Train every station under a sharing policy; save the stations' models and the run.
 
     :param observe: handed the run's live record (a ``RunResult`` that grows with every
         measurement) before the run starts, so a caller can stream it or keep it when
         the run is interrupted.
+    :param checkpoint: as :func:`mfd_core.runtime.launch.run_on`'s: after every measurement
+        and at the end, the time and a function giving every station's served model.
     :return: the run's summary (bytes, final scores, wall time).
     """
     started = time.perf_counter()
@@ -155,7 +158,16 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
         world = build_world(scenario, policy, seed, rule_params=rule)
         if observe is not None:
             observe(world.result)
-        result = world.run(progress)
+
+        def measured(t: float) -> None:
+            if checkpoint is not None:
+                checkpoint(t, world.served_states, False)
+            if progress is not None:
+                progress(t)
+
+        result = world.run(measured)
+        if checkpoint is not None:
+            checkpoint(world.env.now, world.served_states, True)
         finals = {n: float(world.nodes[n].learner.test_score()) for n in world.nodes}
     commons: RadioCommons = world.commons  # type: ignore[attr-defined]
     summary = {
