@@ -79,17 +79,26 @@ def _her(buffer: Any, n: int, keys: list[str], gamma: float, strategies: Any) ->
         raise RuntimeError("Unable to sample before the end of the first episode")
     valid = np.flatnonzero(is_valid)  # the same flat indices: rows beyond ``upper`` are never valid
     sampled = np.random.choice(valid, size=n, replace=True)
-    rows, envs = np.unravel_index(sampled, buffer.ep_length.shape)
+    n_envs = buffer.ep_length.shape[1]
     virtual = int(buffer.her_ratio * n)
-    # SB3 returns the real transitions first, then the relabelled ones
-    order_rows = np.concatenate([rows[virtual:], rows[:virtual]])
-    order_envs = np.concatenate([envs[virtual:], envs[:virtual]])
     real = n - virtual
-    obs = {k: buffer.observations[k][order_rows, order_envs] for k in keys}
-    nxt = {k: buffer.next_observations[k][order_rows, order_envs] for k in keys}
-    rewards = buffer.rewards[order_rows, order_envs].reshape(-1, 1).astype(np.float32)
+    # SB3 returns the real transitions first, then the relabelled ones; a transition's flat
+    # index (row * n_envs + env) picks it from every array seen as (rows * envs, ...)
+    index = np.concatenate([sampled[virtual:], sampled[:virtual]])
+
+    def take(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return np.take(array.reshape(buffer.buffer_size * n_envs, -1), index, axis=0, out=out)
+
+    widths = [int(np.prod(buffer.observations[k].shape[2:])) for k in keys]
+    starts = dict(zip(keys, np.cumsum([0, *widths[:-1]]).tolist()))
+    obs = np.empty((n, sum(widths)), dtype=np.float32)
+    nxt = np.empty_like(obs)
+    for k, w in zip(keys, widths):
+        obs[:, starts[k] : starts[k] + w] = take(buffer.observations[k])
+        nxt[:, starts[k] : starts[k] + w] = take(buffer.next_observations[k])
+    rewards = take(buffer.rewards).astype(np.float32, copy=False)
     if virtual:
-        v_rows, v_envs = rows[:virtual], envs[:virtual]
+        v_rows, v_envs = np.unravel_index(sampled[:virtual], buffer.ep_length.shape)
         ep_start = buffer.ep_start[v_rows, v_envs]
         ep_length = buffer.ep_length[v_rows, v_envs]
         strategy = buffer.goal_selection_strategy
@@ -102,12 +111,13 @@ def _her(buffer: Any, n: int, keys: list[str], gamma: float, strategies: Any) ->
         else:
             raise ValueError(f"goal selection strategy {strategy} not supported")
         goals = buffer.next_observations["achieved_goal"][(in_episode + ep_start) % buffer.buffer_size, v_envs]
-        obs["desired_goal"][real:] = goals
-        nxt["desired_goal"][real:] = goals
-        reward = buffer.env.env_method("compute_reward", nxt["achieved_goal"][real:], goals,
+        g, w = starts["desired_goal"], widths[keys.index("desired_goal")]
+        obs[real:, g : g + w] = goals.reshape(virtual, -1)
+        nxt[real:, g : g + w] = goals.reshape(virtual, -1)
+        achieved = buffer.next_observations["achieved_goal"].reshape(buffer.buffer_size * n_envs, -1)[index[real:]]
+        reward = buffer.env.env_method("compute_reward", achieved.reshape(goals.shape), goals,
                                        [{} for _ in range(virtual)], indices=[0])
         rewards[real:, 0] = np.asarray(reward[0], dtype=np.float32).reshape(-1)
-    dones = (buffer.dones[order_rows, order_envs] * (1 - buffer.timeouts[order_rows, order_envs])).reshape(-1, 1)
-    return Batch(_flat(obs, keys).astype(np.float32, copy=False), _flat(nxt, keys).astype(np.float32, copy=False),
-                 buffer.actions[order_rows, order_envs].astype(np.float32, copy=False), rewards,
+    dones = take(buffer.dones) * (1 - take(buffer.timeouts))
+    return Batch(obs, nxt, take(buffer.actions).astype(np.float32, copy=False), rewards,
                  ((1 - dones) * gamma).astype(np.float32))
