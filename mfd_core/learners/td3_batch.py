@@ -499,6 +499,7 @@ class TD3Batcher:
             # and SB3's switch (a walk over every module, twice an env step) is skipped
             for model, _ in jobs:
                 model.policy.set_training_mode = _no_mode
+                model.policy.predict = _Acting(model.policy)
             loops = {id(m): _chunk(m, n) for m, n in jobs}
             while loops:
                 asks: dict[int, int] = {}
@@ -537,6 +538,7 @@ class TD3Batcher:
         finally:
             for model, _ in jobs:
                 model.policy.__dict__.pop("set_training_mode", None)
+                model.policy.__dict__.pop("predict", None)
             for group in built.values():
                 group.close()
             self._flushing = False
@@ -544,6 +546,35 @@ class TD3Batcher:
 
 def _no_mode(mode: bool) -> None:
     return None
+
+
+class _Acting:
+    """A TD3 policy's ``predict`` for its acting loop, without SB3's checks around it (each
+    an observation-space walk: ~250 us an env step, ten times the actor's own forward): the
+    same features (the observation keys flattened and concatenated as the extractor does),
+    the same layers (the ``nn.Linear`` ops), the same unscaling."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.keys = _extractor_keys(policy.actor.features_extractor)
+        self.layers = _mlp_layers(policy.actor.mu, nn.Tanh)
+
+    def __call__(self, observation: Any, state: Any = None, episode_start: Any = None,
+                 deterministic: bool = False) -> tuple[np.ndarray, None]:
+        if self.keys == [None]:
+            x = np.asarray(observation, dtype=np.float32).reshape(-1, self.layers[0].in_features)
+        else:
+            x = np.concatenate([np.asarray(observation[k], dtype=np.float32).reshape(len(observation[k]), -1)
+                                for k in self.keys], axis=1)
+        with torch.no_grad():
+            h = torch.from_numpy(x)
+            last = len(self.layers) - 1
+            for i, layer in enumerate(self.layers):
+                h = torch.addmm(layer.bias, h, layer.weight.t())
+                if i < last:
+                    h = h.relu_()
+            actions = h.tanh_().numpy()
+        return self.policy.unscale_action(actions), None
 
 
 def _chunk(model: Any, steps: int) -> Iterator[int]:
