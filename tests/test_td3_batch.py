@@ -142,3 +142,24 @@ def test_replay_draws_what_sb3_samples():
     assert np.array_equal(ours.actions, theirs.actions.numpy())
     assert np.array_equal(ours.rewards, theirs.rewards.numpy())
     assert np.allclose(ours.not_done_discount, ((1 - theirs.dones) * model.gamma).numpy())
+
+
+def test_a_draw_of_several_minibatches_gives_each_hers_share_of_real_transitions():
+    """Presampled minibatches are each made as SB3 makes one: real transitions first, then
+    the relabelled ones, in HER's proportion (one draw split afterwards would put every real
+    transition in the first)."""
+    from mfd_core.learners.replay import draw
+
+    model = _model(seed=6)
+    model.learn(130)
+    buffer = model.replay_buffer
+    keys = list(model.observation_space.spaces)
+    for obs in (buffer.observations, buffer.next_observations):
+        obs["desired_goal"][:] = 99.0  # a goal no relabelling picks: it marks the real rows
+    parts, m = 4, 64
+    batch = draw(buffer, parts * m, keys, model.gamma, parts=parts)
+    g = sum(int(np.prod(model.observation_space[k].shape)) for k in keys[: keys.index("desired_goal")])
+    real = (batch.obs[:, g] == 99.0).reshape(parts, m)
+    expected = m - int(buffer.her_ratio * m)
+    assert (real[:, :expected].all()) and not real[:, expected:].any()
+    assert np.array_equal(batch.obs[:, g] == 99.0, batch.next_obs[:, g] == 99.0)

@@ -347,8 +347,9 @@ class _Group:
 
         With ``presample`` the minibatches of all ``gradient_steps`` are drawn in one
         draw per robot (the buffer does not change between them, so they are drawn from
-        the same distribution; one draw instead of several saves most of HER's sampling
-        cost), else one per step as SB3 does (the same random numbers). The draws are
+        the same distribution, each with HER's share of real and relabelled transitions;
+        one draw instead of several saves most of HER's sampling cost), else one per step
+        as SB3 does (the same random numbers). The draws are
         :func:`mfd_core.learners.replay.draw`'s: ``sample``'s numbers, as flat rows.
         """
         models = self.models
@@ -371,7 +372,8 @@ class _Group:
         if self.presample and steps > 1:
             for r in rows:
                 m = models[r]
-                put(r, 0, replay.draw(m.replay_buffer, batch * steps, self.keys, m.gamma, m._vec_normalize_env))
+                put(r, 0, replay.draw(m.replay_buffer, batch * steps, self.keys, m.gamma, m._vec_normalize_env,
+                                      parts=steps))
         else:  # as TD3.train draws them: step by step (robot by robot)
             for s in range(steps):
                 for r in rows:
