@@ -66,6 +66,8 @@ def run_fleet_variant(scenario_name: str, variant: str, duration: float, eval_in
     children = os.times()
     try:
         started, cpu = time.perf_counter(), time.process_time()
+        # run_fleet returns with every env step it counts trained: the batched path's last
+        # chunks too (before 2026-12-06 they ran at the read of env_steps below, untimed)
         result = run_fleet(fleet)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         learners = fleet.learners

@@ -57,3 +57,16 @@ def test_batched_training_takes_the_same_steps_and_updates():
     _, _, updates_batched, steps_batched = _run(tiny(eval_workers=0), policy="mfd")
     assert steps_plain == steps_batched
     assert updates_plain == updates_batched and sum(updates_batched) > 0
+
+
+def test_a_run_returns_with_every_chunk_it_counts_trained():
+    """The nodes' last chunks (asked for at the end time) are trained inside run_fleet, not
+    later when something reads the learners: a timing of run_fleet covers every env step."""
+    fleet = build_fleet(tiny(eval_workers=0), 0, "isolated")
+    try:
+        run_fleet(fleet)
+        learners = list(fleet.learners.values())
+        assert all(lr.batcher is not None for lr in learners)
+        assert not any(lr.batcher.pending(lr.model) for lr in learners)
+    finally:
+        fleet.close()

@@ -119,3 +119,47 @@ def test_what_does_not_batch_trains_as_before():
     assert learner.train(65) == 65 and learner.env_steps == 65
     with pytest.raises(ValueError, match="does not batch"):
         TD3Batcher().submit(_model(algo=SAC), 5)
+
+
+def test_replay_draws_what_sb3_samples():
+    """The flat draws of the batched step are SB3's ``HerReplayBuffer.sample``: the same
+    rows, relabelled goals and rewards from the same random numbers."""
+    from mfd_core.learners.replay import draw
+
+    model = _model(seed=5)
+    model.learn(130)  # a few complete episodes and one under way
+    buffer = model.replay_buffer
+    keys = list(model.observation_space.spaces)
+    np.random.seed(11)
+    ours = draw(buffer, 300, keys, model.gamma)
+    after_ours = np.random.random()  # the same random numbers used up
+    np.random.seed(11)
+    theirs = buffer.sample(300)
+    assert after_ours == np.random.random()
+    flat = lambda d: torch.cat([d[k].reshape(len(d[k]), -1) for k in keys], dim=1).numpy()  # noqa: E731
+    assert np.array_equal(ours.obs, flat(theirs.observations))
+    assert np.array_equal(ours.next_obs, flat(theirs.next_observations))
+    assert np.array_equal(ours.actions, theirs.actions.numpy())
+    assert np.array_equal(ours.rewards, theirs.rewards.numpy())
+    assert np.allclose(ours.not_done_discount, ((1 - theirs.dones) * model.gamma).numpy())
+
+
+def test_a_draw_of_several_minibatches_gives_each_hers_share_of_real_transitions():
+    """Presampled minibatches are each made as SB3 makes one: real transitions first, then
+    the relabelled ones, in HER's proportion (one draw split afterwards would put every real
+    transition in the first)."""
+    from mfd_core.learners.replay import draw
+
+    model = _model(seed=6)
+    model.learn(130)
+    buffer = model.replay_buffer
+    keys = list(model.observation_space.spaces)
+    for obs in (buffer.observations, buffer.next_observations):
+        obs["desired_goal"][:] = 99.0  # a goal no relabelling picks: it marks the real rows
+    parts, m = 4, 64
+    batch = draw(buffer, parts * m, keys, model.gamma, parts=parts)
+    g = sum(int(np.prod(model.observation_space[k].shape)) for k in keys[: keys.index("desired_goal")])
+    real = (batch.obs[:, g] == 99.0).reshape(parts, m)
+    expected = m - int(buffer.her_ratio * m)
+    assert (real[:, :expected].all()) and not real[:, expected:].any()
+    assert np.array_equal(batch.obs[:, g] == 99.0, batch.next_obs[:, g] == 99.0)

@@ -382,6 +382,17 @@ def run_fleet(fleet: Fleet, progress: Callable[[float], None] | None = None):
 
     try:
         result = world.run(on_measure)
+        # The nodes' last chunks (asked for at the end time, after the final measurement)
+        # are still recorded in a batcher: train them here, on the run's one torch thread,
+        # so that the run returns with every env step it counts taken (read later, they ran
+        # outside the run, on the default thread count, and a timing of run_fleet missed them)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for node in world.nodes.values():
+                node.learner.settle()
+        finally:
+            torch.set_num_threads(threads)
     finally:
         if evaluator is not None:
             measured = len(fleet.env_steps)

@@ -298,6 +298,11 @@ class SB3Learner(Learner):
         self._settle()
         return int(self.model.num_timesteps)
 
+    def settle(self) -> None:
+        """Run this learner's recorded training chunk (and every other waiting one) now:
+        the end of a run, where a batcher may still hold the last chunks asked for."""
+        self._settle()
+
     def _settle(self) -> None:
         """Run this learner's recorded training chunk (and every other waiting one) now."""
         batcher = self.batcher

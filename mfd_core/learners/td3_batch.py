@@ -5,10 +5,22 @@ step of a 64-64 network on a minibatch of 256 is ~4 ms of which nearly all is fr
 overhead (a hundred small ops, module calls, optimiser loops), so four robots stepping one
 after another pay it four times. :class:`TD3Batcher` runs the chunks of every robot
 waiting to train in lockstep and does one gradient step of *all* of them at once: the
-robots' parameters are stacked (one flat ``(robots, n)`` tensor per network, the robots'
-SB3 modules hold views into it while the chunks run), every layer is one batched matmul,
-the losses are summed over robots (each robot's gradient is its own: their parameters do
-not meet), and Adam and the target updates are a handful of ops on the flat tensors.
+robots' parameters are stacked (per network kind, one flat tensor laid out layer by layer,
+so that a layer of every robot and head is one ``(robots * heads, out, in)`` view; the
+robots' SB3 modules hold views into it while the chunks run), every layer is one batched
+matmul, and the backward pass is written out (no autograd: its graph and per-op
+bookkeeping cost more than these small matmuls), each robot's gradient its own (their
+parameters do not meet). Adam is torch's fused Adam over every robot's parts, each with
+its own step count; the target updates are two ops. Minibatches come from
+:func:`mfd_core.learners.replay.draw` (the numbers ``sample`` draws, as flat rows). A group
+holds the robots taking gradient steps now and is rebuilt when they change, so a robot
+whose chunk has ended or that is before ``learning_starts`` costs nothing.
+
+Where the time goes (a 5-robot reach fleet, 64-64 networks, batch 256, on this project's
+2-core AMD machine): ~60 % in the batched float32 matmuls, which torch's MKL runs on AVX2
+code on AMD (~100 GFLOP/s a core; numpy's OpenBLAS on its AVX-512 kernels did them in half
+the time, but this environment pins ``OPENBLAS_CORETYPE=Haswell``), the rest in the env
+steps, SB3's acting loop and the minibatch draws.
 
 What each robot learns is what SB3's ``TD3.train`` does for it, step for step: the same
 update count (``gradient_steps`` per env step after ``learning_starts``), the same
@@ -17,7 +29,7 @@ Q target, the delayed actor update (``policy_delay``) and Polyak averaging, Adam
 robot's own optimiser state (written back when the chunks end). Random numbers are drawn
 from the same global generators in a fixed order (robot by robot, step by step), so a run
 is reproducible and one robot alone draws exactly the numbers SB3 would; floating point
-differs only by rounding (batched matmuls).
+differs only by rounding (batched matmuls, the written-out backward pass, the fused Adam).
 
 Deferred chunks keep their meaning: :meth:`submit` records that an agent is to act and
 learn ``steps`` env steps from its state *now*; nothing else may touch that agent before
@@ -35,6 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from mfd_core.learners import replay
 
 __all__ = ["TD3Batcher", "supports"]
 
@@ -107,7 +121,9 @@ def _signature(model: Any) -> tuple:
 
 class _Stack:
     """The networks of one kind (actor or critic with its target and Adam state) of several
-    robots in flat ``(robots, n)`` tensors; each robot's modules view into them."""
+    robots in flat tensors, layer by layer: each layer's weights of every robot and head in
+    one ``(robots * heads, out, in)`` block (what a batched matmul takes, no copy), then its
+    biases; each robot's modules view into them."""
 
     def __init__(self, nets: list[list[list[nn.Linear]]], targets: list[list[list[nn.Linear]]],
                  optimizers: list[torch.optim.Optimizer]) -> None:
@@ -115,43 +131,48 @@ class _Stack:
         self.robots, self.heads, self.depth = len(nets), len(nets[0]), len(nets[0][0])
         first = nets[0][0]
         self.shapes = [(layer.out_features, layer.in_features) for layer in first]
-        # layout: per layer, the weights of every head, then their biases
-        self.slots: list[tuple[int, int, int, int]] = []  # (w_start, w_end, b_start, b_end)
+        rh = self.robots * self.heads
+        self.slots: list[tuple[int, int]] = []  # per layer: where its weights and its biases start
         n = 0
         for out_f, in_f in self.shapes:
-            w = self.heads * out_f * in_f
-            b = self.heads * out_f
-            self.slots.append((n, n + w, n + w, n + w + b))
-            n += w + b
+            self.slots.append((n, n + rh * out_f * in_f))
+            n += rh * out_f * (in_f + 1)
         self.size = n
-        self.flat = torch.empty(self.robots, n)
-        self.target = torch.empty(self.robots, n)
-        self.exp_avg = torch.zeros(self.robots, n)
-        self.exp_avg_sq = torch.zeros(self.robots, n)
-        self.steps = [0] * self.robots
+        self.flat = torch.empty(n)
+        self.target = torch.empty(n)
+        self.exp_avg = torch.zeros(n)
+        self.exp_avg_sq = torch.zeros(n)
+        self.grad = torch.zeros(n)  # the gradients of a step, written by _param_grads
+        # Adam's step count per robot, as the tensors torch's fused Adam counts in
+        self.steps = [torch.tensor(0.0) for _ in range(self.robots)]
         self.optimizers = optimizers
         self._nets, self._targets = nets, targets
         with torch.no_grad():
             for r in range(self.robots):
                 for q in range(self.heads):
-                    for l, (out_f, in_f) in enumerate(self.shapes):
+                    for l in range(self.depth):
                         for flat, layer in ((self.flat, nets[r][q][l]), (self.target, targets[r][q][l])):
                             self._view(flat, r, q, l, "weight").copy_(layer.weight)
                             self._view(flat, r, q, l, "bias").copy_(layer.bias)
                 opt = optimizers[r]
                 state = [opt.state.get(p) for p in self._params(r)]
                 if all(s and "exp_avg" in s for s in state):
-                    self.steps[r] = int(float(state[0]["step"]))
+                    self.steps[r].fill_(float(state[0]["step"]))
                     for (q, l, kind), s in zip(self._index(), state):
                         self._view(self.exp_avg, r, q, l, kind).copy_(s["exp_avg"])
                         self._view(self.exp_avg_sq, r, q, l, kind).copy_(s["exp_avg_sq"])
                 elif any(state):
                     raise RuntimeError("an optimiser with state for some parameters only")
-        self.flat.requires_grad_(True)
+        # each robot's part of every block (contiguous): what the fused Adam and Polyak steps take
+        self._parts = {name: self._robot_parts(getattr(self, name))
+                       for name in ("flat", "target", "exp_avg", "exp_avg_sq", "grad")}
+        self._adam_lists: dict[tuple[int, ...], tuple[list[Tensor], ...]] = {}
+        # the buffers are only ever written in place: their layer views are made once
+        self._layers: dict[tuple[str, int | None], list[tuple[Tensor, Tensor]]] = {}
         # the robots' modules act with the stacked values while the chunks run
         for r in range(self.robots):
             for q, l, kind in self._index():
-                getattr(nets[r][q][l], kind).data = self._view(self.flat.detach(), r, q, l, kind)
+                getattr(nets[r][q][l], kind).data = self._view(self.flat, r, q, l, kind)
                 getattr(targets[r][q][l], kind).data = self._view(self.target, r, q, l, kind)
 
     def _index(self) -> Iterator[tuple[int, int, str]]:
@@ -164,96 +185,138 @@ class _Stack:
     def _params(self, r: int) -> list[Tensor]:
         return [getattr(self._nets[r][q][l], kind) for q, l, kind in self._index()]
 
-    def _view(self, flat: Tensor, r: int, q: int, l: int, kind: str) -> Tensor:
-        out_f, in_f = self.shapes[l]
-        ws, we, bs, be = self.slots[l]
-        if kind == "weight":
-            size = out_f * in_f
-            return flat[r, ws + q * size : ws + (q + 1) * size].view(out_f, in_f)
-        return flat[r, bs + q * out_f : bs + (q + 1) * out_f]
-
-    def layers(self, flat: Tensor, heads: int | None = None) -> list[tuple[Tensor, Tensor]]:
-        """Per layer, weights ``(robots * heads, in, out)`` (transposed for bmm) and biases
-        ``(robots * heads, 1, out)``; ``heads=1`` takes the first head only."""
-        h = self.heads if heads is None else heads
+    def _blocks(self, flat: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the ``(robots, heads, out, in)`` weights and ``(robots, heads, out)`` biases."""
         out = []
-        for (out_f, in_f), (ws, we, bs, be) in zip(self.shapes, self.slots):
-            w = flat[:, ws:we].view(self.robots, self.heads, out_f, in_f)[:, :h]
-            b = flat[:, bs:be].view(self.robots, self.heads, 1, out_f)[:, :h]
-            out.append((w.reshape(self.robots * h, out_f, in_f).transpose(1, 2), b.reshape(self.robots * h, 1, out_f)))
+        r, h = self.robots, self.heads
+        for (out_f, in_f), (w, b) in zip(self.shapes, self.slots):
+            out.append((flat[w : w + r * h * out_f * in_f].view(r, h, out_f, in_f), flat[b : b + r * h * out_f].view(r, h, out_f)))
         return out
 
-    def adam(self, active: list[bool], lr: list[float], betas: tuple[float, float], eps: float) -> None:
-        """One Adam step of the active robots (torch's single-tensor Adam, robot by robot)."""
-        grad = self.flat.grad
-        beta1, beta2 = betas
-        rows = [r for r in range(self.robots) if active[r]]
-        for r in rows:
-            self.steps[r] += 1
-        every = len(rows) == self.robots
-        idx = None if every else torch.tensor(rows)
-        bc1 = [1 - beta1 ** self.steps[r] for r in rows]
-        bc2 = [(1 - beta2 ** self.steps[r]) ** 0.5 for r in rows]
-        neg_step = torch.tensor([-lr[r] / c for r, c in zip(rows, bc1)], dtype=torch.float32).unsqueeze(1)
-        bc2 = torch.tensor(bc2, dtype=torch.float32).unsqueeze(1)
-        with torch.no_grad():
-            if every:
-                m, v, p, g = self.exp_avg, self.exp_avg_sq, self.flat, grad
-            else:
-                m, v, p, g = self.exp_avg[idx], self.exp_avg_sq[idx], self.flat[idx], grad[idx]
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / bc2).add_(eps)
-            p.add_((m * neg_step) / denom)
-            if not every:
-                self.exp_avg[idx], self.exp_avg_sq[idx], self.flat[idx] = m, v, p
-        self.flat.grad = None
+    def _view(self, flat: Tensor, r: int, q: int, l: int, kind: str) -> Tensor:
+        w, b = self._blocks(flat)[l]
+        return w[r, q] if kind == "weight" else b[r, q]
 
-    @torch.no_grad()
-    def polyak(self, active: list[bool], tau: float) -> None:
-        """SB3's ``polyak_update`` (``target * (1 - tau) + tau * online``) for the active robots."""
-        if all(active):
+    def _robot_parts(self, flat: Tensor) -> list[list[Tensor]]:
+        """Per robot, its contiguous part of each block, in block order."""
+        parts: list[list[Tensor]] = [[] for _ in range(self.robots)]
+        for pair in self._blocks(flat):
+            for block in pair:
+                for r, part in enumerate(block.reshape(self.robots, -1).unbind(0)):
+                    parts[r].append(part)
+        return parts
+
+    def layers(self, name: str, heads: int | None = None) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, weights ``(robots * heads, out, in)`` and biases ``(robots * heads, 1, out)``:
+        views of the buffer ``name`` (``"flat"``, ``"target"`` or ``"grad"``); ``heads=1`` takes
+        the first head only."""
+        key = (name, heads)
+        if key not in self._layers:
+            self._layers[key] = self._layer_views(getattr(self, name), heads)
+        return self._layers[key]
+
+    def _layer_views(self, flat: Tensor, heads: int | None) -> list[tuple[Tensor, Tensor]]:
+        out = []
+        r, h = self.robots, self.heads
+        for w, b in self._blocks(flat):
+            if heads == 1 and h > 1:
+                out.append((w[:, 0], b[:, 0].unsqueeze(1)))
+            else:
+                out.append((w.view(r * h, *w.shape[2:]), b.view(r * h, 1, b.shape[2])))
+        return out
+
+    def adam(self, rows: list[int], lr: list[float], betas: tuple[float, float], eps: float) -> None:
+        """One Adam step of the robots in ``rows`` from the gradients in :attr:`grad`: torch's
+        fused Adam on their parts, each robot with its own step count (its bias corrections)
+        and learning rate."""
+        by_lr: dict[float, list[int]] = {}
+        for r in rows:
+            by_lr.setdefault(lr[r], []).append(r)
+        for rate, rs in by_lr.items():
+            key = tuple(rs)
+            if key not in self._adam_lists:
+                parts = self._parts
+                self._adam_lists[key] = tuple([p for r in rs for p in parts[name][r]]
+                                              for name in ("flat", "grad", "exp_avg", "exp_avg_sq")) + (
+                    [self.steps[r] for r in rs for _ in parts["flat"][r]], [self.steps[r] for r in rs])
+            params, grads, exp_avg, exp_avg_sq, steps, counts = self._adam_lists[key]
+            torch._foreach_add_(counts, 1)
+            torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], steps, amsgrad=False, lr=rate, beta1=betas[0],
+                               beta2=betas[1], weight_decay=0.0, eps=eps, maximize=False)
+
+    def polyak(self, rows: list[int], tau: float) -> None:
+        """SB3's ``polyak_update`` (``target * (1 - tau) + tau * online``) of the robots in ``rows``."""
+        if len(rows) == self.robots:
             self.target.mul_(1 - tau)
-            torch.add(self.target, self.flat.detach(), alpha=tau, out=self.target)
+            torch.add(self.target, self.flat, alpha=tau, out=self.target)
             return
-        idx = torch.tensor([r for r in range(self.robots) if active[r]])
-        t = self.target[idx].mul_(1 - tau)
-        self.target[idx] = torch.add(t, self.flat.detach()[idx], alpha=tau)
+        targets = [p for r in rows for p in self._parts["target"][r]]
+        torch._foreach_mul_(targets, 1 - tau)
+        torch._foreach_add_(targets, [p for r in rows for p in self._parts["flat"][r]], alpha=tau)
 
     @torch.no_grad()
     def close(self) -> None:
         """Give every robot's modules their own storage again, and its optimiser its state."""
-        flat = self.flat.detach()
         for r in range(self.robots):
             opt = self.optimizers[r]
+            step = float(self.steps[r])
             for (q, l, kind), p in zip(self._index(), self._params(r)):
-                p.data = self._view(flat, r, q, l, kind).clone()
+                p.data = self._view(self.flat, r, q, l, kind).clone()
                 t = getattr(self._targets[r][q][l], kind)
                 t.data = self._view(self.target, r, q, l, kind).clone()
-                if self.steps[r]:
-                    opt.state[p] = {"step": torch.tensor(float(self.steps[r])),
+                if step:
+                    opt.state[p] = {"step": torch.tensor(step),
                                     "exp_avg": self._view(self.exp_avg, r, q, l, kind).clone(),
                                     "exp_avg_sq": self._view(self.exp_avg_sq, r, q, l, kind).clone()}
 
 
-def _split(data: Any, parts: int) -> list[Any]:
-    """A replay sample of ``parts * batch`` rows as ``parts`` samples of ``batch`` rows."""
-    def cut(value: Any, i: int) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, dict):
-            return {k: cut(v, i) for k, v in value.items()}
-        size = value.shape[0] // parts
-        return value[i * size : (i + 1) * size]
-    return [type(data)(*(cut(v, i) for v in data)) for i in range(parts)]
+# The MLPs' forward and backward passes, written out: autograd's graph, its slice and
+# expand nodes and its per-op bookkeeping cost more than the small matmuls themselves
+# (~40 % of a batched step), and a TD3 step needs only what is below.
 
-
-def _mlp(x: Tensor, layers: list[tuple[Tensor, Tensor]], squash: bool) -> Tensor:
+def _forward(x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, list[Tensor]]:
+    """An SB3 MLP ``[Linear, ReLU]* Linear`` on ``(nets, batch, in)``; the output before any
+    squashing and each layer's input (what the backward pass needs)."""
+    inputs = [x]
+    last = len(layers) - 1
     for i, (w, b) in enumerate(layers):
-        x = torch.baddbmm(b, x, w)
-        if i < len(layers) - 1:
-            x = torch.relu(x)
-    return torch.tanh(x) if squash else x
+        x = torch.baddbmm(b, x, w.transpose(1, 2))
+        if i < last:
+            x = x.relu_()
+            inputs.append(x)
+    return x, inputs
+
+
+def _input_grad(g: Tensor, layers: list[tuple[Tensor, Tensor]], inputs: list[Tensor], down_to: int) -> Tensor:
+    """Back from the gradient ``g`` at the output to the output of layer ``down_to - 1``
+    before its ReLU (no parameter gradients: the actor's loss through the critic)."""
+    for i in range(len(layers) - 1, down_to - 1, -1):
+        w = layers[i][0]
+        g = g * w if w.shape[1] == 1 else torch.bmm(g, w)  # one output: an outer product
+        if i > 0:
+            g = torch.ops.aten.threshold_backward(g, inputs[i], 0)
+    return g
+
+
+def _param_grads(g: Tensor, layers: list[tuple[Tensor, Tensor]], inputs: list[Tensor],
+                 out: list[tuple[Tensor, Tensor]]) -> None:
+    """The loss's gradients of every layer's weight and bias, from ``g`` at the output,
+    written into ``out`` (views of the same shapes as ``layers``)."""
+    for i in range(len(layers) - 1, -1, -1):
+        x = inputs[i]
+        w_out, b_out = out[i]
+        # the weight gradient g^T x, or (x^T g)^T where the layer widens: MKL's batched
+        # matmul is ~3-10x slower when the output of a K=256 product is narrower than tall
+        # (the first layers: 132 -> 54 us for the critic's, 194 -> 20 us for the actor's)
+        if x.shape[2] < g.shape[2]:
+            w_out.copy_(torch.bmm(x.transpose(1, 2), g).transpose(1, 2))
+        else:
+            torch.bmm(g.transpose(1, 2), x, out=w_out)
+        torch.sum(g, dim=1, keepdim=True, out=b_out)
+        if i > 0:
+            w = layers[i][0]
+            g = g * w if w.shape[1] == 1 else torch.bmm(g, w)
+            g = torch.ops.aten.threshold_backward(g, inputs[i], 0)
 
 
 class _Group:
@@ -276,96 +339,115 @@ class _Group:
         self.batch = int(m0.batch_size)
         self.updates = 0  # gradient steps taken, robots counted apiece
         self.presample = presample
+        self._adam: dict[str, tuple[list[float], tuple[float, float], float]] = {}
 
-    def _flat(self, obs: Any) -> Tensor:
-        if self.keys == [None]:
-            return obs.reshape(obs.shape[0], -1).float()
-        return torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.keys], dim=1)
-
+    @torch.no_grad()
     def train(self, active: list[bool], gradient_steps: int) -> None:
         """``gradient_steps`` TD3 updates of every active robot, as ``TD3.train`` does them.
 
         With ``presample`` the minibatches of all ``gradient_steps`` are drawn in one
-        ``sample`` call per robot (the buffer does not change between them, so they are
-        drawn from the same distribution; one call instead of several saves most of HER's
-        sampling cost), else one call per step as SB3 does (the same random numbers).
+        draw per robot (the buffer does not change between them, so they are drawn from
+        the same distribution, each with HER's share of real and relabelled transitions;
+        one draw instead of several saves most of HER's sampling cost), else one per step
+        as SB3 does (the same random numbers). The draws are
+        :func:`mfd_core.learners.replay.draw`'s: ``sample``'s numbers, as flat rows.
         """
         models = self.models
         rows = [r for r in range(len(models)) if active[r]]
-        drawn: dict[int, list[Any]] = {}
-        if self.presample and gradient_steps > 1:
+        if not rows or gradient_steps < 1:
+            return
+        steps, batch = gradient_steps, self.batch
+        # every robot's minibatches of the chunk as (robots, steps * batch, ...) tensors, filled
+        # once; robots that do not train ride along on zeros (nothing of theirs changes)
+        robots = len(models)
+        fill = np.zeros if len(rows) < robots else np.empty
+        arrays: dict[str, np.ndarray] = {}
+
+        def put(r: int, s: int, part: replay.Batch) -> None:
+            for name, value in zip(replay.Batch._fields, part):
+                if name not in arrays:
+                    arrays[name] = fill((robots, steps * batch, value.shape[1]), dtype=np.float32)
+                arrays[name][r, s * batch : s * batch + len(value)] = value
+
+        if self.presample and steps > 1:
             for r in rows:
                 m = models[r]
-                data = m.replay_buffer.sample(self.batch * gradient_steps, env=m._vec_normalize_env)
-                drawn[r] = _split(data, gradient_steps)
-        for step in range(gradient_steps):
-            self._update(active, rows, {r: d[step] for r, d in drawn.items()})
+                put(r, 0, replay.draw(m.replay_buffer, batch * steps, self.keys, m.gamma, m._vec_normalize_env,
+                                      parts=steps))
+        else:  # as TD3.train draws them: step by step (robot by robot)
+            for s in range(steps):
+                for r in rows:
+                    m = models[r]
+                    put(r, s, replay.draw(m.replay_buffer, batch, self.keys, m.gamma, m._vec_normalize_env))
+        data = {name: torch.from_numpy(value) for name, value in arrays.items()}
+        # the target policy noise, step by step and robot by robot as TD3.train draws it (one
+        # draw of the same numbers: torch fills a normal tensor in blocks of 16 in order)
+        act_dim = data["actions"].shape[2]
+        noise = torch.empty(steps, len(rows), batch, act_dim).normal_(0, self.noise).clamp_(-self.noise_clip,
+                                                                                           self.noise_clip)
+        if len(rows) < robots:
+            noise = torch.zeros(steps, robots, batch, act_dim).index_copy_(1, torch.tensor(rows), noise)
+        # each robot's learning rate as its optimiser has it now (TD3.train sets it per call)
+        self._adam = {}
+        for name in ("critic", "actor"):
+            groups = [getattr(m.policy, name).optimizer.param_groups[0] for m in models]
+            self._adam[name] = ([g["lr"] for g in groups], groups[0]["betas"], groups[0]["eps"])
+        for s in range(steps):
+            part = slice(s * batch, (s + 1) * batch)
+            actor_rows = []
+            for r in rows:
+                m = models[r]
+                m._n_updates += 1
+                if m._n_updates % self.delay == 0:
+                    actor_rows.append(r)
+            self._update(rows, actor_rows, {k: v[:, part] for k, v in data.items()}, noise[s])
+            self.updates += len(rows)
 
-    def _update(self, active: list[bool], rows: list[int], drawn: dict[int, Any]) -> None:
-        models = self.models
-        robots = len(models)
-        obs, nxt, act, rew, notdone_disc, noise = [], [], [], [], [], []
-        actor_rows = []
-        for r in rows:
-            m = models[r]
-            m._n_updates += 1
-            data = drawn[r] if r in drawn else m.replay_buffer.sample(self.batch, env=m._vec_normalize_env)
-            disc = data.discounts if getattr(data, "discounts", None) is not None else m.gamma
-            n = data.actions.clone().normal_(0, self.noise).clamp_(-self.noise_clip, self.noise_clip)
-            obs.append(self._flat(data.observations))
-            nxt.append(self._flat(data.next_observations))
-            act.append(data.actions)
-            rew.append(data.rewards)
-            notdone_disc.append((1 - data.dones) * disc)
-            noise.append(n)
-            actor_rows.append(m._n_updates % self.delay == 0)
-        if not obs:
+    def _update(self, rows: list[int], actor_rows: list[int], data: dict[str, Tensor], noise: Tensor) -> None:
+        robots, h, batch = len(self.models), self.heads, self.batch
+        obs, nxt, act = data["obs"], data["next_obs"], data["actions"]
+        critic, actor = self.critic, self.actor
+        # the clipped double-Q target
+        next_a, _ = _forward(nxt, actor.layers("target"))
+        next_a = next_a.tanh_().add_(noise).clamp_(-1, 1)
+        q_in = _heads(torch.cat([nxt, next_a], dim=2), h)
+        next_q, _ = _forward(q_in, critic.layers("target"))
+        next_q = next_q.view(robots, h, batch, 1).amin(dim=1)
+        target_q = torch.addcmul(data["rewards"], data["not_done_discount"], next_q)
+        # each robot's critic loss is SB3's (the sum over heads of the mean squared error)
+        layers = critic.layers("flat")
+        q, inputs = _forward(_heads(torch.cat([obs, act], dim=2), h), layers)
+        g = (q.view(robots, h, batch, 1) - target_q.unsqueeze(1)).mul_(2.0 / batch).view(robots * h, batch, 1)
+        _param_grads(g, layers, inputs, critic.layers("grad"))
+        critic.adam(rows, *self._adam["critic"])
+        if not actor_rows:
             return
-        self.updates += len(obs)
-        if len(obs) < robots:  # inactive robots ride along on zeros; nothing of theirs changes
-            fill = iter(range(len(obs)))
-            order = [next(fill) if a else None for a in active]
-            def full(parts: list[Tensor]) -> Tensor:
-                z = torch.zeros_like(parts[0])
-                return torch.stack([parts[i] if i is not None else z for i in order])
-            rows_actor = [actor_rows[i] if i is not None else False for i in order]
-        else:
-            def full(parts: list[Tensor]) -> Tensor:
-                return torch.stack(parts)
-            rows_actor = actor_rows
-        obs_t, nxt_t, act_t = full(obs), full(nxt), full(act)
-        rew_t, nd_t, noise_t = full(rew), full(notdone_disc), full(noise)
-        h = self.heads
-        with torch.no_grad():
-            next_a = (_mlp(nxt_t, self.actor.layers(self.actor.target), True) + noise_t).clamp(-1, 1)
-            q_in = torch.cat([nxt_t, next_a], dim=2)
-            q_in = q_in.unsqueeze(1).expand(-1, h, -1, -1).reshape(robots * h, *q_in.shape[1:])
-            next_q = _mlp(q_in, self.critic.layers(self.critic.target), False).view(robots, h, -1, 1)
-            next_q = next_q.min(dim=1).values
-            target_q = rew_t + nd_t * next_q
-        q_in = torch.cat([obs_t, act_t], dim=2)
-        q_in = q_in.unsqueeze(1).expand(-1, h, -1, -1).reshape(robots * h, *q_in.shape[1:])
-        q = _mlp(q_in, self.critic.layers(self.critic.flat), False).view(robots, h, -1, 1)
-        # each robot's loss is SB3's (the sum over heads of the mean squared error)
-        critic_loss = (q - target_q.unsqueeze(1)).pow(2).mean(dim=(2, 3)).sum()
-        critic_loss.backward()
-        lr_c = [m.policy.critic.optimizer.param_groups[0]["lr"] for m in models]
-        g = models[0].policy.critic.optimizer.param_groups[0]
-        self.critic.adam(active, lr_c, g["betas"], g["eps"])
-        if any(rows_actor):
-            a = _mlp(obs_t, self.actor.layers(self.actor.flat), True)
-            q1 = _mlp(torch.cat([obs_t, a], dim=2), self.critic.layers(self.critic.flat.detach(), heads=1), False)
-            actor_loss = -q1.mean(dim=(1, 2)).sum()
-            actor_loss.backward()
-            lr_a = [m.policy.actor.optimizer.param_groups[0]["lr"] for m in models]
-            g = models[0].policy.actor.optimizer.param_groups[0]
-            self.actor.adam(rows_actor, lr_a, g["betas"], g["eps"])
-            self.critic.polyak(rows_actor, self.tau)
-            self.actor.polyak(rows_actor, self.tau)
+        # the delayed actor update: minus the updated critic's first head on the actor's actions
+        layers = actor.layers("flat")
+        pre, a_inputs = _forward(obs, layers)
+        a = pre.tanh_()
+        q1_layers = critic.layers("flat", heads=1)
+        _, q_inputs = _forward(torch.cat([obs, a], dim=2), q1_layers)
+        g = torch.full((robots, batch, 1), -1.0 / batch)
+        g = _input_grad(g, q1_layers, q_inputs, down_to=1)
+        w0 = q1_layers[0][0]
+        g = torch.bmm(g, w0[:, :, obs.shape[2]:])  # d loss / d action
+        g = g.mul_(1 - a * a)  # through the tanh
+        _param_grads(g, layers, a_inputs, actor.layers("grad"))
+        actor.adam(actor_rows, *self._adam["actor"])
+        critic.polyak(actor_rows, self.tau)
+        actor.polyak(actor_rows, self.tau)
 
     def close(self) -> None:
         self.actor.close()
         self.critic.close()
+
+
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """``(robots, batch, f)`` inputs as ``(robots * heads, batch, f)``: every head sees them."""
+    if heads == 1:
+        return x
+    return x.unsqueeze(1).expand(-1, heads, -1, -1).reshape(x.shape[0] * heads, *x.shape[1:])
 
 
 class TD3Batcher:
@@ -411,21 +493,15 @@ class TD3Batcher:
         self._flushing = True
         jobs = list(self._pending.values())
         self._pending = {}
-        groups: dict[tuple, list[Any]] = {}
-        for model, _ in jobs:
-            groups.setdefault(_signature(model), []).append(model)
-        built: list[_Group] = []
+        signature = {id(m): _signature(m) for m, _ in jobs}
+        by_id = {id(m): m for m, _ in jobs}
+        built: dict[tuple, _Group] = {}  # per architecture, the group training now
         try:
-            member: dict[int, tuple[_Group, int]] = {}
-            for models in groups.values():
-                group = _Group(models, presample=self.presample)
-                built.append(group)
-                for r, m in enumerate(models):
-                    member[id(m)] = (group, r)
             # MLPs without dropout or batch norm: train and eval modes are the same network,
             # and SB3's switch (a walk over every module, twice an env step) is skipped
             for model, _ in jobs:
                 model.policy.set_training_mode = _no_mode
+                model.policy.predict = _Acting(model.policy)
             loops = {id(m): _chunk(m, n) for m, n in jobs}
             while loops:
                 asks: dict[int, int] = {}
@@ -434,8 +510,22 @@ class TD3Batcher:
                         asks[key] = next(loop)
                     except StopIteration:
                         del loops[key]
-                for group in built:
-                    wants = [asks.get(id(m), 0) for m in group.models]
+                # A group holds the robots that take gradient steps now, and is built anew
+                # when they change: a robot whose chunk has ended (a joiner's is shorter) or
+                # that is not past learning_starts would ride along on zeros, at the cost of
+                # a robot's update (a fifth of a 5-robot fleet's step, for most of a run)
+                wanting: dict[tuple, list[Any]] = {}
+                for key, n in asks.items():
+                    if n > 0:
+                        wanting.setdefault(signature[key], []).append(by_id[key])
+                for sig in list(built):
+                    if [id(m) for m in built[sig].models] != [id(m) for m in wanting.get(sig, [])]:
+                        built.pop(sig).close()
+                for sig, models in wanting.items():
+                    if sig not in built:
+                        built[sig] = _Group(models, presample=self.presample)
+                    group = built[sig]
+                    wants = [asks[id(m)] for m in group.models]
                     done = 0
                     while done < max(wants):
                         # robots asking for as many steps as the fewest left go together
@@ -450,13 +540,43 @@ class TD3Batcher:
         finally:
             for model, _ in jobs:
                 model.policy.__dict__.pop("set_training_mode", None)
-            for group in built:
+                model.policy.__dict__.pop("predict", None)
+            for group in built.values():
                 group.close()
             self._flushing = False
 
 
 def _no_mode(mode: bool) -> None:
     return None
+
+
+class _Acting:
+    """A TD3 policy's ``predict`` for its acting loop, without SB3's checks around it (each
+    an observation-space walk: ~250 us an env step, ten times the actor's own forward): the
+    same features (the observation keys flattened and concatenated as the extractor does),
+    the same layers (the ``nn.Linear`` ops), the same unscaling."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.keys = _extractor_keys(policy.actor.features_extractor)
+        self.layers = _mlp_layers(policy.actor.mu, nn.Tanh)
+
+    def __call__(self, observation: Any, state: Any = None, episode_start: Any = None,
+                 deterministic: bool = False) -> tuple[np.ndarray, None]:
+        if self.keys == [None]:
+            x = np.asarray(observation, dtype=np.float32).reshape(-1, self.layers[0].in_features)
+        else:
+            x = np.concatenate([np.asarray(observation[k], dtype=np.float32).reshape(len(observation[k]), -1)
+                                for k in self.keys], axis=1)
+        with torch.no_grad():
+            h = torch.from_numpy(x)
+            last = len(self.layers) - 1
+            for i, layer in enumerate(self.layers):
+                h = torch.addmm(layer.bias, h, layer.weight.t())
+                if i < last:
+                    h = h.relu_()
+            actions = h.tanh_().numpy()
+        return self.policy.unscale_action(actions), None
 
 
 def _chunk(model: Any, steps: int) -> Iterator[int]:
