@@ -551,12 +551,12 @@ def test_resume_finishes_a_stopped_training_with_the_same_figures(tiny, tmp_path
     assert _bs(*argv, "--out", str(whole))[0] == 0
     real = training.train_fleet
 
-    def stop_fedavg(scenario, policy, seed, out, progress, observe=None):
+    def stop_fedavg(scenario, policy, seed, out, progress, observe=None, **rest):
         def tick(t):
             progress(t)
             if t >= 1.0:
                 raise Interrupted("SIGINT")
-        return real(scenario, policy, seed, out, tick if policy == "fedavg" else progress, observe)
+        return real(scenario, policy, seed, out, tick if policy == "fedavg" else progress, observe, **rest)
 
     monkeypatch.setattr(training, "train_fleet", stop_fedavg)
     code, _, err = _bs(*argv, "--out", str(stopped))
