@@ -146,7 +146,8 @@ class Node:
         self.last_share_time = -math.inf
         self.bytes_sent = 0
         self.label_profile: tuple[float, ...] = ()
-        # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each peer
+        # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each
+        # peer (MFD keeps the state's tensors as numpy arrays: see MFDPolicy._cached_state)
         self.neighbour_models: dict[int, tuple[dict, dict | None, float, float]] = {}
         self.neighbour_samples: dict[int, int] = {}  # origin -> the samples its cached model stands for
         # origin -> the latest model it sent, held until the node merges what a round brought
