@@ -101,11 +101,11 @@ class Report:
                    family=hello.family, width=hello.width, version=hello.version, received=received,
                    label_profile=hello.labels, degree=hello.degree)
 
-    def update(self, hello: Hello, received: float) -> None:
-        """Say what ``hello`` says, heard at ``received``."""
-        self.score, self.samples, self.compute, self.memory = hello.score, hello.samples, hello.compute, hello.memory
-        self.family, self.width, self.version, self.received = hello.family, hello.width, hello.version, received
-        self.label_profile, self.degree = hello.labels, hello.degree
+    def update(self, fields: tuple, received: float) -> None:
+        """Say what a hello says (its fields, as :meth:`Hello.read` gives them), heard at ``received``."""
+        (self.score, self.samples, self.compute, self.memory, self.family, self.width, self.version,
+         self.label_profile, self.degree) = fields
+        self.received = received
 
 
 @dataclass
@@ -379,20 +379,25 @@ class Node:
             self.deliver(message, from_node)
 
     def _control(self, received: ReceivedControl) -> None:
+        payload, origin = received.payload, received.origin
         try:
-            record = decode_control(received.payload)
+            if payload[:1] == Hello.KIND:
+                # the most frequent message: its fields go straight into the report
+                fields = Hello.read(payload)
+                record = None
+            else:
+                record = decode_control(payload)
         except MessageError:
             self.counters.malformed += 1
             return
-        origin = received.origin
-        if type(record) is Hello:
+        if record is None:
             report = self.reports.get(origin)
             if report is not None:
-                report.update(record, self.network.env.now)
+                report.update(fields, self.network.env.now)
                 return
             self.heard_new_neighbour = True  # it has not heard this node either, likely
             self.news()
-            self.reports[origin] = Report.from_hello(record, self.network.env.now)
+            self.reports[origin] = Report.from_hello(Hello(*fields), self.network.env.now)
         elif type(record) is Resend:
             self._resend(origin, record)
         else:
