@@ -138,7 +138,14 @@ class Hello:
 
     @classmethod
     def decode(cls, payload: bytes) -> "Hello":
-        # the most frequent message of a fleet: read in place, no intermediate objects
+        return cls(*cls.read(payload))
+
+    @staticmethod
+    def read(payload: bytes) -> tuple[float, int, float, float, str, float, int, tuple[float, ...], int]:
+        """The fields of a hello record, in the order of the class's fields, checked as
+        :meth:`decode` checks them, without building the record: the most frequent
+        message of a fleet (a 1,000-node MFD hour hears 145,000), whose receiver copies
+        the fields into its report of the sender. :raises MessageError: as :meth:`decode`."""
         end = 1 + _HELLO.size
         if len(payload) < end + 1:
             raise MessageError("hello: the record is cut short")
@@ -158,7 +165,7 @@ class Hello:
         labels = _LABELS[count].unpack_from(payload, name_end + 2) if count else ()
         if not all(map(math.isfinite, (score, compute, memory, width, *labels))):
             raise MessageError("hello: a number in it is not finite")
-        return cls(score, samples, compute, memory, family, width, version, labels, degree)
+        return score, samples, compute, memory, family, width, version, labels, degree
 
 
 @dataclass(frozen=True, slots=True)

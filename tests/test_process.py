@@ -189,6 +189,44 @@ def test_a_node_with_few_neighbours_bootstraps_from_two_hops_and_weighs_blends_b
     assert not world.policy.bootstrapping(node)
 
 
+def test_a_merged_model_is_cached_as_a_copy_and_served_in_the_blend() -> None:
+    """The neighbour cache holds its own copy of a merged model (numpy arrays, which the
+    garbage collector does not walk), and the blend serves it as tensors."""
+    world = build_world(tiny(data={"split": "iid"}), seed=0)
+    world.policy.runtime = world
+    node, sender = world.nodes[0], world.nodes[1]
+    sender.learner.train(50)
+    state = sender.learner.get_state()
+    message = received(world, 1, 0, state, score=0.9)
+    assert accept(world, node, message).accepted
+    cached = node.neighbour_models[1][0]
+    assert cached.keys() == state.keys() and not any(isinstance(v, torch.Tensor) for v in cached.values())
+    assert all(torch.equal(torch.from_numpy(cached[k]), message.state[k]) for k in state)
+    for value in message.state.values():
+        value.zero_()  # what arrived is the message's; the cache is not a view of it
+    assert not all(torch.equal(torch.from_numpy(cached[k]), message.state[k]) for k in state)
+    blend = world.policy.blend(node)
+    assert blend is not None and all(isinstance(v, torch.Tensor) for v in blend.values())
+
+
+def test_a_score_taken_during_a_training_chunk_stands_for_the_version_it_ends_with() -> None:
+    world = build_world(tiny(), seed=0)
+    node = world.nodes[0]
+    calls = []
+    score = node.learner.score
+    node.learner.score = lambda state=None: calls.append(state is None) or score(state)
+    chunk = node.train(1)
+    next(chunk)  # trained; the chunk's time passes
+    during = node.score()
+    version = node.version
+    with pytest.raises(StopIteration):
+        next(chunk)
+    assert node.version == version + 1 and node.score() == during and calls == [True]
+    node.set_state(node.learner.get_state())  # an install: scored afresh
+    node.score()
+    assert calls == [True, True]
+
+
 def test_a_node_still_bootstrapping_does_not_answer_pulls() -> None:
     """Back from an absence with nothing merged since, a node has only its stale model to give."""
     world = build_world(tiny(), seed=0)

@@ -76,9 +76,13 @@ class NodeServices:
     seed: int = 0  # each node draws from its own generator, seeded by (seed, node id)
 
 
-@dataclass
+@dataclass(slots=True)
 class Report:
-    """What a neighbour said about itself in its latest :class:`~mfd_core.messages.Hello`."""
+    """What a neighbour said about itself in its latest :class:`~mfd_core.messages.Hello`.
+
+    A node keeps one per neighbour and updates it in place at every hello (a 1,000-node
+    MFD hour hears 145,000): a new object each time outlived the collector's young
+    generations, and the full collections it brought on walked them all again."""
 
     score: float
     samples: int
@@ -96,6 +100,12 @@ class Report:
         return cls(score=hello.score, samples=hello.samples, compute=hello.compute, memory=hello.memory,
                    family=hello.family, width=hello.width, version=hello.version, received=received,
                    label_profile=hello.labels, degree=hello.degree)
+
+    def update(self, fields: tuple, received: float) -> None:
+        """Say what a hello says (its fields, as :meth:`Hello.read` gives them), heard at ``received``."""
+        (self.score, self.samples, self.compute, self.memory, self.family, self.width, self.version,
+         self.label_profile, self.degree) = fields
+        self.received = received
 
 
 @dataclass
@@ -136,7 +146,8 @@ class Node:
         self.last_share_time = -math.inf
         self.bytes_sent = 0
         self.label_profile: tuple[float, ...] = ()
-        # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each peer
+        # origin -> (state, masks, weight, arrival time): the latest gate-approved model of each
+        # peer (MFD keeps the state's tensors as numpy arrays: see MFDPolicy._cached_state)
         self.neighbour_models: dict[int, tuple[dict, dict | None, float, float]] = {}
         self.neighbour_samples: dict[int, int] = {}  # origin -> the samples its cached model stands for
         # origin -> the latest model it sent, held until the node merges what a round brought
@@ -221,8 +232,14 @@ class Node:
             self.invalidate_score()
         yield self.network.compute(self.id, work)
         if learner is self.learner:
+            # A score taken since the chunk began is of the model as it is now: whatever
+            # changed it meanwhile (an install, a merge) dropped or replaced that score. It
+            # stands for the new version (scores are of fixed validation data or seeded
+            # episodes: a state scores the same every time); measuring again was a third of
+            # MFD's scoring in a 1,000-node hour.
+            held = self._score
             self.version += 1
-            self.invalidate_score()
+            self._score = None if held is None else (self.version, held[1])
 
     def charge(self, work: int) -> None:
         """Work done outside a training chunk (gate trials, distillation): paid with the next chunk."""
@@ -362,17 +379,25 @@ class Node:
             self.deliver(message, from_node)
 
     def _control(self, received: ReceivedControl) -> None:
+        payload, origin = received.payload, received.origin
         try:
-            record = decode_control(received.payload)
+            if payload[:1] == Hello.KIND:
+                # the most frequent message: its fields go straight into the report
+                fields = Hello.read(payload)
+                record = None
+            else:
+                record = decode_control(payload)
         except MessageError:
             self.counters.malformed += 1
             return
-        origin = received.origin
-        if type(record) is Hello:
-            if origin not in self.reports:
-                self.heard_new_neighbour = True  # it has not heard this node either, likely
-                self.news()
-            self.reports[origin] = Report.from_hello(record, self.network.env.now)
+        if record is None:
+            report = self.reports.get(origin)
+            if report is not None:
+                report.update(fields, self.network.env.now)
+                return
+            self.heard_new_neighbour = True  # it has not heard this node either, likely
+            self.news()
+            self.reports[origin] = Report.from_hello(Hello(*fields), self.network.env.now)
         elif type(record) is Resend:
             self._resend(origin, record)
         else:
