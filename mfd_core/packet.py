@@ -136,11 +136,26 @@ PARALLEL_CRC_MIN_BATCH = 256 << 10
 # at 64 KiB: 18% slower than checking each datagram as it is placed). 4 MiB: a few times
 # the L2, well inside the L3.
 PARALLEL_CRC_WINDOW = 4 << 20
-# Threads that share a batch, the caller's included: one per CPU this process may run on,
-# at most 8 (past that, memory bandwidth rather than CPU bounds CRC32C over a large model).
-# Fewer when the CPUs are busy: see spare_cpus.
+# Threads that share a batch, the caller's included: 1 unless MFD_CRC_THREADS asks for
+# more (at most one per CPU this process may run on, and 8: past that, memory bandwidth
+# rather than CPU bounds CRC32C over a large model); fewer when the CPUs are busy (see
+# spare_cpus). One, because on the 2-CPU machines we measure on a helper thread lost even
+# when the other CPU was idle: models of 1M / 25M parameters at 64 KiB decoded at 0.82x /
+# 2.06x torch.load's speed with 2 threads and 0.91x / 2.46x with one, and encoded at
+# 1.13x / 3.64x against 1.33x / 4.19x torch.save's (load 0.9, interleaved): every CRC32C
+# call hands the GIL over, and the caller waits for it as long as the helper saves.
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-CRC_THREADS = min(8, _CPUS)
+
+
+def _crc_threads_setting() -> int:
+    try:
+        asked = int(os.environ.get("MFD_CRC_THREADS", "1"))
+    except ValueError:
+        asked = 1
+    return max(1, min(8, _CPUS, asked))
+
+
+CRC_THREADS = _crc_threads_setting()
 
 
 class PacketError(ValueError):

@@ -16,8 +16,10 @@ def one_torch_thread():
 
 @pytest.fixture
 def idle_cpus(monkeypatch):
-    """The packet layer's helper threads run only on spare CPUs (by the load average);
-    tests of those threads pretend the machine is idle so that they run whatever its load."""
+    """The packet layer's helper threads run only when asked for (MFD_CRC_THREADS) and on
+    spare CPUs (by the load average); tests of those threads turn them on and pretend the
+    machine is idle so that they run whatever its load."""
     from mfd_core import packet
 
+    monkeypatch.setattr(packet, "CRC_THREADS", max(2, packet.CRC_THREADS))
     monkeypatch.setattr(packet, "spare_cpus", lambda: 8)
