@@ -200,10 +200,8 @@ class RunFolder:
         states = models()
         for node, state in states.items():
             save_model(where / f"node{node}.mfdm", state, meta={"run": rid, "node": node, "time": t})
-        note = {"run": rid, "time": t, "final": final, "nodes": sorted(states), "saved": _now()}
-        partial = where / "checkpoint.json.partial"
-        partial.write_text(json.dumps(note, indent=2) + "\n")
-        os.replace(partial, where / "checkpoint.json")
+        _write_whole(where / "checkpoint.json",
+                     {"run": rid, "time": t, "final": final, "nodes": sorted(states), "saved": _now()})
         self._checkpointed[rid] = now
         return True
 
@@ -258,9 +256,14 @@ class RunFolder:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _write_meta(self) -> None:
-        tmp = self.path / "run.json.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=2, default=str) + "\n")
-        os.replace(tmp, self.path / "run.json")
+        _write_whole(self.path / "run.json", self.meta)
+
+
+def _write_whole(path: Path, doc: Any) -> None:
+    """``doc`` as JSON at ``path``, whole or not at all (written beside it, then renamed)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    os.replace(partial, path)
 
 
 # -- reading a folder back -------------------------------------------------------------------

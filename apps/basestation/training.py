@@ -148,8 +148,8 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
     :param observe: handed the run's live record (a ``RunResult`` that grows with every
         measurement) before the run starts, so a caller can stream it or keep it when
         the run is interrupted.
-    :param checkpoint: as :func:`mfd_core.runtime.launch.run_on`'s: after every measurement
-        and at the end, the time and a function giving every station's served model.
+    :param checkpoint: as :meth:`mfd_core.World.run`'s: after every measurement and at the
+        end, the time and a function giving every station's served model.
     :return: the run's summary (bytes, final scores, wall time).
     """
     started = time.perf_counter()
@@ -158,16 +158,7 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
         world = build_world(scenario, policy, seed, rule_params=rule)
         if observe is not None:
             observe(world.result)
-
-        def measured(t: float) -> None:
-            if checkpoint is not None:
-                checkpoint(t, world.served_states, False)
-            if progress is not None:
-                progress(t)
-
-        result = world.run(measured)
-        if checkpoint is not None:
-            checkpoint(world.env.now, world.served_states, True)
+        result = world.run(progress, checkpoint)
         finals = {n: float(world.nodes[n].learner.test_score()) for n in world.nodes}
     commons: RadioCommons = world.commons  # type: ignore[attr-defined]
     summary = {

@@ -33,6 +33,7 @@ from ..metrics import RunResult
 from ..network import ray as ray_driver
 from ..network.sim import SimNetwork
 from .recipe import Recipe
+from .world import Checkpoint
 
 NETWORKS = ("sim", "udp", "ray")
 # A node process must say it is ready (imports, data, model, socket) within this long;
@@ -42,8 +43,6 @@ READY_TIMEOUT_S = 300.0
 START_MARGIN_S = 0.5
 
 Progress = Callable[[float], None]
-# (simulated time, a function returning {node: served state_dict}, whether the run ended)
-Checkpoint = Callable[[float, Callable[[], dict], bool], None]
 
 
 def run_on(recipe: Recipe, network: str = "sim", *, progress: Progress | None = None, workers: int = 2,
@@ -91,16 +90,12 @@ def _run_sim(recipe: Recipe, progress: Progress | None, observe: Callable[[RunRe
     def measured(t: float) -> None:
         if observe is not None:
             observe(world.result)
-        if checkpoint is not None:
-            checkpoint(t, world.served_states, False)
         if progress is not None:
             progress(t)
 
-    result = world.run(measured)
+    result = world.run(measured, checkpoint)
     if observe is not None:
         observe(result)
-    if checkpoint is not None:
-        checkpoint(world.env.now, world.served_states, True)
     return result
 
 
