@@ -407,3 +407,25 @@ def test_keep_alives_back_off_while_nothing_changes_and_news_is_told_at_the_next
     after = [t for t in times[2] if t >= 200.5]
     assert after[0] - 200.5 <= 1.0
     assert after[1] - after[0] == pytest.approx(10.0, abs=1e-6)
+
+
+def test_a_new_score_is_told_at_once_but_does_not_reset_the_keep_alive() -> None:
+    """Scores move with every merge: a news hello says the new one, and the keep-alive keeps
+    its backed-off interval (resetting it at each cost a 1,000-node hour 30,000 hellos)."""
+    scenario = tiny(duration=400.0, eval_interval=400.0,
+                    policy={"hello_interval": 1.0, "hello_refresh": 10.0, "hello_refresh_max": 80.0})
+    world = build_world(scenario, seed=0)
+    for node in world.nodes.values():
+        node.learner.train = lambda steps, trainable=None: 1  # work, but the model never changes
+    times = _hello_times(world)
+    node = world.nodes[2]
+    world.start()
+    world.advance(200.5)  # backed off to 80 s by now: 10, 20, 40, 80, ...
+    node.learner.score = lambda state=None: 0.123  # only the score changes
+    node.invalidate_score()
+    node.news()
+    world.advance(world.duration)
+    world.finish()
+    after = [t for t in times[2] if t >= 200.5]
+    assert after[0] - 200.5 <= 1.0  # told at the next look
+    assert after[1] - after[0] == pytest.approx(80.0, abs=1e-6)  # then the keep-alive as backed off

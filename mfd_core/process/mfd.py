@@ -57,8 +57,8 @@ class MFDSettings(PolicySettings):
     hello_refresh: float = Field(60.0, ge=0, description="seconds after which a node reports itself even if "
                                  "nothing changed (a keep-alive; 0: at every hello_interval)")
     hello_refresh_max: float = Field(480.0, ge=0, description="the keep-alive's interval doubles, from "
-                                     "hello_refresh up to this, while nothing changes, and falls back at the "
-                                     "first change (Trickle, RFC 6206); news is never delayed by it")
+                                     "hello_refresh up to this, while nothing changes, and falls back when who is "
+                                     "around changes (Trickle, RFC 6206); news is never delayed by it")
     bootstrap_hops: int = Field(3, ge=1, le=8, description="how many hops out a (re)joining node asks for "
                                 "models (one with fewer neighbours than fanout asks at least 2)")
     echo_window: float = Field(2.0, ge=0, description="neighbours whose model was merged this many seconds "
@@ -93,8 +93,9 @@ def _delay_to(now: float, when: float) -> float:
 class _HelloLooks:
     """When a node reports itself to its neighbours: when there is news, its profile
     changed (score to 0.01, samples, width, memory, degree, ...) or a neighbour it had not
-    heard from spoke, or the keep-alive fell due: ``hello_refresh`` after the last news,
-    doubling up to ``hello_refresh_max`` while nothing changes (Trickle's back-off). At
+    heard from spoke, or the keep-alive fell due: ``hello_refresh`` after a change of who
+    is around, doubling up to ``hello_refresh_max`` while nothing changes (Trickle's
+    back-off; a new score alone neither resets nor doubles it). At
     1,000 nodes training every 30 s, hellos every 5 s were 72,000 of 76,000 datagrams;
     most said what the last one said. With a fixed 60 s keep-alive, a 1,000-node hour
     still sent 65,000 hellos (390,000 receptions), 60,000 of them keep-alives.
@@ -162,11 +163,21 @@ class _HelloLooks:
         node, tick = self.node, self.tick
         if node.is_up():
             profile = node.profile()
-            news = profile != self.said or node.heard_new_neighbour
+            said = self.said
+            news = profile != said or node.heard_new_neighbour
             if news or node.now - self.said_at >= self.refresh:
+                # who is around changed (a neighbour it had not heard from, its degree, what
+                # it is): the keep-alive comes back to its shortest interval, so that a
+                # neighbour that missed this hello hears the node again soon. A new score is
+                # told at once and is no reason to repeat it: scores move with every merge,
+                # and resetting at each cost a 1,000-node hour 30,000 keep-alives
+                # (control datagrams 162,268 -> 131,608, the same accuracy). A keep-alive
+                # that had nothing new to say waits twice as long next time.
+                if node.heard_new_neighbour or said is None or profile[1:] != said[1:]:
+                    self.refresh = self.base_refresh
+                elif not news:
+                    self.refresh = min(2 * self.refresh, self.refresh_max)
                 node.hello()
-                # a keep-alive that had nothing new to say waits twice as long next time
-                self.refresh = self.base_refresh if news else min(2 * self.refresh, self.refresh_max)
                 self.said, self.said_at = profile, node.now
         # the tick at which the refresh falls due (a look there finds `now - said_at >= refresh`)
         due, refresh, interval = tick + self.interval, self.refresh, self.interval
