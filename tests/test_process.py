@@ -383,13 +383,19 @@ def _hello_times(world: World) -> dict[int, list[float]]:
     return times
 
 
-def test_keep_alives_back_off_while_nothing_changes_and_news_is_told_at_the_next_look() -> None:
+def _quiet_world_and_hello_times():
+    """A 400 s world whose models never change (looks every 1 s, keep-alive 10 s backing
+    off to 80 s), and the times of each node's hellos as they will be sent."""
     scenario = tiny(duration=400.0, eval_interval=400.0,
                     policy={"hello_interval": 1.0, "hello_refresh": 10.0, "hello_refresh_max": 80.0})
     world = build_world(scenario, seed=0)
     for node in world.nodes.values():
         node.learner.train = lambda steps, trainable=None: 1  # work, but the model never changes
-    times = _hello_times(world)
+    return world, _hello_times(world)
+
+
+def test_keep_alives_back_off_while_nothing_changes_and_news_is_told_at_the_next_look() -> None:
+    world, times = _quiet_world_and_hello_times()
     node = world.nodes[2]
     # something a hello tells changes at t = 200.5: the node must say so at its next look
     world.start()
@@ -412,12 +418,7 @@ def test_keep_alives_back_off_while_nothing_changes_and_news_is_told_at_the_next
 def test_a_new_score_is_told_at_once_but_does_not_reset_the_keep_alive() -> None:
     """Scores move with every merge: a news hello says the new one, and the keep-alive keeps
     its backed-off interval (resetting it at each cost a 1,000-node hour 30,000 hellos)."""
-    scenario = tiny(duration=400.0, eval_interval=400.0,
-                    policy={"hello_interval": 1.0, "hello_refresh": 10.0, "hello_refresh_max": 80.0})
-    world = build_world(scenario, seed=0)
-    for node in world.nodes.values():
-        node.learner.train = lambda steps, trainable=None: 1  # work, but the model never changes
-    times = _hello_times(world)
+    world, times = _quiet_world_and_hello_times()
     node = world.nodes[2]
     world.start()
     world.advance(200.5)  # backed off to 80 s by now: 10, 20, 40, 80, ...
