@@ -625,9 +625,10 @@ def test_station_models_trained_on_one_layout_play_on_another_by_kind(tiny, tmp_
     assert picks["macro"] == picks["small"]
     assert scores[f"bs_{picks['macro']}"] == max(scores.values())
 
-    import dataclasses
-
-    other = dataclasses.replace(sc.with_env(n_small_cells=7, outage_stations=[]), name="tiny_small")
+    path = tmp_path / "tiny_small.toml"  # the same, on 7 macro + 7 small cells, none in outage
+    path.write_text(TINY.replace('name = "tiny"', 'name = "tiny_small"')
+                    .replace("[basestation]\n", "[basestation]\nn_small_cells = 7\noutage_stations = []\n"))
+    other = load_app_scenario(path)
     env = BaseStationParallelEnv(other.env)
     trained_env = BaseStationParallelEnv(sc.env)
     assert env.network.layout.max_degree != trained_env.network.layout.max_degree
@@ -642,3 +643,9 @@ def test_station_models_trained_on_one_layout_play_on_another_by_kind(tiny, tmp_
     # per station index they do not fit: 7 trained stations, 14 here
     with pytest.raises(FileNotFoundError, match="no model for stations"):
         StationController(env, folder)
+    # the command line: mfd basestation evaluate --models ... --trained-on tiny
+    code, out, err = _bs("evaluate", "--scenarios", str(path), "--models", str(tmp_path), "--trained-on", "tiny",
+                         "--policies", "mfd", "--seeds", "1", "--out", str(tmp_path / "ev"), "--quiet")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert doc["scenarios"]["tiny_small"]["policies"]["mfd"]["seeds"] == 1
