@@ -21,8 +21,15 @@
    - ``mfd_gap_to_central``: (PF_mfd - PF_central) / |PF_central| against the central
      search, mean over scenarios (>= -0.05);
    - ``bytes_vs_fedavg``: MFD's model bytes over FedAvg's (<= 0.25);
-   - ``transfer_loss_rush_hour`` / ``transfer_loss_19_cells``: hotspot-trained agents
-     played elsewhere (None, with the measured reason, where they cannot be played).
+   - ``transfer_loss_rush_hour`` / ``transfer_loss_19_cells``: 1 - PF_transferred /
+     PF_native, hotspot-trained MFD stations played on rush hour and on ``hotspot_19``
+     (19 macro + 12 small cells, a layout no shipped scenario uses) against MFD stations
+     trained there, same training and evaluation seeds (:func:`transfer_check`; needs
+     ``--scenarios hotspot,rush_hour,hotspot_19``). Station models play by kind (each
+     station runs the model of the best twin-scored trained station of its kind,
+     ``apps.basestation.evaluation.kind_models``) on the hotspot-tuned rule they were
+     trained to correct; the observation has a fixed number of X2 neighbour slots
+     (``x2_neighbour_slots``), so it fits every layout.
 
    The spread over training seeds is kept per scenario (``per_scenario``).
 
@@ -267,6 +274,11 @@ def transfer_check(rows: list[dict], folders: dict[int, Path], names: list[str],
                              "pf_transferred_by_train_seed": {str(t): v for t, v in there.items()},
                              "energy_transferred_kj": _mean([r["energy_kj"] for r in moved if r["policy"] == policy])}
         entry["loss"] = entry["mfd"]["loss"]
+        m, r = entry["mfd"], entry["tuned_rule"]
+        if all(math.isfinite(v) for v in (m["pf_native"], r["pf_native"], m["pf_transferred"], r["pf_transferred"])) \
+                and abs(m["pf_native"] - r["pf_native"]) < 1e-9 and abs(m["pf_transferred"] - r["pf_transferred"]) < 1e-9:
+            entry["note"] = ("the MFD stations played the tuned rule exactly (no correction), here and where they were "
+                             "trained: this loss is the hotspot-tuned rule's on other traffic, nothing learned moved")
         out[key] = entry
     return out
 
@@ -407,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         parts = [_evaluate_task(*j) for j in jobs]
     rows = [r for part in parts for r in part[0]]
     notes = [n for part in parts for n in part[1]]
+    files = {n: _scenario(n, None, None).training.rounds for n in names}
+    if args.rounds and any(args.rounds < r for r in files.values()):
+        notes.insert(0, f"shortened measurement: {args.rounds} training rounds, not the scenario files' "
+                        f"({', '.join(f'{n} {r}' for n, r in files.items())}): what fits the time box")
     training = {}
     for name in names:
         for t in seeds:
