@@ -49,12 +49,26 @@
    scenarios. The +5 % target is not met: with more rounds and a weaker start bias the
    corrections move and lose on unseen traffic (apps/basestation/residual.py).
 
+   Transfer and bytes, measured 00:46-01:02 UTC 2026-12-07 (load 2.3-2.9, ``--scenarios
+   hotspot,rush_hour,hotspot_19 --train-seeds 0,1,2 --rounds 6 --rule-restarts 0 --jobs 1
+   --policies tuned_rule,mfd,fedavg``, 952 s; ``results/basestation_transfer.json``): 6
+   rounds, not the files' 80 / 40. Hotspot-trained MFD stations lose 0.9 % PF on rush hour
+   (64.77 vs 65.34) and gain 2.5 % on the 19-cell layout (95.83 vs 93.47; loss -0.025),
+   against MFD stations trained there. Every MFD station played the tuned rule exactly
+   (twin scores 1.0, PF equal to the rule's), so these are the hotspot-tuned rule's
+   figures on other traffic: on hotspot_19 the rule tuned there on 3 tuning episodes
+   without restarts is the worse one on the evaluation seeds (training seed 0: 90.7 vs
+   96.6). MFD sent 0.11x FedAvg's model bytes (hotspot 1.6 vs 15.9 MB, rush hour 2.9 vs
+   25.1 MB; hotspot_19 3.8 vs 48.6 MB).
+
    Ping-pong rate 0 for every policy but MFD at night: with 1 s steps and a 2-step
    time-to-trigger an A3 handover cannot return within 1 s, only a forced one (a station
    waking / sleeping) can.
 
     python benchmarks/basestation.py --train-seeds 0,1,2 --rounds 10 --jobs 2
     python benchmarks/basestation.py --scenarios hotspot --train-seeds 0 --policies tuned_rule,central_search
+    python benchmarks/basestation.py --scenarios hotspot,rush_hour,hotspot_19 --policies tuned_rule,mfd,fedavg \
+        --rounds 6 --out benchmarks/results/basestation_transfer.json
 
 Writes ``benchmarks/results/basestation.json`` (the exact command included) and the
 report under ``runs/basestation-bench/report``.
