@@ -59,7 +59,11 @@
    figures on other traffic: on hotspot_19 the rule tuned there on 3 tuning episodes
    without restarts is the worse one on the evaluation seeds (training seed 0: 90.7 vs
    96.6). MFD sent 0.11x FedAvg's model bytes (hotspot 1.6 vs 15.9 MB, rush hour 2.9 vs
-   25.1 MB; hotspot_19 3.8 vs 48.6 MB).
+   25.1 MB; hotspot_19 3.8 vs 48.6 MB). Stations acting outright (``--action absolute
+   --rounds 20 --policies mfd``, 865 s, ``results/basestation_transfer_absolute.json``)
+   transfer with loss -0.9 % (rush hour) and -0.3 % (19 cells), but barely learned
+   (hotspot +1.6 % over full power, rush hour -0.9 %; on rush hour the transferred ones
+   play full power exactly): no transfer figure yet measures agents that learned much.
 
    Ping-pong rate 0 for every policy but MFD at night: with 1 s steps and a 2-step
    time-to-trigger an A3 handover cannot return within 1 s, only a forced one (a station
