@@ -606,3 +606,46 @@ def test_help_is_plain_words(command):
     assert code == 0 and "mfd basestation" in out
     for markup in ("``", ":mod:", ":class:", ":func:", "topology.loss"):  # no reST, no other app's fields
         assert markup not in out, markup
+
+
+def test_station_models_trained_on_one_layout_play_on_another_by_kind(tiny, tmp_path):
+    """Trained on 7 macro cells (X2 degree 6), played on 7 macro + 7 small cells (degree
+    7): the observation has the same size, every station takes the model of its kind's
+    best-scored trained station, small cells the macro one (the training had none)."""
+    from apps.basestation.evaluation import StationController, evaluate, kind_models
+    from apps.basestation.training import train_fleet
+    from envs.basestation import BaseStationParallelEnv
+
+    sc = load_app_scenario(tiny)
+    summary = train_fleet(sc, "mfd", seed=0, out=tmp_path)
+    folder = tmp_path / "tiny" / "mfd"
+    assert set(summary["station_kinds"].values()) == {"macro"}
+    picks = kind_models(folder)
+    scores = summary["station_test_scores"]
+    assert picks["macro"] == picks["small"]
+    assert scores[f"bs_{picks['macro']}"] == max(scores.values())
+
+    path = tmp_path / "tiny_small.toml"  # the same, on 7 macro + 7 small cells, none in outage
+    path.write_text(TINY.replace('name = "tiny"', 'name = "tiny_small"')
+                    .replace("[basestation]\n", "[basestation]\nn_small_cells = 7\noutage_stations = []\n"))
+    other = load_app_scenario(path)
+    env = BaseStationParallelEnv(other.env)
+    trained_env = BaseStationParallelEnv(sc.env)
+    assert env.network.layout.max_degree != trained_env.network.layout.max_degree
+    assert env.network.obs_dim == trained_env.network.obs_dim
+    controller = StationController(env, folder, by_kind=True)
+    assert controller.stations == list(range(env.network.n_stations))
+    rows, notes = evaluate([other], tmp_path, ("full_power", "mfd"), seeds=[1], trained_on="tiny")
+    assert not notes, notes
+    played = {r["policy"]: r for r in rows}
+    assert played["mfd"]["trained_on"] == "tiny" and played["full_power"]["trained_on"] == "tiny_small"
+    assert math.isfinite(played["mfd"]["pf_utility"]) and played["mfd"]["steps"] == other.env.episode_steps
+    # per station index they do not fit: 7 trained stations, 14 here
+    with pytest.raises(FileNotFoundError, match="no model for stations"):
+        StationController(env, folder)
+    # the command line: mfd basestation evaluate --models ... --trained-on tiny
+    code, out, err = _bs("evaluate", "--scenarios", str(path), "--models", str(tmp_path), "--trained-on", "tiny",
+                         "--policies", "mfd", "--seeds", "1", "--out", str(tmp_path / "ev"), "--quiet")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert doc["scenarios"]["tiny_small"]["policies"]["mfd"]["seeds"] == 1

@@ -463,7 +463,9 @@ def test_stations_observe_their_users_beyond_the_load_scale_and_against_neighbou
     # what a neighbour reports over X2 is its users feature
     own = len(OBS_OWN_FEATURES)
     k = OBS_NEIGHBOUR_FEATURES.index("users")
-    assert o[busiest, own + k] == pytest.approx(users[nb[0]])
+    slot0 = net.neighbour_slots()[busiest, 0]  # the first slot is its most loaded neighbour
+    assert n[slot0] == n[nb[nb >= 0]].max()
+    assert o[busiest, own + k] == pytest.approx(users[slot0])
 
 
 def test_power_weight_prices_every_watt():
@@ -479,3 +481,32 @@ def test_power_weight_prices_every_watt():
     for i, ag in enumerate(env.possible_agents):
         assert rp[ag] == pytest.approx(r[ag] - 0.05 * power[i])
     assert priced.network.network_reward() == pytest.approx(env.network.network_reward() - 0.05 * power.sum())
+
+
+def test_observation_size_is_the_same_on_layouts_of_different_degree():
+    """A station model plays on any layout: the X2 neighbour slots are a fixed number,
+    the most loaded neighbour first, padded with present = 0."""
+    from envs.basestation import OBS_NEIGHBOUR_FEATURES
+
+    rush = BaseStationParallelEnv(scenario="rush_hour")  # 19 macro, no small cells: degree 6
+    hot = BaseStationParallelEnv(scenario="hotspot")  # 7 macro + 7 small: degree 7
+    assert rush.network.layout.max_degree != hot.network.layout.max_degree
+    assert rush.observation_space("bs_0").shape == hot.observation_space("bs_0").shape
+    assert len(rush.feature_names) == rush.network.obs_dim
+    obs, _ = hot.reset(seed=4)
+    net = hot.network
+    slots = net.neighbour_slots()
+    own, nf = len(OBS_OWN_FEATURES), len(OBS_NEIGHBOUR_FEATURES)
+    present = OBS_NEIGHBOUR_FEATURES.index("present")
+    for i in range(net.n_stations):
+        real = slots[i][slots[i] >= 0]
+        assert sorted(real.tolist()) == sorted(net.layout.neighbours[i][net.layout.neighbours[i] >= 0].tolist())
+        assert (np.diff(net.n_users[real]) <= 0).all()  # most users first
+        flags = obs[f"bs_{i}"][own + present::nf]
+        np.testing.assert_array_equal(flags, slots[i] >= 0)
+    # fewer slots than neighbours: the least loaded are left out
+    few = BaseStationParallelEnv(hot.config.replace(x2_neighbour_slots=2))
+    few.reset(seed=4)
+    kept = few.network.neighbour_slots()
+    assert kept.shape == (net.n_stations, 2)
+    assert (few.network.n_users[kept[:, 1]] >= few.network.n_users[slots[:, 2].clip(0)] * (slots[:, 2] >= 0)).all()

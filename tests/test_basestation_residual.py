@@ -121,7 +121,7 @@ def test_residual_view_is_a_gymnasium_env(tiny):
     view = StationView(env, station=2, residual=Residual(env, BUSY_RULE))
     check_env(view, skip_render_check=True)
     obs, _ = view.reset(seed=3)
-    assert obs.shape == view.observation_space.shape == (env.network.obs_dim + 3 + env.network.layout.max_degree,)
+    assert obs.shape == view.observation_space.shape == (env.network.obs_dim + 3 + env.network.n_slots,)
 
 
 def test_difference_credit_is_against_the_rule(tiny):

@@ -5,6 +5,7 @@
     mfd basestation train hotspot --policies mfd --rounds 20 --seeds 0-2
     mfd basestation evaluate --models RUNDIR        # RUNDIR: what train wrote
     mfd basestation evaluate --scenarios uniform,hotspot --train --rounds 10
+    mfd basestation evaluate --models RUNDIR --trained-on hotspot --scenarios rush_hour   # transfer
 
 A scenario is a shipped app scenario (mfd basestation list), an env preset name or a
 TOML path. Both commands write a run folder (default: a new folder under runs/):
@@ -390,6 +391,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--rounds sets the training rounds: it goes with --train")
     if args.train_seeds and not args.train:
         raise UsageError("--train-seeds goes with --train")
+    if args.trained_on and not args.models:
+        raise UsageError("--trained-on names a scenario of --models RUNDIR: give --models")
     explicit = args.policies is not None
     policies = tuple(_csv(args.policies)) if explicit else POLICIES
     unknown = [p for p in policies if p not in POLICIES]
@@ -422,13 +425,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.models:
         for sc in scenarios:
             for p in learned:
-                missing = [t for t, m in sets.items() if not _has_models(m / sc.name / p)]
+                missing = [t for t, m in sets.items() if not _has_models(m / (args.trained_on or sc.name) / p)]
                 if missing and explicit:
-                    raise UsageError(f"--models {args.models}: no {p} models for scenario {sc.name}"
+                    raise UsageError(f"--models {args.models}: no {p} models for scenario "
+                                     f"{args.trained_on or sc.name}"
                                      + (f" (training seed {missing[0]})" if missing[0] is not None else ""))
-        if not any(_has_models(m / sc.name / p) for sc in scenarios for p in learned for m in sets.values()):
+        if not any(_has_models(m / (args.trained_on or sc.name) / p)
+                   for sc in scenarios for p in learned for m in sets.values()):
             raise UsageError(f"--models {args.models}: no trained models for scenario(s) "
-                             f"{', '.join(sc.name for sc in scenarios)}")
+                             f"{args.trained_on or ', '.join(sc.name for sc in scenarios)}")
+        if args.trained_on:
+            notes.append(f"trained on {args.trained_on}, played by kind (macro / small cell) on "
+                         f"{', '.join(sc.name for sc in scenarios)}")
     eval_seeds = flatten_seeds(args.seeds)
     train_seeds = flatten_seeds(args.train_seeds) or [0]
     out = prepare_out(args.out or default_out("basestation-evaluate"), force=args.force)
@@ -479,7 +487,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         for seed in (eval_seeds or list(sc.training.eval_seeds)):
                             name = run_name(sc.name, policy, seed, t)
                             progress.describe(name)
-                            got, why = evaluate([sc], models, (policy,), [seed])
+                            got, why = evaluate([sc], models, (policy,), [seed], trained_on=args.trained_on)
                             progress.advance(1)
                             if not got:
                                 notes.extend(n for n in why if n not in notes)
@@ -568,6 +576,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "(default: all six; only the heuristics without --models or --train)")
     p.add_argument("--models", help="a run folder that mfd basestation train wrote")
     p.add_argument("--train", action="store_true", help="train the policies first, into this run's folder")
+    p.add_argument("--trained-on", metavar="SCENARIO",
+                   help="with --models: play the models trained on SCENARIO on every --scenarios (another "
+                        "layout or traffic); each station runs the best-scored trained model of its kind "
+                        "(macro / small cell)")
     p.add_argument("--rounds", type=rounds_type, help="with --train: training rounds")
     p.add_argument("--train-seeds", type=seeds_type, nargs="+", metavar="SEEDS",
                    help="with --train: training seeds, in the --seeds syntax (default 0)")

@@ -5,7 +5,9 @@ load-balancing heuristic (CIO offsets, sleep at low load), the tuned MLB rule (a
 load-ratio rule tuned on training seeds, :mod:`.rules`), the central search (the same
 rule tuned per station by a central optimiser: the strong reference) and the trained agents:
 isolated, FedAvg and MFD stations (each station acts with its own saved SB3 model)
-and the central PPO controller. Each plays the scenario's evaluation seeds greedily;
+and the central PPO controller. Station models trained on another scenario or layout
+(``trained_on``) play by kind: each station runs the model of the trained station of its
+kind that its twin scored best (:func:`kind_models`). Each plays the scenario's evaluation seeds greedily;
 the figures are per-step means over the episode (rates, PF utility), totals
 (energy, handovers) and bits per joule over the whole episode, plus the bytes of model
 traffic its training cost.
@@ -32,7 +34,7 @@ from .residual import RESIDUAL_FILE, Residual
 from .rules import RULE_POLICIES, LoadRatioRule, load_rule_params
 
 __all__ = ["POLICIES", "HEURISTICS", "LABELS", "COLOURS", "KPIS", "ENGINEER_KPIS", "episode_kpis", "evaluate",
-           "aggregate", "load_controller"]
+           "aggregate", "load_controller", "kind_models"]
 
 POLICIES = ("full_power", "heuristic", "tuned_rule", "isolated", "fedavg", "mfd", "central", "central_search")
 # the fixed heuristics and the tuned rule: "best heuristic" is the best of these per scenario
@@ -61,13 +63,51 @@ ENGINEER_KPIS = ("mean_user_rate_mbps", "p5_user_rate_mbps", "pf_utility", "ener
 Controller = Callable[[dict], dict]
 
 
+def kind_models(folder: Path) -> dict[str, int]:
+    """Which trained station's model plays every station of a kind on another layout:
+    per kind (``"macro"``, ``"small"``), the station of that kind with the best test
+    score (its twin, a training-side seed: never an evaluation seed) in the training's
+    ``summary.json``, ties to the lowest index. A kind the training had none of takes
+    the other kind's pick (the ``small_cell`` feature tells the model what it plays).
+
+    Per kind and not per position: stations of one kind face the same choices (power,
+    offset, sleep) with the same meaning, while a position (index, neighbours) does not
+    exist on another layout; the best-scored one, because its model is the one whose
+    departures from the rule its twin found worth most.
+
+    :raises FileNotFoundError: without a summary naming the stations' kinds.
+    """
+    path = Path(folder) / "summary.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    kinds, scores = doc.get("station_kinds"), doc.get("station_test_scores", {})
+    if not kinds:
+        raise FileNotFoundError(f"{path}: no station_kinds (trained before models could play by kind)")
+    best: dict[str, tuple[float, int]] = {}
+    for agent, kind in kinds.items():
+        i = int(agent.removeprefix("bs_"))
+        if not (Path(folder) / agent / "model.zip").is_file():
+            continue
+        key = (-float(scores.get(agent, -math.inf)), i)
+        if kind not in best or key < best[kind]:
+            best[kind] = key
+    if not best:
+        raise FileNotFoundError(f"{folder}: no station models (bs_<i>/model.zip)")
+    picks = {k: i for k, (_, i) in best.items()}
+    for kind, other in (("macro", "small"), ("small", "macro")):
+        picks.setdefault(kind, picks.get(other))
+    return picks
+
+
 class StationController:
     """Each station acts greedily with its own saved SB3 PPO model (``bs_<i>/model.zip``).
 
     Residual stations (a ``residual.json`` beside the models, :mod:`.residual`) answer
-    corrections to the tuned rule saved there, which plays beside them."""
+    corrections to the tuned rule saved there, which plays beside them.
 
-    def __init__(self, env: BaseStationParallelEnv, folder: Path) -> None:
+    :param by_kind: play models trained on another layout: every station that is on runs
+        the model :func:`kind_models` picks for its kind (macro / small cell)."""
+
+    def __init__(self, env: BaseStationParallelEnv, folder: Path, by_kind: bool = False) -> None:
         from stable_baselines3 import PPO
 
         net = env.network
@@ -84,14 +124,21 @@ class StationController:
             self.default = net.default_actions()
             self.nvec = [net.n_power_levels, net.n_cio, 2]
             obs_shape = env.observation_space(self.agents[0]).shape
-        self.stations = [i for i in range(net.n_stations) if (folder / f"bs_{i}" / "model.zip").is_file()]
+        if by_kind:
+            picks = kind_models(folder)
+            self.stations = [i for i in range(net.n_stations) if not net.off[i]]
+            source = [picks["macro" if net.layout.is_macro[i] else "small"] for i in self.stations]
+        else:
+            self.stations = [i for i in range(net.n_stations) if (folder / f"bs_{i}" / "model.zip").is_file()]
+            source = list(self.stations)
         if not self.stations:
             raise FileNotFoundError(f"{folder}: no station models (bs_<i>/model.zip)")
         missing = [i for i in range(net.n_stations) if i not in self.stations and not net.off[i]]
         if missing:
             raise FileNotFoundError(f"{folder}: no model for stations {missing}")
         # the station's own disk, written by `mfd basestation train`: never network bytes
-        policies = [PPO.load(folder / f"bs_{i}" / "model.zip", device="cpu").policy for i in self.stations]
+        loaded = {j: PPO.load(folder / f"bs_{j}" / "model.zip", device="cpu").policy for j in sorted(set(source))}
+        policies = [loaded[j] for j in source]
         for p in policies:
             if p.observation_space.shape != obs_shape:
                 raise ValueError(f"{folder}: models were trained for observations of shape "
@@ -136,10 +183,15 @@ class CentralController:
         return {ag: a[i] for i, ag in enumerate(self.agents)}
 
 
-def load_controller(policy: str, env: BaseStationParallelEnv, models: Path | None, scenario: str) -> Controller:
+def load_controller(policy: str, env: BaseStationParallelEnv, models: Path | None, scenario: str,
+                    trained_on: str | None = None) -> Controller:
     """The controller of ``policy`` for ``env``; trained ones come from ``models/<scenario>/<policy>``.
 
+    :param trained_on: play what was trained on this scenario instead
+        (``models/<trained_on>/<policy>``), station models by kind (:func:`kind_models`).
     :raises FileNotFoundError: when a trained policy has no saved models.
+    :raises ValueError: when saved models do not fit ``env`` (e.g. the central controller
+        of another layout).
     """
     if policy == "full_power":
         return lambda obs: full_power_strongest_cell(env, obs)
@@ -149,13 +201,13 @@ def load_controller(policy: str, env: BaseStationParallelEnv, models: Path | Non
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     if models is None:
         raise FileNotFoundError(f"{policy}: no models folder given")
-    folder = Path(models) / scenario / policy
+    folder = Path(models) / (trained_on or scenario) / policy
     if policy in RULE_POLICIES:
         # tuned on training seeds by `train` (apps.basestation.rules), saved beside the models
         return LoadRatioRule(env, load_rule_params(folder))
     if policy == "central":
         return CentralController(env, folder)
-    return StationController(env, folder)
+    return StationController(env, folder, by_kind=trained_on is not None)
 
 
 def episode_kpis(env: BaseStationParallelEnv, controller: Controller, seed: int) -> dict[str, float]:
@@ -191,9 +243,12 @@ def _training_summary(models: Path | None, scenario: str, policy: str) -> dict[s
 
 def evaluate(scenarios: list[AppScenario], models: Path | None, policies: tuple[str, ...] = POLICIES,
              seeds: list[int] | None = None, progress: Callable[[str], None] | None = None,
-             ) -> tuple[list[dict[str, Any]], list[str]]:
+             trained_on: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Play every policy on every scenario and seed.
 
+    :param trained_on: play the trained policies of this scenario (``models/<trained_on>/``)
+        on every scenario given, station models by kind (transfer; rows say ``trained_on``).
+        The fixed heuristics play as always.
     :return: one row per (scenario, policy, seed), and notes on what was skipped (a
         trained policy without models is skipped with a note, not an error).
     """
@@ -202,12 +257,14 @@ def evaluate(scenarios: list[AppScenario], models: Path | None, policies: tuple[
         for sc in scenarios:
             env = BaseStationParallelEnv(sc.env)
             for policy in policies:
+                transfer = bool(trained_on) and policy not in ("full_power", "heuristic")
+                source = trained_on if transfer else sc.name
                 try:
-                    controller = load_controller(policy, env, models, sc.name)
+                    controller = load_controller(policy, env, models, sc.name, trained_on=source if transfer else None)
                 except (FileNotFoundError, ValueError) as err:
-                    notes.append(f"{sc.name}/{policy}: skipped ({err})")
+                    notes.append(f"{sc.name}/{policy}{f' trained on {source}' if transfer else ''}: skipped ({err})")
                     continue
-                training = _training_summary(models, sc.name, policy)
+                training = _training_summary(models, source, policy)
                 for seed in (seeds or list(sc.training.eval_seeds)):
                     if progress:
                         progress(f"{sc.name} {policy} seed {seed}")
@@ -215,6 +272,8 @@ def evaluate(scenarios: list[AppScenario], models: Path | None, policies: tuple[
                            **episode_kpis(env, controller, seed),
                            "model_mb": training.get("model_bytes", 0) / 1e6,
                            "training_env_steps": training.get("env_steps", 0)}
+                    if trained_on:
+                        row["trained_on"] = source
                     if "measurement_bytes" in training:
                         row["measurement_mb"] = training["measurement_bytes"] / 1e6
                     rows.append(row)

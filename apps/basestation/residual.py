@@ -21,7 +21,9 @@ load (time-domain coordination), which a per-station constant rule cannot expres
 
 The policy sees, besides the env's observation, what the rule plans this step: its own
 planned power level, offset and sleep, and the planned power level of each X2 neighbour
-slot (what X2 carries as a planned power / ABS pattern; 0 on padding). All in [0, 1].
+slot (what X2 carries as a planned power / ABS pattern; 0 on padding), in the env's slot
+order (:meth:`~envs.basestation.CellularNetwork.neighbour_slots`: most loaded first, a
+fixed number of slots whatever the layout). All in [0, 1].
 
 Measured on hotspot (training seed 0, its tuned rule, MFD, eval seeds 100-102,
 2026-12-06, busy machine), PF against the tuned rule: with the defaults (logit bias 2
@@ -65,7 +67,7 @@ RESIDUAL_FILE = "residual.json"
 def residual_feature_names(env: BaseStationParallelEnv) -> list[str]:
     """Names of the features :meth:`Residual.observe` appends to a station's observation."""
     return (["rule.power_level", "rule.cio", "rule.sleep"]
-            + [f"nb{k}.rule_power_level" for k in range(env.network.layout.max_degree)])
+            + [f"nb{k}.rule_power_level" for k in range(env.network.n_slots)])
 
 
 class Residual:
@@ -90,10 +92,8 @@ class Residual:
         self.nvec = [self.k + 1 + (self.k if self.raise_power else 0), 2 * self.k + 1, 2]
         self.zero = np.array([self.k, self.k, 0], dtype=np.int64)
         self.eligible = sleep_eligible(net)
-        self.n_extra = 3 + net.layout.max_degree
+        self.n_extra = 3 + net.n_slots
         self.obs_dim = net.obs_dim + self.n_extra
-        nb = net.layout.neighbours
-        self._nb_gather, self._nb_valid = np.maximum(nb, 0), nb >= 0
         self._hi = np.array([net.n_power_levels - 1, net.n_cio - 1])
         self.base: np.ndarray | None = None  # the rule's (S, 3) actions for the last observation
 
@@ -115,7 +115,8 @@ class Residual:
         extra[:, 0] = power
         extra[:, 1] = base[:, 1] / max(net.n_cio - 1, 1)
         extra[:, 2] = base[:, 2]
-        extra[:, 3:] = np.where(self._nb_valid, power[self._nb_gather], 0.0)
+        slots = net.neighbour_slots()  # the slots of `obs`: the network has not stepped since
+        extra[:, 3:] = np.where(slots >= 0, power[np.maximum(slots, 0)], 0.0)
         return np.concatenate([o, extra], axis=1)
 
     def to_env(self, corrections: np.ndarray) -> np.ndarray:

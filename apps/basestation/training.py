@@ -170,6 +170,10 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
         "data_bytes": int(result.data_bytes[-1]) if result.data_bytes else 0,
         "final_test_score": float(np.mean(list(finals.values()))),
         "station_test_scores": {f"bs_{n}": s for n, s in finals.items()},
+        # what a station is, so that its model can be played by one of its kind on another
+        # layout (evaluation.kind_models)
+        "station_kinds": {f"bs_{n}": "macro" if commons.env.network.layout.is_macro[n] else "small"
+                          for n in world.nodes},
         "counters": {k: v for k, v in result.extra.items() if isinstance(v, (int, float))},
         "wall_seconds": round(time.perf_counter() - started, 2),
         "precision": scenario.sharing.mfd.precision if policy == "mfd" else "fp32",

@@ -157,6 +157,13 @@ class BaseStationConfig:
     """Rates are floored here before the logarithm of the PF utility (ln(1e3/1e6) = -6.9)."""
     load_norm_users: int = 10
     """Attached users at which the observed load reads 1."""
+    x2_neighbour_slots: int = 7
+    """X2 neighbours a station observes, whatever the layout's degree: its most loaded
+    neighbours first, padding (``present = 0``) where it has fewer. 7 is the largest X2
+    degree of the shipped layouts (a macro site in a full ring: 6 macro neighbours and
+    its one small cell; also the 19 macro + 12 small-cell layout), so no shipped station
+    loses a neighbour; with more small cells per site the least loaded are left out. A
+    fixed number keeps one station model's input the same on every layout."""
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -284,6 +291,7 @@ class BaseStationConfig:
             need(getattr(self, name) >= 0, name, "must be non-negative")
         need(self.rate_floor_bps > 0, "rate_floor_bps", "must be positive")
         need(self.load_norm_users >= 1, "load_norm_users", "must be at least 1")
+        need(self.x2_neighbour_slots >= 1, "x2_neighbour_slots", "must be at least 1")
 
     # ------------------------------------------------------------------------------------
     @property

@@ -135,7 +135,6 @@ class CellularNetwork:
 
         # X2 neighbourhood incl. self, for each station's local energy efficiency.
         nb = self.layout.neighbours
-        self._nb_index = np.where(nb >= 0, nb, S)  # padding points at an all-zero row
         hood = np.eye(S)
         rows = np.repeat(np.arange(S), nb.shape[1])
         valid = nb.reshape(-1) >= 0
@@ -157,7 +156,8 @@ class CellularNetwork:
         self._level_obs = (np.arange(self.n_power_levels) / max(self.n_power_levels - 1, 1))
         self._small = (~macro).astype(np.float32)
         self._users_obs_scale = 1.0 / np.log1p(c.max_users)
-        self.obs_dim = len(OBS_OWN_FEATURES) + self.layout.max_degree * len(OBS_NEIGHBOUR_FEATURES)
+        self.n_slots = c.x2_neighbour_slots
+        self.obs_dim = len(OBS_OWN_FEATURES) + self.n_slots * len(OBS_NEIGHBOUR_FEATURES)
         self.rng = np.random.default_rng()
         self.t = 0
 
@@ -527,8 +527,23 @@ class CellularNetwork:
                 + c.ee_weight * self.n_stations * k.energy_efficiency_bits_per_j * 1e-6
                 - c.handover_cost * k.handovers - c.power_weight * k.total_power_w)
 
+    def neighbour_slots(self) -> np.ndarray:
+        """(S, n_slots) the X2 neighbour each observation slot reports, -1 for padding.
+
+        Most attached users first (what the X2 Resource Status Update tells a station),
+        ties in the layout's order (distance, then angle); padding last. A slot then means
+        the same on every layout ("my busiest neighbour"), not a direction, and where a
+        station has more neighbours than slots the least loaded are left out."""
+        nb, S, K = self.layout.neighbours, self.n_stations, self.n_slots
+        key = np.where(self._nb_valid, -self.n_users[self._nb_gather], np.iinfo(np.int64).max)
+        order = np.take_along_axis(nb, np.argsort(key, axis=1, kind="stable"), axis=1)
+        if order.shape[1] >= K:
+            return order[:, :K]
+        return np.concatenate([order, np.full((S, K - order.shape[1]), -1, dtype=order.dtype)], axis=1)
+
     def observations(self) -> np.ndarray:
-        """(S, obs_dim) float32 in [0, 1]: own features, then per X2 neighbour slot."""
+        """(S, obs_dim) float32 in [0, 1]: own features, then per X2 neighbour slot
+        (`neighbour_slots`: the most loaded neighbours first)."""
         c, S, g = self.config, self.n_stations, self._g
         n = self.n_users
         n_div = np.maximum(n, 1)
@@ -571,7 +586,8 @@ class CellularNetwork:
         report[:S, 4] = own[:, 6]
         report[:S, 5] = own[:, 7]
         report[:S, 6] = own[:, 11]
-        nb = report[self._nb_index].reshape(S, -1)
+        slots = self.neighbour_slots()
+        nb = report[np.where(slots >= 0, slots, S)].reshape(S, -1)
         return np.concatenate([own, nb], axis=1)
 
 

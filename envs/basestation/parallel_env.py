@@ -18,9 +18,10 @@ __all__ = ["BaseStationParallelEnv", "make_config", "station_feature_names"]
 
 def station_feature_names(network: CellularNetwork) -> list[str]:
     """Names of one station's observation elements: ``own.<feature>``, then
-    ``nb<k>.<feature>`` for each X2 neighbour slot k."""
+    ``nb<k>.<feature>`` for each X2 neighbour slot k (``config.x2_neighbour_slots`` of
+    them, the same on every layout)."""
     names = [f"own.{f}" for f in OBS_OWN_FEATURES]
-    for k in range(network.layout.max_degree):
+    for k in range(network.n_slots):
         names += [f"nb{k}.{f}" for f in OBS_NEIGHBOUR_FEATURES]
     return names
 
@@ -46,9 +47,11 @@ class BaseStationParallelEnv(ParallelEnv):
     """Multi-cell downlink where each base station ``"bs_i"`` is an agent.
 
     Observation (Box [0, 1], float32): the station's own features
-    (`OBS_OWN_FEATURES`), then for each X2 neighbour slot (up to the graph's maximum
-    degree, padding has ``present = 0``) what that neighbour reports
-    (`OBS_NEIGHBOUR_FEATURES`).
+    (`OBS_OWN_FEATURES`), then for each of ``config.x2_neighbour_slots`` X2 neighbour
+    slots (most attached users first, padding has ``present = 0``; see
+    `CellularNetwork.neighbour_slots`) what that neighbour reports
+    (`OBS_NEIGHBOUR_FEATURES`). Its size does not depend on the layout, so a station
+    model plays on any layout.
 
     Action (MultiDiscrete ``[n_power_levels, n_cio, 2]``): transmit power level
     (last = full power), index into ``config.cio_values_db``, sleep (1) or stay awake (0).
