@@ -42,7 +42,12 @@ class MFDSettings(PolicySettings):
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "int8", description="wire precision of shared models; auto: per link from its rate and loss")
     share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
-    max_silence: float = Field(3.0, gt=0, description="share anyway after this many seconds")
+    max_silence: float = Field(3.0, gt=0, description="share anyway after this many seconds (longer for a "
+                               "node with more neighbours than its fanout: see silence_density)")
+    silence_density: float = Field(0.25, ge=0, le=1, description="a node with more neighbours than its fanout "
+                                   "stays silent (neighbours / fanout) to this power times max_silence: the "
+                                   "neighbours it skips hear the same knowledge from those they share with it "
+                                   "(0: max_silence for every node)")
     fanout: int = Field(4, ge=1, description="neighbours a model is sent to per share")
     favour_isolated: bool = Field(True, description="prefer neighbours that report few neighbours")
     gate_tolerance: float = Field(0.3, ge=0, le=1, description="refuse models whose merge scores this much "
@@ -235,7 +240,7 @@ class MFDPolicy(SharingPolicy):
         now = node.now
         score = node.score()
         improved = score >= node.last_share_score + settings.share_margin
-        silent = now - node.last_share_time >= settings.max_silence
+        silent = now - node.last_share_time >= self.silence(node)
         if not (improved or silent):
             return
         if settings.byte_budget and node.bytes_sent > settings.byte_budget * max(now, 1e-9):
@@ -249,6 +254,32 @@ class MFDPolicy(SharingPolicy):
                             scaling=fitted)
         node.counters.shares += 1
         node.last_share_score, node.last_share_time = score, now
+
+    def silence(self, node: Node) -> float:
+        """How long the node stays silent before it shares anyway: ``max_silence``, longer
+        for a node with many neighbours (kept while the topology stands).
+
+        A node with ``d`` neighbours, more than its ``fanout`` ``f``, reaches ``f`` of them
+        a share, and its neighbourhood is a crowd that shares among itself: what it knows
+        reaches the neighbours it skipped through the ones it sent to, which are their
+        neighbours too. It waits ``(d / f) ** silence_density`` times as long, less than
+        in proportion, since its own data's learning travels only with its own shares.
+        (benchmarks/defaults.py, 8 networks x 3 seeds: on the 50-node geometric network,
+        13 neighbours a node and 10 % loss, the power 1 took MFD from +6.5 to -10.3 points
+        of FedAvg at 0.29 of its bytes, 1/2 to +0.5 at 0.44, 1/4 to +4.2 at 0.56 where a
+        fixed keep-alive spent 0.70; a grid, a ring and a small world, no node above its
+        fanout, are unchanged.)
+        """
+        kept = self._topology_kept(node)
+        silence = kept.get("silence")
+        if silence is None:
+            settings = self.settings
+            silence = settings.max_silence
+            degree = len(node.network.neighbours(node.id))
+            if settings.silence_density and degree > settings.fanout:
+                silence *= (degree / settings.fanout) ** settings.silence_density
+            kept["silence"] = silence
+        return silence
 
     def choose_targets(self, node: Node, fanout: int) -> list[int]:
         """Neighbours that gain most per byte: a weaker reported score, a good link.
