@@ -264,11 +264,11 @@ class MFDPolicy(SharingPolicy):
         reaches the neighbours it skipped through the ones it sent to, which are their
         neighbours too. It waits ``(d / f) ** silence_density`` times as long, less than
         in proportion, since its own data's learning travels only with its own shares.
-        (benchmarks/defaults.py, 8 networks x 3 seeds: on the 50-node geometric network,
-        13 neighbours a node and 10 % loss, the power 1 took MFD from +6.5 to -10.3 points
-        of FedAvg at 0.29 of its bytes, 1/2 to +0.5 at 0.44, 1/4 to +4.2 at 0.56 where a
-        fixed keep-alive spent 0.70; a grid, a ring and a small world, no node above its
-        fanout, are unchanged.)
+        (benchmarks/defaults.py, seeds 0 1 2: on the 50-node geometric network, 13
+        neighbours a node and 10 % loss, a fixed keep-alive spent 0.70 of FedAvg's bytes
+        for +6.5 points; the power 1 spent 0.29 for -10.3 points, 1/2 0.44 for +0.5, 1/4
+        0.56 for +5.1. On the 30-node one, 5.5 neighbours a node: +2.2 -> +1.3 points,
+        0.53 -> 0.51 of the bytes. Grids and rings, no node above its fanout, unchanged.)
         """
         kept = self._topology_kept(node)
         silence = kept.get("silence")
