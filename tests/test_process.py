@@ -281,6 +281,23 @@ def test_a_node_with_no_more_neighbours_than_its_fanout_reaches_further_for_the_
     assert {t for c in choices(1, alike) for t in c} <= {1, 4}
 
 
+def test_a_node_with_more_neighbours_than_its_fanout_stays_silent_longer() -> None:
+    """A star's hub, with 8 neighbours against a fanout of 2, waits (8 / 2) ** silence_density
+    times ``max_silence`` before it shares anyway; its leaves (one neighbour) and a ring's
+    nodes (two) wait ``max_silence``, as every node does with ``silence_density = 0``."""
+    def silences(topology: dict, **policy) -> dict[int, float]:
+        world = build_world(tiny(topology=topology, policy={"fanout": 2, **policy}), seed=0)
+        world.policy.runtime = world
+        return {n: world.policy.silence(node) for n, node in world.nodes.items()}
+
+    star = silences({"kind": "star", "nodes": 9})
+    hub = max(star, key=star.get)
+    assert star[hub] == pytest.approx(4 ** 0.25)
+    assert {v for n, v in star.items() if n != hub} == {1.0}
+    assert set(silences({"kind": "ring", "nodes": 5}).values()) == {1.0}
+    assert set(silences({"kind": "star", "nodes": 9}, silence_density=0.0).values()) == {1.0}
+
+
 def test_a_scenario_node_join_starts_the_node_absent_and_it_bootstraps() -> None:
     """``node_join`` on a node with no earlier leave: it is not there before, then joins."""
     scenario = tiny(duration=6.0, data={"split": "iid"}, topology={"compute": 500.0},

@@ -42,7 +42,12 @@ class MFDSettings(PolicySettings):
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "int8", description="wire precision of shared models; auto: per link from its rate and loss")
     share_margin: float = Field(0.02, ge=0, description="score gain since the last share that triggers one")
-    max_silence: float = Field(3.0, gt=0, description="share anyway after this many seconds")
+    max_silence: float = Field(3.0, gt=0, description="share anyway after this many seconds (longer for a "
+                               "node with more neighbours than its fanout: see silence_density)")
+    silence_density: float = Field(0.25, ge=0, le=1, description="a node with more neighbours than its fanout "
+                                   "stays silent (neighbours / fanout) to this power times max_silence: the "
+                                   "neighbours it skips hear the same knowledge from those they share with it "
+                                   "(0: max_silence for every node)")
     fanout: int = Field(4, ge=1, description="neighbours a model is sent to per share")
     favour_isolated: bool = Field(True, description="prefer neighbours that report few neighbours")
     gate_tolerance: float = Field(0.3, ge=0, le=1, description="refuse models whose merge scores this much "
@@ -246,7 +251,7 @@ class MFDPolicy(SharingPolicy):
         now = node.now
         score = node.score()
         improved = score >= node.last_share_score + settings.share_margin
-        silent = now - node.last_share_time >= settings.max_silence
+        silent = now - node.last_share_time >= self.silence(node)
         if not (improved or silent):
             return
         if settings.byte_budget and node.bytes_sent > settings.byte_budget * max(now, 1e-9):
@@ -260,6 +265,32 @@ class MFDPolicy(SharingPolicy):
                             scaling=fitted)
         node.counters.shares += 1
         node.last_share_score, node.last_share_time = score, now
+
+    def silence(self, node: Node) -> float:
+        """How long the node stays silent before it shares anyway: ``max_silence``, longer
+        for a node with many neighbours (kept while the topology stands).
+
+        A node with ``d`` neighbours, more than its ``fanout`` ``f``, reaches ``f`` of them
+        a share, and its neighbourhood is a crowd that shares among itself: what it knows
+        reaches the neighbours it skipped through the ones it sent to, which are their
+        neighbours too. It waits ``(d / f) ** silence_density`` times as long, less than
+        in proportion, since its own data's learning travels only with its own shares.
+        (benchmarks/defaults.py, seeds 0 1 2: on the 50-node geometric network, 13
+        neighbours a node and 10 % loss, a fixed keep-alive spent 0.70 of FedAvg's bytes
+        for +6.5 points; the power 1 spent 0.29 for -10.3 points, 1/2 0.44 for +0.5, 1/4
+        0.56 for +5.1. On the 30-node one, 5.5 neighbours a node: +2.2 -> +1.3 points,
+        0.53 -> 0.51 of the bytes. Grids and rings, no node above its fanout, unchanged.)
+        """
+        kept = self._topology_kept(node)
+        silence = kept.get("silence")
+        if silence is None:
+            settings = self.settings
+            silence = settings.max_silence
+            degree = len(node.network.neighbours(node.id))
+            if settings.silence_density and degree > settings.fanout:
+                silence *= (degree / settings.fanout) ** settings.silence_density
+            kept["silence"] = silence
+        return silence
 
     def choose_targets(self, node: Node, fanout: int) -> list[int]:
         """Neighbours that gain most per byte: a weaker reported score, a good link.
