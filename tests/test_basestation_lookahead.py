@@ -133,3 +133,15 @@ def test_lookahead_fleet_trains_and_reports_its_labels(tmp_path):
     assert look["seeds"] == [30000, 30001]
     assert summary["env_steps"] == 0  # no PPO experience: the labels are all it learned from
     assert set(look["held_out"]) == {f"bs_{i}" for i in range(sc.env.n_stations) if i not in sc.env.outage_stations}
+
+
+def test_expected_labels_judge_every_candidate_on_the_same_other_futures(tiny):
+    env = BaseStationParallelEnv(tiny.env)
+    res = Residual(env, BUSY_RULE, steps=2)
+    hind = label_episode(env, res, seed=7, horizon=2, margin=0.0, steps=3)
+    exp1 = label_episode(env, res, seed=7, horizon=2, margin=0.0, steps=3, futures=2)
+    exp2 = label_episode(env, res, seed=7, horizon=2, margin=0.0, steps=3, futures=2)
+    # the same rule trajectory, other futures: other gains, deterministic given the seed
+    assert np.allclose(hind.obs, exp1.obs) and not np.allclose(hind.best_gain, exp1.best_gain)
+    assert np.array_equal(exp1.labels, exp2.labels) and np.allclose(exp1.table, exp2.table, equal_nan=True)
+    assert exp1.forks == 2 * hind.forks

@@ -107,6 +107,14 @@ class TrainingSettings(_Strict):
                                    'time-to-trigger)')
     lookahead_margin: float = Field(0.5, ge=0, description='with learner = "lookahead": PF utility (summed over '
                                     'the horizon) a correction must gain over none to be labelled')
+    # hotspot, seed 0, 4 episodes, one model on every station's rows, held-out episode: with
+    # hindsight labels (0) its choices gained 0.00 then -0.24 PF per station-step (3 steps)
+    # as it fitted them; with 4 futures +0.03..+0.11 (labels' own gain 1.25): what pays on the
+    # episode's own future is mostly that future's luck, which no observation foretells
+    lookahead_futures: int = Field(4, ge=0, le=32, description='with learner = "lookahead": 0: judge each '
+                                   'candidate on the episode\'s own future (hindsight); F: on the mean of F '
+                                   'other seeded futures, the same for every candidate (the correction that '
+                                   'pays in expectation from this state)')
     lookahead_heads: tuple[str, ...] = Field(("power", "cio", "sleep"), min_length=1, description='with learner '
                                              '= "lookahead": the heads a label may correct (unpinned for the '
                                              'imitation even when listed in pinned)')

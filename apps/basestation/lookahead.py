@@ -16,6 +16,10 @@ the simulator tells the station, step by step, and the station learns to predict
    difference reward's forks do, :meth:`RadioCommons._credits`). The label is the best
    candidate if it gains more than ``margin`` over no correction, else "no correction".
    No candidate spends more energy than the rule (power only down, sleep, offsets).
+   With ``futures`` F > 0 (the default, ``training.lookahead_futures``) each candidate is
+   judged on F other seeded futures instead of the episode's own: the hindsight-best
+   correction is mostly the luck of one future (arrivals, moves, fading), which no
+   observation foretells (measured: ``TrainingSettings.lookahead_futures``).
 2. **Imitation.** Each station's policy (the residual PPO's actor, the same network and
    state dict, so MFD merges it as before) is trained to predict its labels from its own
    observation with the rule's plan (cross-entropy on each action head), a few epochs per
@@ -87,7 +91,9 @@ class LabelSet:
     ``labels`` (N, S, 3): the best correction (residual coordinates); ``gains`` (N, S):
     its look-ahead PF gain over no correction (0 where none is labelled); ``best_gain``
     (N, S): the best candidate's gain whether or not above the margin; ``episode`` (N,):
-    which episode each row comes from; ``on`` (S,): stations that are on (labelled)."""
+    which episode each row comes from; ``on`` (S,): stations that are on (labelled);
+    ``table`` (N, S, C): every candidate's gain (NaN where it clipped onto one already
+    judged), ``cands`` (C, 3) the candidates."""
 
     obs: np.ndarray
     labels: np.ndarray
@@ -95,6 +101,8 @@ class LabelSet:
     best_gain: np.ndarray
     episode: np.ndarray
     on: np.ndarray
+    table: np.ndarray | None = None
+    cands: np.ndarray | None = None
     forks: int = 0
     env_steps: int = 0
     seconds: float = 0.0
@@ -105,6 +113,7 @@ class LabelSet:
         return LabelSet(np.concatenate([p.obs for p in parts]), np.concatenate([p.labels for p in parts]),
                         np.concatenate([p.gains for p in parts]), np.concatenate([p.best_gain for p in parts]),
                         np.concatenate([p.episode for p in parts]), parts[0].on,
+                        np.concatenate([p.table for p in parts]), parts[0].cands,
                         sum(p.forks for p in parts), sum(p.env_steps for p in parts),
                         sum(p.seconds for p in parts), [s for p in parts for s in p.seeds])
 
@@ -127,7 +136,7 @@ class LabelSet:
 
 def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, horizon: int = 3,
                   margin: float = 0.5, cands: np.ndarray | None = None, steps: int | None = None,
-                  episode: int = 0) -> LabelSet:
+                  episode: int = 0, futures: int = 0) -> LabelSet:
     """Play the rule on ``env`` from ``seed`` and label every step (module docstring, 1).
 
     :param residual: the rule and correction mapping on ``env``.
@@ -136,6 +145,11 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
         correction to be labelled; below it the label is "no correction".
     :param cands: (C, 3) corrections, row 0 no correction (default :func:`candidates`).
     :param steps: label only the first ``steps`` steps (default: the whole episode).
+    :param futures: 0: judge each candidate on the episode's own future (the fork copies
+        the generator: hindsight); F > 0: on the mean of F other futures, the fork's
+        generator seeded by (seed, step, f), the same F for every candidate (common
+        random numbers): the correction that pays *in expectation* from this state,
+        which is what a station that cannot see the future could learn.
     """
     t0 = time.perf_counter()
     net = env.network
@@ -146,7 +160,7 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
     on = ~net.off
     stations = np.flatnonzero(on)
     obs, _ = env.reset(seed=seed)
-    rows_o, rows_l, rows_g, rows_b = [], [], [], []
+    rows_o, rows_l, rows_g, rows_b, rows_t = [], [], [], [], []
     forks = fork_steps = 0
     played = 0
     while env.agents and (steps is None or played < steps):
@@ -155,16 +169,22 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
         rule = residual.to_env(none)
 
         def value(actions: np.ndarray) -> float:
-            fork = _Fork(net).net
             total = 0.0
-            for _ in range(horizon):
-                fork.step(actions)
-                total += fork.kpis().pf_utility
-            return total
+            for f in range(max(futures, 1)):
+                fork = _Fork(net).net
+                if futures:
+                    fork.rng = np.random.default_rng([int(seed), played, f])
+                for _ in range(horizon):
+                    fork.step(actions)
+                    total += fork.kpis().pf_utility
+            return total / max(futures, 1)
 
+        per = max(futures, 1)
         base = value(rule)
-        forks, fork_steps = forks + 1, fork_steps + horizon
+        forks, fork_steps = forks + per, fork_steps + per * horizon
         labels = np.tile(zero, (net.n_stations, 1))
+        table = np.full((net.n_stations, len(cands)), np.nan)
+        table[stations, 0] = 0.0
         gains = np.zeros(net.n_stations)
         best_gain = np.zeros(net.n_stations)
         for s in stations:
@@ -179,7 +199,8 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
                     continue
                 seen.add(key)
                 v = value(a)
-                forks, fork_steps = forks + 1, fork_steps + horizon
+                table[s, c] = v - base
+                forks, fork_steps = forks + per, fork_steps + per * horizon
                 if v > best_v:
                     best, best_v = c, v
             best_gain[s] = best_v - base
@@ -189,23 +210,25 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
         rows_l.append(labels)
         rows_g.append(gains)
         rows_b.append(best_gain)
+        rows_t.append(table)
         obs, *_ = env.step(residual.actions_dict(rule))
         played += 1
     n = len(rows_o)
     return LabelSet(np.asarray(rows_o, dtype=np.float32), np.asarray(rows_l, dtype=np.int64), np.asarray(rows_g),
-                    np.asarray(rows_b), np.full(n, episode), on.copy(), forks, played + fork_steps,
+                    np.asarray(rows_b), np.full(n, episode), on.copy(), np.asarray(rows_t, dtype=np.float32), cands,
+                    forks, played + fork_steps,
                     time.perf_counter() - t0, [int(seed)])
 
 
 def collect_labels(config: BaseStationConfig, rule_params: Mapping[str, Any], seeds: Sequence[int],
                    residual_steps: int = 2, horizon: int = 3, margin: float = 0.5,
-                   heads: Collection[str] = HEAD_NAMES, steps: int | None = None) -> LabelSet:
+                   heads: Collection[str] = HEAD_NAMES, steps: int | None = None, futures: int = 0) -> LabelSet:
     """Labels of the episodes ``seeds`` on a network of its own (``config``, the tuned rule
     ``rule_params``); episode j of the result is ``seeds[j]``."""
     env = BaseStationParallelEnv(config)
     res = Residual(env, rule_params, residual_steps)
     cands = candidates(residual_steps, heads)
-    return LabelSet.concat([label_episode(env, res, s, horizon, margin, cands, steps, episode=j)
+    return LabelSet.concat([label_episode(env, res, s, horizon, margin, cands, steps, episode=j, futures=futures)
                             for j, s in enumerate(seeds)])
 
 
@@ -240,20 +263,34 @@ def imitate(policy: nn.Module, obs: np.ndarray, labels: np.ndarray, nvec: Sequen
 
 @torch.no_grad()
 def label_accuracy(policy: nn.Module, obs: np.ndarray, labels: np.ndarray, nvec: Sequence[int],
-                   zero: np.ndarray) -> dict[str, float]:
+                   zero: np.ndarray, table: np.ndarray | None = None,
+                   cands: np.ndarray | None = None) -> dict[str, float]:
     """How well ``policy`` (greedy) predicts ``labels``: exact share, the share of "no
     correction" always (the trivial predictor), recall of labelled corrections and the
-    share of unlabelled rows where it corrects anyway."""
+    share of unlabelled rows where it corrects anyway. With the candidates' gains
+    ``table`` (n, C): ``gain`` the mean look-ahead gain of the policy's choices (what
+    acting on them would have gained, the rule's being 0; a choice that is no single
+    candidate counts 0 and is counted in ``unjudged``) and ``gain_labels`` that of the
+    labels (the imitation's ceiling)."""
     if len(obs) == 0:
         return {}
     a, _ = policy_actions(_grad_logits(policy, torch.as_tensor(obs, dtype=torch.float32)), nvec, None, greedy=True)
     hit = (a == labels).all(axis=1)
     corrected = (labels != zero).any(axis=1)
     moves = (a != zero).any(axis=1)
-    return {"rows": int(len(a)), "accuracy": float(hit.mean()), "accuracy_no_correction": float((~corrected).mean()),
-            "correction_recall": float(hit[corrected].mean()) if corrected.any() else float("nan"),
-            "false_correction": float(moves[~corrected].mean()) if (~corrected).any() else float("nan"),
-            "predicted_correction_share": float(moves.mean())}
+    out = {"rows": int(len(a)), "accuracy": float(hit.mean()), "accuracy_no_correction": float((~corrected).mean()),
+           "correction_recall": float(hit[corrected].mean()) if corrected.any() else float("nan"),
+           "false_correction": float(moves[~corrected].mean()) if (~corrected).any() else float("nan"),
+           "predicted_correction_share": float(moves.mean())}
+    if table is not None and cands is not None:
+        match = (a[:, None, :] == cands[None]).all(axis=2)  # (n, C)
+        idx = np.where(match.any(axis=1), match.argmax(axis=1), -1)
+        g = np.where(idx >= 0, table[np.arange(len(a)), np.maximum(idx, 0)], 0.0)
+        g = np.nan_to_num(g)  # clipped onto another candidate's action: counted as that one's, 0 here
+        lab = (labels[:, None, :] == cands[None]).all(axis=2).argmax(axis=1)
+        out.update(gain=float(g.mean()), gain_labels=float(np.nan_to_num(table[np.arange(len(a)), lab]).mean()),
+                   unjudged=float((idx < 0).mean()))
+    return out
 
 
 class LookaheadStationLearner(StationLearner):
@@ -276,10 +313,13 @@ class LookaheadStationLearner(StationLearner):
         self._gen = torch.Generator().manual_seed(seed * 1000 + station)
         self._opt: torch.optim.Optimizer | None = None
 
-    def _rows(self, held_out: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _pick(self, held_out: bool) -> np.ndarray:
         lab = self.commons.labels
         last = lab.episode.max()
-        pick = (lab.episode == last) if held_out else (lab.episode < last if last > 0 else lab.episode >= 0)
+        return (lab.episode == last) if held_out else (lab.episode < last if last > 0 else lab.episode >= 0)
+
+    def _rows(self, held_out: bool) -> tuple[np.ndarray, np.ndarray]:
+        lab, pick = self.commons.labels, self._pick(held_out)
         return lab.obs[pick, self.station], lab.labels[pick, self.station]
 
     def train(self, steps: int, trainable: Collection[str] | None = None) -> int:
@@ -307,7 +347,9 @@ class LookaheadStationLearner(StationLearner):
         if state is not None:
             policy = self._scratch()
             policy.load_state_dict(dict(state), strict=False)
-        return label_accuracy(policy, x, y, self.commons.nvec, self.commons.default[self.station])
+        lab = self.commons.labels
+        table = None if lab.table is None else lab.table[self._pick(True), self.station]
+        return label_accuracy(policy, x, y, self.commons.nvec, self.commons.default[self.station], table, lab.cands)
 
     def clone(self) -> "LookaheadStationLearner":
         twin = super().clone()

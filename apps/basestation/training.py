@@ -132,7 +132,7 @@ def build_world(scenario: AppScenario, policy: str, seed: int = 0,
         commons.labels = collect_labels(scenario.env, commons.rule_params,
                                         label_seeds(seed, t.lookahead_episodes, t.eval_seeds),
                                         t.residual_steps, t.lookahead_horizon, t.lookahead_margin,
-                                        t.lookahead_heads)
+                                        t.lookahead_heads, futures=t.lookahead_futures)
         make = LookaheadStationLearner
     learners = {i: make(commons, i, t, seed=seed) for i in sorted(graph.nodes)}
     world = World(SimNetwork(graph, seed=seed), learners, seed=seed, duration=float(t.rounds),
