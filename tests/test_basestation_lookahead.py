@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from apps.basestation.config import AppScenarioError, load_app_scenario
-from apps.basestation.learner import RadioCommons, _Fork, _grad_logits, single_thread
-from apps.basestation.lookahead import (LookaheadStationLearner, candidates, collect_labels, imitate, label_episode,
-                                        label_seeds)
+from apps.basestation.learner import RadioCommons, single_thread
+from apps.basestation.lookahead import (LookaheadStationLearner, actor_logits, candidates, collect_labels, fork, imitate,
+                                        label_episode, label_seeds)
 from apps.basestation.residual import Residual
 from apps.basestation.training import train_fleet
 from envs.basestation import BaseStationParallelEnv
@@ -31,11 +31,11 @@ def tiny(tmp_path):
 
 
 def _pf(net, actions, horizon):
-    fork = _Fork(net).net
+    twin = fork(net)
     total = 0.0
     for _ in range(horizon):
-        fork.step(actions)
-        total += fork.kpis().pf_utility
+        twin.step(actions)
+        total += twin.kpis().pf_utility
     return total
 
 
@@ -88,11 +88,11 @@ def test_imitation_moves_the_policy_towards_the_labels(tiny):
     x, y = learner._rows(held_out=False)
     before = learner.held_out_accuracy()
     with torch.no_grad():
-        logits0 = _grad_logits(learner.policy, torch.from_numpy(x)).clone()
+        logits0 = actor_logits(learner.policy, torch.from_numpy(x)).clone()
     for _ in range(30):
         learner.train(sc.training.chunk_steps)
     with torch.no_grad():
-        logits1 = _grad_logits(learner.policy, torch.from_numpy(x))
+        logits1 = actor_logits(learner.policy, torch.from_numpy(x))
     assert not torch.allclose(logits0, logits1)
     from apps.basestation.lookahead import label_accuracy
     fit = label_accuracy(learner.policy, x, y, commons.nvec, commons.default[s])
@@ -114,7 +114,7 @@ def test_imitate_fits_a_fixed_rule(tiny):
     y = np.tile([2, 2, 0], (200, 1))
     y[x[:, 0] > 0.5, 1] = 4  # offset up where the first feature is high
     loss = imitate(model.policy, x, y, [3, 5, 2], epochs=60, lr=1e-2)
-    a = _grad_logits(model.policy, torch.from_numpy(x))[:, 3:8].argmax(1).numpy()
+    a = actor_logits(model.policy, torch.from_numpy(x))[:, 3:8].argmax(1).numpy()
     assert loss < 0.5 and (a == y[:, 1]).mean() > 0.8
 
 

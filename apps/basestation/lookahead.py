@@ -34,6 +34,7 @@ stations, 8 candidates, 3 steps: ~1 ms a fork here, ~10 s a 100-step episode).
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,16 +46,32 @@ from torch import nn
 
 from envs.basestation import BaseStationConfig, BaseStationParallelEnv
 
-from .learner import _Fork, _grad_logits, bias_towards_static, policy_actions, StationLearner
+from .learner import StationLearner, bias_towards_static, policy_actions
 from .residual import Residual
 
-__all__ = ["LabelSet", "candidates", "label_seeds", "label_episode", "collect_labels", "imitate",
+__all__ = ["LabelSet", "fork", "actor_logits", "candidates", "label_seeds", "label_episode", "collect_labels", "imitate",
            "label_accuracy", "LookaheadStationLearner", "HEAD_NAMES"]
 
 HEAD_NAMES = ("power", "cio", "sleep")
 # Label episodes start here (30000 + 100 x training seed + j): apart from the rule's
 # tuning episodes (seed, 10000 + seed, 20000 + seed) and the evaluation seeds (100-102).
 LABEL_SEED_BASE = 30_000
+
+
+def fork(net):
+    """A copy of a :class:`~envs.basestation.CellularNetwork` to step without touching it:
+    arrays and random generator copied (the same future), the layout shared (as the
+    difference reward's forks, ``apps.basestation.learner``)."""
+    twin = object.__new__(type(net))
+    twin.__dict__ = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in net.__dict__.items()}
+    twin.rng = copy.deepcopy(net.rng)
+    return twin
+
+
+def actor_logits(policy: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """The action logits of an SB3 actor-critic policy, with gradients."""
+    latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs, policy.pi_features_extractor))
+    return policy.action_net(latent)
 
 
 def candidates(steps: int, heads: Collection[str] = HEAD_NAMES) -> np.ndarray:
@@ -171,12 +188,12 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
         def value(actions: np.ndarray) -> float:
             total = 0.0
             for f in range(max(futures, 1)):
-                fork = _Fork(net).net
+                twin = fork(net)
                 if futures:
-                    fork.rng = np.random.default_rng([int(seed), played, f])
+                    twin.rng = np.random.default_rng([int(seed), played, f])
                 for _ in range(horizon):
-                    fork.step(actions)
-                    total += fork.kpis().pf_utility
+                    twin.step(actions)
+                    total += twin.kpis().pf_utility
             return total / max(futures, 1)
 
         per = max(futures, 1)
@@ -233,7 +250,7 @@ def collect_labels(config: BaseStationConfig, rule_params: Mapping[str, Any], se
 
 
 def _ce(policy: nn.Module, x: torch.Tensor, y: torch.Tensor, nvec: Sequence[int]) -> torch.Tensor:
-    out = _grad_logits(policy, x)
+    out = actor_logits(policy, x)
     return sum(nn.functional.cross_entropy(part, y[:, k]) for k, part in enumerate(torch.split(out, list(nvec), 1)))
 
 
@@ -274,7 +291,7 @@ def label_accuracy(policy: nn.Module, obs: np.ndarray, labels: np.ndarray, nvec:
     labels (the imitation's ceiling)."""
     if len(obs) == 0:
         return {}
-    a, _ = policy_actions(_grad_logits(policy, torch.as_tensor(obs, dtype=torch.float32)), nvec, None, greedy=True)
+    a, _ = policy_actions(actor_logits(policy, torch.as_tensor(obs, dtype=torch.float32)), nvec, None, greedy=True)
     hit = (a == labels).all(axis=1)
     corrected = (labels != zero).any(axis=1)
     moves = (a != zero).any(axis=1)
