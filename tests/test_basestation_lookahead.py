@@ -7,8 +7,8 @@ import torch
 
 from apps.basestation.config import AppScenarioError, load_app_scenario
 from apps.basestation.learner import RadioCommons, single_thread
-from apps.basestation.lookahead import (LookaheadStationLearner, actor_logits, candidates, collect_labels, fork, imitate,
-                                        label_episode, label_seeds)
+from apps.basestation.lookahead import (LookaheadStationLearner, actor_logits, candidates, collect_labels, fork,
+                                        imitate, label_accuracy, label_episode, label_seeds)
 from apps.basestation.residual import Residual
 from apps.basestation.training import train_fleet
 from envs.basestation import BaseStationParallelEnv
@@ -94,7 +94,6 @@ def test_imitation_moves_the_policy_towards_the_labels(tiny):
     with torch.no_grad():
         logits1 = actor_logits(learner.policy, torch.from_numpy(x))
     assert not torch.allclose(logits0, logits1)
-    from apps.basestation.lookahead import label_accuracy
     fit = label_accuracy(learner.policy, x, y, commons.nvec, commons.default[s])
     # untrained it predicts "no correction" everywhere; trained it fits its labels
     assert fit["accuracy"] > fit["accuracy_no_correction"] and fit["correction_recall"] > 0.5

@@ -29,8 +29,28 @@ the simulator tells the station, step by step, and the station learns to predict
 This is centralised training for decentralised execution: only the simulator can fork
 the network; the deployed policy acts on its own observation.
 
-Cost: ``steps x stations x candidates`` forks of ``horizon`` env steps (hotspot: 14
-stations, 8 candidates, 3 steps: ~1 ms a fork here, ~10 s a 100-step episode).
+Cost: ``steps x stations x candidates x futures`` forks of ``horizon`` env steps, ~1 ms
+a fork of 3 steps here (hotspot, 4 episodes, 4 futures: ~120 000 forks, 360 000 env
+steps, 105 s a training seed; rush hour, 19 stations: ~170 000 forks, 160-215 s).
+
+Measured 2026-12-07 (tuned rules of ``basestation_transfer.json``, 6 rounds, MFD,
+4 labelled episodes (the stations train on three, the fourth is held out), margin 0.3, 4 futures,
+training seeds 0-2, evaluation seeds 100-102; ``benchmarks/results/basestation_lookahead*.json``):
+
+- The labels: a correction pays in expectation on 46-60 % of station-steps (2.2-2.6 PF
+  over 3 steps when it does; power down ~40 %, offsets ~55 %, sleep 1-3 %), yet every
+  single candidate averages -1 to -18 over all steps (the headroom study's finding).
+- Predicting them from a station's own observation barely beats "never correct": on the
+  held-out episode the stations' served models predict a correction on 0-7 % of steps
+  and their choices gain -0.08..+0.08 PF per station-step against the labels' 1.2-1.5;
+  one model fitted to all 14 hotspot stations' rows (seed 0) does no better (+0.03..+0.11). With
+  hindsight labels (``lookahead_futures = 0``) fitting them *loses* on held-out steps.
+  What decides a correction (which users are at which cell edge, who arrives) is not in
+  the observation.
+- PF against the tuned rule (mean of training seeds): 10 epochs a round, the stations
+  stay on the rule: hotspot -0.14 % (seeds -0.12 / -0.29 / 0.00 %), rush hour -0.01 %,
+  energy -0.07 %; 40 epochs a round, hotspot +0.40 % (+0.47 / +0.15 / +0.60 %) at -0.14 %
+  energy and the same handovers. The issue's target is +5 %.
 """
 from __future__ import annotations
 
@@ -49,8 +69,8 @@ from envs.basestation import BaseStationConfig, BaseStationParallelEnv
 from .learner import StationLearner, bias_towards_static, policy_actions
 from .residual import Residual
 
-__all__ = ["LabelSet", "fork", "actor_logits", "candidates", "label_seeds", "label_episode", "collect_labels", "imitate",
-           "label_accuracy", "LookaheadStationLearner", "HEAD_NAMES"]
+__all__ = ["LabelSet", "fork", "actor_logits", "candidates", "label_seeds", "label_episode", "collect_labels",
+           "imitate", "label_accuracy", "LookaheadStationLearner", "HEAD_NAMES"]
 
 HEAD_NAMES = ("power", "cio", "sleep")
 # Label episodes start here (30000 + 100 x training seed + j): apart from the rule's
