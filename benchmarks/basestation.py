@@ -67,9 +67,10 @@
 
    Stations that imitate the best look-ahead correction (``--learner lookahead``,
    ``apps/basestation/lookahead.py``; ``results/basestation_lookahead*.json``) barely
-   move off the rule: hotspot +0.4 % PF with 40 imitation epochs a round (``--set
-   n_epochs=40``), -0.1 % with 10; rush hour -0.01 % with 10: the corrections that pay
-   are not predictable from a station's observation (the module's figures).
+   move off the rule: with 40 imitation epochs a round (``--set n_epochs=40``) hotspot
+   +0.4 % PF, rush hour -0.4 %; with 10 they stay on it (-0.1 %, -0.01 %): the
+   corrections that pay are not predictable from a station's observation (the module's
+   figures).
 
    Ping-pong rate 0 for every policy but MFD at night: with 1 s steps and a 2-step
    time-to-trigger an A3 handover cannot return within 1 s, only a forced one (a station
