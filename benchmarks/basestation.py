@@ -65,6 +65,13 @@
    (hotspot +1.6 % over full power, rush hour -0.9 %; on rush hour the transferred ones
    play full power exactly): no transfer figure yet measures agents that learned much.
 
+   Stations that imitate the best look-ahead correction (``--learner lookahead``,
+   ``apps/basestation/lookahead.py``; ``results/basestation_lookahead*.json``) barely
+   move off the rule: with 40 imitation epochs a round (``--set n_epochs=40``) hotspot
+   +0.4 % PF, rush hour -0.4 %; with 10 they stay on it (-0.1 %, -0.01 %): the
+   corrections that pay are not predictable from a station's observation (the module's
+   figures).
+
    Ping-pong rate 0 for every policy but MFD at night: with 1 s steps and a 2-step
    time-to-trigger an A3 handover cannot return within 1 s, only a forced one (a station
    waking / sleeping) can.
@@ -73,6 +80,8 @@
     python benchmarks/basestation.py --scenarios hotspot --train-seeds 0 --policies tuned_rule,central_search
     python benchmarks/basestation.py --scenarios hotspot,rush_hour,hotspot_19 --policies tuned_rule,mfd,fedavg \
         --rounds 6 --out benchmarks/results/basestation_transfer.json
+    python benchmarks/basestation.py --scenarios hotspot --train-seeds 0,1,2 --policies tuned_rule,mfd --rounds 6 \
+        --learner lookahead --set lookahead_episodes=4 --set lookahead_margin=0.3 --set n_epochs=40
 
 Writes ``benchmarks/results/basestation.json`` (the exact command included) and the
 report under ``runs/basestation-bench/report``.
@@ -301,7 +310,7 @@ def transfer_check(rows: list[dict], folders: dict[int, Path], names: list[str],
     return out
 
 
-def _scenario(name: str, rounds: int | None, action: str | None):
+def _scenario(name: str, rounds: int | None, action: str | None, training: dict | None = None):
     import dataclasses
 
     from apps.basestation.config import load_app_scenario
@@ -311,17 +320,19 @@ def _scenario(name: str, rounds: int | None, action: str | None):
     if radio:
         sc = dataclasses.replace(sc.with_env(**radio), name=name)
     changes = {k: v for k, v in (("rounds", rounds), ("action", action)) if v}
+    changes.update(training or {})
     return sc.with_training(**changes) if changes else sc
 
 
 def _train_task(name: str, rounds: int | None, policies: tuple[str, ...], seed: int, models: str,
-                central_seconds: float, restarts: int = 1, action: str | None = None) -> str:
+                central_seconds: float, restarts: int = 1, action: str | None = None,
+                training: dict | None = None) -> str:
     """One (scenario, training seed, policies) job in a worker (--jobs), single-threaded."""
     from apps.basestation.learner import single_thread
     from apps.basestation.rules import train_rule
     from apps.basestation.training import SHARING_POLICIES, train_scenario
 
-    sc = _scenario(name, rounds, action)
+    sc = _scenario(name, rounds, action, training)
     t0 = time.perf_counter()
     with single_thread():
         for p in policies:
@@ -379,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--action", choices=("residual", "absolute"),
                    help="how station agents act (default: each scenario's file, i.e. residual): corrections "
                         "to the tuned rule, or power / offset / sleep outright (as before 2026-12-06)")
+    p.add_argument("--learner", choices=("ppo", "lookahead"),
+                   help="how station agents learn (default: each scenario's file, i.e. ppo): the app's PPO, or "
+                        "imitating the best look-ahead correction (apps/basestation/lookahead.py)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a training field for the stations' runs (repeatable; VALUE read as JSON, else as a "
+                        "string), e.g. --set lookahead_episodes=6")
     p.add_argument("--models", type=Path, default=ROOT / "runs" / "basestation-bench")
     p.add_argument("--reuse-models", action="store_true", help="skip training where models exist")
     p.add_argument("--no-train", action="store_true",
@@ -403,6 +420,17 @@ def main(argv: list[str] | None = None) -> int:
     bad = [q for q in policies if q not in RL_POLICIES]
     if bad:
         p.error(f"unknown policy {bad[0]}; choose from {', '.join(RL_POLICIES)}")
+    fields: dict = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item}: expected FIELD=VALUE")
+        try:
+            fields[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key.strip()] = value
+    if args.learner:
+        fields["learner"] = args.learner
     folder = {t: args.models / f"seed{t}" for t in seeds}
     tasks = []
     for name in names:
@@ -418,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks.sort(key=lambda k: -_COST.get(k[0], 2) * sum(_POLICY_COST.get(
         "rules" if q in ("tuned_rule", "central_search") else q, 2) for q in k[1]))
     t0 = time.perf_counter()
-    call = [(n, args.rounds, pols, t, str(folder[t]), args.central_seconds, args.rule_restarts, args.action)
+    call = [(n, args.rounds, pols, t, str(folder[t]), args.central_seconds, args.rule_restarts, args.action, fields)
             for n, pols, t in tasks]
     if args.jobs > 1:
         # spawn, not fork: a forked child of a process that already started torch's OpenMP pool can hang
@@ -458,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                           "rounds": args.rounds or "each scenario's file", "central_search_seconds": args.central_seconds,
                           "rule_restarts": args.rule_restarts,
                           "action": args.action or "each scenario's file",
+                          "training_fields": fields,
                           "eval_seeds": sorted({r["seed"] for r in rows}), "training_wall_seconds": train_wall},
                "reference": learning["reference"], "targets": learning["targets"],
                "per_scenario": learning["per_scenario"], "transfer": learning["transfer"],

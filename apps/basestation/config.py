@@ -94,6 +94,32 @@ class TrainingSettings(_Strict):
     residual_raise_power: bool = Field(False, description='with action = "residual": whether a correction may '
                                        'raise power above the rule\'s level (by default only lower it: PF at no '
                                        'more energy than the rule)')
+    learner: str = Field("ppo", pattern="^(ppo|lookahead)$",
+                         description='how a station learns: "ppo": the app\'s PPO on its own transitions; '
+                         '"lookahead" (residual actions only): imitate the best correction judged by a '
+                         'look-ahead on forks of the training network with the others on the rule '
+                         '(apps/basestation/lookahead.py), cross-entropy, n_epochs passes a round')
+    lookahead_episodes: int = Field(3, ge=1, le=50, description='with learner = "lookahead": training '
+                                    'episodes labelled (seeds 30000 + 100 x seed + j; the last is held out to '
+                                    'measure how well the stations predict their labels)')
+    lookahead_horizon: int = Field(3, ge=1, le=20, description='with learner = "lookahead": env steps each '
+                                   'candidate correction is replayed for (an offset moves users only after '
+                                   'time-to-trigger)')
+    lookahead_margin: float = Field(0.5, ge=0, description='with learner = "lookahead": PF utility (summed over '
+                                    'the horizon) a correction must gain over none to be labelled')
+    # hotspot, seed 0, 4 episodes, one model on every station's rows, held-out episode: with
+    # hindsight labels (0) its choices gained 0.00 then -0.24 PF per station-step (3 steps)
+    # as it fitted them; with 4 futures +0.03..+0.11 (labels' own gain 1.25): what pays on the
+    # episode's own future is mostly that future's luck, which no observation foretells
+    lookahead_futures: int = Field(4, ge=0, le=32, description='with learner = "lookahead": 0: judge each '
+                                   'candidate on the episode\'s own future (hindsight); F: on the mean of F '
+                                   'other seeded futures, the same for every candidate (the correction that '
+                                   'pays in expectation from this state)')
+    lookahead_heads: tuple[str, ...] = Field(("power", "cio", "sleep"), min_length=1, description='with learner '
+                                             '= "lookahead": the heads a label may correct (unpinned for the '
+                                             'imitation even when listed in pinned)')
+    lookahead_ppo: bool = Field(False, description='with learner = "lookahead": also run the PPO update each '
+                                'round after imitating (fine-tuning; pinned heads stay pinned for exploration)')
     static_bias: float = Field(2.0, ge=0, le=10, description="initial logit bias of each action head towards "
                                "the static choice (awake gets one more); 0: a uniform first policy")
     pinned: tuple[str, ...] = Field((), description='action heads ("power", "cio", "sleep") every learner '
@@ -112,6 +138,11 @@ class TrainingSettings(_Strict):
         bad = [h for h in self.pinned if h not in ("power", "cio", "sleep")]
         if bad:
             raise ValueError(f"pinned: unknown action head {bad[0]!r}; heads: power, cio, sleep")
+        bad = [h for h in self.lookahead_heads if h not in ("power", "cio", "sleep")]
+        if bad:
+            raise ValueError(f"lookahead_heads: unknown action head {bad[0]!r}; heads: power, cio, sleep")
+        if self.learner == "lookahead" and self.action != "residual":
+            raise ValueError('learner: "lookahead" labels corrections to the rule: it needs action = "residual"')
         if len(set(self.pinned)) == 3:
             raise ValueError("pinned: pinning every head leaves nothing to learn")
         if any(h < 1 or h > 4096 for h in self.hidden):

@@ -124,7 +124,17 @@ def build_world(scenario: AppScenario, policy: str, seed: int = 0,
     graph = x2_topology(commons, scenario)
     # One initialisation for the fleet (seed): averages of models that started apart
     # mix unrelated features (McMahan et al. 2017, fig. 1).
-    learners = {i: StationLearner(commons, i, t, seed=seed) for i in sorted(graph.nodes)}
+    make = StationLearner
+    if t.learner == "lookahead":
+        from .lookahead import LookaheadStationLearner, collect_labels, label_seeds
+
+        # one labelled trajectory of the rule serves every station (its own column)
+        commons.labels = collect_labels(scenario.env, commons.rule_params,
+                                        label_seeds(seed, t.lookahead_episodes, t.eval_seeds),
+                                        t.residual_steps, t.lookahead_horizon, t.lookahead_margin,
+                                        t.lookahead_heads, futures=t.lookahead_futures)
+        make = LookaheadStationLearner
+    learners = {i: make(commons, i, t, seed=seed) for i in sorted(graph.nodes)}
     world = World(SimNetwork(graph, seed=seed), learners, seed=seed, duration=float(t.rounds),
                   eval_interval=min(float(t.eval_interval), float(t.rounds)), local_steps=t.chunk_steps,
                   evaluate=lambda _node, learner: learner.test_score(), name=scenario.name,
@@ -178,6 +188,16 @@ def train_fleet(scenario: AppScenario, policy: str, seed: int = 0, out: Path | N
         "wall_seconds": round(time.perf_counter() - started, 2),
         "precision": scenario.sharing.mfd.precision if policy == "mfd" else "fp32",
     }
+    labels = getattr(commons, "labels", None)
+    if labels is not None:
+        # what the labels said and how well each station's served model predicts the
+        # held-out episode's labels (the trivial "never correct" scores accuracy_no_correction)
+        with single_thread():
+            held = {f"bs_{n}": world.nodes[n].learner.held_out_accuracy(_deployed_state(world, n))
+                    for n in world.nodes}
+        summary["lookahead"] = {**labels.stats(commons.default[0]), "held_out": held,
+                                "held_out_mean": {k: float(np.nanmean([h[k] for h in held.values()]))
+                                                  for k in next(iter(held.values()))}}
     if out is not None:
         folder = Path(out) / scenario.name / policy
         with single_thread():
