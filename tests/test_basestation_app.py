@@ -37,7 +37,7 @@ eval_seeds = [1]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def one_thread():
     with single_thread():
         yield
 

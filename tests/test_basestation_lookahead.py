@@ -6,21 +6,15 @@ import pytest
 import torch
 
 from apps.basestation.config import AppScenarioError, load_app_scenario
-from apps.basestation.learner import RadioCommons, single_thread
+from apps.basestation.learner import RadioCommons
 from apps.basestation.lookahead import (LookaheadStationLearner, actor_logits, candidates, collect_labels, fork,
                                         imitate, label_accuracy, label_episode, label_seeds)
 from apps.basestation.residual import Residual
 from apps.basestation.training import train_fleet
 from envs.basestation import BaseStationParallelEnv
 
-from test_basestation_app import TINY
+from test_basestation_app import TINY, one_thread  # noqa: F401 (autouse: one thread, as there)
 from test_basestation_residual import BUSY_RULE
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture
