@@ -210,7 +210,8 @@ def test_an_interrupted_run_keeps_what_it_measured_and_resumes_to_the_same_resul
     """SIGINT mid-run: exit 130 with one line, the folder marked interrupted with the rows so
     far; --resume then gives the figures of a run that was never interrupted."""
     slow = tmp_path / "slow.toml"
-    slow.write_text(TINY.replace("duration = 3.0", "duration = 40.0").replace("seeds = [0]", "seeds = [0, 1]"))
+    # long enough per seed (~4 s) that a loaded machine does not finish both before the signal
+    slow.write_text(TINY.replace("duration = 3.0", "duration = 80.0").replace("seeds = [0]", "seeds = [0, 1]"))
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "run", str(slow), "--out", str(stopped)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
