@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from apps.basestation.config import AppScenarioError, load_app_scenario
-from apps.basestation.learner import RadioCommons
-from apps.basestation.lookahead import (LookaheadStationLearner, actor_logits, candidates, collect_labels, fork,
-                                        imitate, label_accuracy, label_episode, label_seeds)
+from apps.basestation.learner import RadioCommons, actor_logits, fork_network
+from apps.basestation.lookahead import (LookaheadStationLearner, candidates, collect_labels, imitate, label_accuracy,
+                                        label_episode, label_seeds)
 from apps.basestation.residual import Residual
 from apps.basestation.training import train_fleet
 from envs.basestation import BaseStationParallelEnv
@@ -25,7 +25,7 @@ def tiny(tmp_path):
 
 
 def _pf(net, actions, horizon):
-    twin = fork(net)
+    twin = fork_network(net)
     total = 0.0
     for _ in range(horizon):
         twin.step(actions)

@@ -9,24 +9,18 @@ import torch
 
 from apps.basestation.config import load_app_scenario
 from apps.basestation.evaluation import StationController, evaluate
-from apps.basestation.learner import RadioCommons, StationLearner, StationView, single_thread
+from apps.basestation.learner import RadioCommons, StationLearner, StationView
 from apps.basestation.residual import RESIDUAL_FILE, Residual
 from apps.basestation.rules import RULE_START, LoadRatioRule
 from apps.basestation.training import train_fleet
 from envs.basestation import BaseStationParallelEnv
 
-from test_basestation_app import TINY
+from test_basestation_app import TINY, one_thread  # noqa: F401 (autouse: one thread, as there)
 
 # A rule that moves every head: power steps down on load, offsets follow the ratio, idle
 # stations sleep, and the ratio has memory (the residual must keep the rule's state right).
 BUSY_RULE = dict(RULE_START, hi_macro=0.25, slope_macro=0.5, lo=-0.5, light_down=2, sleep_users=3, sleep_nb=20,
                  ema=0.5, p5_sinr_db=10)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture

@@ -535,14 +535,21 @@ class RadioCommons:
         return 1.0 + float(returns[station] - self.reference[seed][station]) / self.score_scale
 
 
-class _Fork:
+def fork_network(net):
     """A copy of a :class:`CellularNetwork` that can be stepped without touching the
-    original: its arrays and its random generator are copied, the layout is shared."""
+    original: its arrays and its random generator are copied (the same future), the
+    layout is shared."""
+    twin = object.__new__(type(net))
+    twin.__dict__ = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in net.__dict__.items()}
+    twin.rng = copy.deepcopy(net.rng)
+    return twin
+
+
+class _Fork:
+    """A network fork (:func:`fork_network`) and the stations' reward summed over steps."""
 
     def __init__(self, net) -> None:
-        self.net = object.__new__(type(net))
-        self.net.__dict__ = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in net.__dict__.items()}
-        self.net.rng = copy.deepcopy(net.rng)
+        self.net = fork_network(net)
 
     def step_total(self, actions: np.ndarray, steps: int = 1) -> float:
         """Step ``steps`` times with ``actions``; the sum of the stations' rewards (what
@@ -555,11 +562,16 @@ class _Fork:
         return total
 
 
+def actor_logits(policy: nn.Module, obs: Tensor) -> Tensor:
+    """The action logits of an SB3 actor-critic policy on a batch, with gradients."""
+    latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs, policy.pi_features_extractor))
+    return policy.action_net(latent)
+
+
 @torch.no_grad()
 def _single_logits(policy: nn.Module, obs: Tensor) -> Tensor:
     """Logits of one SB3 actor-critic policy on a batch (all stations acting alike)."""
-    latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs, policy.pi_features_extractor))
-    return policy.action_net(latent)
+    return actor_logits(policy, obs)
 
 
 # --------------------------------------------------------------------------- the learner
@@ -784,7 +796,7 @@ class StationLearner(Learner):
         nvec = self.commons.nvec
 
         def loss_fn() -> Tensor:
-            out = _grad_logits(self.policy, x)
+            out = actor_logits(self.policy, x)
             return sum(distillation_loss(s, t, "categorical")
                        for s, t in zip(torch.split(out, nvec, 1), torch.split(target, nvec, 1)))
 
@@ -830,6 +842,3 @@ class StationLearner(Learner):
         return f"StationLearner(station={self.station}, samples={self.samples})"
 
 
-def _grad_logits(policy: nn.Module, obs: Tensor) -> Tensor:
-    latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs, policy.pi_features_extractor))
-    return policy.action_net(latent)

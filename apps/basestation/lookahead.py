@@ -58,7 +58,6 @@ training seeds 0-2, evaluation seeds 100-102; ``benchmarks/results/basestation_l
 """
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,32 +69,16 @@ from torch import nn
 
 from envs.basestation import BaseStationConfig, BaseStationParallelEnv
 
-from .learner import StationLearner, bias_towards_static, policy_actions
+from .learner import StationLearner, actor_logits, bias_towards_static, fork_network, policy_actions
 from .residual import Residual
 
-__all__ = ["LabelSet", "fork", "actor_logits", "candidates", "label_seeds", "label_episode", "collect_labels",
+__all__ = ["LabelSet", "candidates", "label_seeds", "label_episode", "collect_labels",
            "imitate", "label_accuracy", "LookaheadStationLearner", "HEAD_NAMES"]
 
 HEAD_NAMES = ("power", "cio", "sleep")
 # Label episodes start here (30000 + 100 x training seed + j): apart from the rule's
 # tuning episodes (seed, 10000 + seed, 20000 + seed) and the evaluation seeds (100-102).
 LABEL_SEED_BASE = 30_000
-
-
-def fork(net):
-    """A copy of a :class:`~envs.basestation.CellularNetwork` to step without touching it:
-    arrays and random generator copied (the same future), the layout shared (as the
-    difference reward's forks, ``apps.basestation.learner``)."""
-    twin = object.__new__(type(net))
-    twin.__dict__ = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in net.__dict__.items()}
-    twin.rng = copy.deepcopy(net.rng)
-    return twin
-
-
-def actor_logits(policy: nn.Module, obs: torch.Tensor) -> torch.Tensor:
-    """The action logits of an SB3 actor-critic policy, with gradients."""
-    latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs, policy.pi_features_extractor))
-    return policy.action_net(latent)
 
 
 def candidates(steps: int, heads: Collection[str] = HEAD_NAMES) -> np.ndarray:
@@ -212,7 +195,7 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
         def value(actions: np.ndarray) -> float:
             total = 0.0
             for f in range(max(futures, 1)):
-                twin = fork(net)
+                twin = fork_network(net)
                 if futures:
                     twin.rng = np.random.default_rng([int(seed), played, f])
                 for _ in range(horizon):
