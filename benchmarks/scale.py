@@ -147,9 +147,9 @@ def node_world(n: int, policy: str, duration: float, learner: str = LEARNER):
     test_x = torch.from_numpy(rng.normal(size=(64, 8)).astype(np.float32))
     test_y = (test_x[:, 0] > 0).long()
     # a share every period, as gossip pushes: not stretched for the 6 neighbours a node has
-    # against its fanout of 1
+    # against its fanout of 1, nor shortened for its clean links
     settings = Policy(name=policy, gossip_interval=PERIOD_S, max_silence=PERIOD_S, fanout=FANOUT,
-                      precision=PRECISION, silence_density=0.0)
+                      precision=PRECISION, silence_density=0.0, clean_silence=1.0)
     return World(SimNetwork(graph, seed=0), learners, policy=settings.make(), transport=settings.transport,
                  seed=0, duration=duration, eval_interval=duration, local_steps=1,
                  evaluate=lambda _n, learner: learner.evaluate(test_x, test_y), name=f"scale-{n}-{policy}")

@@ -86,7 +86,7 @@ def test_the_apps_keep_the_mfd_settings_they_were_measured_with() -> None:
     assert len(fleets) >= 5
     for policy in fleets:
         assert (policy.mfd.bootstrap_hops, policy.mfd.echo_window) == (1, 0.0)
-        assert policy.mfd.silence_density == 0.0
+        assert (policy.mfd.silence_density, policy.mfd.clean_silence) == (0.0, 1.0)
 
 
 def _defaults_benchmark():

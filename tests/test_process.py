@@ -114,18 +114,22 @@ def test_mfd_shares_only_when_improved_or_silent_and_to_at_most_fanout(margin, s
         total += len(shares)
         assert world.nodes[node_id].counters.shares == len(shares)
         neighbours = set(world.graph.neighbors(node_id))
+        # max_silence, shortened on these clean links (clean_silence), stretched above the fanout
+        waits = world.policy.silence(world.nodes[node_id])
+        assert waits <= silence
         last_t, last_score = -math.inf, -math.inf
         for t, targets in shares:
             ids = [target for target, _ in targets]
             assert 1 <= len(ids) <= 2 and len(set(ids)) == len(ids) and set(ids) <= neighbours
             score = targets[0][1]
-            assert score >= last_score + margin or t - last_t >= silence - 1e-9, (node_id, t, score, last_score)
+            assert score >= last_score + margin or t - last_t >= waits - 1e-9, (node_id, t, score, last_score)
             last_t, last_score = t, score
     assert total > 0
     if margin >= 1.0:  # accuracy cannot rise by 1.0: shares only come from silence
-        for records in sends.values():
+        for node_id, records in sends.items():
             times = [t for t, _ in model_shares(records)]
-            assert all(b - a >= silence - 1e-9 for a, b in zip(times, times[1:]))
+            waits = world.policy.silence(world.nodes[node_id])
+            assert all(b - a >= waits - 1e-9 for a, b in zip(times, times[1:]))
     # what goes on the air is models and control messages; never raw data
     kinds = world.network.stats()["kinds"]
     assert set(kinds) <= {"model", "control"}
@@ -281,14 +285,19 @@ def test_a_node_with_no_more_neighbours_than_its_fanout_reaches_further_for_the_
     assert {t for c in choices(1, alike) for t in c} <= {1, 4}
 
 
+def _silences(topology: dict, **policy) -> dict[int, float]:
+    """{node: MFDPolicy.silence} of a tiny world (``max_silence`` 1, ``fanout`` 2)."""
+    world = build_world(tiny(topology=topology, policy={"fanout": 2, **policy}), seed=0)
+    world.policy.runtime = world
+    return {n: world.policy.silence(node) for n, node in world.nodes.items()}
+
+
 def test_a_node_with_more_neighbours_than_its_fanout_stays_silent_longer() -> None:
     """A star's hub, with 8 neighbours against a fanout of 2, waits (8 / 2) ** silence_density
     times ``max_silence`` before it shares anyway; its leaves (one neighbour) and a ring's
     nodes (two) wait ``max_silence``, as every node does with ``silence_density = 0``."""
     def silences(topology: dict, **policy) -> dict[int, float]:
-        world = build_world(tiny(topology=topology, policy={"fanout": 2, **policy}), seed=0)
-        world.policy.runtime = world
-        return {n: world.policy.silence(node) for n, node in world.nodes.items()}
+        return _silences(topology, **{"clean_silence": 1.0, **policy})
 
     star = silences({"kind": "star", "nodes": 9})
     hub = max(star, key=star.get)
@@ -296,6 +305,24 @@ def test_a_node_with_more_neighbours_than_its_fanout_stays_silent_longer() -> No
     assert {v for n, v in star.items() if n != hub} == {1.0}
     assert set(silences({"kind": "ring", "nodes": 5}).values()) == {1.0}
     assert set(silences({"kind": "star", "nodes": 9}, silence_density=0.0).values()) == {1.0}
+
+
+def test_a_node_whose_links_lose_nothing_shares_sooner() -> None:
+    """Where its links and its neighbours' links lose nothing a node waits ``clean_silence``
+    times ``max_silence``; the factor rises linearly with the worst of those links' loss to 1
+    at 1 %, and multiplies the density's."""
+    assert list(_silences({"kind": "ring", "nodes": 5}).values()) == pytest.approx([0.33] * 5)
+    assert list(_silences({"kind": "ring", "nodes": 5, "loss": 0.005}).values()) == pytest.approx([0.665] * 5)
+    assert set(_silences({"kind": "ring", "nodes": 5, "loss": 0.02}).values()) == {1.0}
+    assert set(_silences({"kind": "ring", "nodes": 5}, clean_silence=1.0).values()) == {1.0}
+    star = _silences({"kind": "star", "nodes": 9})
+    assert max(star.values()) == pytest.approx(0.33 * 4 ** 0.25)
+    # one lossy link on the ring 0-1-2-3-4-0: within two hops of it, every node but 3
+    world = build_world(tiny(policy={"fanout": 2}), seed=0)
+    world.policy.runtime = world
+    world.network.set_link(0, 1, loss=0.05)
+    assert {n: world.policy.silence(node) for n, node in world.nodes.items()} == \
+        {0: 1.0, 1: 1.0, 2: 1.0, 3: pytest.approx(0.33), 4: 1.0}
 
 
 def test_a_scenario_node_join_starts_the_node_absent_and_it_bootstraps() -> None:

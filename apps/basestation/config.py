@@ -163,11 +163,12 @@ class X2Link(_Strict):
 # score rose by 1 % of the static configuration's, at least every 5 rounds, two
 # neighbours per share, and a gate that refuses a 2 % drop (a joining station asks its
 # neighbours only; no echo window; a station shares with its neighbours only, however few,
-# and at least every 5 rounds whatever its neighbours: the settings the app was measured with).
+# and at least every 5 rounds whatever its neighbours or its links' loss: the settings the app
+# was measured with).
 DEFAULT_SHARING = dict(name="mfd", precision="fp16", share_margin=0.01, max_silence=5.0, fanout=2,
                        gate_tolerance=0.02, serve_blend=False, serve_max_age=10.0, hello_interval=2.0,
                        round_timeout=3.0, bootstrap_hops=1, echo_window=0.0, sparse_share_hops=1,
-                       silence_density=0.0)
+                       silence_density=0.0, clean_silence=1.0)
 
 
 @dataclass(frozen=True)

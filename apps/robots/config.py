@@ -150,8 +150,10 @@ DEFAULT_POLICY = Policy(name="mfd", precision="int8", share_margin=0.05, max_sil
                         serve_blend=False, hello_interval=5.0,
                         # the settings this fleet was measured with, before the core's defaults became
                         # the digits scenarios' (bootstrap_hops 3, echo_window 2 s, a sparse node
-                        # reaching 2 hops, a keep-alive stretched for a node with many neighbours)
-                        bootstrap_hops=1, echo_window=0.0, sparse_share_hops=1, silence_density=0.0)
+                        # reaching 2 hops, a keep-alive stretched for a node with many neighbours or
+                        # shortened for one on clean links)
+                        bootstrap_hops=1, echo_window=0.0, sparse_share_hops=1, silence_density=0.0,
+                        clean_silence=1.0)
 
 # Learner settings of a task that differ from :class:`LearnerSettings`' (reach) defaults.
 TASK_LEARNER_DEFAULTS: dict[str, dict[str, Any]] = {
