@@ -201,8 +201,15 @@ class Progress:
 # -- interruption --------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM during a run: the run writes what it has and stops."""
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM during a run: the run writes what it has and stops.
+
+    A :class:`BaseException`, as :class:`KeyboardInterrupt` is: the signal lands in
+    whatever code runs, and code that turns its own exceptions into a refusal and goes on
+    (the reassembler counts any ``Exception`` on a datagram as an internal error and drops
+    the datagram, so one bad packet costs no run) would otherwise swallow it, and the run
+    would carry on to its end (a run stopped this way finished both its seeds and exited
+    0, the signal caught mid-datagram)."""
 
 
 @contextlib.contextmanager

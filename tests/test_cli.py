@@ -235,6 +235,21 @@ def test_an_interrupted_run_keeps_what_it_measured_and_resumes_to_the_same_resul
     assert not json.loads((stopped / "run.json").read_text())["interrupted"]
 
 
+def test_an_interrupt_is_not_taken_for_a_failure_of_the_code_it_lands_in() -> None:
+    """The signal lands wherever the run is: in the reassembler, which refuses a datagram
+    whose handling raised any ``Exception`` and goes on, an interrupt that were an
+    ``Exception`` was swallowed and the run carried on to its end (exit 0)."""
+    from apps.common import Interrupted, interruptible
+
+    with pytest.raises(Interrupted):
+        with interruptible():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler runs here, at once
+            except Exception:  # noqa: BLE001 - as the reassembler does with a datagram's failure
+                pass
+
+
 def test_progress_is_plain_lines_when_not_a_terminal(tiny: Path, tmp_path: Path) -> None:
     proc = mfd("run", str(tiny), "--out", str(tmp_path / "p"))
     assert proc.returncode == 0, proc.stderr
