@@ -1,0 +1,27 @@
+"""benchmarks/robots_push_headroom.py: steps to a success rate on a curve, and its overrides."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.robots_push_headroom import parse_overrides, steps_to  # noqa: E402
+
+
+def test_steps_to_is_the_first_measurement_at_or_above_the_rate():
+    curve = [{"env_steps": 0, "success": 0.0}, {"env_steps": 2000, "success": 0.3},
+             {"env_steps": 4000, "success": 0.5}, {"env_steps": 6000, "success": 0.4},
+             {"env_steps": 8000, "success": 0.93}]
+    assert steps_to(curve, 0.5) == 4000  # the first time, not the last: a dip after does not undo it
+    assert steps_to(curve, 0.9) == 8000
+    assert steps_to(curve, 0.95) is None  # not reached within the budget
+    assert steps_to([{"env_steps": 0, "success": 0.0, "progress": 0.6}], 0.5, key="progress") == 0
+
+
+def test_overrides_parse_numbers_tuples_and_words():
+    assert parse_overrides(["learning_rate=1e-3", "net_arch=(256, 256)", "algo=sac"]) == {
+        "learning_rate": 1e-3, "net_arch": (256, 256), "algo": "sac"}
+    with pytest.raises(ValueError):
+        parse_overrides(["learning_rate"])
