@@ -10,7 +10,10 @@ first founder of ``robots_push_fleet``: a Panda, its own cell) with the app's ow
 measures the deterministic policy on the same ``--eval-episodes`` held-out episodes (fixed
 seeds, the fleet's test seeds of that robot): success rate and progress (1 per success,
 else half the share of the block's start distance to the goal closed:
-``mfd_core.learners.sb3``'s progress metric).
+``mfd_core.learners.sb3``'s progress metric) and the share of episodes that touched the
+block (moved it more than 1 cm); beside them, the share of the chunk's training
+transitions in which the block moved at all (> 1 mm): whether the learner is starved of
+block contacts (exploration) or has them and does not learn from them.
 
 Variants (each reported with its own curve, never tuned on the eval seeds beyond that):
 ``--learner key=value`` overrides a learner setting (e.g. ``learning_rate=1e-3``),
@@ -55,6 +58,13 @@ def steps_to(curve: list[dict], threshold: float, key: str = "success") -> int |
     return None
 
 
+def _late_mean(curve: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over the last quarter of the measurements after the start (None: none)."""
+    rows = [r[key] for r in curve[1:] if r.get(key) is not None]
+    rows = rows[-max(1, len(rows) // 4):]
+    return sum(rows) / len(rows) if rows else None
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["learning_rate=1e-3", "net_arch=(256, 256)"]`` -> ``{"learning_rate": 0.001, ...}``."""
     out: dict[str, Any] = {}
@@ -69,11 +79,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+# A block that moved more than this in an episode was touched (it starts at rest on the table).
+TOUCH = 0.01
+# A transition in which the block moved more than this (metres) is one the arm pushed it in.
+MOVE = 0.001
+
+
 def evaluate(model, env, episodes: int, seed: int) -> dict[str, float]:
-    """Success rate and mean progress of the deterministic policy on ``episodes`` seeded episodes."""
+    """Success rate, mean progress and the share of episodes that touched the block (moved it
+    more than :data:`TOUCH`), for the deterministic policy on ``episodes`` seeded episodes."""
+    import numpy as np
+
     from mfd_core.learners.sb3 import _progress
 
-    success = progress = 0.0
+    success = progress = touched = 0.0
     for i in range(episodes):
         obs, info = env.reset(seed=seed + i)
         start, done = obs, False
@@ -84,12 +103,27 @@ def evaluate(model, env, episodes: int, seed: int) -> dict[str, float]:
         won = bool(info.get("is_success", False))
         success += won
         progress += _progress(start, obs, won)
-    return {"success": success / episodes, "progress": progress / episodes}
+        touched += float(np.linalg.norm(obs["achieved_goal"] - start["achieved_goal"]) > TOUCH)
+    return {"success": success / episodes, "progress": progress / episodes, "touched": touched / episodes}
+
+
+def moved_share(buffer, start: int, end: int) -> float | None:
+    """Share of the replay buffer's transitions ``start``..``end`` (positions, modulo its size)
+    in which the block moved more than :data:`MOVE`: how much of what the learner saw (and
+    what HER can relabel into a non-trivial goal) involved the block at all."""
+    import numpy as np
+
+    n = (end - start) % buffer.buffer_size
+    if n == 0:
+        return None
+    idx = (start + np.arange(n)) % buffer.buffer_size
+    before, after = buffer.observations["achieved_goal"][idx], buffer.next_observations["achieved_goal"][idx]
+    return float((np.linalg.norm(after - before, axis=-1) > MOVE).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=80_000, help="env steps at most (the budget; ~15 min at ~90 steps/s)")
+    parser.add_argument("--steps", type=int, default=80_000, help="env steps at most (~15 min at ~90/s)")
     parser.add_argument("--minutes", type=float, default=None, help="stop after this many wall minutes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=2000, help="env steps between measurements")
@@ -126,23 +160,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     deadline = started + 60 * args.minutes if args.minutes else None
     train_wall = train_cpu = eval_wall = 0.0
-    curve = [{"env_steps": 0, **evaluate(model, test_env, args.eval_episodes, eval_seed), "wall_s": 0.0}]
+    curve = [{"env_steps": 0, **evaluate(model, test_env, args.eval_episodes, eval_seed), "train_block_moved": None,
+              "wall_s": 0.0}]
     stopped = "budget"
     try:
         while model.num_timesteps < args.steps:
             chunk = min(args.eval_every, args.steps - model.num_timesteps)
             t, c = time.perf_counter(), time.process_time()
+            pos = model.replay_buffer.pos if model.replay_buffer is not None else 0
             model.learn(total_timesteps=chunk, reset_num_timesteps=False)
             train_wall += time.perf_counter() - t
             train_cpu += time.process_time() - c
             t = time.perf_counter()
             row = {"env_steps": int(model.num_timesteps), **evaluate(model, test_env, args.eval_episodes, eval_seed),
+                   "train_block_moved": moved_share(model.replay_buffer, pos, model.replay_buffer.pos),
                    "wall_s": round(time.time() - started, 1)}
             eval_wall += time.perf_counter() - t
             curve.append(row)
             print(f"\r{row['env_steps']:>7}/{args.steps} env steps  success {row['success']:.2f}  progress "
-                  f"{row['progress']:.2f}  {model.num_timesteps / train_wall:.0f} steps/s  {row['wall_s'] / 60:.1f} min"
-                  f"  load {os.getloadavg()[0]:.1f}", end="", file=sys.stderr, flush=True)
+                  f"{row['progress']:.2f}  touched {row['touched']:.2f}  moved {row['train_block_moved']:.3f}  "
+                  f"{model.num_timesteps / train_wall:.0f} steps/s  {row['wall_s'] / 60:.1f} min  "
+                  f"load {os.getloadavg()[0]:.1f}", end="", file=sys.stderr, flush=True)
             if args.stop_at is not None and row["success"] >= args.stop_at:
                 stopped = f"success {row['success']:.2f} >= --stop-at {args.stop_at}"
                 break
@@ -163,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         "budget": budget, "requested_steps": args.steps, "stopped": stopped,
         "steps_to_50": steps_to(curve, 0.5), "steps_to_90": steps_to(curve, 0.9),
         "best_success": max(r["success"] for r in curve), "best_progress": max(r["progress"] for r in curve),
+        # the last quarter's means: one measurement on 30 episodes moves by 0.03 per episode
+        "late_success": _late_mean(curve, "success"), "late_touched": _late_mean(curve, "touched"),
+        "late_train_block_moved": _late_mean(curve, "train_block_moved"),
         "env_steps_per_s": budget / train_wall if train_wall else None,
         "env_steps_per_cpu_s": budget / train_cpu if train_cpu else None,
         "gradient_updates": int(model._n_updates),

@@ -25,3 +25,21 @@ def test_overrides_parse_numbers_tuples_and_words():
         "learning_rate": 1e-3, "net_arch": (256, 256), "algo": "sac"}
     with pytest.raises(ValueError):
         parse_overrides(["learning_rate"])
+
+
+def test_moved_share_counts_the_chunks_transitions_that_moved_the_block_across_the_wrap():
+    import numpy as np
+
+    from benchmarks.robots_push_headroom import moved_share
+
+    class Buffer:
+        buffer_size = 4
+        observations = {"achieved_goal": np.zeros((4, 1, 3), dtype=np.float32)}
+        next_observations = {"achieved_goal": np.zeros((4, 1, 3), dtype=np.float32)}
+
+    b = Buffer()
+    b.next_observations["achieved_goal"][3, 0, 0] = 0.01  # moved 1 cm
+    b.next_observations["achieved_goal"][0, 0, 0] = 0.0005  # 0.5 mm: the block at rest
+    assert moved_share(b, 2, 1) == 1 / 3  # positions 2, 3, 0 (the buffer wrapped)
+    assert moved_share(b, 0, 2) == 0.0
+    assert moved_share(b, 1, 1) is None
