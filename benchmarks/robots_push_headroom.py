@@ -35,6 +35,7 @@ import argparse
 import ast
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,12 +86,22 @@ TOUCH = 0.01
 MOVE = 0.001
 
 
+def episode_progress(start: dict, end: dict, success: bool) -> float:
+    """1 for a success, else half the share of the start's goal distance closed: the
+    ``"progress"`` metric of :class:`mfd_core.learners.sb3.SB3Learner`, for one episode."""
+    import numpy as np
+
+    if success:
+        return 1.0
+    d0 = float(np.linalg.norm(start["achieved_goal"] - start["desired_goal"]))
+    d1 = float(np.linalg.norm(end["achieved_goal"] - end["desired_goal"]))
+    return 0.5 * float(np.clip(1.0 - d1 / max(d0, 1e-9), 0.0, 1.0))
+
+
 def evaluate(model, env, episodes: int, seed: int) -> dict[str, float]:
     """Success rate, mean progress and the share of episodes that touched the block (moved it
     more than :data:`TOUCH`), for the deterministic policy on ``episodes`` seeded episodes."""
     import numpy as np
-
-    from mfd_core.learners.sb3 import _progress
 
     success = progress = touched = 0.0
     for i in range(episodes):
@@ -102,7 +113,7 @@ def evaluate(model, env, episodes: int, seed: int) -> dict[str, float]:
             done = terminated or truncated
         won = bool(info.get("is_success", False))
         success += won
-        progress += _progress(start, obs, won)
+        progress += episode_progress(start, obs, won)
         touched += float(np.linalg.norm(obs["achieved_goal"] - start["achieved_goal"]) > TOUCH)
     return {"success": success / episodes, "progress": progress / episodes, "touched": touched / episodes}
 
@@ -140,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
 
+    # a job started with & from a script inherits SIGINT ignored: make kill -INT stop it too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -43,3 +43,16 @@ def test_moved_share_counts_the_chunks_transitions_that_moved_the_block_across_t
     assert moved_share(b, 2, 1) == 1 / 3  # positions 2, 3, 0 (the buffer wrapped)
     assert moved_share(b, 0, 2) == 0.0
     assert moved_share(b, 1, 1) is None
+
+
+def test_episode_progress_is_half_the_distance_closed_or_one_on_success():
+    import numpy as np
+
+    from benchmarks.robots_push_headroom import episode_progress
+
+    def obs(block):
+        return {"achieved_goal": np.array(block, dtype=np.float32), "desired_goal": np.zeros(3, dtype=np.float32)}
+
+    assert episode_progress(obs([0.2, 0, 0]), obs([0.1, 0, 0]), False) == pytest.approx(0.25)
+    assert episode_progress(obs([0.2, 0, 0]), obs([0.3, 0, 0]), False) == 0.0  # pushed away: no credit
+    assert episode_progress(obs([0.2, 0, 0]), obs([0.2, 0, 0]), True) == 1.0
