@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 
 from .common import (Interrupted, Progress, UsageError, add_run_arguments, flatten_seeds, interruptible,
-                     parse_overrides, prepare_out, remove_if_empty, seeds_type)
+                     parse_overrides, positive_seconds, prepare_out, remove_if_empty, seeds_type)
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 DEFAULT_POLICIES = "isolated,fedavg,gossip,mfd"
 # Each node of a supervised scenario needs this many samples of its own (training and
 # validation); more nodes than the data allows fail here, not after the run has started.
 MIN_SAMPLES_PER_NODE = 8
+# --duration's bound: the scenario's own (mfd_core.scenario: a simulated day)
+MAX_DURATION_S = 86_400.0
 
 
 def shipped_scenarios() -> list[str]:
@@ -148,12 +150,15 @@ def _run_command(args: argparse.Namespace, policies_of) -> int:
     from mfd_core.runfolder import RunFolder
 
     if args.resume:
+        if args.duration is not None or args.overrides:
+            raise UsageError("--resume finishes a run as it was planned: --duration and --set do not apply")
         return _resume(args)
     if not args.scenario:
         raise UsageError("give a scenario file or a shipped name (mfd run --list shows them)")
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    scenario = load_scenario(args.scenario, args.overrides)
+    duration = [f"duration={args.duration!r}"] if args.duration is not None else []
+    scenario = load_scenario(args.scenario, [*args.overrides, *duration])
     policies = _policies(scenario, policies_of(scenario))
     seeds = flatten_seeds(args.seeds) or list(scenario.seeds)
     label = policies[0] if len(policies) == 1 else "compare"
@@ -368,6 +373,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--policies", default=DEFAULT_POLICIES,
                            help=f"comma-separated policies (default {DEFAULT_POLICIES})")
         p.add_argument("--resume", metavar="RUNDIR", help="finish a stopped run: the runs not done are run")
+        p.add_argument("--duration", type=positive_seconds("--duration", MAX_DURATION_S),
+                       help="simulated seconds, instead of the scenario's (as mfd robots demo --duration)")
         add_run_arguments(p)
         p.set_defaults(func=cmd_run if name == "run" else cmd_compare, command=name)
 

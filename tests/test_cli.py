@@ -134,6 +134,15 @@ def test_set_overrides_any_scenario_field(tiny: Path, tmp_path: Path) -> None:
     assert max(float(r["time"]) for r in rows(out)) == 1.5
 
 
+def test_duration_is_an_option_as_in_the_robots_commands(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "short"
+    assert main(["compare", str(tiny), "--policies", "isolated,mfd", "--duration", "1.5", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "scenario.json").read_text())["duration"] == 1.5
+    assert max(float(r["time"]) for r in rows(out)) == 1.5
+    one_line_error(mfd("run", "--resume", str(out), "--duration", "3"), "--resume", "--duration")
+
+
 @pytest.mark.parametrize("argv, needles", [
     (["run", "{tiny}", "--seeds", "-1"], ["seeds"]),
     (["run", "{tiny}", "--seeds", "99999999999999999999"], ["too large"]),
@@ -145,6 +154,9 @@ def test_set_overrides_any_scenario_field(tiny: Path, tmp_path: Path) -> None:
     (["run", "{tiny}", "--set", "topology.nodes=300"], ["topology.nodes", "too many"]),
     (["run", "{tiny}", "--set", "topology.nodes=100000"], ["topology.nodes"]),
     (["run", "{tiny}", "--set", "duration=1e12"], ["duration"]),
+    (["run", "{tiny}", "--duration", "1e12"], ["--duration", "86400"]),
+    (["compare", "{tiny}", "--duration", "0"], ["--duration"]),
+    (["run", "{tiny}", "--duration", "soon"], ["--duration", "not a number"]),
     (["run", "{tiny}", "--set", "nonsense"], ["KEY=VALUE"]),
     (["run", "robots"], ["robot fleet"]),
     (["packets", "--mtu", "10"], ["--mtu"]),
