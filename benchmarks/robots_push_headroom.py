@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import write_results  # noqa: E402
 
+from mfd_core import episode_progress  # noqa: E402  (the progress the robots' gate scores by)
+
 SCENARIO = "robots_push_fleet"
 ROBOT = 0  # the fleet's first founder: a Panda
 
@@ -84,18 +86,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 TOUCH = 0.01
 # A transition in which the block moved more than this (metres) is one the arm pushed it in.
 MOVE = 0.001
-
-
-def episode_progress(start: dict, end: dict, success: bool) -> float:
-    """1 for a success, else half the share of the start's goal distance closed: the
-    ``"progress"`` metric of :class:`mfd_core.learners.sb3.SB3Learner`, for one episode."""
-    import numpy as np
-
-    if success:
-        return 1.0
-    d0 = float(np.linalg.norm(start["achieved_goal"] - start["desired_goal"]))
-    d1 = float(np.linalg.norm(end["achieved_goal"] - end["desired_goal"]))
-    return 0.5 * float(np.clip(1.0 - d1 / max(d0, 1e-9), 0.0, 1.0))
 
 
 def evaluate(model, env, episodes: int, seed: int) -> dict[str, float]:

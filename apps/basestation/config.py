@@ -43,6 +43,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A station's action heads, in the order its policy network emits them.
+ACTION_HEADS = ("power", "cio", "sleep")
+
+
 class TrainingSettings(_Strict):
     """How the stations learn (SB3 PPO per station) and how long the simulated run lasts.
 
@@ -115,7 +119,7 @@ class TrainingSettings(_Strict):
                                    'candidate on the episode\'s own future (hindsight); F: on the mean of F '
                                    'other seeded futures, the same for every candidate (the correction that '
                                    'pays in expectation from this state)')
-    lookahead_heads: tuple[str, ...] = Field(("power", "cio", "sleep"), min_length=1, description='with learner '
+    lookahead_heads: tuple[str, ...] = Field(ACTION_HEADS, min_length=1, description='with learner '
                                              '= "lookahead": the heads a label may correct (unpinned for the '
                                              'imitation even when listed in pinned)')
     lookahead_ppo: bool = Field(False, description='with learner = "lookahead": also run the PPO update each '
@@ -135,12 +139,10 @@ class TrainingSettings(_Strict):
     def _check(self) -> "TrainingSettings":
         if self.batch_size > self.chunk_steps:
             raise ValueError(f"batch_size: {self.batch_size} is larger than chunk_steps ({self.chunk_steps})")
-        bad = [h for h in self.pinned if h not in ("power", "cio", "sleep")]
-        if bad:
-            raise ValueError(f"pinned: unknown action head {bad[0]!r}; heads: power, cio, sleep")
-        bad = [h for h in self.lookahead_heads if h not in ("power", "cio", "sleep")]
-        if bad:
-            raise ValueError(f"lookahead_heads: unknown action head {bad[0]!r}; heads: power, cio, sleep")
+        for field, heads in (("pinned", self.pinned), ("lookahead_heads", self.lookahead_heads)):
+            bad = [h for h in heads if h not in ACTION_HEADS]
+            if bad:
+                raise ValueError(f"{field}: unknown action head {bad[0]!r}; heads: {', '.join(ACTION_HEADS)}")
         if self.learner == "lookahead" and self.action != "residual":
             raise ValueError('learner: "lookahead" labels corrections to the rule: it needs action = "residual"')
         if len(set(self.pinned)) == 3:

@@ -53,7 +53,7 @@ from envs.basestation import BaseStationConfig, BaseStationParallelEnv
 from mfd_core.knowledge import distillation_loss
 from mfd_core.learners.base import Learner
 
-from .config import TrainingSettings
+from .config import ACTION_HEADS, TrainingSettings
 from .residual import Residual
 
 __all__ = ["single_thread", "RadioCommons", "StationLearner", "StationView", "make_ppo", "policy_actions",
@@ -162,7 +162,6 @@ def make_ppo(view: gym.Env, settings: TrainingSettings, seed: int) -> PPO:
     return model
 
 
-HEADS = ("power", "cio", "sleep")
 PIN_BIAS = 30.0  # softmax weight e^-30 on the other choices: never sampled, no gradient
 
 
@@ -186,7 +185,7 @@ def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequenc
         bias.zero_()
         start = 0
         for k, (n, d) in enumerate(zip(nvec, default)):
-            head = HEADS[k % len(HEADS)]
+            head = ACTION_HEADS[k % len(ACTION_HEADS)]
             if head in pinned:
                 bias[start + int(d)] = PIN_BIAS
             else:

@@ -69,19 +69,19 @@ from torch import nn
 
 from envs.basestation import BaseStationConfig, BaseStationParallelEnv
 
+from .config import ACTION_HEADS
 from .learner import StationLearner, actor_logits, bias_towards_static, fork_network, policy_actions
 from .residual import Residual
 
 __all__ = ["LabelSet", "candidates", "label_seeds", "label_episode", "collect_labels",
-           "imitate", "label_accuracy", "LookaheadStationLearner", "HEAD_NAMES"]
+           "imitate", "label_accuracy", "LookaheadStationLearner"]
 
-HEAD_NAMES = ("power", "cio", "sleep")
 # Label episodes start here (30000 + 100 x training seed + j): apart from the rule's
 # tuning episodes (seed, 10000 + seed, 20000 + seed) and the evaluation seeds (100-102).
 LABEL_SEED_BASE = 30_000
 
 
-def candidates(steps: int, heads: Collection[str] = HEAD_NAMES) -> np.ndarray:
+def candidates(steps: int, heads: Collection[str] = ACTION_HEADS) -> np.ndarray:
     """(C, 3) corrections a label may name (residual coordinates, row 0 = no correction):
     one head at a time, power only down (the target is PF at no more energy), offsets
     either way, sleep flipped. Corrections of two heads at once are left out to keep the
@@ -246,7 +246,7 @@ def label_episode(env: BaseStationParallelEnv, residual: Residual, seed: int, ho
 
 def collect_labels(config: BaseStationConfig, rule_params: Mapping[str, Any], seeds: Sequence[int],
                    residual_steps: int = 2, horizon: int = 3, margin: float = 0.5,
-                   heads: Collection[str] = HEAD_NAMES, steps: int | None = None, futures: int = 0) -> LabelSet:
+                   heads: Collection[str] = ACTION_HEADS, steps: int | None = None, futures: int = 0) -> LabelSet:
     """Labels of the episodes ``seeds`` on a network of its own (``config``, the tuned rule
     ``rule_params``); episode j of the result is ``seeds[j]``."""
     env = BaseStationParallelEnv(config)

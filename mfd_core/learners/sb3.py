@@ -57,7 +57,7 @@ from mfd_core.learners.base import Learner
 from mfd_core.learners.td3_batch import TD3Batcher, supports
 from mfd_core.scaling import ModelFamily
 
-__all__ = ["SB3Learner", "SB3PolicyFamily", "flatten_obs", "obs_layout", "unflatten_obs"]
+__all__ = ["SB3Learner", "SB3PolicyFamily", "episode_progress", "flatten_obs", "obs_layout", "unflatten_obs"]
 
 Layout = list[tuple[str | None, tuple[int, ...]]]
 
@@ -362,7 +362,7 @@ class SB3Learner(Learner):
             elif self.metric == "return":
                 total += ret
             else:
-                total += _progress(start, obs, bool(info.get("is_success", False)))
+                total += episode_progress(start, obs, bool(info.get("is_success", False)))
         return total / self.eval_episodes
 
     def _check_state(self, state: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
@@ -706,7 +706,7 @@ class SB3Learner(Learner):
                 f"kind={self.output_kind!r}, env_steps={self.env_steps})")
 
 
-def _progress(start: Mapping[str, Any], end: Mapping[str, Any], success: bool) -> float:
+def episode_progress(start: Mapping[str, Any], end: Mapping[str, Any], success: bool) -> float:
     """1 for a success, else half the share of the start's goal distance the episode closed.
 
     Success rate alone is 0 for every policy of a fleet that has not learned yet, so a
