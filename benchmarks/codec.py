@@ -10,10 +10,16 @@ For fp32 MLP state_dicts of about 1M and 25M parameters, at MTU 1,400 and 65,535
 - torch: ``torch.save`` / ``torch.load(weights_only=True)`` to and from an in-memory
   ``io.BytesIO`` (the usual way to ship a state_dict);
 - copy: one plain copy of the model's bytes (the physical limit: any sender or receiver
-  writes the bytes once).
+  writes the bytes once);
+- crc: the CRC32C of every datagram, as the packet spec has a receiver check it and a
+  sender compute it (``packet.checksum_of``, one call per datagram): what no implementation
+  of the wire format can skip, and what ``torch.save``/``torch.load`` do not do. With the
+  copy it is the floor of a codec in Python with the CRC32C libraries there are (the
+  ``crc32c`` package runs at the CPU's CRC instruction's speed; ``google-crc32c`` measured
+  the same here): ``*_floor`` figures say how fast a codec with nothing else to do would be.
 
-Interleaved (issue 13): every repeat runs ours-encode, torch.save, copy, then
-ours-decode, torch.load, copy, one after the other, and every other repeat runs each
+Interleaved (issue 13): every repeat runs ours-encode, torch.save, copy, crc, then
+ours-decode, torch.load, copy, crc, one after the other, and every other repeat runs each
 trio in the reverse order, so that no operation always finds the caches and the
 allocator as the same neighbour left them. One unmeasured repeat first (it faults in
 fresh memory). The garbage collector is collected before a row and kept off while an
@@ -124,10 +130,15 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
     datagrams = ours_encode()
     wire, packets = sum(len(d) for d in datagrams), len(datagrams)
     blob = save().getvalue()
-    encode_ops = {"ours_encode": ours_encode, "torch_save": save, "copy_encode": flat.copy}
+    views = [memoryview(d) for d in datagrams]
+
+    def checksums():
+        return [packet.checksum_of(v) for v in views]
+
+    encode_ops = {"ours_encode": ours_encode, "torch_save": save, "copy_encode": flat.copy, "crc_encode": checksums}
     decode_ops = {"ours_decode": decoder(reassembly, datagrams),
                   "torch_load": lambda: torch.load(io.BytesIO(blob), weights_only=True),
-                  "copy_decode": flat.copy}
+                  "copy_decode": flat.copy, "crc_decode": checksums}
     if baseline is not None:
         base_codec, base_reassembly = baseline
         encode_ops["base_encode"] = encoder(base_codec)
@@ -135,7 +146,7 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         assert [bytes(d) for d in base_datagrams] == [bytes(d) for d in datagrams], "the wire bytes changed"
         decode_ops["base_decode"] = decoder(base_reassembly, base_datagrams)
     for name, decode in decode_ops.items():
-        if name.endswith("_decode") and not name.startswith("copy"):
+        if name.endswith("_decode") and not name.startswith(("copy", "crc")):
             received = decode()
             assert received.complete and all(torch.equal(received.state[k], v) for k, v in state.items()), \
                 f"{name}: round trip not exact"
@@ -162,6 +173,11 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         """Median over repeats of ours' throughput / theirs', each pair from the same repeat."""
         return statistics.median(b / max(a, 1e-9) for a, b in zip(measured[ours], measured[theirs]))
 
+    def floor(theirs: str, copy: str, crc: str) -> float:
+        """Median over repeats of theirs' time / (copy + crc): the throughput ratio to torch
+        of a codec that only checksums and copies."""
+        return statistics.median(t / max(c + k, 1e-9) for t, c, k in zip(times[theirs], times[copy], times[crc]))
+
     row = {
         "model_bytes": model_bytes, "wire_bytes": wire, "packets": packets, "mtu": mtu,
         "overhead_pct": 100.0 * (wire - model_bytes) / wire,
@@ -175,6 +191,14 @@ def measure(state: dict[str, torch.Tensor], mtu: int, repeats: int, warmup: int 
         "decode_vs_torch_load": paired("ours_decode", "torch_load"),
         "encode_vs_torch_save_cpu": paired("ours_encode", "torch_save", cpu_times),
         "decode_vs_torch_load_cpu": paired("ours_decode", "torch_load", cpu_times),
+        # the floor (CRC32C + one copy, see the module docstring), per repeat, against torch,
+        # and ours with its CRC32C taken off: what the rest of the codec costs against torch
+        "encode_floor_vs_torch_save": floor("torch_save", "copy_encode", "crc_encode"),
+        "decode_floor_vs_torch_load": floor("torch_load", "copy_decode", "crc_decode"),
+        "encode_floor_mb_s": mb / statistics.median(c + k for c, k in zip(times["copy_encode"], times["crc_encode"])),
+        "decode_floor_mb_s": mb / statistics.median(c + k for c, k in zip(times["copy_decode"], times["crc_decode"])),
+        "decode_vs_torch_load_without_crc": statistics.median(
+            t / max(o - k, 1e-9) for o, t, k in zip(times["ours_decode"], times["torch_load"], times["crc_decode"])),
         "copy_over_encode": paired("copy_encode", "ours_encode") ** -1,
         "copy_over_decode": paired("copy_decode", "ours_decode") ** -1,
         "repeats": repeats,
@@ -201,6 +225,12 @@ def headline(rows: dict) -> dict[str, float]:
     if high:
         out["decode_vs_torch_64k"] = min(r["decode_vs_torch_load"] for r in high)
         out["encode_vs_torch_64k"] = min(r["encode_vs_torch_save"] for r in high)
+    if low:  # the floors (CRC32C + copy; see the module docstring), the lower of the sizes
+        out["encode_floor_mb_s_1400"] = min(r["encode_floor_mb_s"] for r in low)
+        out["decode_floor_mb_s_1400"] = min(r["decode_floor_mb_s"] for r in low)
+    if high:
+        out["decode_floor_vs_torch_64k"] = min(r["decode_floor_vs_torch_load"] for r in high)
+        out["decode_vs_torch_64k_without_crc"] = min(r["decode_vs_torch_load_without_crc"] for r in high)
     if low:  # beside them, not in their place: by CPU time (see measure)
         out["decode_mb_s_1400_cpu"] = min(r["cpu_mb_per_s"]["ours_decode"] for r in low)
         out["encode_mb_s_1400_cpu"] = min(r["cpu_mb_per_s"]["ours_encode"] for r in low)
