@@ -21,7 +21,10 @@ second of the fleet's own process (the critical path: the measurement worker run
 it), and per CPU second with the worker's. On this shared 2-core machine the load moves
 between runs (10-30), so wall-clock ratios measure the neighbours as much as the code;
 ``training_speedup`` is the median paired ratio new/today per CPU second of the fleet's
-process, training alone; the other ratios are written beside it.
+process, training alone; the other ratios are written beside it. ``speedup_wall_bound``
+is the most any schedule of the new path could give per wall second on this machine:
+its CPU seconds, the fleet's and the measuring worker's, spread over every CPU with no
+wait, against today's wall time (CPU work is conserved; threads do not shrink it).
 
 "Same learning per step": the batched path takes the same gradient steps per env step with
 the same minibatch size (checked from the models' update counters below: ``updates``), and
@@ -111,6 +114,20 @@ def _median_ratio(rows: list[dict], key: str) -> float:
     return statistics.median(n[key] / t[key] for t, n in zip(today, new))
 
 
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _wall_bound(rows: list[dict], cpus: int) -> float:
+    """Median over repeats of today's wall seconds per env step over the new path's CPU
+    seconds per env step divided among ``cpus``: CPU work is conserved, so no overlap of the
+    fleet with its measuring worker, nor threads, makes the new path faster than that."""
+    today = [r for r in rows if r["variant"] == "today"]
+    new = [r for r in rows if r["variant"] == "new"]
+    return statistics.median(
+        (t["wall_s"] / t["env_steps"]) / ((n["cpu_s"] + n["worker_cpu_s"]) / cpus / n["env_steps"])
+        for t, n in zip(today, new))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", default="robots", help="robots scenario (shipped name or file)")
@@ -160,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                for v in VARIANTS},
             "updates_per_env_step": {v: statistics.fmean(r["gradient_updates"] / r["env_steps"] for r in mine
                                                          if r["variant"] == v) for v in VARIANTS},
+            # The most any schedule of the new path's work could give per wall second on this
+            # machine's CPUs: its CPU seconds (the fleet's and the measuring worker's) spread
+            # over every CPU with no wait, against today's wall time; paired per repeat.
+            "speedup_wall_bound": _wall_bound(mine, CPUS),
         }
     train_only = settings[f"eval_every_{args.eval_intervals[0] or args.duration:g}s"]
     sb3 = [r for r in rows if r["variant"] == "sb3"]

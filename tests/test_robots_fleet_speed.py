@@ -70,3 +70,19 @@ def test_a_run_returns_with_every_chunk_it_counts_trained():
         assert not any(lr.batcher.pending(lr.model) for lr in learners)
     finally:
         fleet.close()
+
+
+def test_the_wall_bound_spreads_the_new_paths_cpu_over_every_cpu():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.robots_speed import _wall_bound
+
+    today = {"variant": "today", "wall_s": 9.0, "env_steps": 1000}
+    new = {"variant": "new", "cpu_s": 2.5, "worker_cpu_s": 2.0, "env_steps": 1000}
+    # 4.5 CPU seconds over 2 CPUs take at least 2.25 s: at most 4x today's 9 s
+    assert _wall_bound([today, new], 2) == pytest.approx(4.0)
+    assert _wall_bound([today, new], 1) == pytest.approx(2.0)
+    # more env steps in the same CPU time raise it in proportion
+    assert _wall_bound([today, dict(new, env_steps=2000)], 2) == pytest.approx(8.0)
