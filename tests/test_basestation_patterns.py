@@ -88,5 +88,7 @@ def test_tune_pattern_never_returns_a_pattern_worse_than_the_rule_on_its_seeds(h
     pattern, pf, e, tried, on = tune_pattern(hotspot, params, (1, 2), e_max=1e9, passes=1)
     assert pf >= base_pf - 1e-9 and tried > 10
     assert set(on["pattern"]) == set(PATTERN_START)
+    assert "fixed" in on and on["fixed"]["pattern"]["trigger"] == 99
+    assert on["pattern"]["period"] > 0 and on["pattern"]["macro_down"] + on["pattern"]["small_down"] > 0
     if pattern["period"] == 0 or (pattern["macro_down"] == 0 and pattern["small_down"] == 0):
         assert pf == pytest.approx(base_pf)
