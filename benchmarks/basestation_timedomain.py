@@ -26,7 +26,7 @@ load ratio; beside them the tuned rule (training seed 0's) and full power on the
 episodes.
 
 **Part 2, causal time-domain patterns** (``--scenarios``): the X2-coordinated pattern
-family of :mod:`apps.basestation.patterns` on top of each training seed's tuned rule
+family of ``benchmarks/basestation_patterns.py`` on top of each training seed's tuned rule
 (reduced-power subframes on a cycle, phases from a colouring of the X2 graph or by
 layer, depth per station class, load-triggered), tuned on the training seeds' tuning
 episodes only, evaluated on seeds 100-102 against the tuned rule: PF utility,
@@ -93,7 +93,7 @@ from _common import write_results  # noqa: E402
 from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
 from envs.basestation.heuristics import full_power_strongest_cell  # noqa: E402
 from apps.basestation.learner import fork_network  # noqa: E402
-from apps.basestation.patterns import PatternRule, tune_pattern, x2_colouring  # noqa: E402
+from basestation_patterns import PatternRule, tune_pattern, x2_colouring  # noqa: E402
 from apps.basestation.rules import LoadRatioRule, heuristic_reference, tune_rule, tuning_seeds  # noqa: E402
 
 EVAL_SEEDS = (100, 101, 102)

@@ -1,10 +1,15 @@
-"""Time-domain power patterns agreed over X2 (apps/basestation/patterns.py)."""
+"""Time-domain power patterns agreed over X2 (benchmarks/basestation_patterns.py, a headroom study's rule
+family: measured, not a heuristic of the product)."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from apps.basestation.patterns import PATTERN_START, PatternRule, pattern_slots, tune_pattern, x2_colouring
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.basestation_patterns import PATTERN_START, PatternRule, pattern_slots, tune_pattern, x2_colouring
 from apps.basestation.rules import RULE_START, LoadRatioRule, play
 from envs.basestation import BaseStationParallelEnv, load_scenario
 

@@ -1,5 +1,9 @@
 """Time-domain power patterns that stations agree over X2, on top of the tuned MLB rule.
 
+A rule family of the time-domain headroom study (``benchmarks/basestation_timedomain.py``),
+kept with it rather than in the app: tuned on the training seeds it never beat the tuned
+rule (five-scenario mean -0.00 %), so no product heuristic plays it.
+
 What X2 carries for eICIC (TS 36.423: the ABS pattern, the RNTP) lets neighbours agree
 on steps in which some of them transmit at reduced power, so that the others' edge
 users see less interference then. :class:`PatternRule` adds such a pattern to the tuned
@@ -40,7 +44,7 @@ import numpy as np
 
 from envs.basestation import BaseStationParallelEnv
 
-from .rules import LoadRatioRule, Params, play
+from apps.basestation.rules import LoadRatioRule, Params, play
 
 __all__ = ["PATTERN_GRID", "PATTERN_START", "PatternRule", "x2_colouring", "pattern_slots", "tune_pattern"]
 
