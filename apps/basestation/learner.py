@@ -225,6 +225,7 @@ class RadioCommons(SharedEnvCommons):
         super().__init__(env, seed, gamma=settings.gamma, hold_steps=settings.hold_steps)
         self.twin = BaseStationParallelEnv(config)
         self.S = len(self.agents)
+        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
         net = self.env.network
         self.residuals: dict[int, Residual] = {}
         self.rule_params: dict[str, Any] | None = None
@@ -278,7 +279,10 @@ class RadioCommons(SharedEnvCommons):
         return self._credits(a, self._indices(agents), max(hold, self.settings.difference_steps)) / self.reward_scale
 
     def _indices(self, agents: Sequence[str]) -> np.ndarray:
-        return np.asarray([self.index[a] for a in agents])
+        key = tuple(agents)
+        if key not in self._index_cache:
+            self._index_cache = {key: np.asarray([self.index[a] for a in agents])}
+        return self._index_cache[key]
 
     # -- helpers ------------------------------------------------------------------------
 

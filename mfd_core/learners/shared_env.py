@@ -330,13 +330,14 @@ class SharedEnvCommons:
         return [(group, StackedPolicies([policies[a] for a in group])) for group in by_sig.values()]
 
     def act(self, groups: Sequence[tuple[list[str], StackedPolicies]], obs: Mapping[str, np.ndarray],
-            generator: torch.Generator | None, greedy: bool = False) -> dict[str, tuple[np.ndarray, float, float]]:
+            generator: torch.Generator | None, greedy: bool = False) -> dict[str, tuple[np.ndarray, Any, Any]]:
         """``{agent: (action, log-prob, value)}`` for every agent of ``groups``."""
         out = {}
         for group, stacked in groups:
             o = torch.from_numpy(np.stack([obs[a] for a in group]))
             a, logp = stacked.act(o, generator, greedy)
-            values = stacked.values(o)
+            values = stacked.values(o).numpy()
+            logp = logp.numpy()
             for k, agent in enumerate(group):
                 out[agent] = (a[k], logp[k], values[k])
         return out
@@ -424,13 +425,13 @@ class SharedEnvCommons:
                 r = np.where(ended, r, r + self.gamma * boot) if ended.any() else r + self.gamma * boot
                 obs, _ = self.env.reset()
                 next_obs = self.observe(obs)
-            for k, a in enumerate(order):
+            for a in order:
                 obs_b[a].append(self.obs[a])
                 act_b[a].append(np.asarray(acted[a][0]).reshape(-1))
             rew_b[t] = r
             start_b[t] = float(self.start)
-            val_b[t] = [float(acted[a][2]) for a in order]
-            logp_b[t] = [float(acted[a][1]) for a in order]
+            val_b[t] = [acted[a][2] for a in order]
+            logp_b[t] = [acted[a][1] for a in order]
             self.obs, self.start = next_obs, done
         last = self._values(groups, self.obs, order)
         self.collections += 1
