@@ -458,11 +458,12 @@ class StationLearner(SharedEnvLearner):
         self.peers: dict[int, nn.Module] = {}
         self._peers_version = 0
         self._deployed_version = 0
-        if settings.action == "residual":
-            # An untrained residual station plays the rule exactly (no correction), which
-            # its twin scores 1.0 by construction: it runs that until a trained model
-            # scores at least as well.
-            self.deployed, self.deployed_score = self.get_state(), 1.0
+        # An untrained residual station plays the rule exactly (no correction), which its
+        # twin scores 1.0 by construction: under the deploy gate (promote) it runs that
+        # until a trained model scores at least as well. Without the gate (deploy =
+        # "always", FedAvg's clients) the model being trained runs, as for absolute actions.
+        self.rule_start: tuple[dict[str, Tensor], float] | None = (
+            (self.get_state(), 1.0) if settings.action == "residual" else None)
         if register:
             commons.register(self)
 
@@ -518,6 +519,9 @@ class StationLearner(SharedEnvLearner):
 
         :return: whether the trained model is now deployed.
         """
+        if self.deployed is None and self.rule_start is not None:
+            self.deployed, self.deployed_score = self.rule_start  # the gate's first comparison: the rule
+        self.rule_start = None
         current = self.score()
         if self.deployed is not None and self._deployed_version != self._peers_version:
             # the neighbours changed since the running model was scored: score it again
@@ -542,6 +546,8 @@ class StationLearner(SharedEnvLearner):
         twin.peers, twin._peers_version = dict(self.peers), self._peers_version
         if self.deployed is not None:
             twin.deployed = {k: v.clone() for k, v in self.deployed.items()}
+        if self.rule_start is not None:
+            twin.rule_start = ({k: v.clone() for k, v in self.rule_start[0].items()}, self.rule_start[1])
         twin.deployed_score, twin._deployed_version = self.deployed_score, self._deployed_version
         return twin
 

@@ -333,7 +333,7 @@ class LookaheadStationLearner(StationLearner):
         pinned = [h for h in settings.pinned if h not in settings.lookahead_heads]
         bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias, pinned)
         if settings.action == "residual":
-            self.deployed = self.get_state()
+            self.rule_start = (self.get_state(), 1.0)  # the rule, as re-biased here
         self._gen = torch.Generator().manual_seed(seed * 1000 + station)
         self._opt: torch.optim.Optimizer | None = None
 
