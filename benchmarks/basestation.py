@@ -18,8 +18,9 @@
      full power's, minus 1 (>= 0.25);
    - ``night_energy_saving``: 1 - E_mfd / E_full on night (>= 0.15 at PF within 1 %);
    - ``handovers_vs_tuned_rule``: MFD's handovers over the rule's, all scenarios (<= 1.1);
-   - ``mfd_gap_to_central``: (PF_mfd - PF_central) / |PF_central| against the central
-     search, mean over scenarios (>= -0.05);
+   - ``mfd_gap_to_central``: (PF_mfd - PF_central) / |PF_central| against the strongest
+     central reference played (``central_reference`` says which: the central search, or
+     the central look-ahead when asked for and stronger), mean over scenarios (>= -0.05);
    - ``bytes_vs_fedavg``: MFD's model bytes over FedAvg's (<= 0.25);
    - ``transfer_loss_rush_hour`` / ``transfer_loss_19_cells``: 1 - PF_transferred /
      PF_native, hotspot-trained MFD stations played on rush hour and on ``hotspot_19``
