@@ -93,7 +93,10 @@
    1.41 / 1.18 / 1.26 / 1.10 / 3.58x. Without the energy price the night episode 100's
    first 20 steps spent 1.19x the rule's energy (PF +0.4 to +4 %), hence the price; at 1
    it buys 19 % energy with 7 % PF there: at night this reference is not stronger than
-   the rule. Cost per simulated step 2.0 / 0.5 / 0.9 / 0.2 / 1.4 s. The central search
+   the rule. With price 0.25 (``--scenarios night --lookahead-energy-weight 0.25``, the
+   same otherwise, 06:51-06:59 UTC, ``results/basestation_central_night_w0.25.json``)
+   night is -3.2 % PF at 0.84x energy, handovers 1.33x: a lower price does not close it
+   (episode 100 loses at either price: 8.41 / 8.49 against the rule's 8.66-8.9). Cost per simulated step 2.0 / 0.5 / 0.9 / 0.2 / 1.4 s. The central search
    (``central_search``, -0.3 % vs the rule in ``basestation.json``) was not played in
    that run; where both are, ``mfd_gap_to_central`` takes the stronger.
 
