@@ -18,8 +18,9 @@
      full power's, minus 1 (>= 0.25);
    - ``night_energy_saving``: 1 - E_mfd / E_full on night (>= 0.15 at PF within 1 %);
    - ``handovers_vs_tuned_rule``: MFD's handovers over the rule's, all scenarios (<= 1.1);
-   - ``mfd_gap_to_central``: (PF_mfd - PF_central) / |PF_central| against the central
-     search, mean over scenarios (>= -0.05);
+   - ``mfd_gap_to_central``: (PF_mfd - PF_central) / |PF_central| against the strongest
+     central reference played (``central_reference`` says which: the central search, or
+     the central look-ahead when asked for and stronger), mean over scenarios (>= -0.05);
    - ``bytes_vs_fedavg``: MFD's model bytes over FedAvg's (<= 0.25);
    - ``transfer_loss_rush_hour`` / ``transfer_loss_19_cells``: 1 - PF_transferred /
      PF_native, hotspot-trained MFD stations played on rush hour and on ``hotspot_19``
@@ -72,6 +73,33 @@
    corrections that pay are not predictable from a station's observation (the module's
    figures).
 
+   The strong central reference (issue 15 item 2), ``--policies ...,central_lookahead``:
+   :class:`apps.basestation.central.CentralLookahead`, a central greedy look-ahead that
+   judges each station's candidate actions on the mean of 3 *other* seeded futures forked
+   from the present network state (causal; central, full state), planned on the
+   evaluation episodes themselves (no training; its rows have ``train_seed`` None and are
+   compared with every training seed's rule). Measured 06:25-06:50 UTC 2026-12-07 (one
+   core, load 2.0-2.1 with another engineer's jobs; ``--scenarios
+   uniform,hotspot,rush_hour,outage,night --train-seeds 0,1,2 --policies
+   tuned_rule,central_lookahead --rules-from benchmarks/results/basestation_timedomain.json
+   --lookahead-candidates axes --models runs/bs-central --jobs 1 --out
+   benchmarks/results/basestation_central.json``, 1516 s; horizon 3, 3 futures, one axis
+   at a time (9 candidates, not 21: 0.42x the cost, and on hotspot episode 30000's first
+   40 steps +14.3 % vs +7.0 % with all 21), energy price 1 PF per kW per step; rules
+   from the time-domain study, tuned with 0 restarts and 2 passes, not this script's 3):
+   PF over the tuned rule uniform +2.9 %, hotspot +13.6 %, rush hour +8.4 %, outage
+   +4.2 %, night -7.1 %; mean +4.4 %, at 0.81-0.88x the rule's energy everywhere
+   (mean -16.5 %); 5th-percentile rate +5.9 / +16.9 / +0.2 / +6.8 / -9.7 %; handovers
+   1.41 / 1.18 / 1.26 / 1.10 / 3.58x. Without the energy price the night episode 100's
+   first 20 steps spent 1.19x the rule's energy (PF +0.4 to +4 %), hence the price; at 1
+   it buys 19 % energy with 7 % PF there: at night this reference is not stronger than
+   the rule. With price 0.25 (``--scenarios night --lookahead-energy-weight 0.25``, the
+   same otherwise, 06:51-06:59 UTC, ``results/basestation_central_night_w0.25.json``)
+   night is -3.2 % PF at 0.84x energy, handovers 1.33x: a lower price does not close it
+   (episode 100 loses at either price: 8.41 / 8.49 against the rule's 8.66-8.9). Cost per simulated step 2.0 / 0.5 / 0.9 / 0.2 / 1.4 s. The central search
+   (``central_search``, -0.3 % vs the rule in ``basestation.json``) was not played in
+   that run; where both are, ``mfd_gap_to_central`` takes the stronger.
+
    Ping-pong rate 0 for every policy but MFD at night: with 1 s steps and a 2-step
    time-to-trigger an A3 handover cannot return within 1 s, only a forced one (a station
    waking / sleeping) can.
@@ -80,6 +108,9 @@
     python benchmarks/basestation.py --scenarios hotspot --train-seeds 0 --policies tuned_rule,central_search
     python benchmarks/basestation.py --scenarios hotspot,rush_hour,hotspot_19 --policies tuned_rule,mfd,fedavg \
         --rounds 6 --out benchmarks/results/basestation_transfer.json
+    python benchmarks/basestation.py --train-seeds 0,1,2 --policies tuned_rule,central_lookahead --lookahead-candidates axes \
+        --rules-from benchmarks/results/basestation_timedomain.json --models runs/bs-central \
+        --out benchmarks/results/basestation_central.json
     python benchmarks/basestation.py --scenarios hotspot --train-seeds 0,1,2 --policies tuned_rule,mfd --rounds 6 \
         --learner lookahead --set lookahead_episodes=4 --set lookahead_margin=0.3 --set n_epochs=40
 
@@ -110,6 +141,11 @@ TARGETS = {"mfd_pf_gain_vs_tuned_rule_mean": (0.05, True), "mfd_pf_gain_vs_tuned
            "bytes_vs_fedavg": (0.25, False), "transfer_loss_rush_hour": (0.05, False),
            "transfer_loss_19_cells": (0.05, False)}
 POLICIES_TRAINED = ("tuned_rule", "central_search", "mfd", "fedavg")
+# untrained: planned on the evaluation episodes themselves (apps/basestation/central.py), asked for by name
+POLICIES_PLANNED = ("central_lookahead",)
+# what mfd_gap_to_central may be measured against (the strongest present, :func:`strongest_central`)
+CENTRAL_REFERENCES = ("central_search", "central_lookahead")
+LOOKAHEAD_ENERGY_WEIGHT = 1.0  # PF utility per kW, per step: without it night buys PF with 1.19x the rule's energy
 
 
 def env_speed(rerun: bool) -> dict:
@@ -160,10 +196,25 @@ def per_scenario_means(rows: list[dict]) -> dict[tuple[str, str], dict]:
     for key, per in seed_means.items():
         keys = per[0][1].keys()
         row = {k: _mean([m[k] for _, m in per]) for k in keys}
-        row["pf_by_train_seed"] = {str(t): m["pf_utility"] for t, m in sorted(per)}
-        row["energy_by_train_seed"] = {str(t): m["energy_kj"] for t, m in sorted(per)}
+        # rows of an untrained policy (the central look-ahead) have train_seed None
+        row["pf_by_train_seed"] = {str(t) if t is not None else "untrained": m["pf_utility"]
+                                   for t, m in sorted(per, key=lambda x: (x[0] is None, x[0] or 0))}
+        row["energy_by_train_seed"] = {str(t) if t is not None else "untrained": m["energy_kj"]
+                                       for t, m in sorted(per, key=lambda x: (x[0] is None, x[0] or 0))}
         out[key] = row
     return out
+
+
+def strongest_central(m: dict, scenarios: list[str]) -> str | None:
+    """Of :data:`CENTRAL_REFERENCES` played on every one of ``scenarios``, the strongest:
+    the highest mean over scenarios of its PF relative to the tuned rule's (to the first
+    reference's where the tuned rule was not played); None when none was played."""
+    present = [r for r in CENTRAL_REFERENCES if scenarios and all((s, r) in m for s in scenarios)]
+    if not present:
+        return None
+    base = "tuned_rule" if all((s, "tuned_rule") in m for s in scenarios) else present[0]
+    return max(present, key=lambda r: _mean([_rel(m[(s, r)]["pf_utility"], m[(s, base)]["pf_utility"])
+                                             for s in scenarios]))
 
 
 def learning_figures(rows: list[dict], scenarios: list[str], transfer: dict) -> dict:
@@ -183,18 +234,24 @@ def learning_figures(rows: list[dict], scenarios: list[str], transfer: dict) -> 
         if fixed:
             best = max(fixed, key=lambda p: m[(s, p)]["pf_utility"])
             row["best_fixed_heuristic"] = best
-            for p in ("tuned_rule", "central_search", "mfd", "fedavg"):
+            for p in ("tuned_rule", "central_search", "central_lookahead", "mfd", "fedavg"):
                 if p in have:
                     row[f"{p}_pf_gain_vs_best_fixed_heuristic"] = _rel(m[(s, p)]["pf_utility"],
                                                                        m[(s, best)]["pf_utility"])
         if "tuned_rule" in have:
             rule = m[(s, "tuned_rule")]
-            for p in ("mfd", "fedavg", "central_search"):
+            for p in ("mfd", "fedavg", "central_search", "central_lookahead"):
                 if p in have:
                     row[f"{p}_pf_gain_vs_tuned_rule"] = _rel(m[(s, p)]["pf_utility"], rule["pf_utility"])
                     row[f"{p}_energy_vs_tuned_rule"] = m[(s, p)]["energy_kj"] / rule["energy_kj"] - 1
-        if "mfd" in have and "central_search" in have:
-            row["mfd_gap_to_central"] = _rel(m[(s, "mfd")]["pf_utility"], m[(s, "central_search")]["pf_utility"])
+            if "central_lookahead" in have:
+                la = m[(s, "central_lookahead")]
+                row["central_lookahead_p5_gain_vs_tuned_rule"] = _rel(la["p5_user_rate_mbps"], rule["p5_user_rate_mbps"])
+                row["central_lookahead_handovers_vs_tuned_rule"] = (la["handovers"] / rule["handovers"]
+                                                                    if rule["handovers"] else math.nan)
+        for ref in CENTRAL_REFERENCES:
+            if "mfd" in have and ref in have:
+                row[f"mfd_gap_to_{ref}"] = _rel(m[(s, "mfd")]["pf_utility"], m[(s, ref)]["pf_utility"])
         if "mfd" in have and "full_power" in have:
             full = m[(s, "full_power")]
             row["mfd_p5_gain_vs_full_power"] = _rel(m[(s, "mfd")]["p5_user_rate_mbps"], full["p5_user_rate_mbps"])
@@ -219,6 +276,11 @@ def learning_figures(rows: list[dict], scenarios: list[str], transfer: dict) -> 
         return sum(m[(s, policy)][key] for s in scenarios if (s, policy) in m)
 
     gains = col("mfd_pf_gain_vs_tuned_rule")
+    central = strongest_central(m, scenarios)
+    if central:
+        for r in per:
+            if f"mfd_gap_to_{central}" in r:
+                r["mfd_gap_to_central"] = r[f"mfd_gap_to_{central}"]
     ho_rule = total("tuned_rule", "handovers")
     mb_fed = sum(r["model_mb"]["fedavg"] for r in per if "model_mb" in r)
     figures = {
@@ -237,6 +299,12 @@ def learning_figures(rows: list[dict], scenarios: list[str], transfer: dict) -> 
     reference = {
         "tuned_rule_pf_gain_vs_best_fixed_heuristic_mean": _mean(col("tuned_rule_pf_gain_vs_best_fixed_heuristic")),
         "central_search_pf_gain_vs_tuned_rule_mean": _mean(col("central_search_pf_gain_vs_tuned_rule")),
+        "central_lookahead_pf_gain_vs_tuned_rule_mean": _mean(col("central_lookahead_pf_gain_vs_tuned_rule")),
+        "central_lookahead_pf_gain_vs_tuned_rule": {r["scenario"]: r["central_lookahead_pf_gain_vs_tuned_rule"]
+                                                    for r in per if "central_lookahead_pf_gain_vs_tuned_rule" in r},
+        "central_lookahead_energy_vs_tuned_rule_mean": _mean(col("central_lookahead_energy_vs_tuned_rule")),
+        # the reference mfd_gap_to_central is measured against: the strongest central one present
+        "central_reference": central,
         "fedavg_pf_gain_vs_tuned_rule_mean": _mean(col("fedavg_pf_gain_vs_tuned_rule")),
         "tuned_rule_p5_gain_vs_full_power_hotspot": scen("hotspot", "tuned_rule_p5_gain_vs_full_power"),
         "tuned_rule_p5_gain_vs_full_power_rush_hour": scen("rush_hour", "tuned_rule_p5_gain_vs_full_power"),
@@ -248,6 +316,8 @@ def learning_figures(rows: list[dict], scenarios: list[str], transfer: dict) -> 
         v = figures[key]
         met = None if v is None or not math.isfinite(v) else bool(v >= target if larger else v <= target)
         targets[key] = {"target": target, "larger_is_better": larger, "reached": v, "met": met}
+    figures["central_reference"] = central
+    figures["central_lookahead_pf_gain_vs_tuned_rule_mean"] = reference["central_lookahead_pf_gain_vs_tuned_rule_mean"]
     return {"figures": figures, "reference": reference, "targets": targets, "per_scenario": per,
             "transfer": transfer}
 
@@ -359,6 +429,58 @@ def _evaluate_task(name: str, rounds: int | None, models: str, seed: int) -> tup
     return rows, [f"train seed {seed}: {n}" for n in notes]
 
 
+def _lookahead_task(name: str, settings: dict) -> tuple[list, list]:
+    """The central look-ahead (:class:`apps.basestation.central.CentralLookahead`) played on
+    the scenario's evaluation seeds; planning seed = the episode's seed (its futures are
+    still other streams than the episode's, see the module). Untrained: rows have
+    ``train_seed`` None and are compared with every training seed's rule."""
+    from apps.basestation.central import CentralLookahead
+    from apps.basestation.evaluation import episode_kpis
+    from apps.basestation.learner import single_thread
+    from envs.basestation import BaseStationParallelEnv
+
+    sc = _scenario(name, None, None)
+    env = BaseStationParallelEnv(sc.env)
+    rows = []
+    with single_thread():
+        for seed in sc.training.eval_seeds:
+            ctrl = CentralLookahead(env, seed=seed, **settings)
+            t0 = time.perf_counter()
+            row = {"scenario": sc.name, "policy": "central_lookahead", "seed": seed, "train_seed": None,
+                   **episode_kpis(env, ctrl, seed), "model_mb": 0.0, "training_env_steps": 0}
+            row["planning_seconds"] = time.perf_counter() - t0
+            row["planning_seconds_per_step"] = row["planning_seconds"] / row["steps"]
+            row["planning_forks"] = ctrl.forks
+            print(f"central_lookahead {name} seed {seed}: PF {row['pf_utility']:.2f} E {row['energy_kj']:.1f} kJ "
+                  f"({row['planning_seconds']:.0f} s)", flush=True)
+            rows.append(row)
+    return rows, []
+
+
+def rules_from(path: Path, names: list[str], folders: dict[int, Path]) -> list[str]:
+    """Save the tuned rules of a ``basestation_timedomain.py`` results file (its part 2
+    rows: scenario, training seed, parameters) as ``tuned_rule`` models, instead of tuning
+    them again; notes say which and how they were tuned."""
+    doc = json.loads(Path(path).read_text())
+    notes = []
+    for row in doc["figures"]["patterns"]:
+        name, t = row["scenario"], row["train_seed"]
+        if name not in names or t not in folders:
+            continue
+        out = folders[t] / name / "tuned_rule"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "params.json").write_text(json.dumps(row["rule"]["params"], indent=2))
+        summary = {"scenario": name, "policy": "tuned_rule", "seed": t, "tuned_on_seeds": row["tuned_on_seeds"],
+                   "params": row["rule"]["params"], "rules_played": row["rule"].get("rules_played"),
+                   "train_pf_utility": row["rule"].get("train_pf_utility"),
+                   "train_energy_kj": row["rule"].get("train_energy_kj"), "model_bytes": 0,
+                   "source": f"{path} ({doc.get('command')}, commit {doc.get('commit')})"}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        notes.append(f"{name}/seed {t}: tuned rule taken from {Path(path).name} (tuned there: "
+                     f"{row['rule'].get('rules_played')} rules played)")
+    return notes
+
+
 # Costliest first, so that --jobs keeps every worker busy to the end.
 _COST = {"uniform": 4, "rush_hour": 4, "night": 4, "hotspot": 2, "outage": 1, "hotspot_19": 5}
 _POLICY_COST = {"mfd": 3, "isolated": 3, "fedavg": 2, "central": 1, "rules": 3}
@@ -400,6 +522,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-models", action="store_true", help="skip training where models exist")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: evaluate what --models holds (missing ones are skipped with a note)")
+    p.add_argument("--rules-from", type=Path,
+                   help="take the tuned rules from this basestation_timedomain.py results file (its part 2 "
+                        "rows, tuned with its --rule-passes) instead of tuning them; implies --reuse-models "
+                        "for tuned_rule")
+    p.add_argument("--lookahead-horizon", type=int, default=3, help="central_lookahead: steps judged")
+    p.add_argument("--lookahead-futures", type=int, default=3, help="central_lookahead: other futures (>= 1)")
+    p.add_argument("--lookahead-candidates", choices=("all", "axes"), default="all",
+                   help="central_lookahead: every (power, offset) or one axis at a time (apps/basestation/central.py)")
+    p.add_argument("--lookahead-energy-weight", type=float, default=LOOKAHEAD_ENERGY_WEIGHT,
+                   help="central_lookahead: PF utility per kW of network power, per step, in its objective")
     p.add_argument("--rerun-env-speed", action="store_true", help="measure env speed again (needs mobile-env venv)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (each single-threaded)")
     p.add_argument("--out", type=Path, help="results file (default: benchmarks/results/basestation.json); "
@@ -417,9 +549,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     seeds = [int(s) for s in args.train_seeds.split(",") if s.strip()]
     policies = [q.strip() for q in args.policies.split(",") if q.strip()]
-    bad = [q for q in policies if q not in RL_POLICIES]
+    bad = [q for q in policies if q not in RL_POLICIES + POLICIES_PLANNED]
     if bad:
-        p.error(f"unknown policy {bad[0]}; choose from {', '.join(RL_POLICIES)}")
+        p.error(f"unknown policy {bad[0]}; choose from {', '.join(RL_POLICIES + POLICIES_PLANNED)}")
+    if args.lookahead_futures < 1:
+        p.error("--lookahead-futures: at least 1 (0 would be the clairvoyant, never a reference)")
+    planned = [q for q in policies if q in POLICIES_PLANNED]
+    policies = [q for q in policies if q not in POLICIES_PLANNED]
     fields: dict = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -432,11 +568,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.learner:
         fields["learner"] = args.learner
     folder = {t: args.models / f"seed{t}" for t in seeds}
+    rule_notes = rules_from(args.rules_from, names, folder) if args.rules_from else []
     tasks = []
     for name in names:
         for t in seeds:
             todo = [q for q in policies if not args.no_train
-                    and not (args.reuse_models and (folder[t] / name / q / "summary.json").is_file())]
+                    and not ((args.reuse_models or (args.rules_from and q == "tuned_rule"))
+                             and (folder[t] / name / q / "summary.json").is_file())]
             # one task per scenario and seed, the tuned rule first: the central search starts
             # from it and residual stations correct it (tuned by the same settings)
             ordered = tuple(q for q in ("tuned_rule", "central_search") if q in todo)
@@ -463,8 +601,13 @@ def main(argv: list[str] | None = None) -> int:
             parts = list(pool.map(_evaluate_task, *zip(*jobs)))
     else:
         parts = [_evaluate_task(*j) for j in jobs]
+    lookahead = {"horizon": args.lookahead_horizon, "futures": args.lookahead_futures,
+                 "candidates": args.lookahead_candidates, "energy_weight": args.lookahead_energy_weight}
+    if planned:
+        # one episode at a time in this process (the costliest part; --jobs does not split it)
+        parts += [_lookahead_task(n, lookahead) for n in names]
     rows = [r for part in parts for r in part[0]]
-    notes = [n for part in parts for n in part[1]]
+    notes = rule_notes + [n for part in parts for n in part[1]]
     files = {n: _scenario(n, None, None).training.rounds for n in names}
     if args.rounds and any(args.rounds < r for r in files.values()):
         notes.insert(0, f"shortened measurement: {args.rounds} training rounds, not the scenario files' "
@@ -487,7 +630,13 @@ def main(argv: list[str] | None = None) -> int:
                           "rule_restarts": args.rule_restarts,
                           "action": args.action or "each scenario's file",
                           "training_fields": fields,
-                          "eval_seeds": sorted({r["seed"] for r in rows}), "training_wall_seconds": train_wall},
+                          "eval_seeds": sorted({r["seed"] for r in rows}), "training_wall_seconds": train_wall,
+                          "rules_from": str(args.rules_from) if args.rules_from else None,
+                          "central_lookahead": dict(lookahead, planned=bool(planned), seconds_per_step={
+                              r["scenario"]: round(_mean([x["planning_seconds_per_step"] for x in rows
+                                                          if x["scenario"] == r["scenario"]
+                                                          and x["policy"] == "central_lookahead"]), 2)
+                              for r in rows if r["policy"] == "central_lookahead"})},
                "reference": learning["reference"], "targets": learning["targets"],
                "per_scenario": learning["per_scenario"], "transfer": learning["transfer"],
                "env_speed": env_speed(args.rerun_env_speed),
@@ -495,18 +644,19 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("basestation", _clean(figures), path=args.out, issue=15,
                          wall_seconds=round(time.perf_counter() - started, 1), jobs=args.jobs)
 
-    print(f"\n{'scenario':<11}" + "".join(f"{q[:12]:>13}" for q in ("full_power", "heuristic", "tuned_rule",
-                                                                   "central_search", "fedavg", "mfd")))
+    shown = ("full_power", "heuristic", "tuned_rule", "central_search", "central_lookahead", "fedavg", "mfd")
+    print(f"\n{'scenario':<11}" + "".join(f"{q[:12]:>13}" for q in shown))
     for r in learning["per_scenario"]:
-        print(f"{r['scenario']:<11}" + "".join(f"{r['pf'].get(q, math.nan):>13.2f}" for q in
-                                                ("full_power", "heuristic", "tuned_rule", "central_search",
-                                                 "fedavg", "mfd")))
+        print(f"{r['scenario']:<11}" + "".join(f"{r['pf'].get(q, math.nan):>13.2f}" for q in shown))
     for key, t in learning["targets"].items():
         v = t["reached"]
         print(f"{key:<36} {'n/a' if v is None else f'{v:+.4f}':>9}  target {'>=' if t['larger_is_better'] else '<='} "
               f"{t['target']:+.2f}  {'-' if t['met'] is None else ('met' if t['met'] else 'NOT met')}")
     for k, v in learning["reference"].items():
-        print(f"{k:<48} {'n/a' if v is None or not math.isfinite(v) else f'{v:+.4f}'}")
+        if isinstance(v, (dict, str)) or v is None:
+            print(f"{k:<48} {v}")
+        else:
+            print(f"{k:<48} {'n/a' if not math.isfinite(v) else f'{v:+.4f}'}")
     print(f"results: {path}")
     return 0
 

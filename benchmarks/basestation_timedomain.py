@@ -92,7 +92,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import write_results  # noqa: E402
 from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
 from envs.basestation.heuristics import full_power_strongest_cell  # noqa: E402
-from apps.basestation.learner import fork_network  # noqa: E402
+from apps.basestation.central import CentralLookahead  # noqa: E402
 from basestation_patterns import PatternRule, tune_pattern, x2_colouring  # noqa: E402
 from apps.basestation.rules import LoadRatioRule, heuristic_reference, tune_rule, tuning_seeds  # noqa: E402
 
@@ -124,40 +124,20 @@ def mean_kpis(runs: list[dict]) -> dict:
 # --- part 1: the clairvoyant explained --------------------------------------------------------
 def greedy_controller(env: BaseStationParallelEnv, seed: int, steps: int, horizon: int = 3, futures: int = 0,
                       every: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
-    """The headroom study's greedy central controller. ``futures`` 0: forks share the true
-    future; F > 0: each candidate judged on F other futures (generators seeded by
-    (seed, step, f), the same for every candidate). Decides every ``every`` steps and holds
-    (judging over max(horizon, every) steps). (KPIs, actions (T, S, 3), ratios (T, S))."""
+    """The headroom study's greedy central controller, now
+    :class:`apps.basestation.central.CentralLookahead` (all candidates, planning seed =
+    ``seed``, no energy price). ``futures`` 0: forks share the true future; F > 0: each
+    candidate judged on F other futures (generators seeded by (seed, step, f, 7), the same
+    for every candidate). Decides every ``every`` steps and holds (judging over
+    max(horizon, every) steps). (KPIs, actions (T, S, 3), ratios (T, S))."""
     net = env.network
     env.reset(seed=seed)
-    cands = [(p, c, 0) for p in range(net.n_power_levels) for c in range(net.n_cio)]
-    cands += [(net.n_power_levels - 1, net.default_cio_index, 1)]
-    h = max(horizon, every)
-    a = net.default_actions()
+    ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates="all", seed=seed, every=every)
     pf = p5 = energy = 0.0
     ho = 0
     acts, ratios = [], []
     for t in range(steps):
-        if t % every == 0:
-            def value(x: np.ndarray) -> float:
-                total = 0.0
-                for f in range(max(futures, 1)):
-                    twin = fork_network(net)
-                    if futures:
-                        twin.rng = np.random.default_rng([seed, t, f, 7])
-                    for _ in range(h):
-                        twin.step(x)
-                        total += twin.kpis().pf_utility
-                return total
-
-            for i in np.flatnonzero(~net.off):
-                best, best_v = a[i].copy(), value(a)
-                for c in cands:
-                    a[i] = c
-                    v = value(a)
-                    if v > best_v + 1e-9:
-                        best, best_v = np.array(c), v
-                a[i] = best
+        a = ctrl.actions(net)
         ratios.append(load_ratio(net))
         acts.append(a.copy())
         _, _, _, _, infos = env.step({f"bs_{i}": a[i] for i in range(len(a))})
