@@ -63,7 +63,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from mfd_core.knowledge import distillation_loss
-from mfd_core.learners.base import Learner
+from mfd_core.learners.base import Learner, only_trainable
 
 __all__ = ["SharedEnvCommons", "SharedEnvLearner", "Transitions", "StackedPolicies", "policy_actions",
            "gaussian_actions", "actor_logits", "make_ppo"]
@@ -546,20 +546,8 @@ class SharedEnvLearner(Learner):
             buf.add(tr.obs[t : t + 1], tr.actions[t : t + 1], tr.rewards[t : t + 1], tr.starts[t : t + 1],
                     torch.from_numpy(tr.values[t : t + 1]), torch.from_numpy(tr.log_probs[t : t + 1]))
         buf.compute_returns_and_advantage(torch.tensor([tr.last_value]), np.array([tr.last_done]))
-        frozen = []
-        if trainable is not None:
-            params = dict(self.policy.named_parameters())
-            unknown = set(trainable) - set(params)
-            if unknown:
-                raise KeyError(f"unknown parameters: {sorted(unknown)}")
-            frozen = [p for k, p in params.items() if k not in trainable and p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-        try:
+        with only_trainable(self.policy, trainable):
             model.train()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
         self.policy.set_training_mode(False)
 
     # -- scoring --------------------------------------------------------------------------
