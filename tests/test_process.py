@@ -430,11 +430,13 @@ def _hello_times(world: World) -> dict[int, list[float]]:
 def _quiet_world_and_hello_times():
     """A 400 s world whose models never change (looks every 1 s, keep-alive 10 s backing
     off to 80 s), and the times of each node's hellos as they will be sent."""
-    scenario = tiny(duration=400.0, eval_interval=400.0,
+    scenario = tiny(duration=400.0, eval_interval=400.0, topology={"compute": 200.0},  # 0.8 s chunks
                     policy={"hello_interval": 1.0, "hello_refresh": 10.0, "hello_refresh_max": 80.0})
     world = build_world(scenario, seed=0)
     for node in world.nodes.values():
-        node.learner.train = lambda steps, trainable=None: 1  # work, but the model never changes
+        # a chunk's work as training would cost it (one sample a unit), but the model never
+        # changes; a chunk of 1 unit made 160x as many chunks, each scored: 5 minutes a test
+        node.learner.train = lambda steps, trainable=None, batch=node.learner.batch_size: steps * batch
     return world, _hello_times(world)
 
 
