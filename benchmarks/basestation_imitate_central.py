@@ -1,0 +1,408 @@
+"""Can stations imitate the central look-ahead? (issue 15: centralised training, decentralised execution)
+
+The central look-ahead (:class:`apps.basestation.central.CentralLookahead`: causal,
+expected futures, full state) gains +12.9 % PF over the tuned rule in hotspot. Here its
+joint actions label *training* episodes (the look-ahead's label seeds, 30000 + 100 x
+training seed + j; never an evaluation seed), as residual corrections to each station's
+tuned rule (training seed's rule), and each station learns to predict its own label from
+what it can observe:
+
+- ``a``: the residual observation (env observation + the rule's plan + neighbours'
+  planned power, :class:`apps.basestation.residual.Residual`);
+- ``b``: ``a`` plus what measurement reports and X2 carry (:func:`report_features`,
+  computed app-side from the network state): the share of the station's users within
+  3 / 6 dB RSRP of their best other cell, its edge users' (within 6 dB) mean SINR and
+  their count's share, per X2 neighbour slot the share of its users whose best other
+  cell is that neighbour within 6 dB (A3-like measurement reports), and per slot the
+  neighbour's own within-6-dB share and edge SINR (over X2).
+
+The imitators then play, deterministically and each on its own observation, the
+evaluation seeds 100-102 against the tuned rule (and the central look-ahead itself,
+same settings as the labels, on the same episodes: how much of its gain they keep).
+Label predictability: on the held-out (last) label episode, per head, the accuracy of
+the imitating policy against "always no correction".
+
+    python benchmarks/basestation_imitate_central.py --jobs 1
+
+Writes ``benchmarks/results/basestation_imitate_central.json`` (``--out`` elsewhere).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import write_results  # noqa: E402
+from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
+from envs.basestation.network import SINR_OBS_RANGE_DB  # noqa: E402
+from apps.basestation.central import CentralLookahead  # noqa: E402
+from apps.basestation.lookahead import label_seeds  # noqa: E402
+from apps.basestation.residual import Residual  # noqa: E402
+from apps.basestation.rules import heuristic_reference, tune_rule, tuning_seeds  # noqa: E402
+
+EVAL_SEEDS = (100, 101, 102)
+HEADS = ("power", "cio", "sleep")
+
+
+# --- what a station could know: measurement reports and X2 ---------------------------------
+def report_feature_names(n_slots: int) -> list[str]:
+    return (["mr.within3db", "mr.within6db", "mr.edge_sinr"]
+            + [f"mr.towards_nb{k}" for k in range(n_slots)]
+            + [f"nb{k}.within6db" for k in range(n_slots)] + [f"nb{k}.edge_sinr" for k in range(n_slots)])
+
+
+def report_features(net) -> np.ndarray:
+    """(S, 3 + 3 x slots) float32 in [0, 1] (module docstring, variant ``b``), from the
+    network's present state (the one the env's observation describes)."""
+    S, K = net.n_stations, net.n_slots
+    ar = np.arange(net.capacity)
+    serving = net.serving
+    on = net.active & (serving >= 0)
+    sc = np.maximum(serving, 0)
+    rsrp = np.where(net.awake[None, :], net.rsrp_dbm, -np.inf)
+    serv = net.rsrp_dbm[ar, sc]
+    others = rsrp.copy()
+    others[ar, sc] = -np.inf
+    best = np.argmax(others, axis=1)
+    margin = serv - others[ar, best]  # inf where no other cell is heard
+    g = np.where(on, serving, S)
+    n = np.maximum(np.bincount(g, minlength=S + 1)[:S], 1)
+    w3 = np.bincount(g, weights=(margin < 3.0) & on, minlength=S + 1)[:S] / n
+    edge = on & (margin < 6.0)
+    w6 = np.bincount(g, weights=edge, minlength=S + 1)[:S] / n
+    lo, hi = SINR_OBS_RANGE_DB
+    sinr_n = np.clip((10 * np.log10(np.maximum(net.sinr, 1e-30)) - lo) / (hi - lo), 0, 1)
+    n_edge = np.bincount(g, weights=edge, minlength=S + 1)[:S]
+    esinr = np.where(n_edge > 0, np.bincount(g, weights=np.where(edge, sinr_n, 0.0), minlength=S + 1)[:S]
+                     / np.maximum(n_edge, 1), 0.0)
+    # towards whom: (S, S) share of s's users whose best other cell is j within 6 dB
+    pair = np.zeros((S + 1, S))
+    np.add.at(pair, (g[edge], best[edge]), 1.0)
+    pair = pair[:S] / n[:, None]
+    slots = net.neighbour_slots()
+    valid = slots >= 0
+    sl = np.maximum(slots, 0)
+    towards = np.where(valid, np.take_along_axis(pair, sl, axis=1), 0.0)
+    nb6 = np.where(valid, w6[sl], 0.0)
+    nbe = np.where(valid, esinr[sl], 0.0)
+    return np.concatenate([np.stack([w3, w6, esinr], 1), towards, nb6, nbe], axis=1).astype(np.float32)
+
+
+# --- labels: the central look-ahead's joint actions as residual corrections ---------------
+def residual_labels(rule: np.ndarray, central: np.ndarray, res: Residual) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 3) corrections that take the rule's actions ``rule`` to the central's
+    ``central`` as far as the residual range allows, and a (...,) mask of exact reach."""
+    k = res.k
+    d = central[..., :2] - rule[..., :2]
+    p_lo, p_hi = -k, (k if res.raise_power else 0)
+    dp = np.clip(d[..., 0], p_lo, p_hi)
+    dc = np.clip(d[..., 1], -k, k)
+    flip = (central[..., 2] != rule[..., 2]).astype(np.int64)
+    # a sleeping station's power/offset mean nothing: no correction of them
+    asleep = central[..., 2] == 1
+    dp = np.where(asleep, 0, dp)
+    dc = np.where(asleep, 0, dc)
+    # sleep only where the rule may put the station to sleep
+    eligible = np.broadcast_to(res.eligible, flip.shape)
+    flip = np.where(asleep & (rule[..., 2] == 0) & ~eligible, 0, flip)
+    lab = np.stack([dp + k, dc + k, flip], axis=-1).astype(np.int64)
+    reach = (dp == np.where(asleep, 0, d[..., 0])) & (dc == np.where(asleep, 0, d[..., 1])) & (
+        flip == (central[..., 2] != rule[..., 2]))
+    return lab, reach
+
+
+def label_episode(env, res: Residual, seed: int, horizon: int, futures: int, cands: str, steps: int | None):
+    """Play the central look-ahead on episode ``seed`` and record, per step, what each
+    station observes (variants a and b), the rule's plan and the central's actions."""
+    t0 = time.perf_counter()
+    net = env.network
+    obs, _ = env.reset(seed=seed)
+    ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
+    oa, ob, rule, cen, pf, energy = [], [], [], [], [], 0.0
+    while env.agents and (steps is None or len(oa) < steps):
+        oa.append(res.observe(obs))
+        ob.append(report_features(net))
+        rule.append(res.base.copy())
+        a = ctrl.actions(net)
+        cen.append(a.copy())
+        obs, _, _, _, infos = env.step(res.actions_dict(a))
+        k = next(iter(infos.values()))
+        pf.append(k["pf_utility"])
+        energy += k["total_power_w"] * env.config.step_duration_s
+    return {"obs_a": np.asarray(oa, np.float32), "obs_b": np.asarray(ob, np.float32),
+            "rule": np.asarray(rule, np.int64), "central": np.asarray(cen, np.int64),
+            "pf": np.asarray(pf), "energy_kj": energy / 1e3, "seconds": time.perf_counter() - t0,
+            "forks": ctrl.forks}
+
+
+# --- the imitating policy ---------------------------------------------------------------------
+class Heads(nn.Module):
+    def __init__(self, d: int, nvec, hidden: int = 64) -> None:
+        super().__init__()
+        self.nvec = list(nvec)
+        self.body = nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.out = nn.Linear(hidden, sum(self.nvec))
+
+    def forward(self, x):
+        return torch.split(self.out(self.body(x)), self.nvec, dim=1)
+
+    @torch.no_grad()
+    def act(self, x: np.ndarray) -> np.ndarray:
+        parts = self(torch.as_tensor(x, dtype=torch.float32))
+        return torch.stack([p.argmax(1) for p in parts], 1).numpy()
+
+
+def fit(x: np.ndarray, y: np.ndarray, nvec, zero: np.ndarray, epochs: int, seed: int, lr: float = 1e-3,
+        batch: int = 64, wd: float = 1e-4) -> Heads:
+    torch.manual_seed(seed)
+    m = Heads(x.shape[1], nvec)
+    with torch.no_grad():  # start at "no correction" (the rule), as the app's residual stations do
+        off = 0
+        for h, n in enumerate(nvec):
+            m.out.bias[off + int(zero[h])] += 2.0
+            off += n
+    opt = torch.optim.Adam(m.parameters(), lr=lr, weight_decay=wd)
+    X, Y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=gen)
+        for i in range(0, len(X), batch):
+            b = order[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            loss = sum(nn.functional.cross_entropy(p, Y[b, h]) for h, p in enumerate(m(X[b])))
+            loss.backward()
+            opt.step()
+    return m
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray, zero: np.ndarray) -> dict:
+    out = {}
+    for h, name in enumerate(HEADS):
+        out[name] = {"policy": float((pred[:, h] == y[:, h]).mean()),
+                     "no_correction": float((y[:, h] == zero[h]).mean())}
+    out["joint"] = {"policy": float((pred == y).all(1).mean()), "no_correction": float((y == zero).all(1).mean())}
+    return out
+
+
+class Imitators:
+    """Each station acts on its own observation with its own model (or one pooled model)."""
+
+    def __init__(self, models, variant: str) -> None:
+        self.models, self.variant = models, variant
+
+    def corrections(self, oa: np.ndarray, ob: np.ndarray) -> np.ndarray:
+        x = oa if self.variant == "a" else np.concatenate([oa, ob], axis=1)
+        if isinstance(self.models, Heads):
+            return self.models.act(x)
+        return np.concatenate([m.act(x[s:s + 1]) for s, m in enumerate(self.models)])
+
+
+def play(env, res: Residual, seed: int, imitators: Imitators | None) -> dict:
+    net = env.network
+    obs, _ = env.reset(seed=seed)
+    pf = p5 = energy = 0.0
+    ho = n = 0
+    moved = 0
+    while env.agents:
+        oa = res.observe(obs)
+        if imitators is None:
+            c = res.zeros()
+        else:
+            c = imitators.corrections(oa, report_features(net))
+            moved += int((c != res.zero).any(1).sum())
+        obs, _, _, _, infos = env.step(res.actions_dict(res.to_env(c)))
+        k = next(iter(infos.values()))
+        pf += k["pf_utility"]
+        p5 += k["p5_user_rate_bps"]
+        energy += k["total_power_w"] * env.config.step_duration_s
+        ho += k["handovers"]
+        n += 1
+    return {"pf_utility": pf / n, "p5_mbps": p5 / n / 1e6, "energy_kj": energy / 1e3, "handovers": ho,
+            "corrected_share": moved / (n * net.n_stations)}
+
+
+def play_central(env, seed: int, horizon: int, futures: int, cands: str) -> dict:
+    obs, _ = env.reset(seed=seed)
+    ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
+    pf = p5 = energy = 0.0
+    ho = n = 0
+    while env.agents:
+        a = ctrl.actions()
+        obs, _, _, _, infos = env.step({ag: a[i] for i, ag in enumerate(env.possible_agents)})
+        k = next(iter(infos.values()))
+        pf += k["pf_utility"]
+        p5 += k["p5_user_rate_bps"]
+        energy += k["total_power_w"] * env.config.step_duration_s
+        ho += k["handovers"]
+        n += 1
+    return {"pf_utility": pf / n, "p5_mbps": p5 / n / 1e6, "energy_kj": energy / 1e3, "handovers": ho}
+
+
+def mean(runs):
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+
+
+def rule_params(name: str, seed: int, cache: Path | None, restarts: int = 0, passes: int = 2) -> dict:
+    key = f"{name}/{seed}/r{restarts}p{passes}"
+    saved = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key in saved:
+        return saved[key]["params"]
+    env = BaseStationParallelEnv(load_scenario(name))
+    seeds = tuning_seeds(seed, EVAL_SEEDS)
+    ref = heuristic_reference(env, seeds)
+    params, pf, e, tried = tune_rule(env, seeds, min(x for _, x in ref.values()), restarts=restarts,
+                                     passes=passes, rng_seed=seed)
+    if cache is not None:
+        saved[key] = {"params": params, "train_pf_utility": pf, "train_energy_kj": e, "rules_played": tried}
+        cache.write_text(json.dumps(saved, indent=1))
+    return params
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scenarios", default="hotspot")
+    p.add_argument("--train-seeds", default="0,1,2")
+    p.add_argument("--episodes", type=int, default=3, help="labelled episodes per training seed (last held out)")
+    p.add_argument("--steps", type=int, default=None, help="label only the first steps of each episode")
+    p.add_argument("--horizon", type=int, default=3)
+    p.add_argument("--futures", type=int, default=2)
+    p.add_argument("--candidates", default="axes")
+    p.add_argument("--residual-steps", type=int, default=3)
+    p.add_argument("--raise-power", action="store_true")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--variants", default="a,b")
+    p.add_argument("--models", default="per_station,pooled")
+    p.add_argument("--central-eval", action="store_true", help="also play the central look-ahead on the eval seeds")
+    p.add_argument("--eval-steps", type=int, default=None)
+    p.add_argument("--rule-cache", default="/tmp/td/rules.json")
+    p.add_argument("--label-cache", default="/tmp/imc", help="scratch folder for labelled episodes")
+    p.add_argument("--jobs", type=int, default=1, help="kept for the habit: one process")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    train_seeds = [int(s) for s in args.train_seeds.split(",") if s]
+    cache = Path(args.rule_cache) if args.rule_cache else None
+    lc = Path(args.label_cache)
+    lc.mkdir(parents=True, exist_ok=True)
+    figures = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "label_cache", "rule_cache")},
+               "scenarios": {}}
+    for name in [s for s in args.scenarios.split(",") if s]:
+        cfg = load_scenario(name)
+        env = BaseStationParallelEnv(cfg)
+        rows = []
+        central_eval = None
+        if args.central_eval:
+            central_eval = []
+            for s in EVAL_SEEDS:
+                t0 = time.perf_counter()
+                central_eval.append(play_central(env, s, args.horizon, args.futures, args.candidates))
+                print(f"{name} central eval seed {s}: PF {central_eval[-1]['pf_utility']:.2f} "
+                      f"E {central_eval[-1]['energy_kj']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for seed in train_seeds:
+            params = rule_params(name, seed, cache)
+            res = Residual(env, params, args.residual_steps, raise_power=args.raise_power)
+            eps = []
+            for s in label_seeds(seed, args.episodes, EVAL_SEEDS):
+                f = lc / f"{name}_{s}_h{args.horizon}f{args.futures}{args.candidates}_{args.steps}_rule{seed}.npz"
+                if f.is_file():
+                    d = dict(np.load(f))
+                else:
+                    d = label_episode(env, res, s, args.horizon, args.futures, args.candidates, args.steps)
+                    np.savez(f, **d)
+                    print(f"{name} seed {seed}: labelled episode {s} in {d['seconds']:.0f} s "
+                          f"({d['forks']} forks), central PF {d['pf'].mean():.2f}", flush=True)
+                eps.append(d)
+            on = ~env.network.off
+            zero = res.zero
+            lab = [residual_labels(d["rule"], d["central"], res) for d in eps]
+            y_all = [lb[0] for lb in lab]
+            reach = float(np.mean([lb[1][:, on].mean() for lb in lab]))
+            nz = np.concatenate([(y[:, on] != zero).any(-1).ravel() for y in y_all])
+            label_stats = {
+                "seconds_per_episode": float(np.mean([float(d["seconds"]) for d in eps])),
+                "forks_per_episode": float(np.mean([float(d["forks"]) for d in eps])),
+                "steps_per_episode": int(len(eps[0]["pf"])),
+                "central_pf_label_episodes": [float(d["pf"].mean()) for d in eps],
+                "reachable_share": reach, "corrected_share": float(nz.mean()),
+                "per_head_corrected_share": {h: float(np.concatenate([(y[:, on, i] != zero[i]).ravel()
+                                                                      for y in y_all]).mean())
+                                             for i, h in enumerate(HEADS)}}
+            rule_eval = [play(env, res, s, None) for s in EVAL_SEEDS]
+            rr = mean(rule_eval)
+            row = {"seed": seed, "labels": label_stats, "tuned_rule": rr,
+                   "tuned_rule_per_eval_seed": rule_eval, "imitators": {}}
+            if central_eval is not None:
+                c = mean(central_eval)
+                row["central"] = dict(c, pf_gain_vs_tuned_rule=(c["pf_utility"] - rr["pf_utility"]) / abs(rr["pf_utility"]),
+                                      energy_vs_tuned_rule=c["energy_kj"] / rr["energy_kj"])
+            print(f"{name} seed {seed}: rule eval PF {rr['pf_utility']:.2f} E {rr['energy_kj']:.1f}; labels "
+                  f"{label_stats['corrected_share']:.0%} corrected, reach {reach:.0%}", flush=True)
+            for variant in [v for v in args.variants.split(",") if v]:
+                def X(d):
+                    return d["obs_a"] if variant == "a" else np.concatenate([d["obs_a"], d["obs_b"]], axis=2)
+                for kind in [m for m in args.models.split(",") if m]:
+                    out = {}
+                    for split in ("held_out", "all"):
+                        use = eps[:-1] if split == "held_out" else eps
+                        xs = np.concatenate([X(d) for d in use])
+                        ys = np.concatenate(y_all[:len(use)])
+                        if kind == "pooled":
+                            models = fit(xs[:, on].reshape(-1, xs.shape[2]), ys[:, on].reshape(-1, 3), res.nvec,
+                                         zero, args.epochs, seed)
+                            models_l = [models] * env.network.n_stations
+                        else:
+                            models_l = [fit(xs[:, s], ys[:, s], res.nvec, zero, args.epochs, seed * 100 + s)
+                                        for s in range(env.network.n_stations)]
+                            models = models_l
+                        if split == "held_out":
+                            xh, yh = X(eps[-1]), y_all[-1]
+                            pred = np.stack([models_l[s].act(xh[:, s]) for s in np.flatnonzero(on)], 1)
+                            out["held_out_accuracy"] = accuracy(pred.reshape(-1, 3), yh[:, on].reshape(-1, 3), zero)
+                            xt = np.concatenate([X(d) for d in use])
+                            yt = np.concatenate(y_all[:len(use)])
+                            pt = np.stack([models_l[s].act(xt[:, s]) for s in np.flatnonzero(on)], 1)
+                            out["train_accuracy"] = accuracy(pt.reshape(-1, 3), yt[:, on].reshape(-1, 3), zero)
+                    imit = Imitators(models, variant)
+                    ev = [play(env, res, s, imit) for s in EVAL_SEEDS]
+                    e = mean(ev)
+                    out.update(eval=e, eval_per_seed=ev,
+                               pf_gain_vs_tuned_rule=(e["pf_utility"] - rr["pf_utility"]) / abs(rr["pf_utility"]),
+                               p5_gain_vs_tuned_rule=(e["p5_mbps"] - rr["p5_mbps"]) / max(rr["p5_mbps"], 1e-12),
+                               energy_vs_tuned_rule=e["energy_kj"] / rr["energy_kj"])
+                    if "central" in row and row["central"]["pf_gain_vs_tuned_rule"] > 0:
+                        out["share_of_central_gain"] = out["pf_gain_vs_tuned_rule"] / row["central"]["pf_gain_vs_tuned_rule"]
+                    row["imitators"][f"{variant}/{kind}"] = out
+                    ha = out["held_out_accuracy"]
+                    print(f"{name} seed {seed} {variant}/{kind}: PF {out['pf_gain_vs_tuned_rule']:+.2%} "
+                          f"p5 {out['p5_gain_vs_tuned_rule']:+.1%} E {out['energy_vs_tuned_rule']:.3f}x "
+                          f"corrected {e['corrected_share']:.0%}; held-out acc "
+                          + " ".join(f"{h} {ha[h]['policy']:.2f}/{ha[h]['no_correction']:.2f}" for h in (*HEADS, "joint")),
+                          flush=True)
+            rows.append(row)
+        summary = {}
+        for key in rows[0]["imitators"]:
+            g = [r["imitators"][key] for r in rows]
+            summary[key] = {f: float(np.median([x[f] for x in g]))
+                            for f in ("pf_gain_vs_tuned_rule", "p5_gain_vs_tuned_rule", "energy_vs_tuned_rule")}
+            summary[key]["pf_gain_per_seed"] = [x["pf_gain_vs_tuned_rule"] for x in g]
+        figures["scenarios"][name] = {"per_seed": rows, "median": summary}
+        if central_eval is not None:
+            figures["scenarios"][name]["central_eval_per_seed"] = central_eval
+    out = Path(args.out) if args.out else None
+    path = write_results("basestation_imitate_central", figures, path=out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
