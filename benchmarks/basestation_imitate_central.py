@@ -145,6 +145,34 @@ def label_episode(env, res: Residual, seed: int, horizon: int, futures: int, can
             "forks": ctrl.forks}
 
 
+def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizon: int, futures: int, cands: str):
+    """DAgger: the imitators play episode ``seed`` and the central look-ahead labels every
+    state they visit (its greedy pass starting from the actions the stations played)."""
+    t0 = time.perf_counter()
+    net = env.network
+    obs, _ = env.reset(seed=seed)
+    ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
+    oa, ob, rule, cen, pf, energy = [], [], [], [], [], 0.0
+    while env.agents:
+        o = res.observe(obs)
+        x = report_features(net)
+        oa.append(o)
+        ob.append(x)
+        rule.append(res.base.copy())
+        played = res.to_env(imitators.corrections(o, x))
+        if net.t > 0:
+            ctrl._a = played.copy()  # the greedy pass starts from what the stations would play
+        cen.append(ctrl.actions(net))
+        obs, _, _, _, infos = env.step(res.actions_dict(played))
+        k = next(iter(infos.values()))
+        pf.append(k["pf_utility"])
+        energy += k["total_power_w"] * env.config.step_duration_s
+    return {"obs_a": np.asarray(oa, np.float32), "obs_b": np.asarray(ob, np.float32),
+            "rule": np.asarray(rule, np.int64), "central": np.asarray(cen, np.int64),
+            "pf": np.asarray(pf), "energy_kj": energy / 1e3, "seconds": time.perf_counter() - t0,
+            "forks": ctrl.forks}
+
+
 # --- the imitating policy ---------------------------------------------------------------------
 class Heads(nn.Module):
     def __init__(self, d: int, nvec, hidden: int = 64) -> None:
@@ -197,14 +225,20 @@ def accuracy(pred: np.ndarray, y: np.ndarray, zero: np.ndarray) -> dict:
 class Imitators:
     """Each station acts on its own observation with its own model (or one pooled model)."""
 
-    def __init__(self, models, variant: str) -> None:
+    def __init__(self, models, variant: str, heads=HEADS, zero=None) -> None:
         self.models, self.variant = models, variant
+        self.keep = np.array([h in heads for h in HEADS])
+        self.zero = zero
 
     def corrections(self, oa: np.ndarray, ob: np.ndarray) -> np.ndarray:
         x = oa if self.variant == "a" else np.concatenate([oa, ob], axis=1)
         if isinstance(self.models, Heads):
-            return self.models.act(x)
-        return np.concatenate([m.act(x[s:s + 1]) for s, m in enumerate(self.models)])
+            c = self.models.act(x)
+        else:
+            c = np.concatenate([m.act(x[s:s + 1]) for s, m in enumerate(self.models)])
+        if not self.keep.all():  # the other heads left to the rule
+            c = np.where(self.keep, c, self.zero)
+        return c
 
 
 def play(env, res: Residual, seed: int, imitators: Imitators | None) -> dict:
@@ -282,6 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--variants", default="a,b")
     p.add_argument("--models", default="per_station,pooled")
+    p.add_argument("--dagger", type=int, default=0, help="DAgger episodes per training seed (pooled models)")
     p.add_argument("--central-eval", action="store_true", help="also play the central look-ahead on the eval seeds")
     p.add_argument("--eval-steps", type=int, default=None)
     p.add_argument("--rule-cache", default="/tmp/td/rules.json")
@@ -337,6 +372,12 @@ def main(argv=None) -> int:
                 "per_head_corrected_share": {h: float(np.concatenate([(y[:, on, i] != zero[i]).ravel()
                                                                       for y in y_all]).mean())
                                              for i, h in enumerate(HEADS)}}
+            rule_label = [play(env, res, s, None) for s in label_seeds(seed, args.episodes, EVAL_SEEDS)]
+            label_stats["rule_pf_label_episodes"] = [r["pf_utility"] for r in rule_label]
+            label_stats["central_gain_label_episodes"] = [
+                (float(d["pf"].mean()) - r["pf_utility"]) / abs(r["pf_utility"]) for d, r in zip(eps, rule_label)]
+            label_stats["central_energy_vs_rule_label_episodes"] = [
+                float(d["energy_kj"]) / r["energy_kj"] for d, r in zip(eps, rule_label)]
             rule_eval = [play(env, res, s, None) for s in EVAL_SEEDS]
             rr = mean(rule_eval)
             row = {"seed": seed, "labels": label_stats, "tuned_rule": rr,
@@ -346,33 +387,30 @@ def main(argv=None) -> int:
                 row["central"] = dict(c, pf_gain_vs_tuned_rule=(c["pf_utility"] - rr["pf_utility"]) / abs(rr["pf_utility"]),
                                       energy_vs_tuned_rule=c["energy_kj"] / rr["energy_kj"])
             print(f"{name} seed {seed}: rule eval PF {rr['pf_utility']:.2f} E {rr['energy_kj']:.1f}; labels "
-                  f"{label_stats['corrected_share']:.0%} corrected, reach {reach:.0%}", flush=True)
+                  f"{label_stats['corrected_share']:.0%} corrected, reach {reach:.0%}; central on label episodes "
+                  + " ".join(f"{g:+.1%}" for g in label_stats["central_gain_label_episodes"])
+                  + " E " + " ".join(f"{g:.2f}x" for g in label_stats["central_energy_vs_rule_label_episodes"]), flush=True)
             for variant in [v for v in args.variants.split(",") if v]:
                 def X(d):
                     return d["obs_a"] if variant == "a" else np.concatenate([d["obs_a"], d["obs_b"]], axis=2)
-                for kind in [m for m in args.models.split(",") if m]:
-                    out = {}
-                    for split in ("held_out", "all"):
-                        use = eps[:-1] if split == "held_out" else eps
-                        xs = np.concatenate([X(d) for d in use])
-                        ys = np.concatenate(y_all[:len(use)])
-                        if kind == "pooled":
-                            models = fit(xs[:, on].reshape(-1, xs.shape[2]), ys[:, on].reshape(-1, 3), res.nvec,
-                                         zero, args.epochs, seed)
-                            models_l = [models] * env.network.n_stations
-                        else:
-                            models_l = [fit(xs[:, s], ys[:, s], res.nvec, zero, args.epochs, seed * 100 + s)
-                                        for s in range(env.network.n_stations)]
-                            models = models_l
-                        if split == "held_out":
-                            xh, yh = X(eps[-1]), y_all[-1]
-                            pred = np.stack([models_l[s].act(xh[:, s]) for s in np.flatnonzero(on)], 1)
-                            out["held_out_accuracy"] = accuracy(pred.reshape(-1, 3), yh[:, on].reshape(-1, 3), zero)
-                            xt = np.concatenate([X(d) for d in use])
-                            yt = np.concatenate(y_all[:len(use)])
-                            pt = np.stack([models_l[s].act(xt[:, s]) for s in np.flatnonzero(on)], 1)
-                            out["train_accuracy"] = accuracy(pt.reshape(-1, 3), yt[:, on].reshape(-1, 3), zero)
-                    imit = Imitators(models, variant)
+                def fit_kind(kind, use, ys_list):
+                    xs = np.concatenate([X(d) for d in use])
+                    ys = np.concatenate(ys_list)
+                    if kind == "pooled":
+                        m = fit(xs[:, on].reshape(-1, xs.shape[2]), ys[:, on].reshape(-1, 3), res.nvec, zero,
+                                args.epochs, seed)
+                        return m, [m] * env.network.n_stations
+                    ms = [fit(xs[:, s], ys[:, s], res.nvec, zero, args.epochs, seed * 100 + s)
+                          for s in range(env.network.n_stations)]
+                    return ms, ms
+
+                def acc(models_l, use, ys_list):
+                    xt, yt = np.concatenate([X(d) for d in use]), np.concatenate(ys_list)
+                    pt = np.stack([models_l[s].act(xt[:, s]) for s in np.flatnonzero(on)], 1)
+                    return accuracy(pt.reshape(-1, 3), yt[:, on].reshape(-1, 3), zero)
+
+                def report(key, out, models, heads=HEADS):
+                    imit = Imitators(models, variant, heads, zero)
                     ev = [play(env, res, s, imit) for s in EVAL_SEEDS]
                     e = mean(ev)
                     out.update(eval=e, eval_per_seed=ev,
@@ -381,13 +419,50 @@ def main(argv=None) -> int:
                                energy_vs_tuned_rule=e["energy_kj"] / rr["energy_kj"])
                     if "central" in row and row["central"]["pf_gain_vs_tuned_rule"] > 0:
                         out["share_of_central_gain"] = out["pf_gain_vs_tuned_rule"] / row["central"]["pf_gain_vs_tuned_rule"]
-                    row["imitators"][f"{variant}/{kind}"] = out
+                    row["imitators"][key] = out
                     ha = out["held_out_accuracy"]
-                    print(f"{name} seed {seed} {variant}/{kind}: PF {out['pf_gain_vs_tuned_rule']:+.2%} "
+                    print(f"{name} seed {seed} {key}: PF {out['pf_gain_vs_tuned_rule']:+.2%} "
                           f"p5 {out['p5_gain_vs_tuned_rule']:+.1%} E {out['energy_vs_tuned_rule']:.3f}x "
                           f"corrected {e['corrected_share']:.0%}; held-out acc "
                           + " ".join(f"{h} {ha[h]['policy']:.2f}/{ha[h]['no_correction']:.2f}" for h in (*HEADS, "joint")),
                           flush=True)
+
+                for kind in [m for m in args.models.split(",") if m]:
+                    out = {}
+                    _, held_l = fit_kind(kind, eps[:-1], y_all[:-1])
+                    out["held_out_accuracy"] = acc(held_l, eps[-1:], y_all[-1:])
+                    out["train_accuracy"] = acc(held_l, eps[:-1], y_all[:-1])
+                    models, _ = fit_kind(kind, eps, y_all)
+                    report(f"{variant}/{kind}", out, models)
+                    if kind == "pooled":
+                        for h in ("power", "cio"):
+                            report(f"{variant}/{kind}/{h}_only", dict(out), models, (h,))
+                    if not args.dagger or kind != "pooled":
+                        continue
+                    # DAgger: the imitators play further label episodes, the central labels what they visit
+                    d_eps, d_y = list(eps), list(y_all)
+                    seeds_d = label_seeds(seed, args.episodes + args.dagger, EVAL_SEEDS)[args.episodes:]
+                    for j, s in enumerate(seeds_d):
+                        f = lc / (f"{name}_{s}_h{args.horizon}f{args.futures}{args.candidates}_dagger{j}_"
+                                  f"{variant}{kind}_rule{seed}_k{args.residual_steps}{int(args.raise_power)}"
+                                  f"e{args.epochs}.npz")
+                        if f.is_file():
+                            d = dict(np.load(f))
+                        else:
+                            d = dagger_episode(env, res, s, Imitators(models, variant), args.horizon, args.futures,
+                                               args.candidates)
+                            np.savez(f, **d)
+                            print(f"{name} seed {seed} {variant}/{kind}: DAgger episode {s} in {d['seconds']:.0f} s,"
+                                  f" imitators' PF {d['pf'].mean():.2f}", flush=True)
+                        d_eps.append(d)
+                        d_y.append(residual_labels(d["rule"], d["central"], res)[0])
+                        models, _ = fit_kind(kind, d_eps, d_y)
+                    # held-out accuracy: refit without the held-out central episode
+                    _, held_l = fit_kind(kind, d_eps[:args.episodes - 1] + d_eps[args.episodes:],
+                                         d_y[:args.episodes - 1] + d_y[args.episodes:])
+                    out = {"held_out_accuracy": acc(held_l, eps[-1:], y_all[-1:]),
+                           "dagger_imitator_pf": [float(d["pf"].mean()) for d in d_eps[args.episodes:]]}
+                    report(f"{variant}/{kind}+dagger{args.dagger}", out, models)
             rows.append(row)
         summary = {}
         for key in rows[0]["imitators"]:
