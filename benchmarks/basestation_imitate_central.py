@@ -340,7 +340,12 @@ def main(argv=None) -> int:
             central_eval = []
             for s in EVAL_SEEDS:
                 t0 = time.perf_counter()
-                central_eval.append(play_central(env, s, args.horizon, args.futures, args.candidates))
+                f = lc / f"{name}_central_eval_{s}_h{args.horizon}f{args.futures}{args.candidates}.json"
+                if f.is_file():
+                    central_eval.append(json.loads(f.read_text()))
+                else:
+                    central_eval.append(play_central(env, s, args.horizon, args.futures, args.candidates))
+                    f.write_text(json.dumps(central_eval[-1]))
                 print(f"{name} central eval seed {s}: PF {central_eval[-1]['pf_utility']:.2f} "
                       f"E {central_eval[-1]['energy_kj']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         for seed in train_seeds:
