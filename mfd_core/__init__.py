@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     # learners
     "Learner": ".learners.base", "TorchSupervisedLearner": ".learners.torch_supervised",
     "SB3Learner": ".learners.sb3", "SB3PolicyFamily": ".learners.sb3", "episode_progress": ".learners.sb3",
+    "SharedEnvCommons": ".learners.shared_env", "SharedEnvLearner": ".learners.shared_env",
     # the learning process: nodes and sharing policies, registered by name
     "Node": ".process", "NodeServices": ".process", "Transport": ".process",
     "SharingPolicy": ".process", "PolicySettings": ".process", "Runtime": ".process",

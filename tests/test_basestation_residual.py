@@ -69,7 +69,36 @@ def test_untrained_residual_stations_play_the_tuned_rule_exactly(tiny, tmp_path)
     # the rule did move every head, so "exactly" says something
     assert len(np.unique(rule[:, :, 0])) > 1 and len(np.unique(rule[:, :, 1])) > 1 and rule[:, :, 2].any()
     # its twin scores it as the rule (1.0 by construction) and it runs that from the start
-    assert learners[0].score() == 1.0 and learners[0].deployed is not None and learners[0].deployed_score == 1.0
+    assert learners[0].score() == 1.0 and learners[0].rule_start[1] == 1.0
+    start = learners[0].rule_start[0]
+    assert all(torch.equal(v, start[k]) for k, v in learners[0].deployed_state().items())
+
+
+def _trained_station(tiny):
+    commons = RadioCommons(tiny.env, tiny.training, seed=0, rule_params=BUSY_RULE)
+    station = next(i for i in range(commons.S) if not commons.off[i])
+    learner = StationLearner(commons, station, tiny.training.model_copy(update={"static_bias": 0.0}), seed=0)
+    before = learner.get_state()
+    learner.train(40)
+    trained = learner.get_state()
+    assert any(not torch.equal(trained[k], before[k]) for k in trained)  # the update moved it
+    return learner, before, trained
+
+
+def test_a_station_without_the_deploy_gate_runs_the_model_it_trains(tiny):
+    # deploy = "always" and FedAvg's clients never call promote: they run what they train
+    # (they used to run the untrained model, the rule, for the whole run)
+    learner, _, trained = _trained_station(tiny)
+    assert all(torch.equal(v, trained[k]) for k, v in learner.deployed_state().items())
+
+
+def test_the_deploy_gate_first_compares_a_trained_model_with_the_rule(tiny):
+    learner, before, trained = _trained_station(tiny)
+    scored = learner.score()
+    promoted = learner.promote()
+    assert promoted == (scored >= 1.0)  # the rule scores 1.0 on the twin
+    runs = learner.deployed_state()
+    assert all(torch.equal(v, (trained if promoted else before)[k]) for k, v in runs.items())
 
 
 def test_corrections_map_onto_the_rule_clipped_and_sleep_only_where_allowed(tiny):

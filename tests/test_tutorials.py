@@ -61,6 +61,11 @@ def test_the_tutorial_runs_as_written(page: str, tmp_path: Path) -> None:
         assert sorted(meta["done"]) == ["isolated/seed0", "mfd/seed0"]
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["runs"][0]["data_bytes"] == 0 and summary["policies"]["mfd"]["total_bytes"]["median"] > 0
-        printed = dict(line.split(": ", 1) for line in ran[-1].splitlines())
+        printed = dict(line.split(": ", 1) for line in ran[-2].splitlines())
         assert set(printed) == {"isolated", "mfd"}
+        # agents sharing one PettingZoo env: each learns the bit from its own experience,
+        # models travel and no data does
+        lamps = dict(part.rsplit(" ", 1) for part in ran[-1].strip().removeprefix("lamps: ").split(", "))
+        assert float(lamps["final mean score"]) >= 0.9 > float(lamps["first mean score"]), lamps
+        assert int(lamps["model bytes"]) > 0 and int(lamps["data bytes"]) == 0, lamps
         assert (folder / "report" / "robots_acting.png").stat().st_size > 0  # the env's own pictures

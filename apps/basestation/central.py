@@ -33,7 +33,14 @@ station awake (sleeping an idle one moves PF by nothing), where the tuned rule s
 them. ``energy_weight`` (PF utility per kW, per step) prices it; 0 reproduces the study.
 
 Cost: stations x (candidates + 1) x F x horizon forked network steps per decision step
-(hotspot, 14 stations, all candidates, F = horizon = 3: about 1.5 s on one core).
+(one core, F = horizon = 3, all candidates: uniform 3.1 s, hotspot 1.4 s, rush hour
+2.1 s, outage 0.4 s, night 3.0 s per simulated step; "axes" about 0.42x that).
+
+Measured (``benchmarks/basestation.py --policies tuned_rule,central_lookahead``, its
+docstring; ``benchmarks/results/basestation_central.json``): "axes", F = horizon = 3,
+``energy_weight`` 1, full 100-step evaluation episodes 100-102, against the tuned rule
+of training seeds 0-2: PF +2.9 / +13.6 / +8.4 / +4.2 / -7.1 % (uniform, hotspot, rush
+hour, outage, night), mean +4.4 %, at 0.81-0.88x the rule's energy.
 """
 from __future__ import annotations
 

@@ -4,11 +4,13 @@ Each base station owns an SB3 :class:`~stable_baselines3.PPO` model and learns o
 from its own experience: its observations, its actions and its reward. The stations
 share one radio network, so their experience comes from one
 :class:`~envs.basestation.BaseStationParallelEnv` in which every station acts with its
-current policy (independent learners). :class:`RadioCommons` is that network: when a
-station asks for experience it has not had yet, the commons plays ``n`` steps with all
-stations' current policies (one batched forward for all of them) and hands each
-station its own transitions; the station then runs SB3's PPO update on them
-(:meth:`PPO.train` on a filled rollout buffer: SB3 has no multi-agent collector).
+current policy (independent learners). That part is the core's shared-environment
+learner (:mod:`mfd_core.learners.shared_env`): :class:`RadioCommons` is its commons
+(one batched forward for all stations, each station handed its own transitions, then
+SB3's PPO update); what is radio here are its hooks: residual actions on the tuned rule
+(observation and action transforms), the stations' rewards (neighbourhood mean,
+normalised, or the difference reward replayed on forks of the network) and the digital
+twin that scores a station's models.
 
 :class:`StationLearner` is the :class:`~mfd_core.learners.base.Learner` the MFD process
 sees. Its score is the station's return on its own *digital twin*: an evaluation
@@ -37,27 +39,24 @@ import copy
 import math
 from contextlib import contextmanager
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import configure
 from torch import Tensor, nn
 
 from envs.basestation import BaseStationConfig, BaseStationParallelEnv
-from mfd_core.knowledge import distillation_loss
-from mfd_core.learners.base import Learner
+from mfd_core.learners.shared_env import (SharedEnvCommons, SharedEnvLearner, StackedPolicies, actor_logits,
+                                          policy_actions)
 
 from .config import ACTION_HEADS, TrainingSettings
 from .residual import Residual
 
 __all__ = ["single_thread", "RadioCommons", "StationLearner", "StationView", "make_ppo", "policy_actions",
-           "bias_towards_static", "FAMILY"]
+           "bias_towards_static", "FAMILY", "StackedPolicies", "actor_logits", "fork_network", "hood_matrix"]
 
 FAMILY = "bs-ppo-mlp"
 
@@ -192,94 +191,10 @@ def bias_towards_static(policy: nn.Module, nvec: Sequence[int], default: Sequenc
                 bias[start + int(d)] = strength + 1.0 if (n == 2 and head == "sleep") else strength
             start += int(n)
 
-
-def _layers(seq: nn.Module) -> list[nn.Module]:
-    return list(seq) if isinstance(seq, nn.Sequential) else [seq]
-
-
-class StackedPolicies:
-    """The forward pass of several same-shaped SB3 MLP policies at once (one per station).
-
-    A station's MLP costs ~0.3 ms per call through SB3 on this CPU, mostly Python
-    overhead; stacking the weights and using batched matmuls runs 38 of them in about
-    the time of one.
-    """
-
-    def __init__(self, policies: Sequence[nn.Module]) -> None:
-        self.pi = self._stack([_layers(p.mlp_extractor.policy_net) + [p.action_net] for p in policies])
-        self.vf = self._stack([_layers(p.mlp_extractor.value_net) + [p.value_net] for p in policies])
-
-    @staticmethod
-    def _stack(chains: list[list[nn.Module]]) -> list:
-        out = []
-        for depth, layer in enumerate(chains[0]):
-            if isinstance(layer, nn.Linear):
-                w = torch.stack([c[depth].weight.detach() for c in chains])  # (L, out, in)
-                b = torch.stack([c[depth].bias.detach() for c in chains])  # (L, out)
-                out.append((w.transpose(1, 2).contiguous(), b))
-            else:
-                out.append(layer)
-        return out
-
-    @staticmethod
-    def _run(chain, x: Tensor) -> Tensor:
-        x = x.unsqueeze(1)  # (L, 1, in)
-        for layer in chain:
-            if isinstance(layer, tuple):
-                w, b = layer
-                x = torch.baddbmm(b.unsqueeze(1), x, w)
-            else:
-                x = layer(x)
-        return x.squeeze(1)
-
-    @torch.no_grad()
-    def logits(self, obs: Tensor) -> Tensor:
-        return self._run(self.pi, obs)
-
-    @torch.no_grad()
-    def values(self, obs: Tensor) -> Tensor:
-        return self._run(self.vf, obs).squeeze(-1)
-
-
-def policy_actions(logits: Tensor, nvec: Sequence[int], generator: torch.Generator | None,
-                   greedy: bool = False) -> tuple[np.ndarray, Tensor]:
-    """Sample (or take the argmax of) a MultiDiscrete action per row; (actions, log-prob).
-
-    The same distribution as SB3's ``MultiCategoricalDistribution``: one categorical per
-    component over its slice of the logits, log-probabilities summed.
-    """
-    acts, logp = [], torch.zeros(len(logits))
-    for part in torch.split(logits, list(nvec), dim=1):
-        log_p = torch.log_softmax(part, dim=1)
-        if greedy:
-            a = part.argmax(dim=1)
-        else:
-            a = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(1)
-        acts.append(a)
-        logp += log_p.gather(1, a[:, None]).squeeze(1)
-    return torch.stack(acts, dim=1).numpy().astype(np.int64), logp
-
-
 # --------------------------------------------------------------------------- the commons
 
 
-@dataclass
-class Experience:
-    """One station's transitions of one collection, ready for a rollout buffer."""
-
-    obs: np.ndarray  # (n, d)
-    actions: np.ndarray  # (n, 3)
-    rewards: np.ndarray  # (n,) normalised
-    starts: np.ndarray  # (n,)
-    values: np.ndarray  # (n,)
-    log_probs: np.ndarray  # (n,)
-    last_value: float
-    last_done: bool
-    collection: int
-    env_steps: int  # the env steps the transitions cover (hold_steps per transition)
-
-
-class RadioCommons:
+class RadioCommons(SharedEnvCommons):
     """The radio network the stations share, and their digital twins for scoring.
 
     :param config: the radio scenario.
@@ -294,16 +209,23 @@ class RadioCommons:
     ``default`` = no correction) and their observations carry the rule's plan
     (``obs_dim``); the "static configuration" every score and difference reward is
     measured against is then the tuned rule itself.
+
+    A station in outage has no learner and keeps the static configuration
+    (:meth:`idle_action`). With ``settings.hold_steps`` h > 1 the stations decide every h
+    steps and hold their actions in between (the core's ``hold_steps``): one transition
+    per decision, its reward the decision's whole window (the difference reward over
+    ``max(h, difference_steps)`` steps, or the sum of the h steps' normalised rewards).
     """
 
     def __init__(self, config: BaseStationConfig, settings: TrainingSettings, seed: int,
                  val_seed: int = 10_000, test_seed: int = 20_000,
                  rule_params: Mapping[str, Any] | None = None) -> None:
         self.config, self.settings = config, settings
-        self.env = BaseStationParallelEnv(config)
+        env = BaseStationParallelEnv(config)
+        super().__init__(env, seed, gamma=settings.gamma, hold_steps=settings.hold_steps)
         self.twin = BaseStationParallelEnv(config)
-        self.agents = list(self.env.possible_agents)
         self.S = len(self.agents)
+        self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
         net = self.env.network
         self.residuals: dict[int, Residual] = {}
         self.rule_params: dict[str, Any] | None = None
@@ -323,13 +245,7 @@ class RadioCommons:
         self.off = net.off.copy()
         self.hood = hood_matrix(self.env)
         self.val_seed, self.test_seed = val_seed, test_seed
-        self.learners: dict[int, StationLearner] = {}
-        self._gen = torch.Generator().manual_seed(seed)
-        obs, _ = self.env.reset(seed=seed)
-        self._obs = self._stack(obs)
-        self._start = True
-        self.collections = 0
-        self.env_steps = 0
+        self.reset(seed)
         # Reward normalisation from the static configuration, one for the whole network
         # so that every station's critic speaks the same units (merges stay meaningful).
         self.reference = {seed_: self._static_returns(seed_) for seed_ in (val_seed, test_seed)}
@@ -339,6 +255,34 @@ class RadioCommons:
         # Scores in units of the per-step reward's spread: a station's own choices move its
         # neighbourhood's reward by tenths of it, which the gate's tolerance must resolve.
         self.score_scale = self.reward_scale
+
+    # -- the core's hooks: what the stations see, do and are paid ----------------------------
+
+    def observe(self, obs: Mapping[str, np.ndarray], env: Any = None) -> dict[str, np.ndarray]:
+        rows = self._stack(obs, env)
+        return {a: rows[i] for i, a in enumerate(self.agents)}
+
+    def env_actions(self, actions: Mapping[str, np.ndarray], env: Any = None) -> dict[str, np.ndarray]:
+        a = self._env_actions(np.stack([actions[ag] for ag in self.agents]), env)
+        return {ag: a[i] for i, ag in enumerate(self.agents)}
+
+    def idle_action(self, agent: str) -> np.ndarray:
+        return self.default[self.index[agent]]
+
+    def reward(self, rewards: Mapping[str, float], agents: Sequence[str]) -> np.ndarray:
+        return (self.station_rewards(rewards)[self._indices(agents)] - self.reward_mean) / self.reward_scale
+
+    def credit(self, actions: Mapping[str, np.ndarray], agents: Sequence[str], hold: int) -> np.ndarray | None:
+        if self.settings.reward != "difference":
+            return None
+        a = np.stack([actions[ag] for ag in self.agents])
+        return self._credits(a, self._indices(agents), max(hold, self.settings.difference_steps)) / self.reward_scale
+
+    def _indices(self, agents: Sequence[str]) -> np.ndarray:
+        key = tuple(agents)
+        if key not in self._index_cache:
+            self._index_cache = {key: np.asarray([self.index[a] for a in agents])}
+        return self._index_cache[key]
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -387,75 +331,7 @@ class RadioCommons:
         return np.mean([self._play(self.twin, seed + j, self.settings.eval_steps, act).mean(axis=0)
                         for j in range(self.settings.twin_episodes)], axis=0)
 
-    # -- training experience ------------------------------------------------------------
-
-    def register(self, learner: "StationLearner") -> None:
-        self.learners[learner.station] = learner
-
-    def collect(self, n: int) -> None:
-        """Play ``n`` steps with every registered station's current policy; each station
-        receives its own transitions (a station without a learner, one in outage, keeps
-        the static configuration).
-
-        With ``settings.hold_steps`` h > 1 the stations decide every h steps and hold
-        their actions in between: one transition per decision (``ceil(n / h)`` of them),
-        its reward the decision's whole window (the difference reward over
-        ``max(h, difference_steps)`` steps, or the sum of the h steps' normalised
-        rewards)."""
-        stations = sorted(self.learners)
-        stacked = StackedPolicies([self.learners[s].model.policy for s in stations])
-        idx = np.asarray(stations)
-        hold = self.settings.hold_steps
-        m = -(-n // hold)
-        L, d = len(stations), self._obs.shape[1]
-        obs_b = np.zeros((m, L, d), dtype=np.float32)
-        act_b = np.zeros((m, L, 3), dtype=np.int64)
-        rew_b = np.zeros((m, L), dtype=np.float32)
-        start_b = np.zeros((m, L), dtype=np.float32)
-        val_b = np.zeros((m, L), dtype=np.float32)
-        logp_b = np.zeros((m, L), dtype=np.float32)
-        gamma = self.settings.gamma
-        difference = self.settings.reward == "difference"
-        played = 0
-        for t in range(m):
-            o = torch.from_numpy(self._obs[idx])
-            logits = stacked.logits(o)
-            a, logp = policy_actions(logits, self.nvec, self._gen)
-            values = stacked.values(o)
-            actions = self.default.copy()
-            actions[idx] = a
-            env_actions = self._env_actions(actions)
-            if difference:
-                credit = self._credits(actions, idx, max(hold, self.settings.difference_steps))
-            r = np.zeros(L)
-            done = False
-            for _ in range(min(hold, n - played)):
-                obs, rewards, _, truncs, _ = self.env.step({ag: env_actions[i] for i, ag in enumerate(self.agents)})
-                played += 1
-                if not difference:
-                    r += (self.station_rewards(rewards)[idx] - self.reward_mean) / self.reward_scale
-                done = bool(truncs[self.agents[0]])
-                if done:
-                    break
-            if difference:
-                r = credit / self.reward_scale
-            next_obs = self._stack(obs)
-            if done:
-                # a time limit, not a terminal state: bootstrap from the last observation
-                # (SB3's collect_rollouts does the same for TimeLimit truncations)
-                r = r + gamma * stacked.values(torch.from_numpy(next_obs[idx])).numpy()
-                obs, _ = self.env.reset()
-                next_obs = self._stack(obs)
-            obs_b[t], act_b[t], rew_b[t] = self._obs[idx], a, r
-            start_b[t], val_b[t], logp_b[t] = float(self._start), values.numpy(), logp.numpy()
-            self._obs, self._start = next_obs, done
-        last = stacked.values(torch.from_numpy(self._obs[idx])).numpy()
-        self.collections += 1
-        self.env_steps += played
-        for k, s in enumerate(stations):
-            self.learners[s].pending = Experience(
-                obs_b[:, k].copy(), act_b[:, k].copy(), rew_b[:, k].copy(), start_b[:, k].copy(),
-                val_b[:, k].copy(), logp_b[:, k].copy(), float(last[k]), self._start, self.collections, n)
+    # -- difference rewards -------------------------------------------------------------
 
     def _credits(self, actions: np.ndarray, stations: np.ndarray, steps: int | None = None) -> np.ndarray:
         """Each of ``stations``' difference reward for ``actions``: the network's total
@@ -488,19 +364,6 @@ class RadioCommons:
             out[k] = total - _Fork(net).step_total(alt, steps)
         return out
 
-    def experience_for(self, learner: "StationLearner", n: int) -> Experience:
-        """The station's newest unused experience of ``n`` steps, collecting if needed.
-
-        Stations train in step (same compute per chunk), so one collection serves every
-        station's next chunk; a station that fell behind gets the newest data only.
-        """
-        exp = learner.pending
-        if exp is None or exp.env_steps != n:
-            self.collect(n)
-            exp = learner.pending
-        learner.pending = None
-        return exp
-
     # -- scoring on the twin --------------------------------------------------------------
 
     def twin_returns(self, policy: nn.Module, seed: int, station: int,
@@ -514,8 +377,9 @@ class RadioCommons:
         """
         mode = self.settings.twin
         if mode == "alike":
+            @torch.no_grad()
             def act(o: np.ndarray) -> np.ndarray:
-                a, _ = policy_actions(_single_logits(policy, torch.from_numpy(o)), self.nvec, None, greedy=True)
+                a, _ = policy_actions(actor_logits(policy, torch.from_numpy(o)), self.nvec, None, greedy=True)
                 a[self.off] = self.default[self.off]
                 return a
         else:
@@ -560,24 +424,15 @@ class _Fork:
             total += float(rewards.sum())
         return total
 
-
-def actor_logits(policy: nn.Module, obs: Tensor) -> Tensor:
-    """The action logits of an SB3 actor-critic policy on a batch, with gradients."""
-    latent = policy.mlp_extractor.forward_actor(policy.extract_features(obs, policy.pi_features_extractor))
-    return policy.action_net(latent)
-
-
-@torch.no_grad()
-def _single_logits(policy: nn.Module, obs: Tensor) -> Tensor:
-    """Logits of one SB3 actor-critic policy on a batch (all stations acting alike)."""
-    return actor_logits(policy, obs)
-
-
 # --------------------------------------------------------------------------- the learner
 
 
-class StationLearner(Learner):
+class StationLearner(SharedEnvLearner):
     """One base station's PPO agent behind the MFD :class:`Learner` interface.
+
+    Training is the core's (:class:`~mfd_core.learners.shared_env.SharedEnvLearner`:
+    PPO on the station's own transitions); the station adds its twin scores, the
+    deploy-if-better gate and the neighbours' models its twin plays.
 
     :param commons: the shared radio network (experience and digital twin).
     :param station: the station's index (agent ``bs_<station>``).
@@ -586,19 +441,15 @@ class StationLearner(Learner):
         all start from one initialisation and their averages stay meaningful.
     """
 
-    output_kind = "categorical"
-
     def __init__(self, commons: RadioCommons, station: int, settings: TrainingSettings, seed: int = 0,
                  register: bool = True) -> None:
-        self.commons, self.station, self.settings = commons, station, settings
-        self.family, self.width = FAMILY, 1.0
+        self.station, self.settings = station, settings
         self.view = StationView(commons.env, station, reward=settings.reward, residual=commons.residual_of(commons.env))
-        self.model = make_ppo(self.view, settings, seed)
-        bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias,
+        model = make_ppo(self.view, settings, seed)
+        bias_towards_static(model.policy, commons.nvec, commons.default[station], settings.static_bias,
                             settings.pinned)
-        self.samples = 0
-        self.work_done = 0
-        self.pending: Experience | None = None
+        super().__init__(commons, f"bs_{station}", model, family=FAMILY, register=False)
+        self.commons: RadioCommons = commons
         self._score_cache: dict[int, float] = {}
         # What the station runs (see promote); None: the model being trained.
         self.deployed: dict[str, Tensor] | None = None
@@ -607,63 +458,17 @@ class StationLearner(Learner):
         self.peers: dict[int, nn.Module] = {}
         self._peers_version = 0
         self._deployed_version = 0
-        self._recent_obs = np.zeros((0, commons.obs_dim), dtype=np.float32)
-        if settings.action == "residual":
-            # An untrained residual station plays the rule exactly (no correction), which
-            # its twin scores 1.0 by construction: it runs that until a trained model
-            # scores at least as well.
-            self.deployed, self.deployed_score = self.get_state(), 1.0
+        # An untrained residual station plays the rule exactly (no correction), which its
+        # twin scores 1.0 by construction: under the deploy gate (promote) it runs that
+        # until a trained model scores at least as well. Without the gate (deploy =
+        # "always", FedAvg's clients) the model being trained runs, as for absolute actions.
+        self.rule_start: tuple[dict[str, Tensor], float] | None = (
+            (self.get_state(), 1.0) if settings.action == "residual" else None)
         if register:
             commons.register(self)
 
-    @property
-    def num_samples(self) -> int:  # merge weight: the experience behind this model
-        return max(self.samples, 1)
-
-    @property
-    def policy(self) -> nn.Module:
-        return self.model.policy
-
-    # -- training -------------------------------------------------------------------------
-
-    def train(self, steps: int, trainable: Collection[str] | None = None) -> int:
-        exp = self.commons.experience_for(self, steps)
-        buf = self.model.rollout_buffer
-        m = len(exp.obs)  # transitions: steps / hold_steps
-        if buf.buffer_size != m:
-            buf = self.model.rollout_buffer = RolloutBuffer(
-                m, self.model.observation_space, self.model.action_space, device="cpu",
-                gamma=self.settings.gamma, gae_lambda=self.settings.gae_lambda)
-        buf.reset()
-        buf.observations[:, 0] = exp.obs
-        buf.actions[:, 0] = exp.actions
-        buf.rewards[:, 0] = exp.rewards
-        buf.episode_starts[:, 0] = exp.starts
-        buf.values[:, 0] = exp.values
-        buf.log_probs[:, 0] = exp.log_probs
-        buf.pos, buf.full = m, True
-        buf.compute_returns_and_advantage(torch.tensor([exp.last_value]), np.array([exp.last_done]))
-        frozen = []
-        if trainable is not None:
-            params = dict(self.policy.named_parameters())
-            unknown = set(trainable) - set(params)
-            if unknown:
-                raise KeyError(f"unknown parameters: {sorted(unknown)}")
-            frozen = [p for k, p in params.items() if k not in trainable and p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-        try:
-            self.model.train()
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-        self.policy.set_training_mode(False)
-        self.samples += steps
-        self._recent_obs = exp.obs
+    def changed(self) -> None:
         self._score_cache.clear()
-        work = steps * (1 + self.settings.n_epochs)  # one pass to act, n_epochs to learn
-        self.work_done += work
-        return work
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -673,27 +478,11 @@ class StationLearner(Learner):
                 returns = self.commons.twin_returns(self.policy, seed, self.station, self._peer_list())
                 self._score_cache[seed] = self.commons.score_of(returns, self.station, seed)
             return self._score_cache[seed]
-        scratch = self._scratch()
-        full = self.get_state()
-        for key, value in state.items():
-            if key not in full:
-                raise KeyError(f"{key!r} is not a tensor of this model")
-            if value.shape != full[key].shape:
-                raise ValueError(f"{key}: candidate shape {tuple(value.shape)} != local {tuple(full[key].shape)}")
-            full[key] = value.to(full[key].dtype)
-        scratch.load_state_dict(full, strict=False)
-        returns = self.commons.twin_returns(scratch, seed, self.station, self._peer_list())
+        returns = self.commons.twin_returns(self.candidate_policy(state), seed, self.station, self._peer_list())
         return self.commons.score_of(returns, self.station, seed)
 
     def _peer_list(self) -> list[tuple[int, nn.Module]]:
         return sorted(self.peers.items(), key=lambda kv: kv[0])
-
-    def _fresh_policy(self) -> nn.Module:
-        # a fresh module of the same build: an SB3 policy keeps its last action
-        # distribution (tensors with a graph), which deepcopy refuses
-        module = type(self.policy)(**self.policy._get_constructor_parameters())
-        module.set_training_mode(False)
-        return module
 
     def observe_peer(self, station: int, state: Mapping[str, Tensor]) -> bool:
         """Keep a neighbour's model (complete, same shapes) for the twin to play.
@@ -707,19 +496,12 @@ class StationLearner(Learner):
             return False
         if not all(bool(torch.isfinite(v).all()) for v in state.values()):
             return False
-        module = self.peers.get(station) or self._fresh_policy()
+        module = self.peers.get(station) or self.fresh_policy()
         module.load_state_dict({k: v.to(local[k].dtype) for k, v in state.items()})
         self.peers[station] = module
         self._peers_version += 1
         self._score_cache.clear()
         return True
-
-    def _scratch(self) -> nn.Module:
-        scratch = getattr(self.commons, "_scratch_policy", None)
-        if scratch is None:  # candidates are loaded into it, the learner is untouched
-            scratch = self._fresh_policy()
-            self.commons._scratch_policy = scratch
-        return scratch
 
     def score(self, state: Mapping[str, Tensor] | None = None) -> float:
         """Score on the validation twin (see the module docstring); 1.0 = static configuration."""
@@ -737,6 +519,9 @@ class StationLearner(Learner):
 
         :return: whether the trained model is now deployed.
         """
+        if self.deployed is None and self.rule_start is not None:
+            self.deployed, self.deployed_score = self.rule_start  # the gate's first comparison: the rule
+        self.rule_start = None
         current = self.score()
         if self.deployed is not None and self._deployed_version != self._peers_version:
             # the neighbours changed since the running model was scored: score it again
@@ -751,93 +536,20 @@ class StationLearner(Learner):
         """The model the station runs (the trained one when nothing was promoted)."""
         return {k: v.clone() for k, v in (self.deployed or self.get_state()).items()}
 
-    # -- state ----------------------------------------------------------------------------
-
-    def get_state(self) -> dict[str, Tensor]:
-        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-
-    @torch.no_grad()
-    def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
-        local = self.policy.state_dict()
-        for key, value in state.items():
-            if key not in local:
-                raise KeyError(f"{key!r} is not a tensor of this model")
-            dst = local[key]
-            if value.shape != dst.shape:
-                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(dst.shape)}")
-            mask = None if masks is None else masks.get(key)
-            if mask is None:
-                dst.copy_(value)
-            else:
-                dst.copy_(torch.where(mask.to(torch.bool), value.to(dst.dtype), dst))
-        self._score_cache.clear()
-
-    # -- distillation (another architecture teaching this station) -------------------------
-
-    @torch.no_grad()
-    def outputs(self, inputs: Tensor) -> Tensor:
-        return _single_logits(self.policy, torch.as_tensor(inputs, dtype=torch.float32))
-
-    def local_inputs(self, n: int) -> Tensor:
-        return torch.from_numpy(self._recent_obs[:n].copy())
-
-    def distil_from(self, teacher: Callable[[Tensor], Tensor | tuple[Tensor, ...]], steps: int, kind: str, *,
-                    temperature: float = 2.0) -> float:
-        """Match the teacher's action distribution (KL per action component, summed) on
-        the station's recent observations; the critic is left alone."""
-        x = self.local_inputs(len(self._recent_obs))
-        if len(x) == 0:
-            return float("nan")
-        with torch.no_grad():
-            target = teacher(x)
-        params = list(self.policy.mlp_extractor.policy_net.parameters()) + list(self.policy.action_net.parameters())
-        opt = torch.optim.Adam(params, lr=self.settings.lr)
-        nvec = self.commons.nvec
-
-        def loss_fn() -> Tensor:
-            out = actor_logits(self.policy, x)
-            return sum(distillation_loss(s, t, "categorical")
-                       for s, t in zip(torch.split(out, nvec, 1), torch.split(target, nvec, 1)))
-
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn()
-            loss.backward()
-            opt.step()
-        self.work_done += steps * len(x)
-        self._score_cache.clear()
-        with torch.no_grad():
-            return float(loss_fn())
-
-    @torch.no_grad()
-    def evaluate(self, inputs: Tensor, targets: Tensor) -> float:
-        """Share of rows whose greedy action equals the target action (all components)."""
-        logits = self.outputs(inputs)
-        a, _ = policy_actions(logits, self.commons.nvec, None, greedy=True)
-        t = np.asarray(targets).reshape(len(a), -1)
-        return float((a == t).all(axis=1).mean()) if len(a) else float("nan")
-
     def clone(self) -> "StationLearner":
         """A copy with its own model and optimiser, in the same network (never copied)."""
         twin = StationLearner(self.commons, self.station, self.settings, register=False)
         twin.set_state(self.get_state())
         twin.policy.optimizer.load_state_dict(self.policy.optimizer.state_dict())
         twin.samples, twin.work_done = self.samples, self.work_done
-        twin._recent_obs = self._recent_obs.copy()
+        twin.recent_obs = self.recent_obs.copy()
         twin.peers, twin._peers_version = dict(self.peers), self._peers_version
         if self.deployed is not None:
             twin.deployed = {k: v.clone() for k, v in self.deployed.items()}
+        if self.rule_start is not None:
+            twin.rule_start = ({k: v.clone() for k, v in self.rule_start[0].items()}, self.rule_start[1])
         twin.deployed_score, twin._deployed_version = self.deployed_score, self._deployed_version
         return twin
 
-    def save(self, path: str | Path) -> Path:
-        """The station's SB3 zip on its own disk (``PPO.load`` reads it back)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.model.save(path)
-        return path.with_suffix(".zip") if path.suffix != ".zip" else path
-
     def __repr__(self) -> str:
         return f"StationLearner(station={self.station}, samples={self.samples})"
-
-

@@ -333,7 +333,7 @@ class LookaheadStationLearner(StationLearner):
         pinned = [h for h in settings.pinned if h not in settings.lookahead_heads]
         bias_towards_static(self.model.policy, commons.nvec, commons.default[station], settings.static_bias, pinned)
         if settings.action == "residual":
-            self.deployed = self.get_state()
+            self.rule_start = (self.get_state(), 1.0)  # the rule, as re-biased here
         self._gen = torch.Generator().manual_seed(seed * 1000 + station)
         self._opt: torch.optim.Optimizer | None = None
 
@@ -355,8 +355,8 @@ class LookaheadStationLearner(StationLearner):
         imitate(self.policy, x, y, self.commons.nvec, epochs=self.settings.n_epochs,
                 batch=self.settings.batch_size, generator=self._gen, optimizer=self._opt)
         self.policy.set_training_mode(False)
-        self._recent_obs = x
-        self._score_cache.clear()
+        self.recent_obs = x
+        self.changed()
         work = len(x) * self.settings.n_epochs
         self.samples += len(x)
         self.work_done += work
@@ -369,7 +369,7 @@ class LookaheadStationLearner(StationLearner):
         x, y = self._rows(held_out=True)
         policy = self.policy
         if state is not None:
-            policy = self._scratch()
+            policy = self.commons.scratch_policy(self)
             policy.load_state_dict(dict(state), strict=False)
         lab = self.commons.labels
         table = None if lab.table is None else lab.table[self._pick(True), self.station]

@@ -8,11 +8,39 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Learner"]
+__all__ = ["Learner", "only_trainable"]
+
+
+@contextmanager
+def only_trainable(module: nn.Module, trainable: Collection[str] | None) -> Iterator[None]:
+    """Within the block, only the parameters named in ``trainable`` (all when None) take
+    gradients; the others are back as they were after it.
+
+    requires_grad=False rather than zeroed gradients: the backward pass stops at the first
+    trainable layer (the point of training few parameters), and Adam skips parameters
+    without a gradient, so they stay bit-identical.
+
+    :raises KeyError: ``trainable`` names a parameter the module does not have.
+    """
+    frozen: list[nn.Parameter] = []
+    if trainable is not None:
+        params = dict(module.named_parameters())
+        unknown = set(trainable) - set(params)
+        if unknown:
+            raise KeyError(f"unknown parameters: {sorted(unknown)}")
+        frozen = [p for k, p in params.items() if k not in trainable and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 class Learner(ABC):

@@ -16,7 +16,7 @@ from torch.func import functional_call
 from torch.optim.adam import adam as _adam
 
 from mfd_core.knowledge import distillation_loss
-from mfd_core.learners.base import Learner
+from mfd_core.learners.base import Learner, only_trainable
 
 __all__ = ["FusedAdam", "TorchSupervisedLearner"]
 
@@ -256,44 +256,31 @@ class TorchSupervisedLearner(Learner):
         """Run ``steps`` optimiser steps of ``loss_fn(batch indices)``; return samples."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
-        frozen: list[nn.Parameter] = []
-        if trainable is not None:
-            params = dict(self.model.named_parameters())
-            unknown = set(trainable) - set(params)
-            if unknown:
-                raise KeyError(f"unknown parameters: {sorted(unknown)}")
-            # requires_grad=False rather than zeroed gradients: the backward pass stops
-            # at the first trainable layer (the point of training few parameters), and
-            # Adam skips parameters without a gradient, so they stay bit-identical.
-            frozen = [p for k, p in params.items() if k not in trainable and p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-        work = 0
-        if self._has_modes:
-            self.model.train()
-        try:
-            # The model's own randomness (dropout) draws from a generator seeded by ours;
-            # the seed is drawn even for a model without any, so that the minibatch
-            # stream is the same whatever the model holds.
-            seed = int(torch.randint(2**62, (1,), generator=self._shuffle))
-            with torch.random.fork_rng(devices=[], enabled=self._draws_randomness):
-                if self._draws_randomness:
-                    # the CPU generator only: torch.manual_seed also queues a lazy seed per
-                    # accelerator backend, formatting a stack trace each time (~0.2 ms a call)
-                    torch.default_generator.manual_seed(seed)
-                for _ in range(steps):
-                    idx = self._next_batch()
-                    _clear_grads(optimizer)
-                    loss = loss_fn(idx)
-                    if loss.requires_grad:
-                        loss.backward()
-                        optimizer.step()
-                    work += idx.shape[0]
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
+        with only_trainable(self.model, trainable):
+            work = 0
             if self._has_modes:
-                self.model.eval()
+                self.model.train()
+            try:
+                # The model's own randomness (dropout) draws from a generator seeded by ours;
+                # the seed is drawn even for a model without any, so that the minibatch
+                # stream is the same whatever the model holds.
+                seed = int(torch.randint(2**62, (1,), generator=self._shuffle))
+                with torch.random.fork_rng(devices=[], enabled=self._draws_randomness):
+                    if self._draws_randomness:
+                        # the CPU generator only: torch.manual_seed also queues a lazy seed per
+                        # accelerator backend, formatting a stack trace each time (~0.2 ms a call)
+                        torch.default_generator.manual_seed(seed)
+                    for _ in range(steps):
+                        idx = self._next_batch()
+                        _clear_grads(optimizer)
+                        loss = loss_fn(idx)
+                        if loss.requires_grad:
+                            loss.backward()
+                            optimizer.step()
+                        work += idx.shape[0]
+            finally:
+                if self._has_modes:
+                    self.model.eval()
         self.work_done += work
         return work
 
