@@ -22,7 +22,14 @@ same settings as the labels, on the same episodes: how much of its gain they kee
 Label predictability: on the held-out (last) label episode, per head, the accuracy of
 the imitating policy against "always no correction".
 
-    python benchmarks/basestation_imitate_central.py --jobs 1
+    python benchmarks/basestation_imitate_central.py --futures 3 --raise-power --central-eval --dagger 4
+    python benchmarks/basestation_imitate_central.py --futures 3 --raise-power --central-eval --dagger 8 \\
+        --variants a --models pooled --out benchmarks/results/basestation_imitate_central_dagger8.json
+
+The tuned rules are the time-domain study's (``--rules-from``, tuned there with 0
+restarts and 2 passes); a scenario or training seed that file lacks is tuned here the
+same way (cached under ``runs/``). A labelled episode costs 55-105 s on one core: they
+are kept in ``--label-cache`` and re-runs only fit and play.
 
 Writes ``benchmarks/results/basestation_imitate_central.json`` (``--out`` elsewhere).
 """
@@ -52,6 +59,15 @@ from apps.basestation.rules import heuristic_reference, tune_rule, tuning_seeds 
 
 EVAL_SEEDS = (100, 101, 102)
 HEADS = ("power", "cio", "sleep")
+VARIANTS = ("a", "b")
+MODEL_KINDS = ("per_station", "pooled")
+# The time-domain study's tuned rules (its part 2 rows): the same rules basestation.py's
+# --rules-from reuses, so that every study of issue 15 measures against one rule.
+RULES_FILE = ROOT / "benchmarks" / "results" / "basestation_timedomain.json"
+# How that study tuned them; a rule tuned here for a scenario / seed it lacks is tuned alike.
+RULE_RESTARTS, RULE_PASSES = 0, 2
+TUNED_RULES_CACHE = ROOT / "runs" / "imitate-central-rules.json"  # git-ignored
+LABEL_CACHE = ROOT / "runs" / "imitate-central"  # git-ignored
 
 
 # --- what a station could know: measurement reports and X2 ---------------------------------
@@ -145,15 +161,17 @@ def label_episode(env, res: Residual, seed: int, horizon: int, futures: int, can
             "forks": ctrl.forks}
 
 
-def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizon: int, futures: int, cands: str):
-    """DAgger: the imitators play episode ``seed`` and the central look-ahead labels every
-    state they visit (its greedy pass starting from the actions the stations played)."""
+def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizon: int, futures: int, cands: str,
+                   steps: int | None = None):
+    """DAgger: the imitators play episode ``seed`` (or its first ``steps``) and the central
+    look-ahead labels every state they visit (its greedy pass starting from the actions the
+    stations played)."""
     t0 = time.perf_counter()
     net = env.network
     obs, _ = env.reset(seed=seed)
     ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
     oa, ob, rule, cen, pf, energy = [], [], [], [], [], 0.0
-    while env.agents:
+    while env.agents and (steps is None or len(oa) < steps):
         o = res.observe(obs)
         x = report_features(net)
         oa.append(o)
@@ -241,13 +259,15 @@ class Imitators:
         return c
 
 
-def play(env, res: Residual, seed: int, imitators: Imitators | None) -> dict:
+def play(env, res: Residual, seed: int, imitators: Imitators | None, steps: int | None = None) -> dict:
+    """The tuned rule (``imitators`` None) or the imitators' corrections of it on episode
+    ``seed`` (or its first ``steps``)."""
     net = env.network
     obs, _ = env.reset(seed=seed)
     pf = p5 = energy = 0.0
     ho = n = 0
     moved = 0
-    while env.agents:
+    while env.agents and (steps is None or n < steps):
         oa = res.observe(obs)
         if imitators is None:
             c = res.zeros()
@@ -265,12 +285,13 @@ def play(env, res: Residual, seed: int, imitators: Imitators | None) -> dict:
             "corrected_share": moved / (n * net.n_stations)}
 
 
-def play_central(env, seed: int, horizon: int, futures: int, cands: str) -> dict:
+def play_central(env, seed: int, horizon: int, futures: int, cands: str, steps: int | None = None) -> dict:
+    """The central look-ahead itself on episode ``seed`` (or its first ``steps``)."""
     obs, _ = env.reset(seed=seed)
     ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
     pf = p5 = energy = 0.0
     ho = n = 0
-    while env.agents:
+    while env.agents and (steps is None or n < steps):
         a = ctrl.actions()
         obs, _, _, _, infos = env.step({ag: a[i] for i, ag in enumerate(env.possible_agents)})
         k = next(iter(infos.values()))
@@ -286,51 +307,101 @@ def mean(runs):
     return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
 
-def rule_params(name: str, seed: int, cache: Path | None, restarts: int = 0, passes: int = 2) -> dict:
-    key = f"{name}/{seed}/r{restarts}p{passes}"
-    saved = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+def rules_from(path: Path) -> dict[tuple[str, int], dict]:
+    """The tuned rules of a ``basestation_timedomain.py`` results file (its part 2 rows),
+    by (scenario, training seed)."""
+    doc = json.loads(Path(path).read_text())
+    return {(row["scenario"], int(row["train_seed"])): row["rule"]["params"] for row in doc["figures"]["patterns"]}
+
+
+def tune_rule_params(name: str, seed: int, cache: Path = TUNED_RULES_CACHE) -> dict:
+    """Tune the rule of training seed ``seed`` as the time-domain study does (20-60 s per
+    scenario and seed there), once: kept in ``cache``."""
+    key = f"{name}/{seed}/r{RULE_RESTARTS}p{RULE_PASSES}"
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in saved:
         return saved[key]["params"]
     env = BaseStationParallelEnv(load_scenario(name))
     seeds = tuning_seeds(seed, EVAL_SEEDS)
     ref = heuristic_reference(env, seeds)
-    params, pf, e, tried = tune_rule(env, seeds, min(x for _, x in ref.values()), restarts=restarts,
-                                     passes=passes, rng_seed=seed)
-    if cache is not None:
-        saved[key] = {"params": params, "train_pf_utility": pf, "train_energy_kj": e, "rules_played": tried}
-        cache.write_text(json.dumps(saved, indent=1))
+    params, pf, e, tried = tune_rule(env, seeds, min(x for _, x in ref.values()), restarts=RULE_RESTARTS,
+                                     passes=RULE_PASSES, rng_seed=seed)
+    saved[key] = {"params": params, "train_pf_utility": pf, "train_energy_kj": e, "rules_played": tried}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(saved, indent=1))
     return params
 
 
+def rule_params(name: str, seed: int, rules: dict[tuple[str, int], dict], rules_path: Path) -> tuple[dict, str]:
+    """(the tuned rule of ``name`` and training seed ``seed``, where it comes from)."""
+    if (name, seed) in rules:
+        return rules[(name, seed)], _shown(rules_path)
+    return tune_rule_params(name, seed), f"tuned here ({_shown(TUNED_RULES_CACHE)})"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (results stay portable)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--scenarios", default="hotspot")
-    p.add_argument("--train-seeds", default="0,1,2")
-    p.add_argument("--episodes", type=int, default=3, help="labelled episodes per training seed (last held out)")
-    p.add_argument("--steps", type=int, default=None, help="label only the first steps of each episode")
-    p.add_argument("--horizon", type=int, default=3)
-    p.add_argument("--futures", type=int, default=2)
-    p.add_argument("--candidates", default="axes")
-    p.add_argument("--residual-steps", type=int, default=3)
-    p.add_argument("--raise-power", action="store_true")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--variants", default="a,b")
-    p.add_argument("--models", default="per_station,pooled")
-    p.add_argument("--dagger", type=int, default=0, help="DAgger episodes per training seed (pooled models)")
-    p.add_argument("--central-eval", action="store_true", help="also play the central look-ahead on the eval seeds")
-    p.add_argument("--eval-steps", type=int, default=None)
-    p.add_argument("--rule-cache", default="/tmp/td/rules.json")
-    p.add_argument("--label-cache", default="/tmp/imc", help="scratch folder for labelled episodes")
-    p.add_argument("--jobs", type=int, default=1, help="kept for the habit: one process")
-    p.add_argument("--out", default=None)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", default="hotspot", help="comma-separated scenario names (default: hotspot)")
+    p.add_argument("--train-seeds", default="0,1,2",
+                   help="comma-separated training seeds: each has its tuned rule, label episodes and imitators "
+                        "(default: 0,1,2)")
+    p.add_argument("--episodes", type=int, default=3,
+                   help="label episodes per training seed, the last held out for the accuracy figures; at least 2 "
+                        "(default: 3)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="label (and DAgger) only the first STEPS steps of each episode (default: all)")
+    p.add_argument("--eval-steps", type=int, default=None,
+                   help="play only the first EVAL_STEPS steps of each evaluation episode (default: all)")
+    p.add_argument("--horizon", type=int, default=3, help="central look-ahead: steps judged (default: 3)")
+    p.add_argument("--futures", type=int, default=2,
+                   help="central look-ahead: seeded futures per candidate (default: 2; the results use 3)")
+    p.add_argument("--candidates", choices=("axes", "all"), default="axes",
+                   help="central look-ahead: one axis at a time or every (power, offset) (default: axes)")
+    p.add_argument("--residual-steps", type=int, default=3,
+                   help="largest correction of power (levels) and offset (steps) on the rule's (default: 3)")
+    p.add_argument("--raise-power", action="store_true",
+                   help="corrections may also raise power above the rule's level (default: only lower it)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs of each imitator fit (default: 60)")
+    p.add_argument("--variants", default="a,b",
+                   help="what the imitators observe, comma-separated: a (the residual observation), b (a plus "
+                        "measurement-report and X2 summaries) (default: a,b)")
+    p.add_argument("--models", default="per_station,pooled",
+                   help="comma-separated: per_station (a model each) and / or pooled (one for all stations) "
+                        "(default: per_station,pooled)")
+    p.add_argument("--dagger", type=int, default=0,
+                   help="DAgger episodes per training seed for the pooled models (default: 0, none)")
+    p.add_argument("--central-eval", action="store_true",
+                   help="also play the central look-ahead on the evaluation episodes (default: off)")
+    p.add_argument("--rules-from", type=Path, default=RULES_FILE, metavar="PATH",
+                   help="take the tuned rules from this basestation_timedomain.py results file (its part 2 rows); "
+                        "a scenario / training seed it lacks is tuned here and kept in "
+                        f"{_shown(TUNED_RULES_CACHE)} (default: {_shown(RULES_FILE)})")
+    p.add_argument("--label-cache", type=Path, default=LABEL_CACHE, metavar="DIR",
+                   help="scratch folder of labelled episodes (label, DAgger and central evaluation episodes, "
+                        f"about 100 s each to play); re-runs reuse them (default: {_shown(LABEL_CACHE)})")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results file (default: benchmarks/results/basestation_imitate_central.json)")
     args = p.parse_args(argv)
+    if args.episodes < 2:
+        p.error("--episodes: at least 2 (the last one is held out)")
+    for option, given, allowed in (("--variants", args.variants, VARIANTS), ("--models", args.models, MODEL_KINDS)):
+        bad = [x for x in given.split(",") if x and x not in allowed]
+        if bad or not given.strip(","):
+            p.error(f"{option}: choose from {', '.join(allowed)}")
     torch.set_num_threads(1)
     train_seeds = [int(s) for s in args.train_seeds.split(",") if s]
-    cache = Path(args.rule_cache) if args.rule_cache else None
+    rules = rules_from(args.rules_from)
     lc = Path(args.label_cache)
     lc.mkdir(parents=True, exist_ok=True)
-    figures = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "label_cache", "rule_cache")},
-               "scenarios": {}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "label_cache")}
+    settings["rules_from"] = _shown(args.rules_from)
+    figures = {"settings": settings, "scenarios": {}}
     for name in [s for s in args.scenarios.split(",") if s]:
         cfg = load_scenario(name)
         env = BaseStationParallelEnv(cfg)
@@ -340,16 +411,18 @@ def main(argv=None) -> int:
             central_eval = []
             for s in EVAL_SEEDS:
                 t0 = time.perf_counter()
-                f = lc / f"{name}_central_eval_{s}_h{args.horizon}f{args.futures}{args.candidates}.json"
+                short = "" if args.eval_steps is None else f"_s{args.eval_steps}"
+                f = lc / f"{name}_central_eval_{s}_h{args.horizon}f{args.futures}{args.candidates}{short}.json"
                 if f.is_file():
                     central_eval.append(json.loads(f.read_text()))
                 else:
-                    central_eval.append(play_central(env, s, args.horizon, args.futures, args.candidates))
+                    central_eval.append(play_central(env, s, args.horizon, args.futures, args.candidates,
+                                                     args.eval_steps))
                     f.write_text(json.dumps(central_eval[-1]))
                 print(f"{name} central eval seed {s}: PF {central_eval[-1]['pf_utility']:.2f} "
                       f"E {central_eval[-1]['energy_kj']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
         for seed in train_seeds:
-            params = rule_params(name, seed, cache)
+            params, source = rule_params(name, seed, rules, args.rules_from)
             res = Residual(env, params, args.residual_steps, raise_power=args.raise_power)
             eps = []
             for s in label_seeds(seed, args.episodes, EVAL_SEEDS):
@@ -377,15 +450,16 @@ def main(argv=None) -> int:
                 "per_head_corrected_share": {h: float(np.concatenate([(y[:, on, i] != zero[i]).ravel()
                                                                       for y in y_all]).mean())
                                              for i, h in enumerate(HEADS)}}
-            rule_label = [play(env, res, s, None) for s in label_seeds(seed, args.episodes, EVAL_SEEDS)]
+            # the rule on the same steps the central labelled (all of them unless --steps)
+            rule_label = [play(env, res, s, None, args.steps) for s in label_seeds(seed, args.episodes, EVAL_SEEDS)]
             label_stats["rule_pf_label_episodes"] = [r["pf_utility"] for r in rule_label]
             label_stats["central_gain_label_episodes"] = [
                 (float(d["pf"].mean()) - r["pf_utility"]) / abs(r["pf_utility"]) for d, r in zip(eps, rule_label)]
             label_stats["central_energy_vs_rule_label_episodes"] = [
                 float(d["energy_kj"]) / r["energy_kj"] for d, r in zip(eps, rule_label)]
-            rule_eval = [play(env, res, s, None) for s in EVAL_SEEDS]
+            rule_eval = [play(env, res, s, None, args.eval_steps) for s in EVAL_SEEDS]
             rr = mean(rule_eval)
-            row = {"seed": seed, "labels": label_stats, "tuned_rule": rr,
+            row = {"seed": seed, "rule": {"params": params, "from": source}, "labels": label_stats, "tuned_rule": rr,
                    "tuned_rule_per_eval_seed": rule_eval, "imitators": {}}
             if central_eval is not None:
                 c = mean(central_eval)
@@ -416,7 +490,7 @@ def main(argv=None) -> int:
 
                 def report(key, out, models, heads=HEADS):
                     imit = Imitators(models, variant, heads, zero)
-                    ev = [play(env, res, s, imit) for s in EVAL_SEEDS]
+                    ev = [play(env, res, s, imit, args.eval_steps) for s in EVAL_SEEDS]
                     e = mean(ev)
                     out.update(eval=e, eval_per_seed=ev,
                                pf_gain_vs_tuned_rule=(e["pf_utility"] - rr["pf_utility"]) / abs(rr["pf_utility"]),
@@ -448,14 +522,15 @@ def main(argv=None) -> int:
                     d_eps, d_y = list(eps), list(y_all)
                     seeds_d = label_seeds(seed, args.episodes + args.dagger, EVAL_SEEDS)[args.episodes:]
                     for j, s in enumerate(seeds_d):
+                        short = "" if args.steps is None else f"_s{args.steps}"  # full episodes keep their names
                         f = lc / (f"{name}_{s}_h{args.horizon}f{args.futures}{args.candidates}_dagger{j}_"
                                   f"{variant}{kind}_rule{seed}_k{args.residual_steps}{int(args.raise_power)}"
-                                  f"e{args.epochs}.npz")
+                                  f"e{args.epochs}{short}.npz")
                         if f.is_file():
                             d = dict(np.load(f))
                         else:
                             d = dagger_episode(env, res, s, Imitators(models, variant), args.horizon, args.futures,
-                                               args.candidates)
+                                               args.candidates, args.steps)
                             np.savez(f, **d)
                             print(f"{name} seed {seed} {variant}/{kind}: DAgger episode {s} in {d['seconds']:.0f} s,"
                                   f" imitators' PF {d['pf'].mean():.2f}", flush=True)
@@ -478,8 +553,7 @@ def main(argv=None) -> int:
         figures["scenarios"][name] = {"per_seed": rows, "median": summary}
         if central_eval is not None:
             figures["scenarios"][name]["central_eval_per_seed"] = central_eval
-    out = Path(args.out) if args.out else None
-    path = write_results("basestation_imitate_central", figures, path=out)
+    path = write_results("basestation_imitate_central", figures, path=args.out)
     print(f"wrote {path}")
     return 0
 
