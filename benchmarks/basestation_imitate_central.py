@@ -39,6 +39,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,11 @@ def mean(runs):
     return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
 
+def gain(x: float, ref: float) -> float:
+    return (x - ref) / abs(ref)
+
+
+# --- the tuned rules ---------------------------------------------------------------------------
 def rules_from(path: Path) -> dict[tuple[str, int], dict]:
     """The tuned rules of a ``basestation_timedomain.py`` results file (its part 2 rows),
     by (scenario, training seed)."""
@@ -345,7 +351,256 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def main(argv=None) -> int:
+# --- the label cache: one file per episode, named by everything that shapes it ----------------
+def _central_tag(args) -> str:
+    return f"h{args.horizon}f{args.futures}{args.candidates}"
+
+
+def label_file(cache: Path, name: str, episode: int, rule_seed: int, args) -> Path:
+    return cache / f"{name}_{episode}_{_central_tag(args)}_{args.steps}_rule{rule_seed}.npz"
+
+
+def dagger_file(cache: Path, name: str, episode: int, j: int, variant: str, kind: str, rule_seed: int, args) -> Path:
+    # the episode seed and j together fix how many label episodes the imitators were fitted on
+    short = "" if args.steps is None else f"_s{args.steps}"  # full episodes keep their old names
+    return cache / (f"{name}_{episode}_{_central_tag(args)}_dagger{j}_{variant}{kind}_rule{rule_seed}"
+                    f"_k{args.residual_steps}{int(args.raise_power)}e{args.epochs}{short}.npz")
+
+
+def central_eval_file(cache: Path, name: str, episode: int, args) -> Path:
+    short = "" if args.eval_steps is None else f"_s{args.eval_steps}"
+    return cache / f"{name}_central_eval_{episode}_{_central_tag(args)}{short}.json"
+
+
+def central_eval_episodes(env, name: str, args, cache: Path) -> list[dict]:
+    """The central look-ahead on the evaluation episodes (same settings as the labels)."""
+    runs = []
+    for s in EVAL_SEEDS:
+        t0 = time.perf_counter()
+        f = central_eval_file(cache, name, s, args)
+        if f.is_file():
+            runs.append(json.loads(f.read_text()))
+        else:
+            runs.append(play_central(env, s, args.horizon, args.futures, args.candidates, args.eval_steps))
+            f.write_text(json.dumps(runs[-1]))
+        print(f"{name} central eval seed {s}: PF {runs[-1]['pf_utility']:.2f} "
+              f"E {runs[-1]['energy_kj']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return runs
+
+
+def labelled_episodes(env, res: Residual, name: str, seed: int, args, cache: Path) -> list[dict]:
+    """Training seed ``seed``'s label episodes, played by the central look-ahead (or read
+    back from ``cache``)."""
+    eps = []
+    for s in label_seeds(seed, args.episodes, EVAL_SEEDS):
+        f = label_file(cache, name, s, seed, args)
+        if f.is_file():
+            d = dict(np.load(f))
+        else:
+            d = label_episode(env, res, s, args.horizon, args.futures, args.candidates, args.steps)
+            np.savez(f, **d)
+            print(f"{name} seed {seed}: labelled episode {s} in {d['seconds']:.0f} s "
+                  f"({d['forks']} forks), central PF {d['pf'].mean():.2f}", flush=True)
+        eps.append(d)
+    return eps
+
+
+# --- one training seed: its labels, its imitators, their plays --------------------------------
+@dataclass
+class SeedStudy:
+    """What every imitator of one scenario and training seed is fitted on and played against."""
+
+    name: str
+    seed: int
+    env: BaseStationParallelEnv
+    res: Residual  # the training seed's tuned rule and the correction range
+    args: argparse.Namespace
+    cache: Path  # the label cache
+    rule_eval: dict  # the tuned rule's means over the evaluation episodes
+    central_gain: float | None  # the central look-ahead's PF gain over that rule, if played
+
+    @property
+    def on(self) -> np.ndarray:
+        """Stations that are not in outage (the only ones labelled and scored)."""
+        return ~self.env.network.off
+
+
+def label_statistics(study: SeedStudy, eps: list[dict], labels: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """How much the central corrects the rule on the label episodes, and how far the
+    residual range reaches it; its gain there over the rule."""
+    res, on, zero = study.res, study.on, study.res.zero
+    y_all = [lb[0] for lb in labels]
+    nz = np.concatenate([(y[:, on] != zero).any(-1).ravel() for y in y_all])
+    stats = {
+        "seconds_per_episode": float(np.mean([float(d["seconds"]) for d in eps])),
+        "forks_per_episode": float(np.mean([float(d["forks"]) for d in eps])),
+        "steps_per_episode": int(len(eps[0]["pf"])),
+        "central_pf_label_episodes": [float(d["pf"].mean()) for d in eps],
+        "reachable_share": float(np.mean([lb[1][:, on].mean() for lb in labels])),
+        "corrected_share": float(nz.mean()),
+        "per_head_corrected_share": {h: float(np.concatenate([(y[:, on, i] != zero[i]).ravel() for y in y_all]).mean())
+                                     for i, h in enumerate(HEADS)}}
+    # the rule on the same steps the central labelled (all of them unless --steps)
+    rule_label = [play(study.env, res, s, None, study.args.steps)
+                  for s in label_seeds(study.seed, study.args.episodes, EVAL_SEEDS)]
+    stats["rule_pf_label_episodes"] = [r["pf_utility"] for r in rule_label]
+    stats["central_gain_label_episodes"] = [gain(float(d["pf"].mean()), r["pf_utility"])
+                                            for d, r in zip(eps, rule_label)]
+    stats["central_energy_vs_rule_label_episodes"] = [float(d["energy_kj"]) / r["energy_kj"]
+                                                      for d, r in zip(eps, rule_label)]
+    return stats
+
+
+def features(d: dict, variant: str) -> np.ndarray:
+    """(steps, S, d) what each station's imitator sees in episode ``d``."""
+    return d["obs_a"] if variant == "a" else np.concatenate([d["obs_a"], d["obs_b"]], axis=2)
+
+
+def fit_imitators(study: SeedStudy, kind: str, variant: str, eps: list[dict], ys: list[np.ndarray]):
+    """(the models as :class:`Imitators` takes them, one model per station) fitted on
+    ``eps`` with labels ``ys``; a pooled model learns from every station not in outage."""
+    on, res, epochs, S = study.on, study.res, study.args.epochs, study.env.network.n_stations
+    xs = np.concatenate([features(d, variant) for d in eps])
+    y = np.concatenate(ys)
+    if kind == "pooled":
+        m = fit(xs[:, on].reshape(-1, xs.shape[2]), y[:, on].reshape(-1, 3), res.nvec, res.zero, epochs, study.seed)
+        return m, [m] * S
+    ms = [fit(xs[:, s], y[:, s], res.nvec, res.zero, epochs, study.seed * 100 + s) for s in range(S)]
+    return ms, ms
+
+
+def label_accuracy(study: SeedStudy, per_station: list[Heads], variant: str, eps: list[dict],
+                   ys: list[np.ndarray]) -> dict:
+    """Per head, how often the stations' models predict the central's label in ``eps``."""
+    on = study.on
+    x, y = np.concatenate([features(d, variant) for d in eps]), np.concatenate(ys)
+    pred = np.stack([per_station[s].act(x[:, s]) for s in np.flatnonzero(on)], 1)
+    return accuracy(pred.reshape(-1, 3), y[:, on].reshape(-1, 3), study.res.zero)
+
+
+def evaluated(study: SeedStudy, key: str, out: dict, models, variant: str, heads=HEADS) -> dict:
+    """``out`` with the imitators' plays of the evaluation episodes against the tuned rule."""
+    rr = study.rule_eval
+    ev = [play(study.env, study.res, s, Imitators(models, variant, heads, study.res.zero), study.args.eval_steps)
+          for s in EVAL_SEEDS]
+    e = mean(ev)
+    out.update(eval=e, eval_per_seed=ev, pf_gain_vs_tuned_rule=gain(e["pf_utility"], rr["pf_utility"]),
+               p5_gain_vs_tuned_rule=(e["p5_mbps"] - rr["p5_mbps"]) / max(rr["p5_mbps"], 1e-12),
+               energy_vs_tuned_rule=e["energy_kj"] / rr["energy_kj"])
+    if study.central_gain is not None and study.central_gain > 0:
+        out["share_of_central_gain"] = out["pf_gain_vs_tuned_rule"] / study.central_gain
+    ha = out["held_out_accuracy"]
+    print(f"{study.name} seed {study.seed} {key}: PF {out['pf_gain_vs_tuned_rule']:+.2%} "
+          f"p5 {out['p5_gain_vs_tuned_rule']:+.1%} E {out['energy_vs_tuned_rule']:.3f}x "
+          f"corrected {e['corrected_share']:.0%}; held-out acc "
+          + " ".join(f"{h} {ha[h]['policy']:.2f}/{ha[h]['no_correction']:.2f}" for h in (*HEADS, "joint")),
+          flush=True)
+    return out
+
+
+def imitator_rows(study: SeedStudy, variant: str, kind: str, eps: list[dict], ys: list[np.ndarray]) -> dict:
+    """Rows of one variant and model kind: its imitators, for a pooled model also its
+    power-only and offset-only plays and (``--dagger``) its DAgger refit."""
+    _, held = fit_imitators(study, kind, variant, eps[:-1], ys[:-1])
+    out = {"held_out_accuracy": label_accuracy(study, held, variant, eps[-1:], ys[-1:]),
+           "train_accuracy": label_accuracy(study, held, variant, eps[:-1], ys[:-1])}
+    models, _ = fit_imitators(study, kind, variant, eps, ys)
+    key = f"{variant}/{kind}"
+    rows = {key: evaluated(study, key, out, models, variant)}
+    if kind != "pooled":
+        return rows
+    for h in ("power", "cio"):
+        rows[f"{key}/{h}_only"] = evaluated(study, f"{key}/{h}_only", dict(out), models, variant, (h,))
+    if study.args.dagger:
+        rows[f"{key}+dagger{study.args.dagger}"] = dagger_row(study, variant, kind, models, eps, ys)
+    return rows
+
+
+def dagger_row(study: SeedStudy, variant: str, kind: str, models, eps: list[dict], ys: list[np.ndarray]) -> dict:
+    """DAgger: the imitators play further label episodes, the central labels what they
+    visit, and they are refitted on everything after each episode."""
+    args, n = study.args, study.args.episodes
+    d_eps, d_y = list(eps), list(ys)
+    for j, s in enumerate(label_seeds(study.seed, n + args.dagger, EVAL_SEEDS)[n:]):
+        f = dagger_file(study.cache, study.name, s, j, variant, kind, study.seed, args)
+        if f.is_file():
+            d = dict(np.load(f))
+        else:
+            d = dagger_episode(study.env, study.res, s, Imitators(models, variant), args.horizon, args.futures,
+                               args.candidates, args.steps)
+            np.savez(f, **d)
+            print(f"{study.name} seed {study.seed} {variant}/{kind}: DAgger episode {s} in {d['seconds']:.0f} s,"
+                  f" imitators' PF {d['pf'].mean():.2f}", flush=True)
+        d_eps.append(d)
+        d_y.append(residual_labels(d["rule"], d["central"], study.res)[0])
+        models, _ = fit_imitators(study, kind, variant, d_eps, d_y)
+    # held-out accuracy: refit without the held-out central episode
+    _, held = fit_imitators(study, kind, variant, d_eps[:n - 1] + d_eps[n:], d_y[:n - 1] + d_y[n:])
+    out = {"held_out_accuracy": label_accuracy(study, held, variant, eps[-1:], ys[-1:]),
+           "dagger_imitator_pf": [float(d["pf"].mean()) for d in d_eps[n:]]}
+    return evaluated(study, f"{variant}/{kind}+dagger{args.dagger}", out, models, variant)
+
+
+def training_seed_row(env, name: str, seed: int, args, rules: dict, cache: Path, central_eval: list[dict] | None) -> dict:
+    """Everything measured for one training seed: its labels, the tuned rule, the central
+    and every imitator against that rule."""
+    params, source = rule_params(name, seed, rules, args.rules_from)
+    res = Residual(env, params, args.residual_steps, raise_power=args.raise_power)
+    eps = labelled_episodes(env, res, name, seed, args, cache)
+    labels = [residual_labels(d["rule"], d["central"], res) for d in eps]
+    rule_eval = [play(env, res, s, None, args.eval_steps) for s in EVAL_SEEDS]
+    rr = mean(rule_eval)
+    central = None
+    if central_eval is not None:
+        c = mean(central_eval)
+        central = dict(c, pf_gain_vs_tuned_rule=gain(c["pf_utility"], rr["pf_utility"]),
+                       energy_vs_tuned_rule=c["energy_kj"] / rr["energy_kj"])
+    study = SeedStudy(name, seed, env, res, args, cache, rr,
+                      None if central is None else central["pf_gain_vs_tuned_rule"])
+    label_stats = label_statistics(study, eps, labels)
+    row = {"seed": seed, "rule": {"params": params, "from": source}, "labels": label_stats, "tuned_rule": rr,
+           "tuned_rule_per_eval_seed": rule_eval, "imitators": {}}
+    if central is not None:
+        row["central"] = central
+    print(f"{name} seed {seed}: rule eval PF {rr['pf_utility']:.2f} E {rr['energy_kj']:.1f}; labels "
+          f"{label_stats['corrected_share']:.0%} corrected, reach {label_stats['reachable_share']:.0%}; central on "
+          "label episodes " + " ".join(f"{g:+.1%}" for g in label_stats["central_gain_label_episodes"])
+          + " E " + " ".join(f"{g:.2f}x" for g in label_stats["central_energy_vs_rule_label_episodes"]), flush=True)
+    ys = [lb[0] for lb in labels]
+    for variant in _names(args.variants):
+        for kind in _names(args.models):
+            row["imitators"].update(imitator_rows(study, variant, kind, eps, ys))
+    return row
+
+
+def medians(rows: list[dict]) -> dict:
+    """Per imitator, medians over the training seeds, and its PF gain per seed."""
+    summary = {}
+    for key in rows[0]["imitators"]:
+        g = [r["imitators"][key] for r in rows]
+        summary[key] = {f: float(np.median([x[f] for x in g]))
+                        for f in ("pf_gain_vs_tuned_rule", "p5_gain_vs_tuned_rule", "energy_vs_tuned_rule")}
+        summary[key]["pf_gain_per_seed"] = [x["pf_gain_vs_tuned_rule"] for x in g]
+    return summary
+
+
+def scenario_figures(name: str, args, rules: dict, cache: Path) -> dict:
+    env = BaseStationParallelEnv(load_scenario(name))
+    central_eval = central_eval_episodes(env, name, args, cache) if args.central_eval else None
+    rows = [training_seed_row(env, name, seed, args, rules, cache, central_eval)
+            for seed in (int(s) for s in _names(args.train_seeds))]
+    out = {"per_seed": rows, "median": medians(rows)}
+    if central_eval is not None:
+        out["central_eval_per_seed"] = central_eval
+    return out
+
+
+# --- command line ------------------------------------------------------------------------------
+def _names(text: str) -> list[str]:
+    return [s for s in text.split(",") if s]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", default="hotspot", help="comma-separated scenario names (default: hotspot)")
     p.add_argument("--train-seeds", default="0,1,2",
@@ -391,168 +646,22 @@ def main(argv=None) -> int:
     if args.episodes < 2:
         p.error("--episodes: at least 2 (the last one is held out)")
     for option, given, allowed in (("--variants", args.variants, VARIANTS), ("--models", args.models, MODEL_KINDS)):
-        bad = [x for x in given.split(",") if x and x not in allowed]
-        if bad or not given.strip(","):
+        bad = [x for x in _names(given) if x not in allowed]
+        if bad or not _names(given):
             p.error(f"{option}: choose from {', '.join(allowed)}")
-    torch.set_num_threads(1)
-    train_seeds = [int(s) for s in args.train_seeds.split(",") if s]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)  # one core, and torch's fits reproduce exactly
+    cache = Path(args.label_cache)
+    cache.mkdir(parents=True, exist_ok=True)
     rules = rules_from(args.rules_from)
-    lc = Path(args.label_cache)
-    lc.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "label_cache")}
     settings["rules_from"] = _shown(args.rules_from)
-    figures = {"settings": settings, "scenarios": {}}
-    for name in [s for s in args.scenarios.split(",") if s]:
-        cfg = load_scenario(name)
-        env = BaseStationParallelEnv(cfg)
-        rows = []
-        central_eval = None
-        if args.central_eval:
-            central_eval = []
-            for s in EVAL_SEEDS:
-                t0 = time.perf_counter()
-                short = "" if args.eval_steps is None else f"_s{args.eval_steps}"
-                f = lc / f"{name}_central_eval_{s}_h{args.horizon}f{args.futures}{args.candidates}{short}.json"
-                if f.is_file():
-                    central_eval.append(json.loads(f.read_text()))
-                else:
-                    central_eval.append(play_central(env, s, args.horizon, args.futures, args.candidates,
-                                                     args.eval_steps))
-                    f.write_text(json.dumps(central_eval[-1]))
-                print(f"{name} central eval seed {s}: PF {central_eval[-1]['pf_utility']:.2f} "
-                      f"E {central_eval[-1]['energy_kj']:.1f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        for seed in train_seeds:
-            params, source = rule_params(name, seed, rules, args.rules_from)
-            res = Residual(env, params, args.residual_steps, raise_power=args.raise_power)
-            eps = []
-            for s in label_seeds(seed, args.episodes, EVAL_SEEDS):
-                f = lc / f"{name}_{s}_h{args.horizon}f{args.futures}{args.candidates}_{args.steps}_rule{seed}.npz"
-                if f.is_file():
-                    d = dict(np.load(f))
-                else:
-                    d = label_episode(env, res, s, args.horizon, args.futures, args.candidates, args.steps)
-                    np.savez(f, **d)
-                    print(f"{name} seed {seed}: labelled episode {s} in {d['seconds']:.0f} s "
-                          f"({d['forks']} forks), central PF {d['pf'].mean():.2f}", flush=True)
-                eps.append(d)
-            on = ~env.network.off
-            zero = res.zero
-            lab = [residual_labels(d["rule"], d["central"], res) for d in eps]
-            y_all = [lb[0] for lb in lab]
-            reach = float(np.mean([lb[1][:, on].mean() for lb in lab]))
-            nz = np.concatenate([(y[:, on] != zero).any(-1).ravel() for y in y_all])
-            label_stats = {
-                "seconds_per_episode": float(np.mean([float(d["seconds"]) for d in eps])),
-                "forks_per_episode": float(np.mean([float(d["forks"]) for d in eps])),
-                "steps_per_episode": int(len(eps[0]["pf"])),
-                "central_pf_label_episodes": [float(d["pf"].mean()) for d in eps],
-                "reachable_share": reach, "corrected_share": float(nz.mean()),
-                "per_head_corrected_share": {h: float(np.concatenate([(y[:, on, i] != zero[i]).ravel()
-                                                                      for y in y_all]).mean())
-                                             for i, h in enumerate(HEADS)}}
-            # the rule on the same steps the central labelled (all of them unless --steps)
-            rule_label = [play(env, res, s, None, args.steps) for s in label_seeds(seed, args.episodes, EVAL_SEEDS)]
-            label_stats["rule_pf_label_episodes"] = [r["pf_utility"] for r in rule_label]
-            label_stats["central_gain_label_episodes"] = [
-                (float(d["pf"].mean()) - r["pf_utility"]) / abs(r["pf_utility"]) for d, r in zip(eps, rule_label)]
-            label_stats["central_energy_vs_rule_label_episodes"] = [
-                float(d["energy_kj"]) / r["energy_kj"] for d, r in zip(eps, rule_label)]
-            rule_eval = [play(env, res, s, None, args.eval_steps) for s in EVAL_SEEDS]
-            rr = mean(rule_eval)
-            row = {"seed": seed, "rule": {"params": params, "from": source}, "labels": label_stats, "tuned_rule": rr,
-                   "tuned_rule_per_eval_seed": rule_eval, "imitators": {}}
-            if central_eval is not None:
-                c = mean(central_eval)
-                row["central"] = dict(c, pf_gain_vs_tuned_rule=(c["pf_utility"] - rr["pf_utility"]) / abs(rr["pf_utility"]),
-                                      energy_vs_tuned_rule=c["energy_kj"] / rr["energy_kj"])
-            print(f"{name} seed {seed}: rule eval PF {rr['pf_utility']:.2f} E {rr['energy_kj']:.1f}; labels "
-                  f"{label_stats['corrected_share']:.0%} corrected, reach {reach:.0%}; central on label episodes "
-                  + " ".join(f"{g:+.1%}" for g in label_stats["central_gain_label_episodes"])
-                  + " E " + " ".join(f"{g:.2f}x" for g in label_stats["central_energy_vs_rule_label_episodes"]), flush=True)
-            for variant in [v for v in args.variants.split(",") if v]:
-                def X(d):
-                    return d["obs_a"] if variant == "a" else np.concatenate([d["obs_a"], d["obs_b"]], axis=2)
-                def fit_kind(kind, use, ys_list):
-                    xs = np.concatenate([X(d) for d in use])
-                    ys = np.concatenate(ys_list)
-                    if kind == "pooled":
-                        m = fit(xs[:, on].reshape(-1, xs.shape[2]), ys[:, on].reshape(-1, 3), res.nvec, zero,
-                                args.epochs, seed)
-                        return m, [m] * env.network.n_stations
-                    ms = [fit(xs[:, s], ys[:, s], res.nvec, zero, args.epochs, seed * 100 + s)
-                          for s in range(env.network.n_stations)]
-                    return ms, ms
-
-                def acc(models_l, use, ys_list):
-                    xt, yt = np.concatenate([X(d) for d in use]), np.concatenate(ys_list)
-                    pt = np.stack([models_l[s].act(xt[:, s]) for s in np.flatnonzero(on)], 1)
-                    return accuracy(pt.reshape(-1, 3), yt[:, on].reshape(-1, 3), zero)
-
-                def report(key, out, models, heads=HEADS):
-                    imit = Imitators(models, variant, heads, zero)
-                    ev = [play(env, res, s, imit, args.eval_steps) for s in EVAL_SEEDS]
-                    e = mean(ev)
-                    out.update(eval=e, eval_per_seed=ev,
-                               pf_gain_vs_tuned_rule=(e["pf_utility"] - rr["pf_utility"]) / abs(rr["pf_utility"]),
-                               p5_gain_vs_tuned_rule=(e["p5_mbps"] - rr["p5_mbps"]) / max(rr["p5_mbps"], 1e-12),
-                               energy_vs_tuned_rule=e["energy_kj"] / rr["energy_kj"])
-                    if "central" in row and row["central"]["pf_gain_vs_tuned_rule"] > 0:
-                        out["share_of_central_gain"] = out["pf_gain_vs_tuned_rule"] / row["central"]["pf_gain_vs_tuned_rule"]
-                    row["imitators"][key] = out
-                    ha = out["held_out_accuracy"]
-                    print(f"{name} seed {seed} {key}: PF {out['pf_gain_vs_tuned_rule']:+.2%} "
-                          f"p5 {out['p5_gain_vs_tuned_rule']:+.1%} E {out['energy_vs_tuned_rule']:.3f}x "
-                          f"corrected {e['corrected_share']:.0%}; held-out acc "
-                          + " ".join(f"{h} {ha[h]['policy']:.2f}/{ha[h]['no_correction']:.2f}" for h in (*HEADS, "joint")),
-                          flush=True)
-
-                for kind in [m for m in args.models.split(",") if m]:
-                    out = {}
-                    _, held_l = fit_kind(kind, eps[:-1], y_all[:-1])
-                    out["held_out_accuracy"] = acc(held_l, eps[-1:], y_all[-1:])
-                    out["train_accuracy"] = acc(held_l, eps[:-1], y_all[:-1])
-                    models, _ = fit_kind(kind, eps, y_all)
-                    report(f"{variant}/{kind}", out, models)
-                    if kind == "pooled":
-                        for h in ("power", "cio"):
-                            report(f"{variant}/{kind}/{h}_only", dict(out), models, (h,))
-                    if not args.dagger or kind != "pooled":
-                        continue
-                    # DAgger: the imitators play further label episodes, the central labels what they visit
-                    d_eps, d_y = list(eps), list(y_all)
-                    seeds_d = label_seeds(seed, args.episodes + args.dagger, EVAL_SEEDS)[args.episodes:]
-                    for j, s in enumerate(seeds_d):
-                        short = "" if args.steps is None else f"_s{args.steps}"  # full episodes keep their names
-                        f = lc / (f"{name}_{s}_h{args.horizon}f{args.futures}{args.candidates}_dagger{j}_"
-                                  f"{variant}{kind}_rule{seed}_k{args.residual_steps}{int(args.raise_power)}"
-                                  f"e{args.epochs}{short}.npz")
-                        if f.is_file():
-                            d = dict(np.load(f))
-                        else:
-                            d = dagger_episode(env, res, s, Imitators(models, variant), args.horizon, args.futures,
-                                               args.candidates, args.steps)
-                            np.savez(f, **d)
-                            print(f"{name} seed {seed} {variant}/{kind}: DAgger episode {s} in {d['seconds']:.0f} s,"
-                                  f" imitators' PF {d['pf'].mean():.2f}", flush=True)
-                        d_eps.append(d)
-                        d_y.append(residual_labels(d["rule"], d["central"], res)[0])
-                        models, _ = fit_kind(kind, d_eps, d_y)
-                    # held-out accuracy: refit without the held-out central episode
-                    _, held_l = fit_kind(kind, d_eps[:args.episodes - 1] + d_eps[args.episodes:],
-                                         d_y[:args.episodes - 1] + d_y[args.episodes:])
-                    out = {"held_out_accuracy": acc(held_l, eps[-1:], y_all[-1:]),
-                           "dagger_imitator_pf": [float(d["pf"].mean()) for d in d_eps[args.episodes:]]}
-                    report(f"{variant}/{kind}+dagger{args.dagger}", out, models)
-            rows.append(row)
-        summary = {}
-        for key in rows[0]["imitators"]:
-            g = [r["imitators"][key] for r in rows]
-            summary[key] = {f: float(np.median([x[f] for x in g]))
-                            for f in ("pf_gain_vs_tuned_rule", "p5_gain_vs_tuned_rule", "energy_vs_tuned_rule")}
-            summary[key]["pf_gain_per_seed"] = [x["pf_gain_vs_tuned_rule"] for x in g]
-        figures["scenarios"][name] = {"per_seed": rows, "median": summary}
-        if central_eval is not None:
-            figures["scenarios"][name]["central_eval_per_seed"] = central_eval
+    figures = {"settings": settings,
+               "scenarios": {name: scenario_figures(name, args, rules, cache) for name in _names(args.scenarios)}}
     path = write_results("basestation_imitate_central", figures, path=args.out)
     print(f"wrote {path}")
     return 0
