@@ -1,7 +1,15 @@
 """Can stations imitate the central look-ahead? (issue 15: centralised training, decentralised execution)
 
+Measured: no. Hotspot, training seeds 0-2, evaluation seeds 100-102, PF against the tuned
+rule, medians over the training seeds: per-station imitators -10.1 % (a) / -11.5 % (b),
+-8.6 to -14.3 % per seed; pooled -2.7 % (a) / -2.6 % (b); pooled + 4 DAgger episodes
++0.8 % (a; per seed -1.9 / +0.8 / +1.1 %) / -0.3 % (b), + 8 DAgger episodes -0.1 % (a;
+-2.3 / -0.1 / +0.4 %); the central look-ahead itself +11.1 to +13.4 % on the same episodes.
+
 The central look-ahead (:class:`apps.basestation.central.CentralLookahead`: causal,
-expected futures, full state) gains +12.9 % PF over the tuned rule in hotspot. Here its
+expected futures, full state; here without an energy price) gains those +11.1 to +13.4 %
+PF over the three training seeds' tuned rules in hotspot, at 0.87-0.90x their energy (the
+time-domain study's expected-future look-ahead: median +12.9 %). Its
 joint actions label *training* episodes (the look-ahead's label seeds, 30000 + 100 x
 training seed + j; never an evaluation seed), as residual corrections to each station's
 tuned rule (training seed's rule), and each station learns to predict its own label from
@@ -16,22 +24,33 @@ what it can observe:
   cell is that neighbour within 6 dB (A3-like measurement reports), and per slot the
   neighbour's own within-6-dB share and edge SINR (over X2).
 
+Each variant is fitted per station (one model each) and pooled (one model for all
+stations); the pooled model is also played with only its power or only its offset
+corrections (the other heads left to the rule), and with ``--dagger N`` it plays N
+further label episodes in which the central labels the states the imitators visit
+(DAgger), refitted after each.
+
 The imitators then play, deterministically and each on its own observation, the
 evaluation seeds 100-102 against the tuned rule (and the central look-ahead itself,
 same settings as the labels, on the same episodes: how much of its gain they keep).
 Label predictability: on the held-out (last) label episode, per head, the accuracy of
 the imitating policy against "always no correction".
 
+The tuned rules are the time-domain study's (``--rules-from``, tuned there with 0
+restarts and 2 passes); a scenario or training seed that file lacks is tuned here the
+same way (cached under ``runs/``).
+
+The figures above (``benchmarks/results/basestation_imitate_central.json`` and
+``..._dagger8.json``)::
+
     python benchmarks/basestation_imitate_central.py --futures 3 --raise-power --central-eval --dagger 4
     python benchmarks/basestation_imitate_central.py --futures 3 --raise-power --central-eval --dagger 8 \\
         --variants a --models pooled --out benchmarks/results/basestation_imitate_central_dagger8.json
 
-The tuned rules are the time-domain study's (``--rules-from``, tuned there with 0
-restarts and 2 passes); a scenario or training seed that file lacks is tuned here the
-same way (cached under ``runs/``). A labelled episode costs 55-105 s on one core: they
-are kept in ``--label-cache`` and re-runs only fit and play.
-
-Writes ``benchmarks/results/basestation_imitate_central.json`` (``--out`` elsewhere).
+A labelled episode costs 55-105 s on one core (3 per training seed, plus the DAgger
+episodes and 3 central evaluation episodes): they are kept in ``--label-cache`` and
+re-runs only fit and play. Writes ``benchmarks/results/basestation_imitate_central.json``
+(``--out`` elsewhere).
 """
 from __future__ import annotations
 
