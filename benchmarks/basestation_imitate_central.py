@@ -198,9 +198,7 @@ def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizo
         ob.append(x)
         rule.append(res.base.copy())
         played = res.to_env(imitators.corrections(o, x))
-        if net.t > 0:
-            ctrl._a = played.copy()  # the greedy pass starts from what the stations would play
-        cen.append(ctrl.actions(net))
+        cen.append(ctrl.actions(net, start=played))  # the greedy pass starts from what the stations play
         obs, _, _, _, infos = env.step(res.actions_dict(played))
         k = next(iter(infos.values()))
         pf.append(k["pf_utility"])
