@@ -138,10 +138,17 @@ class CentralLookahead:
             self.forks += 1
         return total
 
-    def actions(self, net=None) -> np.ndarray:
-        """The (S, 3) actions for the network's present state (deciding if due)."""
+    def actions(self, net=None, *, start: np.ndarray | None = None) -> np.ndarray:
+        """The (S, 3) actions for the network's present state (deciding if due).
+
+        :param start: the actions the greedy pass starts from after the first step, in
+            place of its own last plan (what the stations actually played, when something
+            else acts and the look-ahead only labels the states it visits: DAgger).
+        """
         net = self.env.network if net is None else net
         t = int(net.t)
+        if start is not None and t > 0:
+            self._a = np.array(start, dtype=np.int64)
         if self._a is None or t == 0:
             self._a = net.default_actions()
             self.decisions = []
