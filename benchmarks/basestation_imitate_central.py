@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import write_results  # noqa: E402
+from basestation_timedomain import episode  # noqa: E402
 from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
 from envs.basestation.network import SINR_OBS_RANGE_DB  # noqa: E402
 from apps.basestation.central import CentralLookahead  # noqa: E402
@@ -160,25 +161,7 @@ def residual_labels(rule: np.ndarray, central: np.ndarray, res: Residual) -> tup
 def label_episode(env, res: Residual, seed: int, horizon: int, futures: int, cands: str, steps: int | None):
     """Play the central look-ahead on episode ``seed`` and record, per step, what each
     station observes (variants a and b), the rule's plan and the central's actions."""
-    t0 = time.perf_counter()
-    net = env.network
-    obs, _ = env.reset(seed=seed)
-    ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
-    oa, ob, rule, cen, pf, energy = [], [], [], [], [], 0.0
-    while env.agents and (steps is None or len(oa) < steps):
-        oa.append(res.observe(obs))
-        ob.append(report_features(net))
-        rule.append(res.base.copy())
-        a = ctrl.actions(net)
-        cen.append(a.copy())
-        obs, _, _, _, infos = env.step(res.actions_dict(a))
-        k = next(iter(infos.values()))
-        pf.append(k["pf_utility"])
-        energy += k["total_power_w"] * env.config.step_duration_s
-    return {"obs_a": np.asarray(oa, np.float32), "obs_b": np.asarray(ob, np.float32),
-            "rule": np.asarray(rule, np.int64), "central": np.asarray(cen, np.int64),
-            "pf": np.asarray(pf), "energy_kj": energy / 1e3, "seconds": time.perf_counter() - t0,
-            "forks": ctrl.forks}
+    return _central_labels(env, res, seed, horizon, futures, cands, steps, imitators=None)
 
 
 def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizon: int, futures: int, cands: str,
@@ -186,6 +169,13 @@ def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizo
     """DAgger: the imitators play episode ``seed`` (or its first ``steps``) and the central
     look-ahead labels every state they visit (its greedy pass starting from the actions the
     stations played)."""
+    return _central_labels(env, res, seed, horizon, futures, cands, steps, imitators=imitators)
+
+
+def _central_labels(env, res: Residual, seed: int, horizon: int, futures: int, cands: str, steps: int | None,
+                    imitators: "Imitators | None") -> dict:
+    """One episode labelled by the central look-ahead, played by it (``imitators`` None)
+    or by the imitators."""
     t0 = time.perf_counter()
     net = env.network
     obs, _ = env.reset(seed=seed)
@@ -197,8 +187,12 @@ def dagger_episode(env, res: Residual, seed: int, imitators: "Imitators", horizo
         oa.append(o)
         ob.append(x)
         rule.append(res.base.copy())
-        played = res.to_env(imitators.corrections(o, x))
-        cen.append(ctrl.actions(net, start=played))  # the greedy pass starts from what the stations play
+        if imitators is None:
+            played = central = ctrl.actions(net)
+        else:
+            played = res.to_env(imitators.corrections(o, x))
+            central = ctrl.actions(net, start=played)  # its greedy pass starts from what the stations play
+        cen.append(central)
         obs, _, _, _, infos = env.step(res.actions_dict(played))
         k = next(iter(infos.values()))
         pf.append(k["pf_utility"])
@@ -281,44 +275,27 @@ def play(env, res: Residual, seed: int, imitators: Imitators | None, steps: int 
     """The tuned rule (``imitators`` None) or the imitators' corrections of it on episode
     ``seed`` (or its first ``steps``)."""
     net = env.network
-    obs, _ = env.reset(seed=seed)
-    pf = p5 = energy = 0.0
-    ho = n = 0
-    moved = 0
-    while env.agents and (steps is None or n < steps):
+    played = moved = 0
+
+    def policy(obs):
+        nonlocal played, moved
         oa = res.observe(obs)
         if imitators is None:
             c = res.zeros()
         else:
             c = imitators.corrections(oa, report_features(net))
             moved += int((c != res.zero).any(1).sum())
-        obs, _, _, _, infos = env.step(res.actions_dict(res.to_env(c)))
-        k = next(iter(infos.values()))
-        pf += k["pf_utility"]
-        p5 += k["p5_user_rate_bps"]
-        energy += k["total_power_w"] * env.config.step_duration_s
-        ho += k["handovers"]
-        n += 1
-    return {"pf_utility": pf / n, "p5_mbps": p5 / n / 1e6, "energy_kj": energy / 1e3, "handovers": ho,
-            "corrected_share": moved / (n * net.n_stations)}
+        played += 1
+        return res.actions_dict(res.to_env(c))
+
+    kpis = episode(env, policy, seed, steps)
+    return {**kpis, "corrected_share": moved / (played * net.n_stations)}
 
 
 def play_central(env, seed: int, horizon: int, futures: int, cands: str, steps: int | None = None) -> dict:
     """The central look-ahead itself on episode ``seed`` (or its first ``steps``)."""
-    obs, _ = env.reset(seed=seed)
-    ctrl = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
-    pf = p5 = energy = 0.0
-    ho = n = 0
-    while env.agents and (steps is None or n < steps):
-        a = ctrl.actions()
-        obs, _, _, _, infos = env.step({ag: a[i] for i, ag in enumerate(env.possible_agents)})
-        k = next(iter(infos.values()))
-        pf += k["pf_utility"]
-        p5 += k["p5_user_rate_bps"]
-        energy += k["total_power_w"] * env.config.step_duration_s
-        ho += k["handovers"]
-        n += 1
-    return {"pf_utility": pf / n, "p5_mbps": p5 / n / 1e6, "energy_kj": energy / 1e3, "handovers": ho}
+    central = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
+    return episode(env, central, seed, steps)
 
 
 def mean(runs):
