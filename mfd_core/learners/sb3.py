@@ -317,8 +317,8 @@ class SB3Learner(Learner):
 
     # ------------------------------------------------------------------ internals
 
-    def _shared_names(self) -> list[str]:
-        return [k for k in self.policy.state_dict() if k.split(".", 1)[0] in self.share]
+    def _is_shared(self, name: str) -> bool:
+        return name.split(".", 1)[0] in self.share
 
     def _obs_tensor(self, x: Tensor | np.ndarray) -> Tensor | dict[str, Tensor]:
         x = torch.as_tensor(x, dtype=torch.float32, device=self.policy.device)
@@ -538,8 +538,8 @@ class SB3Learner(Learner):
         return float(q.mean())
 
     def get_state(self) -> dict[str, Tensor]:
-        state = self.policy.state_dict()
-        return {k: state[k].detach().clone() for k in self._shared_names()}
+        # one walk of the module tree (~0.3 ms; a fleet takes thousands of states a run)
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items() if self._is_shared(k)}
 
     @torch.no_grad()
     def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
