@@ -70,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import write_results  # noqa: E402
-from basestation_timedomain import episode  # noqa: E402
+from basestation_timedomain import episode, mean_kpis as mean  # noqa: E402
 from envs.basestation import BaseStationParallelEnv, load_scenario  # noqa: E402
 from envs.basestation.network import SINR_OBS_RANGE_DB  # noqa: E402
 from apps.basestation.central import CentralLookahead  # noqa: E402
@@ -116,10 +116,10 @@ def report_features(net) -> np.ndarray:
     n = np.maximum(np.bincount(g, minlength=S + 1)[:S], 1)
     w3 = np.bincount(g, weights=(margin < 3.0) & on, minlength=S + 1)[:S] / n
     edge = on & (margin < 6.0)
-    w6 = np.bincount(g, weights=edge, minlength=S + 1)[:S] / n
+    n_edge = np.bincount(g, weights=edge, minlength=S + 1)[:S]
+    w6 = n_edge / n
     lo, hi = SINR_OBS_RANGE_DB
     sinr_n = np.clip((10 * np.log10(np.maximum(net.sinr, 1e-30)) - lo) / (hi - lo), 0, 1)
-    n_edge = np.bincount(g, weights=edge, minlength=S + 1)[:S]
     esinr = np.where(n_edge > 0, np.bincount(g, weights=np.where(edge, sinr_n, 0.0), minlength=S + 1)[:S]
                      / np.maximum(n_edge, 1), 0.0)
     # towards whom: (S, S) share of s's users whose best other cell is j within 6 dB
@@ -296,10 +296,6 @@ def play_central(env, seed: int, horizon: int, futures: int, cands: str, steps: 
     """The central look-ahead itself on episode ``seed`` (or its first ``steps``)."""
     central = CentralLookahead(env, horizon=horizon, futures=futures, candidates=cands, seed=seed)
     return episode(env, central, seed, steps)
-
-
-def mean(runs):
-    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
 
 def gain(x: float, ref: float) -> float:
