@@ -531,7 +531,8 @@ def quantise_int8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     :raises ValueError: for non-finite values, or a range no binary32 scale can span.
     """
     # numpy from here: the same IEEE float64 arithmetic and round-half-to-even as torch's,
-    # at a fifth of the per-call cost (a fleet quantises ~36 small tensors per share)
+    # at about half the per-call cost (1.6x for 64 elements, 2x for 16k; a fleet quantises
+    # ~36 small tensors per share)
     x64 = x.detach().cpu().to(torch.float64).reshape(-1).numpy()
     if x64.size == 0:
         return torch.empty(x.shape, dtype=torch.int8), 1.0, 0
