@@ -14,9 +14,11 @@ For fp32 MLP state_dicts of about 1M and 25M parameters, at MTU 1,400 and 65,535
 - crc: the CRC32C of every datagram, as the packet spec has a receiver check it and a
   sender compute it (``packet.checksum_of``, one call per datagram): what no implementation
   of the wire format can skip, and what ``torch.save``/``torch.load`` do not do. With the
-  copy it is the floor of a codec in Python with the CRC32C libraries there are (the
-  ``crc32c`` package runs at the CPU's CRC instruction's speed; ``google-crc32c`` measured
-  the same here): ``*_floor`` figures say how fast a codec with nothing else to do would be.
+  copy it is the floor of a codec in Python with the CRC32C libraries there are (we use
+  ``fastcrc``, which folds with the CPU's carry-less multiply: 45-49 GB/s on 64 KiB here,
+  against 20-23 for the ``crc32c`` and ``google-crc32c`` packages, which run the CRC32
+  instruction, and 113 against 189 ns a call on 1,400 bytes): ``*_floor`` figures say how
+  fast a codec with nothing else to do would be.
 
 Interleaved (issue 13): every repeat runs ours-encode, torch.save, copy, crc, then
 ours-decode, torch.load, copy, crc, one after the other, and every other repeat runs each

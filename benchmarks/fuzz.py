@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from crc32c import crc32c
+from fastcrc.crc32 import iscsi as crc32c
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402

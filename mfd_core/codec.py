@@ -24,10 +24,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from crc32c import crc32c
 
 from . import packet
-from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, LimitError, PacketError, Run
+from .packet import ENCODING_CODE, ENCODINGS, MANIFEST_TENSOR, Fragment, LimitError, PacketError, Run, crc32c
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp64")
 MANIFEST_FORMAT = 1

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from crc32c import crc32c
+from fastcrc.crc32 import iscsi as crc32c
 from test_packet_vectors import MODEL, PARAMS, VECTORS
 
 from mfd_core import codec, packet

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from crc32c import crc32c
+from fastcrc.crc32 import iscsi as crc32c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
