@@ -457,6 +457,9 @@ _HEADER_BYTES = np.arange(HEADER_SIZE, dtype=np.intp)
 _PREFIX_BYTES = np.arange(_COVERED_PREFIX, dtype=np.intp)
 # Where the checksummed prefix goes so that it runs straight into the payload.
 _PREFIX_SHIFT = HEADER_SIZE - _COVERED_PREFIX
+# At most this many stretches of evenly spaced datagrams are read through a strided view
+# each (~2 us of array set-up a stretch); past it the bytes are gathered.
+STRETCHES_MAX = 16
 
 
 def checksum_of(datagram: memoryview) -> int:
@@ -471,18 +474,52 @@ def lead_word(flags: int, encoding: int, *, quantised: bool = False) -> int:
     return (MAGIC << 24) | (((VERSION << 4) | flags) << 16) | (header_len << 8) | encoding
 
 
+def _even_stretches(starts: np.ndarray, size: int | None) -> list[tuple[int, int, int]] | None:
+    """``(first, stop, spacing)`` of each stretch of datagrams whose starts in a buffer lie
+    ``spacing`` bytes apart, the first starting a new stretch; None where there are too
+    many stretches for a strided view each to pay (a gather reads the bytes instead).
+
+    A run's window is back-to-back datagrams of one size but for a tensor's last, shorter
+    one, so it is a few long stretches: read through strided views, its headers cost ~10x
+    less than gathered (a 1M model at MTU 1,400: 2 windows of 1,455-1,501 datagrams, each
+    holding one short datagram)."""
+    n = len(starts)
+    if size is not None or n < 2:
+        return [(0, n, size or 0)]
+    gaps = np.diff(starts)
+    changes = (np.flatnonzero(gaps[1:] != gaps[:-1]) + 1).tolist()
+    if len(changes) > 2 * STRETCHES_MAX:
+        return None
+    stretches, first, k = [], 0, 0
+    while first < n:
+        while k < len(changes) and changes[k] <= first:
+            k += 1
+        stop = changes[k] + 1 if k < len(changes) else n  # datagram changes[k] ends the stretch
+        stretches.append((first, stop, int(gaps[first]) if first < n - 1 else 0))
+        first = stop
+    return stretches if len(stretches) <= STRETCHES_MAX else None
+
+
+def _rows(buf: np.ndarray, start: int, count: int, spacing: int, width: int) -> np.ndarray:
+    """``count`` rows of ``width`` bytes from ``start`` of ``buf``, ``spacing`` bytes apart: a view."""
+    return np.ndarray((count, width), dtype=np.uint8, buffer=buf, offset=start, strides=(spacing, 1))
+
+
 def header_records(buf: np.ndarray, starts: np.ndarray, size: int | None = None) -> np.ndarray:
     """The fixed headers of the datagrams that start at ``starts`` in ``buf`` (uint8, each
     datagram at least :data:`HEADER_SIZE` long) as :data:`HEADER_DTYPE` records, copied.
 
-    :param size: every datagram is this long and they lie back to back from ``starts[0]``:
-        the headers are read through one strided view instead of gathered.
+    :param size: every datagram is this long and they lie back to back from ``starts[0]``
+        (otherwise stretches of evenly spaced datagrams are found, see _even_stretches):
+        the headers are read through one strided view a stretch instead of gathered.
     """
-    if size is not None:
-        rows = buf[starts[0]:starts[0] + len(starts) * size].reshape(len(starts), size)[:, :HEADER_SIZE]
-        rows = rows.copy()
-    else:
+    stretches = _even_stretches(starts, size)
+    if stretches is None:
         rows = buf[starts[:, None] + _HEADER_BYTES]
+    else:
+        rows = np.empty((len(starts), HEADER_SIZE), dtype=np.uint8)
+        for first, stop, spacing in stretches:
+            rows[first:stop] = _rows(buf, int(starts[first]), stop - first, spacing, HEADER_SIZE)
     return rows.view(HEADER_DTYPE).reshape(-1)
 
 
@@ -494,12 +531,14 @@ def checksums_in_place(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, si
     (:func:`header_records`). ``size`` as there."""
     if not len(starts):
         return []
-    if size is not None:
-        rows = buf[starts[0]:starts[0] + len(starts) * size].reshape(len(starts), size)
-        rows[:, _PREFIX_SHIFT:HEADER_SIZE] = rows[:, :_COVERED_PREFIX].copy()
-    else:
+    stretches = _even_stretches(starts, size)
+    if stretches is None:
         where = starts[:, None] + _PREFIX_BYTES
         buf[where + _PREFIX_SHIFT] = buf[where]
+    else:
+        for first, stop, spacing in stretches:
+            rows = _rows(buf, int(starts[first]), stop - first, spacing, HEADER_SIZE)
+            rows[:, _PREFIX_SHIFT:] = rows[:, :_COVERED_PREFIX].copy()
     view = memoryview(buf)
     return [crc32c(view[a:b]) for a, b in zip((starts + _PREFIX_SHIFT).tolist(), ends.tolist())]
 

@@ -136,6 +136,8 @@ _RUN_HEAD = struct.Struct(">IHHIIIIHBHB")
 
 def _cut(window: list, sizes: list[int]) -> None:
     """Cut a run's window (and its sizes) to RUN_BYTES bytes, one datagram at least."""
+    if sum(sizes) <= RUN_BYTES:
+        return
     keep = max(1, bisect_right(list(itertools.accumulate(sizes)), RUN_BYTES))
     del window[keep:], sizes[keep:]
 
@@ -482,7 +484,9 @@ class Reassembler:
         # start); it is cut before any of a few more datagrams (its first quarter's end,
         # its middle, its last) that does not, then to RUN_BYTES.
         first_index = (index_hi << 8) | index_lo
-        end = min(len(batch), position + RUN_DATAGRAMS)
+        # as many as RUN_BYTES holds of datagrams of the first's size (_cut below trims it
+        # to RUN_BYTES where later ones are longer)
+        end = min(len(batch), position + max(RUN_MIN_DATAGRAMS, min(RUN_DATAGRAMS, RUN_BYTES // len(first))))
         for probe in range(position + 1, position + 1 + RUN_PRESCAN):
             later = batch[probe]
             if type(later) is not kind or len(later) < HEADER_SIZE:
@@ -603,8 +607,13 @@ class Reassembler:
             block[at:at + rows * width].reshape(rows, width)[...] = (
                 buf[source:source + rows * stride].reshape(rows, stride)[:, HEADER_SIZE:HEADER_SIZE + width])
         msg.ranges.frombytes(np.stack((tensor, element_start, elements), axis=1).tobytes())
+        # Their bits, set as one OR of a packed range: the indices are increasing and unseen,
+        # and ufunc.at costs ~0.1 us an index (8% of a 1M model's decode at MTU 1,400).
+        low = int(index[0]) >> 3
+        marks = np.zeros(((int(index[taken - 1]) >> 3) + 1 - low) * 8, dtype=bool)
+        marks[index[:taken] - 8 * low] = True
         seen_bytes = np.frombuffer(msg.seen, dtype=np.uint8)
-        np.bitwise_or.at(seen_bytes, index[:taken] >> 3, (1 << (index[:taken] & 7)).astype(np.uint8))
+        seen_bytes[low:low + len(marks) // 8] |= np.packbits(marks, bitorder="little")
         msg.received += taken
         msg.last = now
         hops = int(head["hops"][:taken].max())

@@ -72,6 +72,20 @@ def test_one_size_back_to_back_reads_through_a_view():
     assert bytes(buf[6:42]) == batch[0][:36] and bytes(buf[42:size]) == batch[0][42:]
 
 
+@pytest.mark.parametrize("stretches_max", [packet.STRETCHES_MAX, 0])
+def test_a_window_of_stretches_reads_what_a_gather_reads(monkeypatch, stretches_max):
+    # a run's window: full fragments back to back, a tensor's short last one between them
+    every = datagrams(1400) + datagrams(1400, seed=1)[1:]
+    sizes = {len(d) for d in every}
+    assert len(sizes) > 2
+    buf, starts, ends = joined(every)
+    expected = [int.from_bytes(d[38:42], "big") for d in every]
+    monkeypatch.setattr(packet, "STRETCHES_MAX", stretches_max)  # 0: every stretch gathered
+    records = packet.header_records(buf, starts)
+    assert [record_fields(r) for r in records] == [fields(packet.parse(d)) for d in every]
+    assert packet.checksums_in_place(buf, starts, ends) == expected
+
+
 def test_a_changed_byte_changes_the_checksum_computed():
     batch = datagrams(1400)[:8]
     damaged = [bytearray(d) for d in batch]
