@@ -26,8 +26,11 @@ from .codec import (MANIFEST_PREFIX, MANIFEST_ZLIB, MAX_MANIFEST_BYTES, Layout, 
                     decode_block, decode_tensor, delivery_nbytes, manifest_body_length, manifest_extras, manifest_json)
 from .packet import (ENCODING_CODE, ENCODING_CONTROL, ENCODING_INT8, ENCODINGS, FLAG_AUTH, FLAG_MANIFEST, FLAG_QUANT,
                      HEADER_SIZE, MAX_DATAGRAM, MAX_PAYLOAD, AuthError, LimitError, Packet, PacketError,
-                     batch_checksums, check_key, checksum_of, checksums_in_place, header_records, lead_word,
+                     SpareBuffer, batch_checksums, check_key, checksum_of, checksums_in_place, header_records, lead_word,
                      parse)
+
+# The block of a received model: the last one's memory once its tensors are all gone.
+_BLOCKS = SpareBuffer()
 
 # Linux waits 30 s for the fragments of an IP datagram (net.ipv4.ipfrag_time); a model
 # message is larger but our links are simulated or local, so the same default serves.
@@ -1120,8 +1123,9 @@ class Reassembler:
         msg.specs = [(spec.name, spec.shape, spec.dtype, spec.encoding, spec.scale, spec.zero_point) for spec in specs]
         msg.layout = (manifest.family_id, nbytes)
         # Not zeroed: a complete message overwrites every byte, and a partial delivery
-        # zeroes what did not arrive (see _finish).
-        msg.block = np.empty(end, dtype=np.uint8)
+        # zeroes what did not arrive (see _finish). The delivered tensors are views of the
+        # block: it is the next message's once they are all gone (SpareBuffer).
+        msg.block = _BLOCKS.take(end)
         msg.view = memoryview(msg.block)
         msg.offsets = offsets
         msg.tensors = [(ENCODING_CODE[spec.encoding], spec.itemsize, spec.numel, spec.scale, spec.zero_point, offset)

@@ -1,17 +1,26 @@
-"""A build writes into the last large build's buffer only once no datagram of that build is left.
+"""Spare buffers: memory is written again only once nothing holds what was in it.
 
-``packet.build`` keeps its last output buffer (SPARE_MIN_BYTES to SPARE_MAX_BYTES) so that a
-node re-encoding a model of the same size writes into memory the kernel has already handed
-over. A datagram still held anywhere (a send queue, a caller's list) must never change.
+``packet.build`` keeps its last output buffer, and a Reassembler the block of the last model
+it delivered (``packet.SpareBuffer``), so that a node encoding or receiving a model of the
+same size again writes into memory the kernel has already handed over. A datagram still
+held anywhere (a send queue, a caller's list), or a tensor of a received model, must never
+change.
 """
 from __future__ import annotations
 
 import gc
 
 import numpy as np
+import pytest
 import torch
 
-from mfd_core import codec, reassembly
+from mfd_core import codec, packet, reassembly
+
+
+@pytest.fixture(autouse=True)
+def small_spares(monkeypatch):
+    """Spares from 1 MiB (64 MiB by default: past the last-level cache), so that a 2 MB model has one."""
+    monkeypatch.setattr(packet, "SPARE_MIN_BYTES", 1 << 20)
 
 
 def state(shift: float = 0.0) -> dict[str, torch.Tensor]:
@@ -55,3 +64,45 @@ def test_a_released_buffer_is_written_again_and_decodes_to_the_new_model():
     assert address(after) == where  # reused: the same memory
     (received,) = reassembly.Reassembler().receive_many(after, 0.0)
     assert received.complete and all(torch.equal(received.state[k], model[k]) for k in model)
+
+
+def receive(datagrams):
+    (received,) = reassembly.Reassembler().receive_many(datagrams, 0.0)
+    assert received.complete
+    return received.state
+
+
+def test_a_received_model_still_held_is_never_written_over():
+    first = receive(encode(state(), 1))
+    kept = {k: v.clone() for k, v in first.items()}
+    second = receive(encode(state(1.0), 2))
+    assert all(torch.equal(first[k], kept[k]) for k in kept)
+    assert second["w"].data_ptr() != first["w"].data_ptr()
+    weight = first["w"]  # one tensor held keeps the whole block
+    del first
+    gc.collect()
+    third = receive(encode(state(2.0), 3))
+    assert torch.equal(weight, kept["w"]) and third["w"].data_ptr() != weight.data_ptr()
+
+
+def test_a_released_model_s_memory_takes_the_next_one():
+    first = receive(encode(state(), 1))
+    where = first["w"].data_ptr()
+    del first
+    gc.collect()
+    model = state(7.0)
+    second = receive(encode(model, 2))
+    assert second["w"].data_ptr() == where
+    assert all(torch.equal(second[k], model[k]) for k in model)
+
+
+def test_a_spare_is_handed_out_only_within_its_bounds():
+    spare = packet.SpareBuffer(min_bytes=1000, max_bytes=10_000)
+    small = spare.take(500)  # under the bounds: never kept
+    del small
+    big = spare.take(5_000)
+    address = big.ctypes.data
+    del big
+    assert spare.take(4_000).ctypes.data == address  # fits, at most twice as long, free
+    assert spare.take(2_000).ctypes.data != address  # more than twice as long: not handed out
+    assert spare.take(20_000).ctypes.data != address  # too long to keep
