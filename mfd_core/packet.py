@@ -769,7 +769,7 @@ def build(
 
 # Buffers of this many bytes are kept for reuse (SpareBuffer): past the last-level cache.
 SPARE_MIN_BYTES = 64 << 20
-SPARE_MAX_BYTES = 1 << 30
+SPARE_MAX_BYTES = 512 << 20  # the most a slot holds on to unused: a model of 128M fp32 parameters
 
 
 class SpareBuffer:
