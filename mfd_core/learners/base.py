@@ -13,7 +13,23 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-__all__ = ["Learner", "only_trainable"]
+__all__ = ["Learner", "check_state", "only_trainable"]
+
+
+def check_state(state: Mapping[str, Tensor], local: Mapping[str, Tensor], *, what: str = "shape",
+                hint: str = "") -> None:
+    """Every tensor of ``state`` is one of ``local``'s, of the same shape.
+
+    :param what: how the message names the incoming tensor's shape ("candidate shape").
+    :param hint: what the message adds after a shape mismatch.
+    :raises KeyError: a tensor the model does not have.
+    :raises ValueError: a tensor of another shape.
+    """
+    for key, value in state.items():
+        if key not in local:
+            raise KeyError(f"{key!r} is not a tensor of this model")
+        if value.shape != local[key].shape:
+            raise ValueError(f"{key}: {what} {tuple(value.shape)} != local {tuple(local[key].shape)}{hint}")
 
 
 @contextmanager

@@ -63,7 +63,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from mfd_core.knowledge import distillation_loss
-from mfd_core.learners.base import Learner, only_trainable
+from mfd_core.learners.base import Learner, check_state, only_trainable
 
 __all__ = ["SharedEnvCommons", "SharedEnvLearner", "Transitions", "StackedPolicies", "policy_actions",
            "gaussian_actions", "actor_logits", "make_ppo"]
@@ -556,11 +556,8 @@ class SharedEnvLearner(Learner):
         """The commons' scratch policy holding this model with ``state`` written over it."""
         scratch = self.commons.scratch_policy(self)
         full = self.get_state()
+        check_state(state, full, what="candidate shape")
         for key, value in state.items():
-            if key not in full:
-                raise KeyError(f"{key!r} is not a tensor of this model")
-            if value.shape != full[key].shape:
-                raise ValueError(f"{key}: candidate shape {tuple(value.shape)} != local {tuple(full[key].shape)}")
             full[key] = value.to(full[key].dtype)
         scratch.load_state_dict(full, strict=False)
         return scratch
@@ -584,12 +581,9 @@ class SharedEnvLearner(Learner):
     @torch.no_grad()
     def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
         local = self.policy.state_dict()
+        check_state(state, local)
         for key, value in state.items():
-            if key not in local:
-                raise KeyError(f"{key!r} is not a tensor of this model")
             dst = local[key]
-            if value.shape != dst.shape:
-                raise ValueError(f"{key}: shape {tuple(value.shape)} != local {tuple(dst.shape)}")
             mask = None if masks is None else masks.get(key)
             if mask is None:
                 dst.copy_(value)

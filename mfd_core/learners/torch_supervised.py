@@ -16,7 +16,7 @@ from torch.func import functional_call
 from torch.optim.adam import adam as _adam
 
 from mfd_core.knowledge import distillation_loss
-from mfd_core.learners.base import Learner, only_trainable
+from mfd_core.learners.base import Learner, check_state, only_trainable
 
 __all__ = ["FusedAdam", "TorchSupervisedLearner"]
 
@@ -317,12 +317,7 @@ class TorchSupervisedLearner(Learner):
             self.model.eval()
         if state is None:
             return self._metric(self.model(self.x_val), self.y_val)
-        local = self._state_tensors()
-        for key, value in state.items():
-            if key not in local:
-                raise KeyError(f"{key!r} is not a tensor of this model")
-            if value.shape != local[key].shape:
-                raise ValueError(f"{key}: candidate shape {tuple(value.shape)} != local {tuple(local[key].shape)}")
+        check_state(state, self._state_tensors(), what="candidate shape")
         # functional_call runs the module with the candidate tensors swapped in for this
         # call only: the learner's own parameters are never touched.
         out = functional_call(self.model, dict(state), (self.x_val,), strict=False)
@@ -341,15 +336,9 @@ class TorchSupervisedLearner(Learner):
     @torch.no_grad()
     def set_state(self, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
         local = self._state_tensors()  # the model's own tensors
+        check_state(state, local, hint="; fit other widths with mfd_core.scaling.absorb / merge_overlapping first")
         for key, value in state.items():
-            if key not in local:
-                raise KeyError(f"{key!r} is not a tensor of this model")
             dst = local[key]
-            if value.shape != dst.shape:
-                raise ValueError(
-                    f"{key}: shape {tuple(value.shape)} != local {tuple(dst.shape)}; "
-                    "fit other widths with mfd_core.scaling.absorb / merge_overlapping first"
-                )
             mask = None if masks is None else masks.get(key)
             if mask is None:
                 dst.copy_(value)
