@@ -533,15 +533,25 @@ def checksums_in_place(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, si
     if not len(starts):
         return []
     stretches = _even_stretches(starts, size)
+    view = memoryview(buf)
     if stretches is None:
         where = starts[:, None] + _PREFIX_BYTES
         buf[where + _PREFIX_SHIFT] = buf[where]
-    else:
-        for first, stop, spacing in stretches:
-            rows = _rows(buf, int(starts[first]), stop - first, spacing, HEADER_SIZE)
-            rows[:, _PREFIX_SHIFT:] = rows[:, :_COVERED_PREFIX].copy()
-    view = memoryview(buf)
-    return [crc32c(view[a:b]) for a, b in zip((starts + _PREFIX_SHIFT).tolist(), ends.tolist())]
+        return [crc32c(view[a:b]) for a, b in zip((starts + _PREFIX_SHIFT).tolist(), ends.tolist())]
+    crcs: list[int] = []
+    for first, stop, spacing in stretches:
+        rows = _rows(buf, int(starts[first]), stop - first, spacing, HEADER_SIZE)
+        rows[:, _PREFIX_SHIFT:] = rows[:, :_COVERED_PREFIX].copy()
+        # All but a stretch's last datagram are `spacing` bytes long (all of them, given
+        # `size`): their covered bytes are the rows of a strided view, whose iteration
+        # hands out row views at less cost than slicing a memoryview (~0.1 us a datagram).
+        full = stop - first if size is not None else stop - first - 1
+        if full > 0:
+            crcs.extend(map(crc32c, _rows(buf, int(starts[first]) + _PREFIX_SHIFT, full, spacing,
+                                          spacing - _PREFIX_SHIFT)))
+        for k in range(first + max(full, 0), stop):
+            crcs.append(crc32c(view[int(starts[k]) + _PREFIX_SHIFT:int(ends[k])]))
+    return crcs
 
 
 def _length_or_zero(obj) -> int:

@@ -585,7 +585,9 @@ class Reassembler:
         # CRC32C: the values checked ahead as they are, the others computed here
         ahead = [pending.popleft() for _ in range(min(len(pending), taken))]
         ahead += itertools.islice(checks, taken - len(ahead))
-        if None in ahead:
+        if ahead.count(None) == taken:  # small datagrams: none computed ahead (the usual case)
+            crcs = checksums_in_place(buf, starts[:taken], ends[:taken], uniform)
+        elif None in ahead:
             computed = checksums_in_place(buf, starts[:taken], ends[:taken], uniform)
             crcs = [known if known is not None else crc for known, crc in zip(ahead, computed)]
         else:
