@@ -592,7 +592,7 @@ class Reassembler:
             crcs = [known if known is not None else crc for known, crc in zip(ahead, computed)]
         else:
             crcs = ahead
-        corrupted = np.flatnonzero(np.array(crcs, dtype=np.int64) != head["checksum"][:taken])
+        corrupted = np.flatnonzero(np.asarray(crcs, dtype=np.int64) != head["checksum"][:taken])
         if len(corrupted):
             taken = int(corrupted[0])
             pending.extendleft(reversed(ahead[taken:]))  # for _take, which refuses the corrupted one
