@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import struct
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -137,12 +137,17 @@ _VARIABLE = struct.Struct(">H16xHB3xIHxBI")
 _RUN_HEAD = struct.Struct(">IHHIIIIHBHB")
 
 
-def _cut(window: list, sizes: list[int]) -> None:
-    """Cut a run's window (and its sizes) to RUN_BYTES bytes, one datagram at least."""
-    if sum(sizes) <= RUN_BYTES:
-        return
-    keep = max(1, bisect_right(list(itertools.accumulate(sizes)), RUN_BYTES))
-    del window[keep:], sizes[keep:]
+def _cut(window: list) -> np.ndarray:
+    """The lengths of a run's window's datagrams, the window cut (in place, with them) to
+    RUN_BYTES bytes, one datagram at least. Read into an array directly: a list of the
+    lengths and its conversion cost ~35 us more a window of 1,400-byte datagrams."""
+    lengths = np.fromiter(map(len, window), dtype=np.int64, count=len(window))
+    ends = np.cumsum(lengths)
+    if len(ends) and ends[-1] > RUN_BYTES:
+        keep = max(1, int(np.searchsorted(ends, RUN_BYTES, side="right")))
+        del window[keep:]
+        lengths = lengths[:keep]
+    return lengths
 
 
 @dataclass(frozen=True)
@@ -519,10 +524,9 @@ class Reassembler:
             end = probe
         window = batch[position:end]
         try:
-            sizes = list(map(len, window))
-            _cut(window, sizes)
+            lengths = _cut(window)
             joined = bytearray().join(window)
-            if len(joined) != sum(sizes):
+            if len(joined) != int(lengths.sum()):
                 raise ValueError("a view whose len() is not its byte count")
         except (TypeError, ValueError):
             # something other than a flat byte string (the bytes of anything else may not be
@@ -536,20 +540,18 @@ class Reassembler:
                     break
             if not window:
                 return 0
-            sizes = list(map(len, window))
-            _cut(window, sizes)
+            lengths = _cut(window)
             joined = bytearray().join(window)
         del window
         buf = np.frombuffer(joined, dtype=np.uint8)
-        lengths = np.array(sizes, dtype=np.int64)
         ends = np.cumsum(lengths)
         starts = ends - lengths
         odd = np.flatnonzero((lengths < HEADER_SIZE) | (lengths > MAX_DATAGRAM))
-        usable = int(odd[0]) if len(odd) else len(sizes)
+        usable = int(odd[0]) if len(odd) else len(lengths)
         if not usable:
             return 0
         lengths, starts, ends = lengths[:usable], starts[:usable], ends[:usable]
-        uniform = sizes[0] if lengths.min() == lengths.max() else None
+        uniform = int(lengths[0]) if lengths.min() == lengths.max() else None
         head = header_records(buf, starts, uniform)
         tables = msg.arrays
         if tables is None:
