@@ -133,8 +133,10 @@ RUN_LARGE_DATAGRAM = 8 << 10
 # The fields of a datagram of a large run that are not the same in all: tensor index,
 # fragment index, element start, payload length, hops, checksum (bytes 6..41, TTL skipped).
 _VARIABLE = struct.Struct(">H16xHB3xIHxBI")
-# The fields a run attempt reads from the datagrams it glances at, without checking them.
+# The fields a run attempt reads from the datagrams it glances at, without checking them,
+# and from its first datagram (up to the element start and payload length).
 _RUN_HEAD = struct.Struct(">IHHIIIIHBHB")
+_RUN_FIRST = struct.Struct(">IHHIIIIHBHBIH")
 
 
 def _cut(window: list) -> np.ndarray:
@@ -473,8 +475,8 @@ class Reassembler:
         if (kind is not bytes and kind is not memoryview and kind is not bytearray) or len(first) < HEADER_SIZE:
             return -1
         try:
-            (lead, message_id, _, family_id, model_version, origin, destination, index_hi, index_lo,
-             count_hi, count_lo) = _RUN_HEAD.unpack_from(first)
+            (lead, message_id, tensor_index, family_id, model_version, origin, destination, index_hi, index_lo,
+             count_hi, count_lo, element_start, payload_len) = _RUN_FIRST.unpack_from(first)
         except (struct.error, TypeError, ValueError, BufferError):
             return -1
         item = _RUN_LEADS.get(lead)
@@ -483,6 +485,10 @@ class Reassembler:
         msg = self._open.get((origin, message_id))
         fragment_count = (count_hi << 8) | count_lo
         if msg is None or msg.tensors is None or msg.ident != (fragment_count, family_id, model_version, destination):
+            return -1
+        if tensor_index >= len(msg.tensors) or element_start + payload_len // item > msg.tensors[tensor_index][2]:
+            # a fragment across a tensor's end (small tensors share datagrams), which a run
+            # does not place, or one _take refuses: one by one, and a run may start after it
             return -1
         if len(first) >= RUN_LARGE_DATAGRAM:
             return self._take_large_run(batch, position, now, checks, pending, out, errors, msg, item)
