@@ -105,17 +105,14 @@ def test_a_run_starts_again_right_after_fragments_across_tensor_ends(runs_taken)
     layers = torch.nn.Sequential(torch.nn.Linear(316, 316), torch.nn.ReLU(), torch.nn.Linear(316, 316))
     state = {k: v.detach().clone() for k, v in layers.state_dict().items()}
     datagrams = send(state, mtu=1400)
+    numels = [v.numel() for v in state.values()]
     across = [k for k, d in enumerate(datagrams[1:], 1)
-              if (p := packet.parse(d)).element_start + len(p.payload) // 4 > state_numels(state)[p.tensor_index]]
+              if (p := packet.parse(d)).element_start + len(p.payload) // 4 > numels[p.tensor_index]]
     assert len(across) >= 2  # what this test is about
     (got,) = same_outcome([(0.0, datagrams)])
     assert got.complete and all(torch.equal(got.state[k], v) for k, v in state.items())
     # everything but the manifest and those went by runs: no quiet spell after them
     assert sum(t for t in runs_taken if t > 0) == len(datagrams) - 1 - len(across)
-
-
-def state_numels(state) -> list[int]:
-    return [v.numel() for v in state.values()]
 
 
 def test_views_of_one_buffer_as_a_sender_makes_them(runs_taken):
