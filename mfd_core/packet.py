@@ -283,14 +283,9 @@ def _nbytes(payload) -> int:
     return payload.nbytes if isinstance(payload, (memoryview, np.ndarray)) else len(payload)
 
 
-def _crc(buf: memoryview, end: int) -> int:
-    """CRC32C over the datagram except TTL, hop count and the checksum field itself."""
-    return crc32c(buf[end:], crc32c(buf[:_COVERED_PREFIX]))
-
-
 def _crc_list(bufs: Sequence[memoryview]) -> list[int]:
-    """:func:`_crc` of each datagram in ``bufs``; the GIL is released over every payload."""
-    return [crc32c(b[HEADER_SIZE:], crc32c(b[:_COVERED_PREFIX])) for b in bufs]
+    """:func:`checksum_of` each datagram in ``bufs``; the GIL is released over every payload."""
+    return list(map(checksum_of, bufs))
 
 
 _crc_pool: ThreadPoolExecutor | None = None
@@ -337,8 +332,7 @@ def _crc_into(out: list, bufs: Sequence[memoryview], order: Iterator[int]) -> No
     """Take indices from ``order`` (shared by the threads of one batch) until none are left,
     and set ``out[i]`` to the CRC of ``bufs[i]``; the GIL is released over every payload."""
     for i in order:
-        b = bufs[i]
-        out[i] = crc32c(b[HEADER_SIZE:], crc32c(b[:_COVERED_PREFIX]))
+        out[i] = checksum_of(bufs[i])
 
 
 def _crc_threads(nbytes: int) -> int:
@@ -351,7 +345,7 @@ def _crc_threads(nbytes: int) -> int:
 
 
 def _crcs(bufs: Sequence[memoryview], threads: int) -> list[int]:
-    """:func:`_crc` of each datagram in ``bufs`` (each at least a header long), in order.
+    """:func:`checksum_of` each datagram in ``bufs`` (each at least a header long), in order.
 
     With ``threads`` > 1 (from :func:`_crc_threads`), the caller and ``threads - 1``
     helpers take the datagrams one at a time from a shared counter until none are left: a
@@ -805,22 +799,22 @@ class SpareBuffer:
     def __init__(self, min_bytes: int | None = None, max_bytes: int | None = None) -> None:
         # None: the module's SPARE_MIN_BYTES / SPARE_MAX_BYTES, read at each take
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
-        self._slot: list[np.ndarray | None] = [None]
+        self._spare: np.ndarray | None = None
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> np.ndarray:
         """``nbytes`` uninitialised bytes: the spare when it fits (at most twice as long) and
         is free, else new memory, which becomes the spare if it is within the bounds."""
         with self._lock:
-            spare = self._slot[0]
-            # free: held only by the slot, by ``spare`` and by getrefcount's argument
+            spare = self._spare
+            # free: held only by ``self._spare``, by ``spare`` and by getrefcount's argument
             if spare is not None and nbytes <= len(spare) <= 2 * nbytes and sys.getrefcount(spare) == 3:
                 return spare[:nbytes]
             fresh = np.empty(nbytes, dtype=np.uint8)
             low = SPARE_MIN_BYTES if self.min_bytes is None else self.min_bytes
             high = SPARE_MAX_BYTES if self.max_bytes is None else self.max_bytes
             if low <= nbytes <= high:
-                self._slot[0] = fresh
+                self._spare = fresh
             return fresh
 
 
@@ -990,7 +984,7 @@ def parse(datagram: bytes | bytearray | memoryview, key: bytes | None = None, *,
 
 
 def _parse(datagram: bytes | bytearray | memoryview, key: bytes | None, crc: int | None) -> Packet:
-    """:func:`parse`; ``crc``, when not None, is the datagram's CRC32C as :func:`_crc`
+    """:func:`parse`; ``crc``, when not None, is the datagram's CRC32C as :func:`checksum_of`
     computes it (from :func:`batch_checksums`), compared in place of computing it again."""
     # Fast path for the common, valid, unauthenticated packet. Anything it does not
     # accept outright goes to _parse_checked, which applies the same rules one by one
