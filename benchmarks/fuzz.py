@@ -50,13 +50,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from fastcrc.crc32 import iscsi as crc32c
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
 from mfd_core import codec, packet, reassembly  # noqa: E402
-from mfd_core.packet import BROADCAST, NEIGHBOURS, Fragment, PacketError, Run  # noqa: E402
+from mfd_core.packet import BROADCAST, NEIGHBOURS, Fragment, PacketError, Run, crc32c  # noqa: E402
 from mfd_core.reassembly import Limits, Reassembler  # noqa: E402
 
 KEY = b"fuzz-fleet-key"
@@ -129,7 +128,7 @@ def reseal(datagram: bytes | bytearray, key: bytes | None = None) -> bytes:
         end = len(b) - packet.TAG_SIZE
         if end >= packet.HEADER_SIZE:
             b[end:] = hmac.new(key, bytes(b[:36]) + bytes(b[42:end]), hashlib.sha256).digest()[:packet.TAG_SIZE]
-    struct.pack_into(">I", b, 38, crc32c(bytes(b[42:]), crc32c(bytes(b[:36]))))
+    struct.pack_into(">I", b, 38, packet.checksum_of(memoryview(b)))
     return bytes(b)
 
 
